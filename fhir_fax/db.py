@@ -1,0 +1,64 @@
+"""Database client lifecycle, and the few driver calls that differ between PyMongo and Motor.
+
+The rest of the code takes a database handle and uses only the collection API that
+PyMongo's native async driver (``AsyncMongoClient``) and Motor share, so a host
+application can hand over either.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pymongo import AsyncMongoClient, WriteConcern
+
+from .embedded import EmbeddedDatabase
+from .settings import Settings
+
+T = TypeVar("T")
+
+# Acknowledged writes must survive a crash: ask for journaled, majority writes.
+DURABLE = WriteConcern(w="majority", j=True)
+
+
+def open_client(uri: str) -> AsyncMongoClient:
+    return AsyncMongoClient(uri, tz_aware=True, w="majority", journal=True)
+
+
+async def maybe_await(value: Any) -> Any:
+    """Motor returns awaitables where PyMongo's async API sometimes returns values."""
+    return await value if inspect.isawaitable(value) else value
+
+
+async def in_transaction(client: Any, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(session)`` in a transaction, retried on transient errors, on either driver."""
+    session = await maybe_await(client.start_session())
+    async with session:
+        return await session.with_transaction(work, write_concern=DURABLE)
+
+
+class Database:
+    """Owns the client (and the embedded server when no URI is configured)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded: EmbeddedDatabase | None = None
+        self.client: AsyncMongoClient | None = None
+
+    def connect(self) -> Any:
+        """Start what is needed and return the database handle."""
+        uri = self.settings.mongodb_uri
+        if not uri:
+            self.embedded = EmbeddedDatabase(self.settings.data_dir)
+            uri = self.embedded.start()
+        self.client = open_client(uri)
+        return self.client[self.settings.database_name]
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None

@@ -1,0 +1,1 @@
+"""Generic FHIR machinery (storage, search, REST). Knows nothing about faxes."""

@@ -1,0 +1,53 @@
+"""The CapabilityStatement, generated from what is really registered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from .context import FHIRContext
+from .models import FHIR_VERSION, SUPPORTED_TYPES, now
+
+INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "create", "search-type")
+SEARCH_RESULT_PARAMETERS = (
+    ("_count", "number", "Page size (default and maximum set by the server)"),
+    ("_sort", "special", "Sort order: a sortable parameter, '-' for descending"),
+    ("_total", "token", "none | estimate | accurate"),
+    ("_summary", "token", "count: return only the total"),
+)
+
+
+def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
+    resources = []
+    for resource_type in SUPPORTED_TYPES:
+        parameters = context.registry.parameters(resource_type)
+        entry: dict[str, Any] = {
+            "type": resource_type,
+            "interaction": [{"code": code} for code in INTERACTIONS],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalUpdate": False,
+            "conditionalDelete": "not-supported",
+            "searchParam": [
+                {"name": p.name, "type": p.type, "documentation": p.description} for p in parameters.values()
+            ]
+            + [{"name": n, "type": t, "documentation": d} for n, t, d in SEARCH_RESULT_PARAMETERS],
+        }
+        operations = [op for op in context.operations if op.resource_type == resource_type]
+        if operations:
+            entry["operation"] = [{"name": op.name, "definition": op.definition} for op in operations]
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now().date().isoformat(),
+        "publisher": "fhir-fax",
+        "kind": "instance",
+        "software": {"name": "fhir-fax", "version": __version__},
+        "implementation": {"description": "fhir-fax FHIR server", "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "rest": [{"mode": "server", "resource": resources}],
+    }

@@ -1,0 +1,56 @@
+"""What FHIR routes need at request time, handed over explicitly (no global state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from ..settings import Settings
+from .errors import FHIRError
+from .search import SearchRegistry
+from .store import ResourceStore
+
+
+class ServiceUnavailable(FHIRError):
+    status_code = 503
+    issue_code = "transient"
+
+
+@dataclass
+class OperationSummary:
+    """An operation to list in the CapabilityStatement."""
+
+    resource_type: str
+    name: str
+    definition: str
+
+
+@dataclass
+class FHIRContext:
+    """Shared state of the FHIR API: settings, search registry and (once started) the store."""
+
+    settings: Settings
+    registry: SearchRegistry = field(default_factory=SearchRegistry)
+    operations: list[OperationSummary] = field(default_factory=list)
+    database: Any = None
+    _store: ResourceStore | None = None
+
+    def attach(self, database: Any, store: ResourceStore) -> None:
+        self.database = database
+        self._store = store
+
+    def detach(self) -> None:
+        self.database = None
+        self._store = None
+
+    @property
+    def store(self) -> ResourceStore:
+        if self._store is None:
+            raise ServiceUnavailable("The FHIR datastore is not running yet; retry in a moment.")
+        return self._store
+
+    def base_url(self, request: Request) -> str:
+        """The FHIR base URL as clients should see it, e.g. ``http://host:8080/fhir``."""
+        return self.settings.public_base(str(request.base_url)) + self.settings.fhir_path

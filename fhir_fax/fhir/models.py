@@ -1,0 +1,106 @@
+"""The one place that chooses the FHIR model classes (R4B) and turns their errors into FHIR errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from .errors import InvalidRequest
+
+FHIR_VERSION = "4.3.0"
+
+# Resource types this server stores. Everything else answers 404.
+SUPPORTED_TYPES: tuple[str, ...] = (
+    "CareTeam",
+    "Communication",
+    "Device",
+    "HealthcareService",
+    "OperationDefinition",
+    "Organization",
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "RelatedPerson",
+)
+
+
+@cache
+def model_class(resource_type: str) -> Any:
+    return get_fhir_model_class(resource_type)
+
+
+def is_supported(resource_type: str) -> bool:
+    return resource_type in SUPPORTED_TYPES
+
+
+def validate_resource(data: Any, expected_type: str) -> dict[str, Any]:
+    """Validate ``data`` as an R4B ``expected_type`` and return its canonical JSON form.
+
+    Raises InvalidRequest naming each offending element (``Patient.name[0].family``).
+    """
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object holding one FHIR resource.")
+    actual = data.get("resourceType")
+    if actual is None:
+        raise InvalidRequest(
+            f"The resource has no resourceType; send a {expected_type} with "
+            f'"resourceType": "{expected_type}".',
+            expression=["resourceType"],
+        )
+    if actual != expected_type:
+        raise InvalidRequest(
+            f"resourceType is {actual!r} but this URL takes a {expected_type}; "
+            f"send it to the {actual} endpoint or fix resourceType.",
+            expression=["resourceType"],
+        )
+    try:
+        model = model_class(expected_type).model_validate(data)
+    except ValidationError as error:
+        raise InvalidRequest(
+            describe_validation_error(expected_type, error),
+            expression=[_expression(expected_type, e["loc"]) for e in error.errors()][:10],
+        ) from None
+    except (ValueError, TypeError) as error:  # some model validators raise plain errors
+        raise InvalidRequest(f"The {expected_type} is not valid: {error}") from None
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def describe_validation_error(resource_type: str, error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:10]:
+        where = _expression(resource_type, item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "is not an element of this resource type; remove it or check its spelling"
+        parts.append(f"{where}: {message}")
+    more = len(error.errors()) - len(parts)
+    if more > 0:
+        parts.append(f"... and {more} more")
+    return f"The {resource_type} is not valid FHIR R4B. " + "; ".join(parts)
+
+
+def _expression(resource_type: str, loc: tuple[Any, ...]) -> str:
+    path = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part == "resource_type":
+            path += ".resourceType"
+        else:
+            path += f".{part}"
+    return path
+
+
+def format_instant(moment: datetime) -> str:
+    """FHIR instant with millisecond precision in UTC, e.g. ``2024-11-12T10:06:35.666Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def now() -> datetime:
+    """Current time truncated to milliseconds, the precision MongoDB stores."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)

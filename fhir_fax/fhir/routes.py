@@ -1,0 +1,207 @@
+"""FHIR REST interactions: create, read, vread, update, delete, history, search, capabilities."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request, Response
+
+from .capability import capability_statement
+from .context import FHIRContext
+from .errors import InvalidRequest, PreconditionFailed, ResourceNotFound
+from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
+from .models import is_supported, validate_resource
+from .search import execute_search, parse_search
+from .store import Version
+
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def require_type(resource_type: str) -> str:
+    if not is_supported(resource_type):
+        raise ResourceNotFound(
+            f"Resource type {resource_type!r} is not supported by this server; "
+            "see /metadata for the supported types."
+        )
+    return resource_type
+
+
+def written_response(
+    request: Request, resource: dict[str, Any], status: int, location: str | None
+) -> Response:
+    """Answer a create/update as the client's ``Prefer: return=`` asks."""
+    headers = version_headers(resource)
+    if location:
+        headers["Location"] = location
+    wanted = prefer(request, "return") or "representation"
+    if wanted == "minimal":
+        return Response(status_code=status, headers=headers)
+    if wanted == "OperationOutcome":
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"{resource['resourceType']}/{resource['id']} stored as version "
+                    f"{resource['meta']['versionId']}.",
+                }
+            ],
+        }
+        return FHIRResponse(outcome, status_code=status, headers=headers)
+    return FHIRResponse(resource, status_code=status, headers=headers)
+
+
+def build_fhir_router(context: FHIRContext) -> APIRouter:
+    """The generic REST API; fax operations are mounted on their own router before this one."""
+    router = APIRouter(route_class=FHIRRoute, tags=["FHIR"])
+    settings = context.settings
+
+    def version_location(request: Request, resource: dict[str, Any]) -> str:
+        return (
+            f"{context.base_url(request)}/{resource['resourceType']}/{resource['id']}"
+            f"/_history/{resource['meta']['versionId']}"
+        )
+
+    async def search(request: Request, resource_type: str, params: list[tuple[str, str]]) -> Response:
+        require_type(resource_type)
+        query = parse_search(
+            resource_type,
+            params,
+            context.registry,
+            default_count=settings.search_default_count,
+            max_count=settings.search_max_count,
+            lenient=prefer(request, "handling") == "lenient",
+        )
+        bundle = await execute_search(context.store.database, query, context.base_url(request))
+        return FHIRResponse(bundle)
+
+    @router.get("/metadata", summary="CapabilityStatement")
+    async def metadata(request: Request) -> Response:
+        return FHIRResponse(capability_statement(context, context.base_url(request)))
+
+    @router.get("/{resource_type}", summary="Search")
+    async def search_get(request: Request, resource_type: str) -> Response:
+        return await search(request, resource_type, list(request.query_params.multi_items()))
+
+    @router.post("/{resource_type}/_search", summary="Search with a form body")
+    async def search_post(request: Request, resource_type: str) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ("application/x-www-form-urlencoded", ""):
+            raise InvalidRequest(
+                "POST _search takes its parameters as application/x-www-form-urlencoded; "
+                f"got {content_type!r}."
+            )
+        body = (await request.body()).decode("utf-8", errors="replace")
+        params = list(request.query_params.multi_items()) + parse_qsl(body, keep_blank_values=True)
+        return await search(request, resource_type, params)
+
+    @router.post("/{resource_type}", summary="Create")
+    async def create(request: Request, resource_type: str) -> Response:
+        require_type(resource_type)
+        resource = validate_resource(await read_json(request, settings.max_body_bytes), resource_type)
+        condition = request.headers.get("if-none-exist")
+        if condition:
+            existing = await conditional_match(request, resource_type, condition)
+            if existing is not None:
+                return written_response(request, existing, 200, None)
+        stored = await context.store.create(resource)
+        return written_response(request, stored, 201, version_location(request, stored))
+
+    async def conditional_match(request: Request, resource_type: str, condition: str) -> dict[str, Any] | None:
+        params = parse_qsl(condition.lstrip("?"), keep_blank_values=True)
+        if not params:
+            raise InvalidRequest("If-None-Exist must hold search parameters, e.g. identifier=system|value.")
+        query = parse_search(
+            resource_type, [*params, ("_count", "2")], context.registry, default_count=2, max_count=2
+        )
+        bundle = await execute_search(context.store.database, query, context.base_url(request))
+        matches = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+        if len(matches) > 1:
+            raise PreconditionFailed(
+                f"If-None-Exist ({condition}) matches more than one {resource_type}; make the condition "
+                "more specific."
+            )
+        return matches[0] if matches else None
+
+    @router.get("/{resource_type}/{resource_id}", summary="Read")
+    async def read(request: Request, resource_type: str, resource_id: str) -> Response:
+        require_type(resource_type)
+        resource = await context.store.read(resource_type, resource_id)
+        return FHIRResponse(resource, headers=version_headers(resource))
+
+    @router.put("/{resource_type}/{resource_id}", summary="Update (or create with this id)")
+    async def update(request: Request, resource_type: str, resource_id: str) -> Response:
+        require_type(resource_type)
+        body = await read_json(request, settings.max_body_bytes)
+        stored, created = await context.store.update(
+            resource_type, resource_id, body, if_match=request.headers.get("if-match")
+        )
+        return written_response(
+            request, stored, 201 if created else 200, version_location(request, stored) if created else None
+        )
+
+    @router.delete("/{resource_type}/{resource_id}", summary="Delete")
+    async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
+        require_type(resource_type)
+        version = await context.store.delete(resource_type, resource_id)
+        headers = {"ETag": f'W/"{version}"'} if version is not None else {}
+        return Response(status_code=204, headers=headers)
+
+    @router.get("/{resource_type}/{resource_id}/_history", summary="Instance history")
+    async def history(request: Request, resource_type: str, resource_id: str) -> Response:
+        require_type(resource_type)
+        count = request.query_params.get("_count", str(settings.search_max_count))
+        if not count.isdigit() or int(count) < 1:
+            raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.")
+        versions = await context.store.history(
+            resource_type, resource_id, min(int(count), settings.search_max_count)
+        )
+        total = await context.store.count_versions(resource_type, resource_id)
+        base = context.base_url(request)
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "history",
+            "total": total,
+            "link": [{"relation": "self", "url": str(request.url)}],
+            "entry": [history_entry(base, v) for v in versions],
+        }
+        return FHIRResponse(bundle)
+
+    @router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="Version read")
+    async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
+        require_type(resource_type)
+        resource = await context.store.vread(resource_type, resource_id, version_id)
+        return FHIRResponse(resource, headers=version_headers(resource))
+
+    return router
+
+
+def history_entry(base: str, version: Version) -> dict[str, Any]:
+    url = f"{version.resource_type}/{version.id}"
+    entry: dict[str, Any] = {"fullUrl": f"{base}/{url}"}
+    if version.resource is not None:
+        entry["resource"] = version.resource
+    entry["request"] = {"method": version.method, "url": url if version.method != "POST" else version.resource_type}
+    entry["response"] = {
+        "status": {"POST": "201 Created", "DELETE": "204 No Content"}.get(version.method, "200 OK"),
+        "etag": f'W/"{version.version}"',
+        "lastModified": version.last_updated.isoformat().replace("+00:00", "Z"),
+    }
+    return entry
+
+
+def build_fallback_router() -> APIRouter:
+    """Answers paths under the FHIR base that match no interaction with an OperationOutcome."""
+    router = APIRouter(route_class=FHIRRoute, include_in_schema=False)
+
+    @router.api_route("/{path:path}", methods=ALL_METHODS)
+    async def unknown(request: Request, path: str) -> Response:
+        raise ResourceNotFound(
+            f"{request.method} {request.url.path} is not an interaction this server supports; "
+            "see /metadata for what it offers."
+        )
+
+    return router
+

@@ -1,0 +1,304 @@
+"""Versioned FHIR resources on MongoDB: create, read, vread, update, delete, history.
+
+Layout: one collection per resource type holding the current version of each resource
+(``_id`` = resource id), and ``<Type>_history`` holding every prior version (``_id`` =
+``<id>/<version>``). Each document is the resource's FHIR JSON plus one reserved field,
+``_fhirfax``, with what only the server needs (version number, deletion flag, a
+datetime for ``_lastUpdated``, search keys); it never leaves the store.
+
+No transactions are needed: an update first copies the current version into history
+(immutable, so the copy is idempotent) and then replaces the current document on the
+condition that its version is still the one read. Two writers racing on one resource
+cannot both win; the loser re-reads and tries again (or gets 412 when it sent
+``If-Match``). A crash between the two steps leaves a harmless duplicate of the current
+version in history, which readers ignore.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import DuplicateKeyError
+
+from .errors import InvalidRequest, PreconditionFailed, ResourceGone, ResourceNotFound
+from .models import format_instant, now, validate_resource
+
+RESERVED = "_fhirfax"
+MAX_WRITE_ATTEMPTS = 50
+
+# Computes extra search keys stored under ``_fhirfax.keys`` for one resource type.
+KeyBuilder = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of a resource as history reports it."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated: datetime
+    method: str
+    deleted: bool
+    resource: dict[str, Any] | None
+
+
+def public(document: dict[str, Any]) -> dict[str, Any]:
+    """The resource as clients see it: the stored document without storage fields."""
+    return {k: v for k, v in document.items() if k not in ("_id", RESERVED)}
+
+
+def history_collection(resource_type: str) -> str:
+    return f"{resource_type}_history"
+
+
+class ResourceStore:
+    """Create/read/update/delete/history of FHIR resources in one MongoDB database."""
+
+    def __init__(self, database: Any, key_builders: dict[str, KeyBuilder] | None = None) -> None:
+        self.database = database
+        self.key_builders = key_builders or {}
+
+    def collection(self, resource_type: str) -> Any:
+        return self.database[resource_type]
+
+    async def ensure_indexes(self, resource_types: tuple[str, ...]) -> None:
+        for resource_type in resource_types:
+            await self.collection(resource_type).create_index(
+                [(f"{RESERVED}.lastUpdated", DESCENDING), ("_id", DESCENDING)], name="lastUpdated"
+            )
+            await self.database[history_collection(resource_type)].create_index(
+                [(f"{RESERVED}.id", ASCENDING), (f"{RESERVED}.version", DESCENDING)], name="versions"
+            )
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _document(
+        self, resource: dict[str, Any], resource_id: str, version: int, method: str, moment: datetime
+    ) -> dict[str, Any]:
+        """Stored form of a validated resource: server-owned id and meta, plus reserved fields."""
+        resource_type = resource["resourceType"]
+        body = {k: v for k, v in resource.items() if k not in ("id", "meta", "_id", RESERVED)}
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = format_instant(moment)
+        document = {"_id": resource_id, "resourceType": resource_type, "id": resource_id, "meta": meta}
+        document.update(body)
+        keys_for = self.key_builders.get(resource_type)
+        reserved: dict[str, Any] = {
+            "version": version,
+            "lastUpdated": moment,
+            "method": method,
+            "deleted": False,
+        }
+        if keys_for is not None:
+            reserved["keys"] = keys_for(public(document))
+        document[RESERVED] = reserved
+        return document
+
+    async def create(self, resource: dict[str, Any], *, resource_id: str | None = None) -> dict[str, Any]:
+        """Store ``resource`` as version 1 with a new id (client ids are ignored, as FHIR says)."""
+        resource = validate_resource(resource, resource.get("resourceType", ""))
+        resource_type = resource["resourceType"]
+        document = self._document(resource, resource_id or str(uuid.uuid4()), 1, "POST", now())
+        await self.collection(resource_type).insert_one(document)
+        return public(document)
+
+    async def update(
+        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Replace (or create) ``resource_id``; returns the stored resource and whether it was created."""
+        resource = validate_resource(resource, resource_type)
+        if resource.get("id") != resource_id:
+            raise InvalidRequest(
+                f"The resource id {resource.get('id')!r} does not match the id in the URL ({resource_id!r}); "
+                "put the same id in both.",
+                expression=[f"{resource_type}.id"],
+            )
+        wanted = parse_if_match(if_match)
+        collection = self.collection(resource_type)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current = await collection.find_one({"_id": resource_id})
+            if current is None:
+                if wanted is not None:
+                    raise PreconditionFailed(
+                        f"If-Match asks for version {wanted} of {resource_type}/{resource_id}, "
+                        "which does not exist."
+                    )
+                document = self._document(resource, resource_id, 1, "PUT", now())
+                try:
+                    await collection.insert_one(document)
+                except DuplicateKeyError:
+                    continue  # created concurrently: update it instead
+                return public(document), True
+            version = current[RESERVED]["version"]
+            if wanted is not None and wanted != version:
+                raise version_conflict(resource_type, resource_id, wanted, version)
+            document = self._document(resource, resource_id, version + 1, "PUT", now())
+            if await self._replace(resource_type, current, document):
+                return public(document), current[RESERVED]["deleted"]
+            if wanted is not None:
+                raise version_conflict(resource_type, resource_id, wanted, version + 1)
+        raise PreconditionFailed(
+            f"{resource_type}/{resource_id} is being changed by many clients at once; retry the update."
+        )
+
+    async def delete(self, resource_type: str, resource_id: str) -> int | None:
+        """Delete ``resource_id`` (a new, deleted version); returns that version, None if already deleted."""
+        collection = self.collection(resource_type)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current = await collection.find_one({"_id": resource_id})
+            if current is None:
+                raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
+            if current[RESERVED]["deleted"]:
+                return None
+            version = current[RESERVED]["version"] + 1
+            moment = now()
+            tombstone = {
+                "_id": resource_id,
+                "resourceType": resource_type,
+                "id": resource_id,
+                "meta": {"versionId": str(version), "lastUpdated": format_instant(moment)},
+                RESERVED: {"version": version, "lastUpdated": moment, "method": "DELETE", "deleted": True},
+            }
+            if await self._replace(resource_type, current, tombstone):
+                return version
+        raise PreconditionFailed(f"{resource_type}/{resource_id} is being changed by many clients at once.")
+
+    async def _replace(self, resource_type: str, current: dict[str, Any], document: dict[str, Any]) -> bool:
+        """Copy ``current`` to history, then swap in ``document`` if nobody changed it meanwhile."""
+        version = current[RESERVED]["version"]
+        prior = dict(current)
+        prior["_id"] = f"{current['_id']}/{version}"
+        prior[RESERVED] = {**current[RESERVED], "id": current["_id"]}
+        try:
+            await self.database[history_collection(resource_type)].insert_one(prior)
+        except DuplicateKeyError:
+            pass  # already copied by an earlier attempt; versions never change
+        result = await self.collection(resource_type).replace_one(
+            {"_id": current["_id"], f"{RESERVED}.version": version}, document
+        )
+        return result.matched_count == 1
+
+    async def modify(
+        self,
+        resource_type: str,
+        resource_id: str,
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """Read-modify-write with retries: ``change`` gets the current resource and returns the new one.
+
+        ``change`` returning None means "no change"; the current resource is then returned
+        unchanged. Used by server-side changes (e.g. status updates) that must never lose a
+        concurrent version.
+        """
+        collection = self.collection(resource_type)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current = await collection.find_one({"_id": resource_id})
+            if current is None or current[RESERVED]["deleted"]:
+                raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
+            changed = change(public(current))
+            if changed is None:
+                return None
+            changed = validate_resource(changed, resource_type)
+            document = self._document(changed, resource_id, current[RESERVED]["version"] + 1, "PUT", now())
+            if await self._replace(resource_type, current, document):
+                return public(document)
+        raise PreconditionFailed(f"{resource_type}/{resource_id} is being changed by many clients at once.")
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        document = await self.collection(resource_type).find_one({"_id": resource_id})
+        if document is None:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
+        if document[RESERVED]["deleted"]:
+            raise gone(resource_type, resource_id, document)
+        return public(document)
+
+    async def find_current(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The current stored document (including deleted markers), or None."""
+        return await self.collection(resource_type).find_one({"_id": resource_id})
+
+    async def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]:
+        if not version_id.isdigit():
+            raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version_id!r}.")
+        version = int(version_id)
+        document = await self.collection(resource_type).find_one(
+            {"_id": resource_id, f"{RESERVED}.version": version}
+        )
+        if document is None:
+            document = await self.database[history_collection(resource_type)].find_one(
+                {"_id": f"{resource_id}/{version}"}
+            )
+        if document is None:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version}.")
+        if document[RESERVED]["deleted"]:
+            raise gone(resource_type, resource_id, document)
+        return public(document)
+
+    async def history(self, resource_type: str, resource_id: str, limit: int) -> list[Version]:
+        """Every version of one resource, newest first (at most ``limit``)."""
+        current = await self.collection(resource_type).find_one({"_id": resource_id})
+        if current is None:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
+        newest = current[RESERVED]["version"]
+        cursor = (
+            self.database[history_collection(resource_type)]
+            .find({f"{RESERVED}.id": resource_id, f"{RESERVED}.version": {"$lt": newest}})
+            .sort(f"{RESERVED}.version", DESCENDING)
+            .limit(max(limit - 1, 0))
+        )
+        documents = [current, *[doc async for doc in cursor]][:limit]
+        return [
+            Version(
+                resource_type=resource_type,
+                id=resource_id,
+                version=doc[RESERVED]["version"],
+                last_updated=doc[RESERVED]["lastUpdated"],
+                method=doc[RESERVED].get("method", "PUT"),
+                deleted=doc[RESERVED]["deleted"],
+                resource=None if doc[RESERVED]["deleted"] else public(doc),
+            )
+            for doc in documents
+        ]
+
+    async def count_versions(self, resource_type: str, resource_id: str) -> int:
+        current = await self.collection(resource_type).find_one({"_id": resource_id}, {RESERVED: 1})
+        return 0 if current is None else current[RESERVED]["version"]
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """``W/"3"`` (or ``"3"`` / ``3``) to 3; None when absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise InvalidRequest(
+            f'If-Match must name a version as W/"<versionId>", got {value!r}.', expression=["If-Match"]
+        )
+    return int(text)
+
+
+def version_conflict(resource_type: str, resource_id: str, wanted: int, actual: int) -> PreconditionFailed:
+    return PreconditionFailed(
+        f'If-Match asks for version {wanted} of {resource_type}/{resource_id} but the current version is '
+        f'{actual}; read it again and retry with If-Match: W/"{actual}".'
+    )
+
+
+def gone(resource_type: str, resource_id: str, document: dict[str, Any]) -> ResourceGone:
+    version = document[RESERVED]["version"]
+    return ResourceGone(
+        f"{resource_type}/{resource_id} was deleted (version {version}).",
+        headers={"ETag": f'W/"{version}"'},
+    )
+

@@ -1,0 +1,43 @@
+"""Load the FHIR resources in ``fixtures/`` idempotently (same ids, no new version if unchanged)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .fhir.models import validate_resource
+from .fhir.store import RESERVED, ResourceStore, public
+
+log = logging.getLogger("fhir_fax.fixtures")
+
+FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def fixture_resources(directory: Path = FIXTURES_DIR) -> list[dict[str, Any]]:
+    """Every ``*.json`` resource under ``directory``, sorted by file name."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"No fixtures folder at {directory}.")
+    return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
+
+
+def _content(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k != "meta"}
+
+
+async def load_fixtures(store: ResourceStore, directory: Path = FIXTURES_DIR) -> dict[str, int]:
+    """Create or update each fixture; returns counts of ``written`` and ``unchanged`` resources."""
+    counts = {"written": 0, "unchanged": 0}
+    for raw in fixture_resources(directory):
+        resource = validate_resource(raw, raw.get("resourceType", ""))
+        current = await store.find_current(resource["resourceType"], resource["id"])
+        if current is not None and not current[RESERVED]["deleted"] and _content(public(current)) == _content(
+            resource
+        ):
+            counts["unchanged"] += 1
+            continue
+        await store.update(resource["resourceType"], resource["id"], resource)
+        counts["written"] += 1
+    log.info("fixtures: %(written)s written, %(unchanged)s unchanged", counts)
+    return counts

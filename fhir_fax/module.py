@@ -1,0 +1,89 @@
+"""``FaxModule``: mounts fhir-fax on any FastAPI application (routers plus start-up/shut-down work)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from .db import Database
+from .fhir.context import FHIRContext
+from .fhir.models import SUPPORTED_TYPES
+from .fhir.routes import build_fallback_router, build_fhir_router
+from .fhir.store import ResourceStore
+from .fixtures import load_fixtures
+from .settings import Settings
+
+log = logging.getLogger("fhir_fax")
+
+
+class FaxModule:
+    """The whole product as a plugin.
+
+    ``database`` lets a host application hand over a database handle it already has
+    (PyMongo async or Motor); without it the module opens its own client from
+    ``settings.mongodb_uri``, or starts the embedded database when that is unset.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, database: Any = None) -> None:
+        self.settings = settings or Settings()
+        self.fhir = FHIRContext(self.settings)
+        self._given_database = database
+        self._database: Database | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def install(self, app: FastAPI) -> None:
+        """Add the routers to ``app`` and run this module's start-up and shut-down around the app's own."""
+        prefix = self.settings.fhir_path
+        app.include_router(build_fhir_router(self.fhir), prefix=prefix)
+        app.include_router(build_fallback_router(), prefix=prefix)
+        previous = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(application: FastAPI) -> AsyncIterator[Any]:
+            async with self.running(), previous(application) as state:
+                yield state
+
+        app.router.lifespan_context = lifespan
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[FaxModule]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        if self._given_database is not None:
+            database = self._given_database
+        else:
+            # Blocking on purpose: the embedded database must be started from the main thread,
+            # because Linux delivers its parent-death signal when the starting thread exits.
+            self._database = Database(self.settings)
+            database = self._database.connect()
+        store = ResourceStore(database)
+        await store.ensure_indexes(SUPPORTED_TYPES)
+        self.fhir.attach(database, store)
+        if self.settings.load_fixtures:
+            await load_fixtures(store)
+        embedded = self._database.embedded if self._database else None
+        if embedded is not None and embedded.owned:
+            self._supervisor = asyncio.create_task(embedded.supervise(), name="fhir-fax-db-supervisor")
+        log.info("fhir-fax started (FHIR API at %s)", self.settings.fhir_path)
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        self.fhir.detach()
+        if self._database is not None:
+            await self._database.close()
+            self._database = None
