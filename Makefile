@@ -4,14 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Demo credentials and data for `make run` (local use only).
-export FHIR_FAX_DATA_DIR ?= fhir-fax-data
-
 .PHONY: run test lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[embedded,test]'
@@ -23,12 +19,11 @@ run: $(STAMP)
 	$(BIN)/fhir-fax serve --load-fixtures
 
 lint: $(STAMP)
-	$(BIN)/ruff check fhir_fax tests benchmarks fixtures
-	$(BIN)/ruff format --check fhir_fax tests benchmarks fixtures
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
-test: $(STAMP)
-	$(BIN)/ruff check fhir_fax tests benchmarks fixtures
-	$(BIN)/python -m pytest -q
+test: lint
+	$(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) fhir-fax-data .pytest_cache

@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .app import create_app  # noqa: E402
-from .module import FaxModule  # noqa: E402
-from .settings import Settings  # noqa: E402
+from .app import create_app
+from .module import FaxModule
+from .settings import Settings
 
 __all__ = ["FaxModule", "Settings", "__version__", "create_app"]

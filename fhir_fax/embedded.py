@@ -165,7 +165,7 @@ class EmbeddedDatabase:
             stdin=subprocess.DEVNULL,
             cwd=self.data_dir,
             start_new_session=True,  # Ctrl-C goes to us; we stop the database in order.
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

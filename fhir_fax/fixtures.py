@@ -32,8 +32,10 @@ async def load_fixtures(store: ResourceStore, directory: Path = FIXTURES_DIR) ->
     for raw in fixture_resources(directory):
         resource = validate_resource(raw, raw.get("resourceType", ""))
         current = await store.find_current(resource["resourceType"], resource["id"])
-        if current is not None and not current[RESERVED]["deleted"] and _content(public(current)) == _content(
-            resource
+        if (
+            current is not None
+            and not current[RESERVED]["deleted"]
+            and _content(public(current)) == _content(resource)
         ):
             counts["unchanged"] += 1
             continue

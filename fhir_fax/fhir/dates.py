@@ -81,12 +81,15 @@ def _add(start: datetime, step: str) -> datetime:
         return start.replace(year=start.year + 1)
     if step == "month":
         return start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
-    return start + {
-        "day": timedelta(days=1),
-        "minute": timedelta(minutes=1),
-        "second": timedelta(seconds=1),
-        "millisecond": timedelta(milliseconds=1),
-    }[step]
+    return (
+        start
+        + {
+            "day": timedelta(days=1),
+            "minute": timedelta(minutes=1),
+            "second": timedelta(seconds=1),
+            "millisecond": timedelta(milliseconds=1),
+        }[step]
+    )
 
 
 def point_filter(field: str, value: DateRange, now: datetime) -> dict:

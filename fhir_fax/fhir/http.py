@@ -56,10 +56,14 @@ class FHIRRoute(APIRoute):
                 return outcome_response(InvalidRequest(describe_request_errors(error)))
             except Exception:
                 incident = uuid.uuid4().hex[:12]
-                log.exception("unhandled error in %s %s (incident %s)", request.method, request.url.path, incident)
+                log.exception(
+                    "unhandled error in %s %s (incident %s)", request.method, request.url.path, incident
+                )
                 return FHIRResponse(
                     operation_outcome(
-                        "fatal", "exception", f"Internal server error; quote incident {incident} when reporting it."
+                        "fatal",
+                        "exception",
+                        f"Internal server error; quote incident {incident} when reporting it.",
                     ),
                     status_code=500,
                 )

@@ -11,7 +11,7 @@ from .capability import capability_statement
 from .context import FHIRContext
 from .errors import InvalidRequest, PreconditionFailed, ResourceNotFound
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
-from .models import is_supported, validate_resource
+from .models import format_instant, is_supported, validate_resource
 from .search import execute_search, parse_search
 from .store import Version
 
@@ -109,7 +109,9 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         stored = await context.store.create(resource)
         return written_response(request, stored, 201, version_location(request, stored))
 
-    async def conditional_match(request: Request, resource_type: str, condition: str) -> dict[str, Any] | None:
+    async def conditional_match(
+        request: Request, resource_type: str, condition: str
+    ) -> dict[str, Any] | None:
         params = parse_qsl(condition.lstrip("?"), keep_blank_values=True)
         if not params:
             raise InvalidRequest("If-None-Exist must hold search parameters, e.g. identifier=system|value.")
@@ -183,11 +185,14 @@ def history_entry(base: str, version: Version) -> dict[str, Any]:
     entry: dict[str, Any] = {"fullUrl": f"{base}/{url}"}
     if version.resource is not None:
         entry["resource"] = version.resource
-    entry["request"] = {"method": version.method, "url": url if version.method != "POST" else version.resource_type}
+    entry["request"] = {
+        "method": version.method,
+        "url": url if version.method != "POST" else version.resource_type,
+    }
     entry["response"] = {
         "status": {"POST": "201 Created", "DELETE": "204 No Content"}.get(version.method, "200 OK"),
         "etag": f'W/"{version.version}"',
-        "lastModified": version.last_updated.isoformat().replace("+00:00", "Z"),
+        "lastModified": format_instant(version.last_updated),
     }
     return entry
 
@@ -204,4 +209,3 @@ def build_fallback_router() -> APIRouter:
         )
 
     return router
-

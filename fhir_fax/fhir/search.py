@@ -148,12 +148,18 @@ def parse_search(
             if modifier and modifier not in parameter.modifiers:
                 raise InvalidRequest(
                     f"Search parameter {name!r} does not support the modifier ':{modifier}'"
-                    + (f"; supported: {', '.join(sorted(parameter.modifiers))}." if parameter.modifiers else "."),
+                    + (
+                        f"; supported: {', '.join(sorted(parameter.modifiers))}."
+                        if parameter.modifiers
+                        else "."
+                    ),
                     expression=[raw_name],
                 )
             values = value.split(",")
             if any(v == "" for v in values):
-                raise InvalidRequest(f"Search parameter {raw_name!r} has an empty value.", expression=[raw_name])
+                raise InvalidRequest(
+                    f"Search parameter {raw_name!r} has an empty value.", expression=[raw_name]
+                )
             clauses.append(parameter.build(name, values, modifier or None, moment))
         else:
             if lenient:
@@ -259,7 +265,9 @@ async def execute_search(database: Any, query: SearchQuery, base_url: str) -> di
         if query.cursor is not None:
             if len(query.cursor["values"]) != len(query.sort):
                 raise InvalidRequest("_cursor does not belong to this _sort; start the search again.")
-            mongo_filter = {"$and": [query.filter, _keyset_filter(query.sort, query.cursor["values"], forward)]}
+            mongo_filter = {
+                "$and": [query.filter, _keyset_filter(query.sort, query.cursor["values"], forward)]
+            }
         order = query.sort if forward else [(f, -d) for f, d in query.sort]
         documents = await collection.find(mongo_filter).sort(order).limit(query.count + 1).to_list(None)
         more = len(documents) > query.count
@@ -277,7 +285,10 @@ async def execute_search(database: Any, query: SearchQuery, base_url: str) -> di
                 )
             if has_previous:
                 links.append(
-                    {"relation": "previous", "url": _link(type_url, query.echo, _encode_cursor(first, "prev"))}
+                    {
+                        "relation": "previous",
+                        "url": _link(type_url, query.echo, _encode_cursor(first, "prev")),
+                    }
                 )
         entries = [
             {"fullUrl": f"{type_url}/{doc['_id']}", "resource": public(doc), "search": {"mode": "match"}}
@@ -314,4 +325,3 @@ def _link(type_url: str, echo: list[tuple[str, str]], cursor: str | None) -> str
     if cursor:
         params.append(("_cursor", cursor))
     return f"{type_url}?{urlencode(params)}" if params else type_url
-

@@ -16,10 +16,11 @@ version in history, which readers ignore.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
@@ -176,10 +177,8 @@ class ResourceStore:
         prior = dict(current)
         prior["_id"] = f"{current['_id']}/{version}"
         prior[RESERVED] = {**current[RESERVED], "id": current["_id"]}
-        try:
+        with contextlib.suppress(DuplicateKeyError):  # copied by an earlier attempt; versions never change
             await self.database[history_collection(resource_type)].insert_one(prior)
-        except DuplicateKeyError:
-            pass  # already copied by an earlier attempt; versions never change
         result = await self.collection(resource_type).replace_one(
             {"_id": current["_id"], f"{RESERVED}.version": version}, document
         )
@@ -260,7 +259,7 @@ class ResourceStore:
                 resource_type=resource_type,
                 id=resource_id,
                 version=doc[RESERVED]["version"],
-                last_updated=doc[RESERVED]["lastUpdated"],
+                last_updated=as_utc(doc[RESERVED]["lastUpdated"]),
                 method=doc[RESERVED].get("method", "PUT"),
                 deleted=doc[RESERVED]["deleted"],
                 resource=None if doc[RESERVED]["deleted"] else public(doc),
@@ -271,6 +270,11 @@ class ResourceStore:
     async def count_versions(self, resource_type: str, resource_id: str) -> int:
         current = await self.collection(resource_type).find_one({"_id": resource_id}, {RESERVED: 1})
         return 0 if current is None else current[RESERVED]["version"]
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Datetimes read through a client without ``tz_aware`` come back naive; they are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def parse_if_match(value: str | None) -> int | None:
@@ -290,7 +294,7 @@ def parse_if_match(value: str | None) -> int | None:
 
 def version_conflict(resource_type: str, resource_id: str, wanted: int, actual: int) -> PreconditionFailed:
     return PreconditionFailed(
-        f'If-Match asks for version {wanted} of {resource_type}/{resource_id} but the current version is '
+        f"If-Match asks for version {wanted} of {resource_type}/{resource_id} but the current version is "
         f'{actual}; read it again and retry with If-Match: W/"{actual}".'
     )
 
@@ -301,4 +305,3 @@ def gone(resource_type: str, resource_id: str, document: dict[str, Any]) -> Reso
         f"{resource_type}/{resource_id} was deleted (version {version}).",
         headers={"ETag": f'W/"{version}"'},
     )
-

@@ -1,0 +1,73 @@
+"""Shared fixtures: one real embedded database server per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import AsyncMongoClient
+
+from fhir_fax.app import create_app
+from fhir_fax.embedded import EmbeddedDatabase
+from fhir_fax.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real secantusd-py server in its own process, started by the product's own launcher."""
+    server = EmbeddedDatabase(tmp_path_factory.mktemp("mongo"))
+    uri = server.start()
+    yield uri
+    server.stop()
+
+
+@pytest.fixture
+async def client(mongo_uri: str) -> AsyncIterator[AsyncMongoClient]:
+    mongo = AsyncMongoClient(mongo_uri, tz_aware=True)
+    yield mongo
+    await mongo.close()
+
+
+@pytest.fixture
+async def database(client: AsyncMongoClient) -> AsyncIterator[Any]:
+    """An empty database of its own for each test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield client[name]
+    await client.drop_database(name)
+
+
+@pytest.fixture(params=["pymongo", "motor"])
+async def any_database(request: pytest.FixtureRequest, mongo_uri: str) -> AsyncIterator[Any]:
+    """The same empty database through each supported driver (PyMongo async and Motor)."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    if request.param == "pymongo":
+        mongo: Any = AsyncMongoClient(mongo_uri, tz_aware=True)
+        yield mongo[name]
+        await mongo.drop_database(name)
+        await mongo.close()
+    else:
+        mongo = AsyncIOMotorClient(mongo_uri)
+        yield mongo[name]
+        await mongo.drop_database(name)
+        mongo.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", base_url="http://fhir.test", _env_file=None)
+
+
+@pytest.fixture
+async def api(settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The standalone app, started (lifespan) on the test's database, called over ASGI."""
+    app = create_app(settings, database=database)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
+    ):
+        yield http

@@ -1,0 +1,169 @@
+"""``fhir-fax serve`` as a real process on the embedded database: restarts, kill -9, Ctrl-C, fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhir_fax.embedded import free_port
+
+FHIR = {"content-type": "application/fhir+json"}
+CLI = [sys.executable, "-m", "fhir_fax.cli"]
+
+
+class Server:
+    """One ``fhir-fax serve`` process with its own data directory."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir.parent / f"serve-{self.port}.log"
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_FAX_")}
+        environment.update(env or {})
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [*CLI, "serve", "--port", str(self.port), "--data-dir", str(data_dir), *extra],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready:\n{self.log.read_text()}")
+
+    def database_pid(self) -> int:
+        return json.loads((self.data_dir / "db.json").read_text())["pid"]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+def wait_dead(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+
+
+def create_patient(url: str, family: str) -> str:
+    response = httpx.post(
+        f"{url}/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}, headers=FHIR
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_kill_9_of_the_server_takes_the_database_down_and_a_restart_keeps_the_data(data_dir: Path) -> None:
+    server = Server(data_dir)
+    ids = [create_patient(server.url, f"Before-{i}") for i in range(20)]
+    db_pid = server.database_pid()
+    server.stop(signal.SIGKILL)
+    assert wait_dead(db_pid), "the embedded database must not outlive a killed server"
+    again = Server(data_dir)
+    try:
+        for resource_id in ids:
+            assert httpx.get(f"{again.url}/fhir/Patient/{resource_id}").status_code == 200
+    finally:
+        again.stop()
+
+
+def test_kill_9_of_the_database_is_survived(data_dir: Path) -> None:
+    server = Server(data_dir)
+    try:
+        before = create_patient(server.url, "Before")
+        old_pid = server.database_pid()
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and server.database_pid() == old_pid:
+            time.sleep(0.1)
+        assert server.database_pid() != old_pid, "the server restarts its database"
+        after = None
+        while after is None and time.monotonic() < deadline + 10:
+            try:
+                after = create_patient(server.url, "After")
+            except (AssertionError, httpx.TransportError):
+                time.sleep(0.2)
+        assert after is not None
+        assert httpx.get(f"{server.url}/fhir/Patient/{before}").json()["name"][0]["family"] == "Before"
+        assert httpx.get(f"{server.url}/fhir/Patient/{after}").json()["name"][0]["family"] == "After"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_shuts_down_gracefully_with_the_database(data_dir: Path, sig: int) -> None:
+    server = Server(data_dir)
+    db_pid = server.database_pid()
+    server.stop(sig)
+    assert "Application shutdown complete" in server.log.read_text()
+    assert wait_dead(db_pid)
+    assert not (data_dir / "db.json").exists()
+
+
+def test_fixtures_load_with_the_server_and_again_from_the_cli_idempotently(data_dir: Path) -> None:
+    server = Server(data_dir, "--load-fixtures")
+    try:
+        sender = httpx.get(f"{server.url}/fhir/HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964").json()
+        assert {"system": "fax", "value": "+12223334444", "use": "work", "rank": 1} in sender["telecom"]
+        loaded = subprocess.run(
+            [*CLI, "fixtures", "load", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert loaded.returncode == 0, loaded.stderr
+        assert "0 written, 7 unchanged" in loaded.stdout
+        history = httpx.get(f"{server.url}/fhir/Patient/maria-lopez/_history").json()
+        assert history["total"] == 1  # loading again made no new version
+    finally:
+        server.stop()
+
+
+def test_with_a_mongodb_uri_nothing_is_started(data_dir: Path, mongo_uri: str) -> None:
+    uri = mongo_uri.replace("/?", "/?appName=e2e&")
+    server = Server(data_dir, env={"FHIR_FAX_MONGODB_URI": uri, "FHIR_FAX_DATABASE_NAME": "e2e_uri"})
+    try:
+        assert create_patient(server.url, "External")
+        assert not (data_dir / "db").exists() and not (data_dir / "db.json").exists()
+    finally:
+        server.stop()
