@@ -77,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     database_options(serve_command)
     serve_command.set_defaults(handler=serve)
 
-    fixtures = commands.add_parser("fixtures", help="manage demo fixtures").add_subparsers(
-        dest="action", required=True
-    )
+    fixtures = commands.add_parser("fixtures", help="manage demo fixtures").add_subparsers(dest="action", required=True)
     load = fixtures.add_parser("load", help="load fixtures/ into the datastore (idempotent)")
     load.add_argument("--directory", help="folder of FHIR JSON files (default: the bundled fixtures/)")
     database_options(load)

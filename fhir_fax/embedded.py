@@ -171,8 +171,7 @@ class EmbeddedDatabase:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise EmbeddedDatabaseError(
-                    f"The embedded database exited with code {self.process.returncode} on start; "
-                    f"see {self.log_path}."
+                    f"The embedded database exited with code {self.process.returncode} on start; see {self.log_path}."
                 )
             if ping(self.uri, timeout_ms=300):
                 log.info("embedded database ready on port %s (data in %s)", self.port, self.storage_path)

@@ -7,8 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .fhir.models import validate_resource
-from .fhir.store import RESERVED, ResourceStore, public
+from .fhir.store import ResourceStore
 
 log = logging.getLogger("fhir_fax.fixtures")
 
@@ -22,24 +21,10 @@ def fixture_resources(directory: Path = FIXTURES_DIR) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
 
 
-def _content(resource: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in resource.items() if k != "meta"}
-
-
 async def load_fixtures(store: ResourceStore, directory: Path = FIXTURES_DIR) -> dict[str, int]:
     """Create or update each fixture; returns counts of ``written`` and ``unchanged`` resources."""
     counts = {"written": 0, "unchanged": 0}
-    for raw in fixture_resources(directory):
-        resource = validate_resource(raw, raw.get("resourceType", ""))
-        current = await store.find_current(resource["resourceType"], resource["id"])
-        if (
-            current is not None
-            and not current[RESERVED]["deleted"]
-            and _content(public(current)) == _content(resource)
-        ):
-            counts["unchanged"] += 1
-            continue
-        await store.update(resource["resourceType"], resource["id"], resource)
-        counts["written"] += 1
+    for resource in fixture_resources(directory):
+        counts["written" if await store.put_if_changed(resource) else "unchanged"] += 1
     log.info("fixtures: %(written)s written, %(unchanged)s unchanged", counts)
     return counts

@@ -12,12 +12,18 @@ from typing import Any
 from fastapi import FastAPI
 
 from .db import Database
-from .fhir.context import FHIRContext
+from .fax.media import Z3MediaChecker
+from .fax.operation import OPERATION_URL, SEND_FAX_DEFINITION
+from .fax.references import HttpResolver, LocalResolver, ReferenceResolver
+from .fax.routes import FaxAPI
+from .fax.send import FaxService
+from .fhir.context import FHIRContext, OperationSummary
 from .fhir.models import SUPPORTED_TYPES
 from .fhir.routes import build_fallback_router, build_fhir_router
 from .fhir.store import ResourceStore
 from .fixtures import load_fixtures
 from .settings import Settings
+from .z3.store import Z3Store
 
 log = logging.getLogger("fhir_fax")
 
@@ -33,6 +39,9 @@ class FaxModule:
     def __init__(self, settings: Settings | None = None, *, database: Any = None) -> None:
         self.settings = settings or Settings()
         self.fhir = FHIRContext(self.settings)
+        self.fhir.operations.append(OperationSummary("Communication", "send-fax", OPERATION_URL))
+        self.fax = FaxAPI(self.fhir)
+        self._resolver: ReferenceResolver | None = None
         self._given_database = database
         self._database: Database | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -40,8 +49,10 @@ class FaxModule:
     def install(self, app: FastAPI) -> None:
         """Add the routers to ``app`` and run this module's start-up and shut-down around the app's own."""
         prefix = self.settings.fhir_path
+        app.include_router(self.fax.fhir_router(), prefix=prefix)  # before the generic /{type}/{id} routes
         app.include_router(build_fhir_router(self.fhir), prefix=prefix)
         app.include_router(build_fallback_router(), prefix=prefix)
+        app.include_router(self.fax.sdk_router(), prefix=self.settings.fax_api_path)
         previous = app.router.lifespan_context
 
         @asynccontextmanager
@@ -69,13 +80,27 @@ class FaxModule:
             database = self._database.connect()
         store = ResourceStore(database)
         await store.ensure_indexes(SUPPORTED_TYPES)
+        await store.put_if_changed(SEND_FAX_DEFINITION)
+        self._resolver = self._reference_resolver(store)
+        service = FaxService(self.settings, database, store, self._resolver, Z3MediaChecker(Z3Store(database)))
+        await service.ensure_indexes()
         self.fhir.attach(database, store)
+        self.fax.service = service
         if self.settings.load_fixtures:
             await load_fixtures(store)
         embedded = self._database.embedded if self._database else None
         if embedded is not None and embedded.owned:
             self._supervisor = asyncio.create_task(embedded.supervise(), name="fhir-fax-db-supervisor")
         log.info("fhir-fax started (FHIR API at %s)", self.settings.fhir_path)
+
+    def _reference_resolver(self, store: ResourceStore) -> ReferenceResolver:
+        if self.settings.reference_fhir_base:
+            return HttpResolver(
+                self.settings.reference_fhir_base,
+                token=self.settings.reference_fhir_token,
+                timeout=self.settings.reference_timeout_seconds,
+            )
+        return LocalResolver(store)
 
     async def stop(self) -> None:
         if self._supervisor is not None:
@@ -84,6 +109,10 @@ class FaxModule:
                 await self._supervisor
             self._supervisor = None
         self.fhir.detach()
+        self.fax.service = None
+        if isinstance(self._resolver, HttpResolver):
+            await self._resolver.close()
+        self._resolver = None
         if self._database is not None:
             await self._database.close()
             self._database = None

@@ -18,9 +18,7 @@ class Settings(BaseSettings):
         description="MongoDB connection string. Unset: start the embedded database under DATA_DIR.",
     )
     database_name: str = Field(default="fhir_fax", description="Database that holds every collection.")
-    data_dir: Path = Field(
-        default=Path("fhir-fax-data"), description="Embedded database files and logs live here."
-    )
+    data_dir: Path = Field(default=Path("fhir-fax-data"), description="Embedded database files and logs live here.")
     base_url: str | None = Field(
         default=None,
         description="Public base URL used in links (Location, Bundle links). Unset: taken from the request.",
@@ -32,6 +30,32 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_000_000, description="Largest JSON request body accepted (413).")
     search_default_count: int = Field(default=20, ge=1)
     search_max_count: int = Field(default=500, ge=1)
+
+    # Fax API
+    fax_api_path: str = Field(default="/fax/v1", description="Where the SDK-compatible fax API is mounted.")
+    project_api_path: str = Field(default="/v1", description="Where the project API (Z3) is mounted.")
+    carrier: str = Field(default="simulator", description="Fax carrier: simulator (built in) or telnyx.")
+    carrier_fax_number: str | None = Field(
+        default=None, description="The number your carrier assigned; registered by POST /fax/v1/onboard."
+    )
+    require_valid_numbers: bool = Field(
+        default=False,
+        description="Also demand libphonenumber's is_valid_number (assigned ranges), not only is_possible_number.",
+    )
+    z3_url_aliases: list[str] = Field(
+        default_factory=list,
+        description="Other project-API base URLs whose /z3/... URLs name this project's Z3 (JSON list).",
+    )
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="How long idempotency keys are kept.")
+
+    # Where sender/recipient/patient references are looked up
+    reference_fhir_base: str | None = Field(
+        default=None, description="Look references up on this FHIR server instead of the local datastore."
+    )
+    reference_fhir_token: str | None = Field(
+        default=None, description="Bearer token for that server; unset: forward the caller's Authorization."
+    )
+    reference_timeout_seconds: float = Field(default=5.0, gt=0)
 
     def public_base(self, request_base: str) -> str:
         """The base URL links are built from: the configured one, else the request's own."""

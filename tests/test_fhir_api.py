@@ -68,9 +68,7 @@ async def test_prefer_return_shapes_the_create_response(
         assert response.json()["resourceType"] == expect_body
 
 
-async def test_conditional_create_creates_once_then_returns_the_match(
-    api: httpx.AsyncClient, database: Any
-) -> None:
+async def test_conditional_create_creates_once_then_returns_the_match(api: httpx.AsyncClient, database: Any) -> None:
     first = await create(api)
     condition = {**FHIR, "if-none-exist": f"_id={first['id']}"}
     again = await api.post("/fhir/Patient", json=PATIENT, headers=condition)
@@ -89,9 +87,7 @@ async def test_conditional_create_with_several_matches_is_412(api: httpx.AsyncCl
     assert await count(database, "Patient") == 2
 
 
-async def test_conditional_create_with_an_unknown_parameter_is_400(
-    api: httpx.AsyncClient, database: Any
-) -> None:
+async def test_conditional_create_with_an_unknown_parameter_is_400(api: httpx.AsyncClient, database: Any) -> None:
     response = await api.post("/fhir/Patient", json=PATIENT, headers={**FHIR, "if-none-exist": "shoe=9"})
     assert response.status_code == 400
     assert "'shoe'" in diagnostics(response)
@@ -126,16 +122,12 @@ async def test_bad_bodies_are_refused_with_a_clear_outcome(
 
 
 async def test_schema_errors_name_the_element_in_expression(api: httpx.AsyncClient) -> None:
-    response = await api.post(
-        "/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": 3}]}, headers=FHIR
-    )
+    response = await api.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": 3}]}, headers=FHIR)
     assert response.json()["issue"][0]["expression"] == ["Patient.name[0].family"]
 
 
 async def test_xml_is_415_and_oversized_bodies_are_413(api: httpx.AsyncClient, database: Any) -> None:
-    xml = await api.post(
-        "/fhir/Patient", content=b"<Patient/>", headers={"content-type": "application/fhir+xml"}
-    )
+    xml = await api.post("/fhir/Patient", content=b"<Patient/>", headers={"content-type": "application/fhir+xml"})
     assert xml.status_code == 415
     assert "application/fhir+json" in diagnostics(xml)
     huge = json.dumps({**PATIENT, "text": {"status": "generated", "div": "x" * 3_000_000}}).encode()
@@ -196,16 +188,12 @@ async def test_update_as_create_is_201_with_location(api: httpx.AsyncClient) -> 
     assert response.headers["location"] == "http://fhir.test/fhir/Patient/chosen-id/_history/1"
 
 
-async def test_update_refuses_mismatched_ids_and_stale_if_match(
-    api: httpx.AsyncClient, database: Any
-) -> None:
+async def test_update_refuses_mismatched_ids_and_stale_if_match(api: httpx.AsyncClient, database: Any) -> None:
     created = await create(api)
     wrong_id = await api.put(f"/fhir/Patient/{created['id']}", json={**created, "id": "other"}, headers=FHIR)
     assert wrong_id.status_code == 400
     assert "does not match the id in the URL" in diagnostics(wrong_id)
-    stale = await api.put(
-        f"/fhir/Patient/{created['id']}", json=created, headers={**FHIR, "if-match": 'W/"5"'}
-    )
+    stale = await api.put(f"/fhir/Patient/{created['id']}", json=created, headers={**FHIR, "if-match": 'W/"5"'})
     assert stale.status_code == 412
     assert "current version is 1" in diagnostics(stale)
     garbage = await api.put(f"/fhir/Patient/{created['id']}", json=created, headers={**FHIR, "if-match": "x"})

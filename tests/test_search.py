@@ -137,9 +137,7 @@ async def test_default_order_is_newest_first_and_sort_can_change_it(api: httpx.A
     people = await make_patients(api, 5)
     newest_first = [p["id"] for p in reversed(people)]
     assert ids((await api.get("/fhir/Patient")).json()) == newest_first
-    assert (
-        ids((await api.get("/fhir/Patient", params={"_sort": "_lastUpdated"})).json()) == newest_first[::-1]
-    )
+    assert ids((await api.get("/fhir/Patient", params={"_sort": "_lastUpdated"})).json()) == newest_first[::-1]
     assert ids((await api.get("/fhir/Patient", params={"_sort": "_id"})).json()) == sorted(newest_first)
     bad = await api.get("/fhir/Patient", params={"_sort": "shoe"})
     assert bad.status_code == 400 and "_sort cannot use 'shoe'" in bad.json()["issue"][0]["diagnostics"]

@@ -56,9 +56,7 @@ class FHIRRoute(APIRoute):
                 return outcome_response(InvalidRequest(describe_request_errors(error)))
             except Exception:
                 incident = uuid.uuid4().hex[:12]
-                log.exception(
-                    "unhandled error in %s %s (incident %s)", request.method, request.url.path, incident
-                )
+                log.exception("unhandled error in %s %s (incident %s)", request.method, request.url.path, incident)
                 return FHIRResponse(
                     operation_outcome(
                         "fatal",
@@ -83,9 +81,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     """The request body as JSON, refusing non-JSON media types, oversized and malformed bodies."""
     content_type = request.headers.get("content-type", FHIR_JSON).split(";")[0].strip().lower()
     if content_type and content_type not in JSON_TYPES:
-        raise UnsupportedMediaType(
-            f"Content-Type {content_type!r} is not supported; send the resource as {FHIR_JSON}."
-        )
+        raise UnsupportedMediaType(f"Content-Type {content_type!r} is not supported; send the resource as {FHIR_JSON}.")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"The body is larger than the {max_bytes} bytes this server accepts.")

@@ -47,8 +47,7 @@ def validate_resource(data: Any, expected_type: str) -> dict[str, Any]:
     actual = data.get("resourceType")
     if actual is None:
         raise InvalidRequest(
-            f"The resource has no resourceType; send a {expected_type} with "
-            f'"resourceType": "{expected_type}".',
+            f'The resource has no resourceType; send a {expected_type} with "resourceType": "{expected_type}".',
             expression=["resourceType"],
         )
     if actual != expected_type:
@@ -66,7 +65,35 @@ def validate_resource(data: Any, expected_type: str) -> dict[str, Any]:
         ) from None
     except (ValueError, TypeError) as error:  # some model validators raise plain errors
         raise InvalidRequest(f"The {expected_type} is not valid: {error}") from None
-    return model.model_dump(mode="json", exclude_none=True)
+    return keep_lexical_forms(model.model_dump(mode="json", exclude_none=True), data)
+
+
+def keep_lexical_forms(dumped: Any, original: Any) -> Any:
+    """Put back the client's own spelling of date-times the model re-rendered.
+
+    The models print fractional seconds with six digits (``.292000Z``); a client that sent
+    ``.292Z`` should read back exactly what it wrote. Only strings that denote the same
+    instant are replaced, so values are never changed, only their spelling kept.
+    """
+    if isinstance(dumped, dict) and isinstance(original, dict):
+        for key, value in dumped.items():
+            if key in original:
+                dumped[key] = keep_lexical_forms(value, original[key])
+        return dumped
+    if isinstance(dumped, list) and isinstance(original, list) and len(dumped) == len(original):
+        return [keep_lexical_forms(d, o) for d, o in zip(dumped, original, strict=True)]
+    if isinstance(dumped, str) and isinstance(original, str) and dumped != original and _same_instant(dumped, original):
+        return original
+    return dumped
+
+
+def _same_instant(a: str, b: str) -> bool:
+    if "T" not in a or "T" not in b:
+        return False
+    try:
+        return datetime.fromisoformat(a.replace("Z", "+00:00")) == datetime.fromisoformat(b.replace("Z", "+00:00"))
+    except ValueError:
+        return False
 
 
 def describe_validation_error(resource_type: str, error: ValidationError) -> str:

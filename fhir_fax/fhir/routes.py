@@ -21,15 +21,12 @@ ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 def require_type(resource_type: str) -> str:
     if not is_supported(resource_type):
         raise ResourceNotFound(
-            f"Resource type {resource_type!r} is not supported by this server; "
-            "see /metadata for the supported types."
+            f"Resource type {resource_type!r} is not supported by this server; see /metadata for the supported types."
         )
     return resource_type
 
 
-def written_response(
-    request: Request, resource: dict[str, Any], status: int, location: str | None
-) -> Response:
+def written_response(request: Request, resource: dict[str, Any], status: int, location: str | None) -> Response:
     """Answer a create/update as the client's ``Prefer: return=`` asks."""
     headers = version_headers(resource)
     if location:
@@ -90,8 +87,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ("application/x-www-form-urlencoded", ""):
             raise InvalidRequest(
-                "POST _search takes its parameters as application/x-www-form-urlencoded; "
-                f"got {content_type!r}."
+                f"POST _search takes its parameters as application/x-www-form-urlencoded; got {content_type!r}."
             )
         body = (await request.body()).decode("utf-8", errors="replace")
         params = list(request.query_params.multi_items()) + parse_qsl(body, keep_blank_values=True)
@@ -109,21 +105,16 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         stored = await context.store.create(resource)
         return written_response(request, stored, 201, version_location(request, stored))
 
-    async def conditional_match(
-        request: Request, resource_type: str, condition: str
-    ) -> dict[str, Any] | None:
+    async def conditional_match(request: Request, resource_type: str, condition: str) -> dict[str, Any] | None:
         params = parse_qsl(condition.lstrip("?"), keep_blank_values=True)
         if not params:
             raise InvalidRequest("If-None-Exist must hold search parameters, e.g. identifier=system|value.")
-        query = parse_search(
-            resource_type, [*params, ("_count", "2")], context.registry, default_count=2, max_count=2
-        )
+        query = parse_search(resource_type, [*params, ("_count", "2")], context.registry, default_count=2, max_count=2)
         bundle = await execute_search(context.store.database, query, context.base_url(request))
         matches = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
         if len(matches) > 1:
             raise PreconditionFailed(
-                f"If-None-Exist ({condition}) matches more than one {resource_type}; make the condition "
-                "more specific."
+                f"If-None-Exist ({condition}) matches more than one {resource_type}; make the condition more specific."
             )
         return matches[0] if matches else None
 
@@ -157,9 +148,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         count = request.query_params.get("_count", str(settings.search_max_count))
         if not count.isdigit() or int(count) < 1:
             raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.")
-        versions = await context.store.history(
-            resource_type, resource_id, min(int(count), settings.search_max_count)
-        )
+        versions = await context.store.history(resource_type, resource_id, min(int(count), settings.search_max_count))
         total = await context.store.count_versions(resource_type, resource_id)
         base = context.base_url(request)
         bundle = {

@@ -58,17 +58,13 @@ def id_filter(name: str, values: list[str], modifier: str | None, moment: dateti
     return {"_id": {"$in": values}}
 
 
-def last_updated_filter(
-    name: str, values: list[str], modifier: str | None, moment: datetime
-) -> dict[str, Any]:
+def last_updated_filter(name: str, values: list[str], modifier: str | None, moment: datetime) -> dict[str, Any]:
     clauses = [point_filter(f"{RESERVED}.lastUpdated", parse_date_value(name, v), moment) for v in values]
     return clauses[0] if len(clauses) == 1 else {"$or": clauses}
 
 
 COMMON_PARAMETERS: tuple[SearchParameter, ...] = (
-    SearchParameter(
-        "_id", "token", "Logical id of the resource", "Resource.id", id_filter, "_id", frozenset({"not"})
-    ),
+    SearchParameter("_id", "token", "Logical id of the resource", "Resource.id", id_filter, "_id", frozenset({"not"})),
     SearchParameter(
         "_lastUpdated",
         "date",
@@ -148,18 +144,12 @@ def parse_search(
             if modifier and modifier not in parameter.modifiers:
                 raise InvalidRequest(
                     f"Search parameter {name!r} does not support the modifier ':{modifier}'"
-                    + (
-                        f"; supported: {', '.join(sorted(parameter.modifiers))}."
-                        if parameter.modifiers
-                        else "."
-                    ),
+                    + (f"; supported: {', '.join(sorted(parameter.modifiers))}." if parameter.modifiers else "."),
                     expression=[raw_name],
                 )
             values = value.split(",")
             if any(v == "" for v in values):
-                raise InvalidRequest(
-                    f"Search parameter {raw_name!r} has an empty value.", expression=[raw_name]
-                )
+                raise InvalidRequest(f"Search parameter {raw_name!r} has an empty value.", expression=[raw_name])
             clauses.append(parameter.build(name, values, modifier or None, moment))
         else:
             if lenient:
@@ -173,9 +163,7 @@ def parse_search(
             )
         echo.append((raw_name, value))
     sort = _parse_sort(sort_text, known)
-    return SearchQuery(
-        resource_type, {"$and": clauses}, count, sort, total, summary_count, cursor, echo, ignored
-    )
+    return SearchQuery(resource_type, {"$and": clauses}, count, sort, total, summary_count, cursor, echo, ignored)
 
 
 def _parse_count(value: str, max_count: int) -> int:
@@ -265,9 +253,7 @@ async def execute_search(database: Any, query: SearchQuery, base_url: str) -> di
         if query.cursor is not None:
             if len(query.cursor["values"]) != len(query.sort):
                 raise InvalidRequest("_cursor does not belong to this _sort; start the search again.")
-            mongo_filter = {
-                "$and": [query.filter, _keyset_filter(query.sort, query.cursor["values"], forward)]
-            }
+            mongo_filter = {"$and": [query.filter, _keyset_filter(query.sort, query.cursor["values"], forward)]}
         order = query.sort if forward else [(f, -d) for f, d in query.sort]
         documents = await collection.find(mongo_filter).sort(order).limit(query.count + 1).to_list(None)
         more = len(documents) > query.count
@@ -280,9 +266,7 @@ async def execute_search(database: Any, query: SearchQuery, base_url: str) -> di
             has_next = more if forward else True
             has_previous = query.cursor is not None if forward else more
             if has_next:
-                links.append(
-                    {"relation": "next", "url": _link(type_url, query.echo, _encode_cursor(last, "next"))}
-                )
+                links.append({"relation": "next", "url": _link(type_url, query.echo, _encode_cursor(last, "next"))})
             if has_previous:
                 links.append(
                     {

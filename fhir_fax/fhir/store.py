@@ -102,12 +102,22 @@ class ResourceStore:
         document[RESERVED] = reserved
         return document
 
-    async def create(self, resource: dict[str, Any], *, resource_id: str | None = None) -> dict[str, Any]:
-        """Store ``resource`` as version 1 with a new id (client ids are ignored, as FHIR says)."""
+    async def create(
+        self,
+        resource: dict[str, Any],
+        *,
+        resource_id: str | None = None,
+        moment: datetime | None = None,
+        session: Any = None,
+    ) -> dict[str, Any]:
+        """Store ``resource`` as version 1 with a new id (client ids are ignored, as FHIR says).
+
+        ``session`` lets a caller make the create part of its own transaction.
+        """
         resource = validate_resource(resource, resource.get("resourceType", ""))
         resource_type = resource["resourceType"]
-        document = self._document(resource, resource_id or str(uuid.uuid4()), 1, "POST", now())
-        await self.collection(resource_type).insert_one(document)
+        document = self._document(resource, resource_id or str(uuid.uuid4()), 1, "POST", moment or now())
+        await self.collection(resource_type).insert_one(document, session=session)
         return public(document)
 
     async def update(
@@ -128,8 +138,7 @@ class ResourceStore:
             if current is None:
                 if wanted is not None:
                     raise PreconditionFailed(
-                        f"If-Match asks for version {wanted} of {resource_type}/{resource_id}, "
-                        "which does not exist."
+                        f"If-Match asks for version {wanted} of {resource_type}/{resource_id}, which does not exist."
                     )
                 document = self._document(resource, resource_id, 1, "PUT", now())
                 try:
@@ -148,6 +157,19 @@ class ResourceStore:
         raise PreconditionFailed(
             f"{resource_type}/{resource_id} is being changed by many clients at once; retry the update."
         )
+
+    async def put_if_changed(self, resource: dict[str, Any]) -> bool:
+        """Create or update ``resource`` (which carries its id) unless the stored one has the same content.
+
+        For resources the server itself owns (fixtures, its OperationDefinitions): loading them
+        at every start must not add a version each time. Returns True when it wrote.
+        """
+        resource = validate_resource(resource, resource.get("resourceType", ""))
+        current = await self.find_current(resource["resourceType"], resource["id"])
+        if current is not None and not current[RESERVED]["deleted"] and _content(public(current)) == _content(resource):
+            return False
+        await self.update(resource["resourceType"], resource["id"], resource)
+        return True
 
     async def delete(self, resource_type: str, resource_id: str) -> int | None:
         """Delete ``resource_id`` (a new, deleted version); returns that version, None if already deleted."""
@@ -228,9 +250,7 @@ class ResourceStore:
         if not version_id.isdigit():
             raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version_id!r}.")
         version = int(version_id)
-        document = await self.collection(resource_type).find_one(
-            {"_id": resource_id, f"{RESERVED}.version": version}
-        )
+        document = await self.collection(resource_type).find_one({"_id": resource_id, f"{RESERVED}.version": version})
         if document is None:
             document = await self.database[history_collection(resource_type)].find_one(
                 {"_id": f"{resource_id}/{version}"}
@@ -270,6 +290,10 @@ class ResourceStore:
     async def count_versions(self, resource_type: str, resource_id: str) -> int:
         current = await self.collection(resource_type).find_one({"_id": resource_id}, {RESERVED: 1})
         return 0 if current is None else current[RESERVED]["version"]
+
+
+def _content(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k != "meta"}
 
 
 def as_utc(moment: datetime) -> datetime:

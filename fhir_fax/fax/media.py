@@ -1,0 +1,41 @@
+"""Where a fax document may come from: this project's Z3 storage, and nowhere else.
+
+Refusing every other URL means a send can never make the server fetch an arbitrary address.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..z3.locations import Z3Location, Z3UrlError, parse_z3_url
+from ..z3.store import Z3Store
+
+
+class MediaProblem(ValueError):
+    """Why ``media`` is refused (the message says what to send instead)."""
+
+
+def parse_media_url(url: str, project_api_bases: tuple[str, ...]) -> Z3Location:
+    try:
+        return parse_z3_url(url, project_api_bases)
+    except Z3UrlError as error:
+        raise MediaProblem(str(error)) from None
+
+
+class MediaChecker(Protocol):
+    """Confirms that a Z3 object exists and may be read by the caller; raises MediaProblem if not."""
+
+    async def check(self, location: Z3Location, *, authorization: str | None) -> None: ...
+
+
+class Z3MediaChecker:
+    """The object must exist in this project's Z3 (read permission joins with access policies)."""
+
+    def __init__(self, store: Z3Store) -> None:
+        self.store = store
+
+    async def check(self, location: Z3Location, *, authorization: str | None) -> None:
+        if await self.store.stat(location) is None:
+            raise MediaProblem(
+                f"There is no Z3 object at {location}; upload the document there first (check the bucket and key)."
+            )

@@ -1,0 +1,148 @@
+"""Fax routes: the FHIR ``$send-fax`` operation and the SDK-compatible ``/fax/v1`` API.
+
+Routes are thin: parse, call one FaxService function, shape the response. Errors are the
+same typed exceptions everywhere; the FHIR routes render them as OperationOutcomes and
+the SDK routes as ``{"message": ..., "code": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from ..fhir.context import FHIRContext, ServiceUnavailable
+from ..fhir.errors import FHIRError, InvalidRequest
+from ..fhir.http import FHIRResponse, FHIRRoute, describe_request_errors, read_json, version_headers
+from .operation import parse_parameters, parse_sdk_body
+from .phone import NumberProblem, check_fax_number
+from .send import Caller, FaxService
+
+log = logging.getLogger("fhir_fax.fax")
+
+MAX_KEY_LENGTH = 255
+
+
+class SDKRoute(APIRoute):
+    """Renders every failure as ``{"message": ..., "code": <status>}``, the shape the Oystehr SDK reads."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except FHIRError as error:
+                return sdk_error(error.diagnostics, error.status_code, error.headers)
+            except RequestValidationError as error:
+                return sdk_error(describe_request_errors(error), 400)
+            except Exception:
+                incident = uuid.uuid4().hex[:12]
+                log.exception("unhandled error in %s %s (incident %s)", request.method, request.url.path, incident)
+                return sdk_error(f"Internal server error; quote incident {incident} when reporting it.", 500)
+
+        return handle
+
+
+def sdk_error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"message": message, "code": status}, status_code=status, headers=headers)
+
+
+class FaxAPI:
+    """Builds the fax routers around one FaxService (set when the module starts)."""
+
+    def __init__(self, fhir: FHIRContext) -> None:
+        self.fhir = fhir
+        self.service: FaxService | None = None
+
+    def require_service(self) -> FaxService:
+        if self.service is None:
+            raise ServiceUnavailable("The fax service is not running yet; retry in a moment.")
+        return self.service
+
+    def caller(self, request: Request) -> Caller:
+        settings = self.fhir.settings
+        key = request.headers.get("idempotency-key") or request.headers.get("x-oystehr-request-id")
+        if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable()):
+            raise InvalidRequest(
+                f"The idempotency key must be 1-{MAX_KEY_LENGTH} printable characters (a UUID is ideal).",
+                expression=["Idempotency-Key"],
+            )
+        public = settings.public_base(str(request.base_url))
+        fhir_bases = (self.fhir.base_url(request),)
+        if settings.reference_fhir_base:
+            fhir_bases += (settings.reference_fhir_base,)
+        return Caller(
+            authorization=request.headers.get("authorization"),
+            idempotency_key=key,
+            fhir_bases=fhir_bases,
+            project_api_bases=(public + settings.project_api_path, *settings.z3_url_aliases),
+        )
+
+    def fhir_router(self) -> APIRouter:
+        router = APIRouter(route_class=FHIRRoute, tags=["Fax (FHIR)"])
+
+        @router.post("/Communication/$send-fax", summary="Send a fax (FHIR operation)")
+        async def send_fax_operation(request: Request) -> Response:
+            body = await read_json(request, self.fhir.settings.max_body_bytes)
+            result = await self.require_service().send(parse_parameters(body), self.caller(request))
+            headers = version_headers(result.communication)
+            if result.replayed:
+                headers["Idempotent-Replayed"] = "true"
+            return FHIRResponse(result.communication, headers=headers)
+
+        return router
+
+    def sdk_router(self) -> APIRouter:
+        router = APIRouter(route_class=SDKRoute, tags=["Fax"])
+        settings = self.fhir.settings
+
+        @router.post("/send", summary="Send a fax")
+        async def send(request: Request) -> Response:
+            body = await read_json(request, settings.max_body_bytes)
+            result = await self.require_service().send(parse_sdk_body(body), self.caller(request))
+            headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+            return JSONResponse({"communicationResource": result.communication}, headers=headers)
+
+        @router.post("/onboard", summary="Onboard a fax number")
+        async def onboard(request: Request) -> dict[str, str]:
+            number = await self.optional_number(request)
+            return {"faxNumber": await self.require_service().onboard(number)}
+
+        @router.post("/offboard", summary="Offboard fax numbers (all, or the one named)")
+        async def offboard(request: Request) -> dict[str, list[str]]:
+            number = await self.optional_number(request)
+            return {"released": await self.require_service().numbers.offboard(number)}
+
+        @router.get("/config", summary="Fax configuration")
+        async def config() -> dict[str, Any]:
+            numbers = await self.require_service().numbers.list()
+            return {"configured": bool(numbers), "faxNumbers": numbers}
+
+        return router
+
+    async def optional_number(self, request: Request) -> str | None:
+        """``faxNumber`` from an optional JSON body (``{}`` or no body means none)."""
+        raw = await request.body()
+        if not raw.strip():
+            return None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise InvalidRequest('The body must be JSON: {} or {"faxNumber": "+12223334444"}.') from None
+        if not isinstance(body, dict) or set(body) - {"faxNumber"}:
+            raise InvalidRequest('The body may only hold "faxNumber", e.g. {"faxNumber": "+12223334444"}.')
+        number = body.get("faxNumber")
+        if number is None:
+            return None
+        try:
+            return check_fax_number(number, require_valid=self.fhir.settings.require_valid_numbers)
+        except NumberProblem as problem:
+            raise InvalidRequest(f"faxNumber: {problem}", expression=["faxNumber"]) from None
