@@ -6,9 +6,14 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+from .fhir.errors import FHIRError
 from .settings import Settings
+
+T = TypeVar("T")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -41,23 +46,64 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def fixtures_load(args: argparse.Namespace) -> int:
+def _with_database(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(database)`` on the configured database (joining or starting the embedded one)."""
     from .db import Database
-    from .fhir.store import ResourceStore
-    from .fixtures import FIXTURES_DIR, load_fixtures
 
-    settings = _settings(args)
-
-    async def run() -> dict[str, int]:
+    async def run() -> T:
         database = Database(settings)
         try:
-            store = ResourceStore(database.connect())
-            return await load_fixtures(store, Path(args.directory) if args.directory else FIXTURES_DIR)
+            return await work(database.connect())
         finally:
             await database.close()
 
-    counts = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def fixtures_load(args: argparse.Namespace) -> int:
+    from .fhir.store import ResourceStore
+    from .fixtures import FIXTURES_DIR, load_fixtures
+
+    directory = Path(args.directory) if args.directory else FIXTURES_DIR
+    counts = _with_database(_settings(args), lambda db: load_fixtures(ResourceStore(db), directory))
     print(f"fixtures: {counts['written']} written, {counts['unchanged']} unchanged")
+    return 0
+
+
+def numbers(args: argparse.Namespace) -> int:
+    from .fax.numbers import FaxNumbers
+    from .fax.phone import NumberProblem, check_fax_number
+
+    settings = _settings(args)
+    number = getattr(args, "number", None)
+    if args.action == "offboard" and number is None and not args.all:
+        print("fhir-fax: name the number to offboard, or pass --all", file=sys.stderr)
+        return 2
+    if number is not None:
+        try:
+            check_fax_number(number, require_valid=settings.require_valid_numbers)
+        except NumberProblem as problem:
+            print(f"fhir-fax: {problem}", file=sys.stderr)
+            return 2
+
+    async def work(database: Any) -> list[str]:
+        registry = FaxNumbers(database)
+        if args.action == "onboard":
+            return [await registry.onboard_for_project(number, settings.carrier, settings.carrier_fax_number)]
+        if args.action == "offboard":
+            return await registry.offboard(number)
+        return await registry.list()
+
+    try:
+        result = _with_database(settings, work)
+    except FHIRError as error:
+        print(f"fhir-fax: {error.diagnostics}", file=sys.stderr)
+        return 1
+    verb = {"onboard": "onboarded", "offboard": "offboarded", "list": "onboarded"}[args.action]
+    if not result:
+        print(f"no numbers {verb}")
+    for item in result:
+        print(f"{verb} {item}")
     return 0
 
 
@@ -82,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--directory", help="folder of FHIR JSON files (default: the bundled fixtures/)")
     database_options(load)
     load.set_defaults(handler=fixtures_load)
+
+    numbers_command = commands.add_parser("numbers", help="manage onboarded fax numbers").add_subparsers(
+        dest="action", required=True
+    )
+    onboard = numbers_command.add_parser("onboard", help="onboard a number (or get one from the carrier)")
+    onboard.add_argument("number", nargs="?", help="E.164 number, e.g. +12223334444")
+    offboard = numbers_command.add_parser("offboard", help="release a number")
+    offboard.add_argument("number", nargs="?", help="E.164 number to release")
+    offboard.add_argument("--all", action="store_true", help="release every number")
+    listing = numbers_command.add_parser("list", help="list onboarded numbers")
+    for command in (onboard, offboard, listing):
+        database_options(command)
+        command.set_defaults(handler=numbers)
     return parser
 
 

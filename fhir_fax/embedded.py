@@ -97,6 +97,7 @@ class EmbeddedDatabase:
     data_dir: Path
     port: int | None = None
     startup_timeout: float = 30.0
+    extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -156,6 +157,7 @@ class EmbeddedDatabase:
             "--storage-path", str(self.storage_path),
             "--sync-on-commit",
             "--log-level", "WARNING",
+            *self.extra_args,
         ]  # fmt: skip
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - held for the child's lifetime
         self.process = subprocess.Popen(

@@ -15,12 +15,19 @@ from pymongo import AsyncMongoClient
 from fhir_fax.app import create_app
 from fhir_fax.embedded import EmbeddedDatabase
 from fhir_fax.settings import Settings
+from fhir_fax.z3.locations import Z3Location
+from fhir_fax.z3.store import Z3Store
+
+from helpers import FIXTURES, SENDER_NUMBER
 
 
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real secantusd-py server in its own process, started by the product's own launcher."""
-    server = EmbeddedDatabase(tmp_path_factory.mktemp("mongo"))
+    """A real secantusd-py server in its own process, started by the product's own launcher.
+
+    Test commands are on so that tests can arm ``failCommand`` fail points.
+    """
+    server = EmbeddedDatabase(tmp_path_factory.mktemp("mongo"), extra_args=("--enable-test-commands",))
     uri = server.start()
     yield uri
     server.stop()
@@ -70,4 +77,31 @@ async def api(settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncCli
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
     ):
+        yield http
+
+
+@pytest.fixture
+def fax_settings(tmp_path: Path) -> Settings:
+    """Fixtures loaded; the hosted service's project-API URL accepted as an alias, as in the seed."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        base_url="http://fhir.test",
+        load_fixtures=True,
+        z3_url_aliases=["https://project-api.zapehr.com/v1"],
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+async def fax_api(fax_settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with fixtures, the sender's number onboarded and the seed's document in Z3."""
+    app = create_app(fax_settings, database=database)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
+    ):
+        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
+        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
+        response = await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})
+        assert response.status_code == 200
         yield http

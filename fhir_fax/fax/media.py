@@ -5,6 +5,7 @@ Refusing every other URL means a send can never make the server fetch an arbitra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..z3.locations import Z3Location, Z3UrlError, parse_z3_url
@@ -22,10 +23,18 @@ def parse_media_url(url: str, project_api_bases: tuple[str, ...]) -> Z3Location:
         raise MediaProblem(str(error)) from None
 
 
+@dataclass(frozen=True)
+class MediaInfo:
+    """What is known about the document when the fax is accepted."""
+
+    content_type: str | None
+    size: int
+
+
 class MediaChecker(Protocol):
     """Confirms that a Z3 object exists and may be read by the caller; raises MediaProblem if not."""
 
-    async def check(self, location: Z3Location, *, authorization: str | None) -> None: ...
+    async def check(self, location: Z3Location, *, authorization: str | None) -> MediaInfo: ...
 
 
 class Z3MediaChecker:
@@ -34,8 +43,10 @@ class Z3MediaChecker:
     def __init__(self, store: Z3Store) -> None:
         self.store = store
 
-    async def check(self, location: Z3Location, *, authorization: str | None) -> None:
-        if await self.store.stat(location) is None:
+    async def check(self, location: Z3Location, *, authorization: str | None) -> MediaInfo:
+        info = await self.store.stat(location)
+        if info is None:
             raise MediaProblem(
                 f"There is no Z3 object at {location}; upload the document there first (check the bucket and key)."
             )
+        return MediaInfo(content_type=info.content_type, size=info.size)

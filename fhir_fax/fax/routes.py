@@ -69,7 +69,7 @@ class FaxAPI:
 
     def caller(self, request: Request) -> Caller:
         settings = self.fhir.settings
-        key = request.headers.get("idempotency-key") or request.headers.get("x-oystehr-request-id")
+        key = request.headers.get("idempotency-key", request.headers.get("x-oystehr-request-id"))
         if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable()):
             raise InvalidRequest(
                 f"The idempotency key must be 1-{MAX_KEY_LENGTH} printable characters (a UUID is ideal).",

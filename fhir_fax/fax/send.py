@@ -25,7 +25,7 @@ from ..settings import Settings
 from ..z3.locations import Z3Location
 from ..z3.store import Z3Store
 from .idempotency import IdempotencyRecords
-from .media import MediaChecker, MediaProblem, parse_media_url
+from .media import MediaChecker, MediaInfo, MediaProblem, parse_media_url
 from .numbers import FaxNumbers
 from .operation import SendFaxRequest, allowed_types
 from .outbox import FaxJob, Outbox
@@ -64,6 +64,15 @@ class Caller:
 class SendResult:
     communication: dict[str, Any]
     replayed: bool
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """What the look-ups found: the numbers to send from and to, and the document."""
+
+    from_number: str
+    to_number: str
+    media: MediaInfo
 
 
 @dataclass(frozen=True)
@@ -114,9 +123,9 @@ class FaxService:
             earlier = await self.idempotency.replay(key, request.fingerprint())
             if earlier is not None:
                 return SendResult(earlier, replayed=True)
-        from_number, to_number = await self.look_up(checked, caller)
+        found = await self.look_up(checked, caller)
         try:
-            communication = await self.record(checked, from_number, to_number, key)
+            communication = await self.record(checked, found, key)
         except DuplicateKeyError:
             # The same key won a race with us; answer what it answered.
             earlier = await self.idempotency.replay(key or "", request.fingerprint())
@@ -178,19 +187,19 @@ class FaxService:
 
     # -- look-ups --------------------------------------------------------------------------------------
 
-    async def look_up(self, checked: CheckedRequest, caller: Caller) -> tuple[str, str]:
-        """Resolve the references, check the media object; return the (from, to) fax numbers."""
+    async def look_up(self, checked: CheckedRequest, caller: Caller) -> Lookups:
+        """Resolve the references and check the media object, all at once."""
         moment = now()
         sender_task = self._resolve("sender", checked.sender, caller)
         recipient_task = self._resolve("recipient", checked.recipient, caller)
         patient_task = self._resolve("patient", checked.patient, caller)
         media_task = self._check_media(checked.media, caller)
-        sender, recipient, _patient, _media, onboarded = await asyncio.gather(
+        sender, recipient, _patient, media, onboarded = await asyncio.gather(
             sender_task, recipient_task, patient_task, media_task, self.numbers.list()
         )
         from_number = self._sender_number(checked.sender, sender, set(onboarded), moment)
         to_number = checked.recipient_number or self._fax_number("recipient", checked.recipient, recipient, moment)
-        return from_number, to_number
+        return Lookups(from_number, to_number, media)
 
     async def _resolve(self, parameter: str, reference: Reference | None, caller: Caller) -> dict[str, Any] | None:
         if reference is None:
@@ -209,9 +218,9 @@ class FaxService:
                 raise GatewayTimeout(message + "; retry later.", expression=[parameter]) from None
             raise BadGateway(message + "; retry later.", expression=[parameter]) from None
 
-    async def _check_media(self, location: Z3Location, caller: Caller) -> None:
+    async def _check_media(self, location: Z3Location, caller: Caller) -> MediaInfo:
         try:
-            await self.media.check(location, authorization=caller.authorization)
+            return await self.media.check(location, authorization=caller.authorization)
         except MediaProblem as problem:
             raise UnprocessableEntity(f"media: {problem}", expression=["media"]) from None
 
@@ -250,13 +259,18 @@ class FaxService:
 
     # -- the one write ------------------------------------------------------------------------------------
 
-    def build_communication(self, checked: CheckedRequest, fax_id: str, moment: datetime) -> dict[str, Any]:
+    def build_communication(
+        self, checked: CheckedRequest, media: MediaInfo, fax_id: str, moment: datetime
+    ) -> dict[str, Any]:
         request = checked.request
+        attachment: dict[str, Any] = {"url": request.media, "size": media.size}
+        if media.content_type:
+            attachment["contentType"] = media.content_type
         communication: dict[str, Any] = {
             "resourceType": "Communication",
             "status": "in-progress",
             "medium": [fax_medium()],
-            "payload": [{"contentAttachment": {"url": request.media}}],
+            "payload": [{"contentAttachment": attachment}],
             "sender": {"reference": str(checked.sender)},
             "sent": format_instant(moment),
             "identifier": [fax_identifier(fax_id)],
@@ -279,21 +293,19 @@ class FaxService:
             communication["subject"] = {"reference": str(checked.patient)}
         return communication
 
-    async def record(
-        self, checked: CheckedRequest, from_number: str, to_number: str, key: str | None
-    ) -> dict[str, Any]:
+    async def record(self, checked: CheckedRequest, found: Lookups, key: str | None) -> dict[str, Any]:
         """Write the Communication, its job and the idempotency record in one transaction."""
         moment = now()
         fax_id = str(uuid.uuid4())
         communication_id = str(uuid.uuid4())
-        communication = self.build_communication(checked, fax_id, moment)
+        communication = self.build_communication(checked, found.media, fax_id, moment)
         job = FaxJob(
             fax_id=fax_id,
             communication_id=communication_id,
             media=str(checked.media),
             quality=checked.request.quality,
-            from_number=from_number,
-            to_number=to_number,
+            from_number=found.from_number,
+            to_number=found.to_number,
             created=moment,
         )
 
