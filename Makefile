@@ -13,7 +13,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[embedded,test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The unmodified Oystehr SDK, used by the compatibility tests.
+SDK_STAMP := tests/sdk/node_modules/.installed
+$(SDK_STAMP): tests/sdk/package-lock.json
+	cd tests/sdk && npm ci --silent --no-fund --no-audit
+	touch $(SDK_STAMP)
+
+install: $(STAMP) $(SDK_STAMP)
 
 run: $(STAMP)
 	$(BIN)/fhir-fax serve --load-fixtures
@@ -22,8 +28,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint $(SDK_STAMP)
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) fhir-fax-data .pytest_cache
+	rm -rf $(VENV) fhir-fax-data .pytest_cache tests/sdk/node_modules

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from fhir_fax.fhir.models import model_class
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SEED_MEDIA = "https://project-api.zapehr.com/v1/z3/my-bucket/path/to/document.pdf"
@@ -46,3 +51,64 @@ def as_parameters(body: dict[str, Any]) -> dict[str, Any]:
 async def stored_counts(database: Any) -> dict[str, int]:
     """How many Communications, jobs and idempotency records exist (to prove nothing was written)."""
     return {name: await database[name].count_documents({}) for name in ("Communication", "fax_jobs", "fax_idempotency")}
+
+
+INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+SEED_MEDIUM_CODING = {
+    "system": "https://terminology.hl7.org/6.0.2/ValueSet-v3-ParticipationMode.html",
+    "code": "FAXWRIT",
+    "display": "telefax",
+}
+SEED_IDENTIFIER_TYPE = {
+    "coding": [
+        {
+            "system": "https://terminology.fhir.oystehr.com/CodeSystem/fax",
+            "code": "FAX-ID",
+            "display": "Fax ID",
+            "version": "1.0.0",
+        }
+    ]
+}
+SEED_STATUS_EXTENSION = {
+    "url": "https://extensions.fhir.oystehr.com/outbound-fax-status",
+    "valueCodeableConcept": {
+        "coding": [
+            {
+                "system": "https://terminology.fhir.oystehr.com/CodeSystem/outbound-fax-status",
+                "code": "QUEUED",
+                "display": "queued",
+            }
+        ],
+        "text": "queued",
+    },
+}
+
+
+def assert_matches_seed(communication: dict[str, Any], media: str = SEED_MEDIA) -> None:
+    """Every element of the seed's example response, in turn."""
+    assert communication["resourceType"] == "Communication"
+    medium = communication["medium"]
+    assert len(medium) == 1 and medium[0]["text"] == "telefax"
+    assert medium[0]["coding"][0] == SEED_MEDIUM_CODING
+    assert {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode",
+        "code": "FAXWRIT",
+        "display": "telefax",
+    } in medium[0]["coding"]
+    assert communication["payload"][0]["contentAttachment"]["url"] == media
+    assert communication["payload"][0]["contentAttachment"]["contentType"] == "application/pdf"
+    assert communication["sender"] == {"reference": SEED_SENDER}
+    assert INSTANT.match(communication["sent"])
+    sent = datetime.fromisoformat(communication["sent"].replace("Z", "+00:00"))
+    assert abs(datetime.now(UTC) - sent) < timedelta(minutes=1)
+    assert communication["status"] == "in-progress"
+    uuid.UUID(communication["id"])
+    assert communication["meta"]["versionId"] == "1"
+    assert INSTANT.match(communication["meta"]["lastUpdated"])
+    identifier = communication["identifier"]
+    assert len(identifier) == 1
+    assert identifier[0]["system"] == "https://identifiers.oystehr.com/fax"
+    uuid.UUID(identifier[0]["value"])
+    assert identifier[0]["type"] == SEED_IDENTIFIER_TYPE
+    assert communication["extension"] == [SEED_STATUS_EXTENSION]
+    model_class("Communication").model_validate(communication)

@@ -194,9 +194,13 @@ class FaxService:
         recipient_task = self._resolve("recipient", checked.recipient, caller)
         patient_task = self._resolve("patient", checked.patient, caller)
         media_task = self._check_media(checked.media, caller)
-        sender, recipient, _patient, media, onboarded = await asyncio.gather(
-            sender_task, recipient_task, patient_task, media_task, self.numbers.list()
+        results = await asyncio.gather(
+            sender_task, recipient_task, patient_task, media_task, self.numbers.list(), return_exceptions=True
         )
+        for result in results:  # report problems in parameter order, whichever finished first
+            if isinstance(result, BaseException):
+                raise result
+        sender, recipient, _patient, media, onboarded = results
         from_number = self._sender_number(checked.sender, sender, set(onboarded), moment)
         to_number = checked.recipient_number or self._fax_number("recipient", checked.recipient, recipient, moment)
         return Lookups(from_number, to_number, media)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,51 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fhir_fax.embedded import free_port
+from processes import CLI, FaxServer
 
 FHIR = {"content-type": "application/fhir+json"}
-CLI = [sys.executable, "-m", "fhir_fax.cli"]
-
-
-class Server:
-    """One ``fhir-fax serve`` process with its own data directory."""
-
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"serve-{self.port}.log"
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_FAX_")}
-        environment.update(env or {})
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [*CLI, "serve", "--port", str(self.port), "--data-dir", str(data_dir), *extra],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment,
-            )
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited early:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready:\n{self.log.read_text()}")
-
-    def database_pid(self) -> int:
-        return json.loads((self.data_dir / "db.json").read_text())["pid"]
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=30)
 
 
 def alive(pid: int) -> bool:
@@ -94,12 +50,12 @@ def create_patient(url: str, family: str) -> str:
 
 
 def test_kill_9_of_the_server_takes_the_database_down_and_a_restart_keeps_the_data(data_dir: Path) -> None:
-    server = Server(data_dir)
+    server = FaxServer(data_dir)
     ids = [create_patient(server.url, f"Before-{i}") for i in range(20)]
     db_pid = server.database_pid()
     server.stop(signal.SIGKILL)
     assert wait_dead(db_pid), "the embedded database must not outlive a killed server"
-    again = Server(data_dir)
+    again = FaxServer(data_dir)
     try:
         for resource_id in ids:
             assert httpx.get(f"{again.url}/fhir/Patient/{resource_id}").status_code == 200
@@ -108,7 +64,7 @@ def test_kill_9_of_the_server_takes_the_database_down_and_a_restart_keeps_the_da
 
 
 def test_kill_9_of_the_database_is_survived(data_dir: Path) -> None:
-    server = Server(data_dir)
+    server = FaxServer(data_dir)
     try:
         before = create_patient(server.url, "Before")
         old_pid = server.database_pid()
@@ -132,7 +88,7 @@ def test_kill_9_of_the_database_is_survived(data_dir: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_shuts_down_gracefully_with_the_database(data_dir: Path, sig: int) -> None:
-    server = Server(data_dir)
+    server = FaxServer(data_dir)
     db_pid = server.database_pid()
     server.stop(sig)
     assert "Application shutdown complete" in server.log.read_text()
@@ -141,7 +97,7 @@ def test_a_signal_shuts_down_gracefully_with_the_database(data_dir: Path, sig: i
 
 
 def test_fixtures_load_with_the_server_and_again_from_the_cli_idempotently(data_dir: Path) -> None:
-    server = Server(data_dir, "--load-fixtures")
+    server = FaxServer(data_dir, "--load-fixtures")
     try:
         sender = httpx.get(f"{server.url}/fhir/HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964").json()
         assert {"system": "fax", "value": "+12223334444", "use": "work", "rank": 1} in sender["telecom"]
@@ -161,7 +117,7 @@ def test_fixtures_load_with_the_server_and_again_from_the_cli_idempotently(data_
 
 def test_with_a_mongodb_uri_nothing_is_started(data_dir: Path, mongo_uri: str) -> None:
     uri = mongo_uri.replace("/?", "/?appName=e2e&")
-    server = Server(data_dir, env={"FHIR_FAX_MONGODB_URI": uri, "FHIR_FAX_DATABASE_NAME": "e2e_uri"})
+    server = FaxServer(data_dir, env={"FHIR_FAX_MONGODB_URI": uri, "FHIR_FAX_DATABASE_NAME": "e2e_uri"})
     try:
         assert create_patient(server.url, "External")
         assert not (data_dir / "db").exists() and not (data_dir / "db.json").exists()

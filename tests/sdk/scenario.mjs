@@ -1,0 +1,66 @@
+// Runs the Oystehr SDK, unchanged, against a fhir-fax server and prints what happened as JSON.
+// Usage: node scenario.mjs BASE_URL MEDIA_URL
+import Oystehr from '@oystehr/sdk';
+
+const [base, media] = process.argv.slice(2);
+const services = { faxApiUrl: `${base}/fax/v1`, projectApiUrl: `${base}/v1`, fhirApiUrl: `${base}/fhir` };
+const result = {};
+
+// A fetch that loses the first /send response after the server has handled it, as a dropped
+// connection would; the SDK then retries with the same x-oystehr-request-id.
+let lostOne = false;
+const requestIds = [];
+const lossyFetch = async (request) => {
+  if (new URL(request.url).pathname.endsWith('/fax/v1/send')) {
+    requestIds.push(request.headers.get('x-oystehr-request-id'));
+    const response = await fetch(request.clone());
+    if (!lostOne && response.ok) {
+      lostOne = true;
+      return new Response(JSON.stringify({ message: 'gateway lost the answer', code: 503 }), {
+        status: 503,
+        headers: { 'content-type': 'application/json' },
+      });
+    }
+    return response;
+  }
+  return fetch(request);
+};
+
+const oystehr = new Oystehr({ accessToken: 'not-checked-yet', services });
+const lossy = new Oystehr({ accessToken: 'not-checked-yet', services, fetch: lossyFetch, retry: { delay: 10 } });
+
+result.onboard = await oystehr.fax.onboard();
+result.config = await oystehr.fax.getConfiguration();
+const sent = await oystehr.fax.send({
+  media,
+  quality: 'standard',
+  recipient: 'Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c',
+  sender: 'HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964',
+});
+result.sent = sent.communicationResource;
+result.readBack = await oystehr.fhir.get({ resourceType: 'Communication', id: sent.communicationResource.id });
+result.byNumber = (
+  await oystehr.fax.send({
+    media,
+    quality: 'fine',
+    recipientNumber: '+12223334444',
+    sender: 'HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964',
+    patient: 'Patient/maria-lopez',
+  })
+).communicationResource;
+result.retried = (
+  await lossy.fax.send({
+    media,
+    quality: 'superfine',
+    recipient: 'Organization/harbor-cardiology',
+    sender: 'HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964',
+  })
+).communicationResource;
+result.retryRequestIds = requestIds;
+try {
+  await oystehr.fax.send({ media, quality: 'standard', sender: 'HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964' });
+  result.error = null;
+} catch (error) {
+  result.error = { message: error.message, code: error.code };
+}
+console.log(JSON.stringify(result));
