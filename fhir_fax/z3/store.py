@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from gridfs import AsyncGridFSBucket
+from pymongo.asynchronous.database import AsyncDatabase
 
 from ..fhir.models import now
 from .locations import Z3Location
@@ -45,11 +46,18 @@ class Z3Store:
     async def bucket_exists(self, bucket: str) -> bool:
         return await self.database[BUCKETS].count_documents({"_id": bucket}, limit=1) == 1
 
+    def gridfs(self) -> Any:
+        """The GridFS bucket class of whichever driver the database handle belongs to."""
+        if isinstance(self.database, AsyncDatabase):
+            return AsyncGridFSBucket(self.database, bucket_name=GRIDFS_BUCKET)
+        from motor.motor_asyncio import AsyncIOMotorGridFSBucket
+
+        return AsyncIOMotorGridFSBucket(self.database, bucket_name=GRIDFS_BUCKET)
+
     async def put(self, location: Z3Location, data: bytes, content_type: str | None = None) -> None:
-        """Store ``data`` (PyMongo async databases only); the newest upload of a key wins."""
+        """Store ``data``; the newest upload of a key wins."""
         await self.create_bucket(location.bucket)
-        gridfs = AsyncGridFSBucket(self.database, bucket_name=GRIDFS_BUCKET)
-        await gridfs.upload_from_stream(
+        await self.gridfs().upload_from_stream(
             f"{location.bucket}/{location.key}", data, metadata={"contentType": content_type}
         )
 

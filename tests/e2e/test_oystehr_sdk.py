@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
@@ -11,12 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import FIXTURES, SEED_RECIPIENT, SENDER_NUMBER, assert_matches_seed
-from processes import FaxServer
 from pymongo import AsyncMongoClient
 
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
+
+from helpers import FIXTURES, SEED_RECIPIENT, SENDER_NUMBER, assert_matches_seed
+from processes import FaxServer
 
 SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
 
@@ -45,8 +47,13 @@ async def test_the_sdk_sends_reads_back_and_retries_without_a_second_fax(
     async with httpx.AsyncClient() as http:
         assert (await http.post(f"{server.url}/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})).status_code == 200
     media = f"{server.url}/v1/z3/letters/referral.pdf"
-    run = subprocess.run(
-        ["node", "scenario.mjs", server.url, media], cwd=SDK_DIR, capture_output=True, text=True, timeout=120
+    run = await asyncio.to_thread(
+        subprocess.run,
+        ["node", "scenario.mjs", server.url, media],
+        cwd=SDK_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
