@@ -61,11 +61,13 @@ def _with_database(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T
 
 
 def fixtures_load(args: argparse.Namespace) -> int:
+    from .fhir.search_params import default_registry
     from .fhir.store import ResourceStore
     from .fixtures import FIXTURES_DIR, load_fixtures
 
     directory = Path(args.directory) if args.directory else FIXTURES_DIR
-    counts = _with_database(_settings(args), lambda db: load_fixtures(ResourceStore(db), directory))
+    indexer = default_registry().indexer
+    counts = _with_database(_settings(args), lambda db: load_fixtures(ResourceStore(db, indexer), directory))
     print(f"fixtures: {counts['written']} written, {counts['unchanged']} unchanged")
     return 0
 

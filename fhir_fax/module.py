@@ -78,8 +78,9 @@ class FaxModule:
             # because Linux delivers its parent-death signal when the starting thread exits.
             self._database = Database(self.settings)
             database = self._database.connect()
-        store = ResourceStore(database)
+        store = ResourceStore(database, self.fhir.registry.indexer)
         await store.ensure_indexes(SUPPORTED_TYPES)
+        await self.fhir.registry.ensure_indexes(database)
         await store.put_if_changed(SEND_FAX_DEFINITION)
         self._resolver = self._reference_resolver(store)
         service = FaxService(self.settings, database, store, self._resolver, Z3MediaChecker(Z3Store(database)))

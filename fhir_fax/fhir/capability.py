@@ -14,6 +14,7 @@ SEARCH_RESULT_PARAMETERS = (
     ("_sort", "special", "Sort order: a sortable parameter, '-' for descending"),
     ("_total", "token", "none | estimate | accurate"),
     ("_summary", "token", "count: return only the total"),
+    ("_elements", "special", "Only these top-level elements (the result is tagged SUBSETTED)"),
 )
 
 
@@ -35,6 +36,17 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
             ]
             + [{"name": n, "type": t, "documentation": d} for n, t, d in SEARCH_RESULT_PARAMETERS],
         }
+        reference_parameters = [p.name for p in parameters.values() if p.type == "reference"]
+        if reference_parameters:
+            entry["searchInclude"] = [f"{resource_type}:{name}" for name in reference_parameters]
+        revincludes = [
+            f"{source}:{p.name}"
+            for source in SUPPORTED_TYPES
+            for p in context.registry.parameters(source).values()
+            if p.type == "reference" and (not getattr(p.kind, "targets", ()) or resource_type in p.kind.targets)
+        ]
+        if revincludes:
+            entry["searchRevInclude"] = revincludes
         operations = [op for op in context.operations if op.resource_type == resource_type]
         if operations:
             entry["operation"] = [{"name": op.name, "definition": op.definition} for op in operations]
@@ -49,5 +61,11 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
         "implementation": {"description": "fhir-fax FHIR server", "url": base_url},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
-        "rest": [{"mode": "server", "resource": resources}],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": resources,
+                "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
+            }
+        ],
     }

@@ -10,6 +10,7 @@ from fastapi import Request
 from ..settings import Settings
 from .errors import FHIRError
 from .search import SearchRegistry
+from .search_params import default_registry
 from .store import ResourceStore
 
 
@@ -32,7 +33,7 @@ class FHIRContext:
     """Shared state of the FHIR API: settings, search registry and (once started) the store."""
 
     settings: Settings
-    registry: SearchRegistry = field(default_factory=SearchRegistry)
+    registry: SearchRegistry = field(default_factory=default_registry)
     operations: list[OperationSummary] = field(default_factory=list)
     database: Any = None
     _store: ResourceStore | None = None

@@ -13,6 +13,8 @@ from .errors import InvalidRequest, PreconditionFailed, ResourceNotFound
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
 from .models import format_instant, is_supported, validate_resource
 from .search import execute_search, parse_search
+from .search_params import PATIENT_COMPARTMENT
+from .search_types import KEYS
 from .store import Version
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -61,18 +63,45 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             f"/_history/{resource['meta']['versionId']}"
         )
 
-    async def search(request: Request, resource_type: str, params: list[tuple[str, str]]) -> Response:
+    async def search(
+        request: Request,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        compartment: tuple[str, str] | None = None,
+    ) -> Response:
         require_type(resource_type)
+        extra_filter, path = None, resource_type
+        if compartment is not None:
+            extra_filter = await compartment_filter(compartment, resource_type)
+            path = f"{compartment[0]}/{compartment[1]}/{resource_type}"
         query = parse_search(
             resource_type,
             params,
             context.registry,
             default_count=settings.search_default_count,
             max_count=settings.search_max_count,
+            base_url=context.base_url(request),
             lenient=prefer(request, "handling") == "lenient",
+            extra_filter=extra_filter,
         )
+        query.path = path
         bundle = await execute_search(context.store.database, query, context.base_url(request))
         return FHIRResponse(bundle)
+
+    async def compartment_filter(compartment: tuple[str, str], resource_type: str) -> dict[str, Any]:
+        """Resources of ``resource_type`` in a Patient's compartment (FHIR's compartment definition)."""
+        owner_type, owner_id = compartment
+        members = PATIENT_COMPARTMENT.get(resource_type) if owner_type == "Patient" else None
+        if members is None:
+            raise ResourceNotFound(
+                f"{owner_type} compartments hold no {resource_type}; supported: "
+                + ", ".join(f"Patient/{{id}}/{t}" for t in PATIENT_COMPARTMENT)
+                + "."
+            )
+        await context.store.read(owner_type, owner_id)  # 404 / 410 for an unknown or deleted patient
+        reference = f"{owner_type}/{owner_id}"
+        return {"$or": [{f"{KEYS}.{member}.r": reference} for member in members]}
 
     @router.get("/metadata", summary="CapabilityStatement")
     async def metadata(request: Request) -> Response:
@@ -159,6 +188,14 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             "entry": [history_entry(base, v) for v in versions],
         }
         return FHIRResponse(bundle)
+
+    @router.get("/{compartment_type}/{compartment_id}/{resource_type}", summary="Compartment search")
+    async def compartment_search(
+        request: Request, compartment_type: str, compartment_id: str, resource_type: str
+    ) -> Response:
+        require_type(compartment_type)
+        params = list(request.query_params.multi_items())
+        return await search(request, resource_type, params, compartment=(compartment_type, compartment_id))
 
     @router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="Version read")
     async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:

@@ -1,9 +1,9 @@
 """FHIR search: a parameter registry turned into MongoDB filters, keyset paging and a Bundle.
 
-Every value a client sends is parsed into plain strings, numbers or datetimes before it
-becomes part of a filter, so no query value can reach MongoDB as an operator.
-Paging uses keyset cursors (the sort values of the last entry), not skip, so pages stay
-free of duplicates and gaps while new resources are being written.
+Every value a client sends is parsed into plain strings or datetimes before it becomes part
+of a filter, so no query value can reach MongoDB as an operator, and no value is ever used
+as a regular expression. Paging uses keyset cursors (the sort values of the last entry),
+not skip, so pages stay free of duplicates and gaps while new resources are being written.
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ from pymongo import ASCENDING, DESCENDING
 from .dates import parse_date_value, point_filter
 from .errors import InvalidRequest
 from .models import now
+from .search_types import KEYS, SORT_KEYS, Kind, SearchContext, split_escaped, unescape
 from .store import RESERVED, public
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-RESULT_PARAMETERS = {"_count", "_sort", "_total", "_summary", "_cursor", "_format", "_pretty"}
+RESULT_PARAMETERS = ("_count", "_sort", "_total", "_summary", "_elements", "_include", "_revinclude")
+IGNORED_PARAMETERS = ("_format", "_pretty")
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
 
 # Builds a MongoDB filter from the values of one occurrence of a parameter (comma-split),
-# the modifier (or None) and the time of the request.
-FilterBuilder = Callable[[str, list[str], str | None, datetime], dict[str, Any]]
+# the modifier (or None) and the request's context.
+FilterBuilder = Callable[[list[str], str | None, SearchContext], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -43,28 +46,69 @@ class SearchParameter:
     build: FilterBuilder
     sort_field: str | None = None
     modifiers: frozenset[str] = frozenset()
+    kind: Kind | None = None  # set for parameters whose keys are stored with each resource
+    indexed: bool = False
+    index_name: str | None = None  # the index a query on this parameter is steered to
+    hint_priority: int = 5  # lower wins when several indexed parameters are in one query
 
 
-def id_filter(name: str, values: list[str], modifier: str | None, moment: datetime) -> dict[str, Any]:
+def indexed_parameter(
+    kind: Kind,
+    search_type: str,
+    description: str,
+    expression: str,
+    *,
+    sortable: bool = False,
+    indexed: bool = False,
+    index_name: str | None = None,
+    hint_priority: int = 5,
+) -> SearchParameter:
+    modifiers = kind.modifiers | frozenset(getattr(kind, "targets", ()))
+    return SearchParameter(
+        name=kind.name,
+        type=search_type,
+        description=description,
+        expression=expression,
+        build=kind.filter,
+        sort_field=f"{SORT_KEYS}.{kind.name}" if sortable else None,
+        modifiers=modifiers,
+        kind=kind,
+        indexed=indexed,
+        index_name=index_name or (f"search_{kind.name}" if indexed else None),
+        hint_priority=hint_priority,
+    )
+
+
+def id_filter(values: list[str], modifier: str | None, context: SearchContext) -> dict[str, Any]:
     for value in values:
         if not ID_PATTERN.match(value):
             raise InvalidRequest(
-                f"Search parameter {name!r} has the value {value!r}, which is not a FHIR id "
+                f"Search parameter '_id' has the value {value!r}, which is not a FHIR id "
                 "(1-64 letters, digits, '-' or '.').",
-                expression=[name],
+                expression=["_id"],
             )
-    if modifier == "not":
-        return {"_id": {"$nin": values}}
-    return {"_id": {"$in": values}}
+    return {"_id": {"$nin" if modifier == "not" else "$in": values}}
 
 
-def last_updated_filter(name: str, values: list[str], modifier: str | None, moment: datetime) -> dict[str, Any]:
-    clauses = [point_filter(f"{RESERVED}.lastUpdated", parse_date_value(name, v), moment) for v in values]
+def last_updated_filter(values: list[str], modifier: str | None, context: SearchContext) -> dict[str, Any]:
+    clauses = [
+        point_filter(f"{RESERVED}.lastUpdated", parse_date_value("_lastUpdated", v), context.moment) for v in values
+    ]
     return clauses[0] if len(clauses) == 1 else {"$or": clauses}
 
 
 COMMON_PARAMETERS: tuple[SearchParameter, ...] = (
-    SearchParameter("_id", "token", "Logical id of the resource", "Resource.id", id_filter, "_id", frozenset({"not"})),
+    SearchParameter(
+        "_id",
+        "token",
+        "Logical id of the resource",
+        "Resource.id",
+        id_filter,
+        "_id",
+        frozenset({"not"}),
+        index_name="_id_",
+        hint_priority=1,
+    ),
     SearchParameter(
         "_lastUpdated",
         "date",
@@ -81,12 +125,48 @@ class SearchRegistry:
     """Search parameters known per resource type (the common ones apply to every type)."""
 
     by_type: dict[str, dict[str, SearchParameter]] = field(default_factory=dict)
+    compound_indexes: dict[str, dict[str, list[tuple[str, int]]]] = field(default_factory=dict)
 
     def register(self, resource_type: str, parameter: SearchParameter) -> None:
         self.by_type.setdefault(resource_type, {})[parameter.name] = parameter
 
     def parameters(self, resource_type: str) -> dict[str, SearchParameter]:
         return {p.name: p for p in COMMON_PARAMETERS} | self.by_type.get(resource_type, {})
+
+    def indexer(self, resource_type: str) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """Computes the ``keys`` and ``sort`` entries stored with each resource of this type."""
+        kinds = [p for p in self.by_type.get(resource_type, {}).values() if p.kind is not None]
+        if not kinds:
+            return None
+
+        def index(resource: dict[str, Any]) -> dict[str, Any]:
+            keys, sort = {}, {}
+            for parameter in kinds:
+                assert parameter.kind is not None
+                value = parameter.kind.keys(resource)
+                if value:
+                    keys[parameter.name] = value
+                if parameter.sort_field:
+                    sort[parameter.name] = parameter.kind.sort_key(resource)
+            return {"keys": keys, "sort": sort}
+
+        return index
+
+    async def ensure_indexes(self, database: Any) -> None:
+        """One index per indexed parameter (and per sortable one), created at start-up."""
+        for resource_type, parameters in self.by_type.items():
+            collection = database[resource_type]
+            for parameter in parameters.values():
+                if parameter.indexed and parameter.kind is not None:
+                    leaf = {"reference": "r", "token": "c", "date": "lo"}[parameter.type]
+                    await collection.create_index(f"{KEYS}.{parameter.name}.{leaf}", name=f"search_{parameter.name}")
+                if parameter.sort_field:
+                    await collection.create_index(
+                        [(parameter.sort_field, ASCENDING), ("_id", ASCENDING)], name=f"sort_{parameter.name}"
+                    )
+        for resource_type, indexes in self.compound_indexes.items():
+            for name, keys in indexes.items():
+                await database[resource_type].create_index(keys, name=name)
 
 
 @dataclass
@@ -100,12 +180,17 @@ class SearchQuery:
     cursor: dict[str, Any] | None
     echo: list[tuple[str, str]]
     ignored: list[str]
+    elements: list[str] = field(default_factory=list)
+    includes: list[tuple[str, str, str | None]] = field(default_factory=list)
+    revincludes: list[tuple[str, str, str | None]] = field(default_factory=list)
+    path: str = ""
+    hint: str | None = None
 
     def cursor_token(self) -> str | None:
         """The cursor this query was called with, re-encoded for the self link."""
         if self.cursor is None:
             return None
-        return _encode_cursor(self.cursor["values"], self.cursor["direction"])
+        return encode_cursor(self.cursor["values"], self.cursor["direction"])
 
 
 def parse_search(
@@ -115,55 +200,103 @@ def parse_search(
     *,
     default_count: int,
     max_count: int,
+    base_url: str = "",
     lenient: bool = False,
+    extra_filter: dict[str, Any] | None = None,
 ) -> SearchQuery:
     """Turn query parameters into a SearchQuery; unknown or bad parameters are 400 (unless lenient)."""
     known = registry.parameters(resource_type)
-    moment = now()
+    context = SearchContext(moment=now(), base_url=base_url)
     clauses: list[dict[str, Any]] = [{f"{RESERVED}.deleted": False}]
-    echo: list[tuple[str, str]] = []
-    ignored: list[str] = []
-    count, sort_text, total, summary_count, cursor = default_count, "-_lastUpdated", "none", False, None
+    if extra_filter:
+        clauses.append(extra_filter)
+    query = SearchQuery(resource_type, {}, default_count, [], "none", False, None, [], [])
+    sort_text = "-_lastUpdated"
+    hints: list[tuple[int, str]] = []
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
         if name == "_count":
-            count = _parse_count(value, max_count)
+            query.count = _parse_count(value, max_count)
         elif name == "_sort":
             sort_text = value
         elif name == "_total":
-            total = _choice("_total", value, ("none", "estimate", "accurate"))
+            query.total = _choice("_total", value, ("none", "estimate", "accurate"))
         elif name == "_summary":
-            summary_count = _choice("_summary", value, ("count", "false")) == "count"
+            query.summary_count = _choice("_summary", value, ("count", "false")) == "count"
+        elif name == "_elements":
+            query.elements = [e.strip() for e in value.split(",") if e.strip()]
+        elif name in ("_include", "_revinclude"):
+            target = query.includes if name == "_include" else query.revincludes
+            target.append(_parse_include(name, value, resource_type, registry))
         elif name == "_cursor":
-            cursor = _decode_cursor(value)
+            query.cursor = decode_cursor(value)
             continue
-        elif name in ("_format", "_pretty"):
+        elif name in IGNORED_PARAMETERS:
             continue
         elif name in known:
             parameter = known[name]
-            if modifier and modifier not in parameter.modifiers:
-                raise InvalidRequest(
-                    f"Search parameter {name!r} does not support the modifier ':{modifier}'"
-                    + (f"; supported: {', '.join(sorted(parameter.modifiers))}." if parameter.modifiers else "."),
-                    expression=[raw_name],
-                )
-            values = value.split(",")
-            if any(v == "" for v in values):
-                raise InvalidRequest(f"Search parameter {raw_name!r} has an empty value.", expression=[raw_name])
-            clauses.append(parameter.build(name, values, modifier or None, moment))
+            clauses.append(_parameter_filter(parameter, raw_name, modifier, value, context))
+            if parameter.index_name and modifier not in ("missing", "not"):
+                hints.append((parameter.hint_priority, parameter.index_name))
         else:
             if lenient:
-                ignored.append(raw_name)
+                query.ignored.append(raw_name)
                 continue
-            supported = ", ".join(sorted(set(known) | RESULT_PARAMETERS - {"_cursor", "_format", "_pretty"}))
+            supported = ", ".join(sorted(set(known) | set(RESULT_PARAMETERS)))
             raise InvalidRequest(
                 f"Unknown search parameter {raw_name!r} for {resource_type}. Supported: {supported}. "
                 "Send 'Prefer: handling=lenient' to ignore unknown parameters.",
                 expression=[raw_name],
             )
-        echo.append((raw_name, value))
-    sort = _parse_sort(sort_text, known)
-    return SearchQuery(resource_type, {"$and": clauses}, count, sort, total, summary_count, cursor, echo, ignored)
+        query.echo.append((raw_name, value))
+    query.sort = _parse_sort(sort_text, known)
+    query.filter = {"$and": clauses}
+    # Steer the query to the most selective index it can use. A hint never changes results,
+    # only the access path; some MongoDB-compatible planners otherwise scan the collection.
+    query.hint = min(hints)[1] if hints else None
+    return query
+
+
+def _parameter_filter(
+    parameter: SearchParameter, raw_name: str, modifier: str, value: str, context: SearchContext
+) -> dict[str, Any]:
+    if modifier and modifier not in parameter.modifiers:
+        supported = ", ".join(sorted(parameter.modifiers))
+        raise InvalidRequest(
+            f"Search parameter {parameter.name!r} does not support the modifier ':{modifier}'"
+            + (f"; supported: {supported}." if supported else "."),
+            expression=[raw_name],
+        )
+    values = split_escaped(value, ",")
+    if parameter.type != "token":  # tokens split on '|' first, then unescape
+        values = [unescape(v) if parameter.kind is not None else v for v in values]
+    if any(v == "" for v in values):
+        raise InvalidRequest(f"Search parameter {raw_name!r} has an empty value.", expression=[raw_name])
+    try:
+        return parameter.build(values, modifier or None, context)
+    except InvalidRequest as error:
+        if not error.expression:
+            error.expression = [raw_name]
+        raise
+
+
+def _parse_include(name: str, value: str, resource_type: str, registry: SearchRegistry) -> tuple[str, str, str | None]:
+    """``Source:param[:Target]`` checked against the registry; returns (source, param, target)."""
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise InvalidRequest(f"{name} takes Type:parameter[:TargetType], got {value!r}.", expression=[name])
+    source, parameter_name = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    if name == "_include" and source != resource_type:
+        raise InvalidRequest(
+            f"_include={value} must start with the searched type {resource_type}.", expression=["_include"]
+        )
+    parameter = registry.parameters(source).get(parameter_name)
+    if parameter is None or parameter.type != "reference":
+        raise InvalidRequest(
+            f"{name}={value}: {source} has no reference parameter {parameter_name!r}.", expression=[name]
+        )
+    return source, parameter_name, target
 
 
 def _parse_count(value: str, max_count: int) -> int:
@@ -199,13 +332,13 @@ def _parse_sort(text: str, known: dict[str, SearchParameter]) -> list[tuple[str,
 # -- keyset cursors --------------------------------------------------------------------------------
 
 
-def _encode_cursor(values: list[Any], direction: str) -> str:
+def encode_cursor(values: list[Any], direction: str) -> str:
     encoded = [{"d": v.isoformat()} if isinstance(v, datetime) else {"v": v} for v in values]
     raw = json.dumps({"k": encoded, "dir": direction}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(token: str) -> dict[str, Any]:
+def decode_cursor(token: str) -> dict[str, Any]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         values = [datetime.fromisoformat(v["d"]) if "d" in v else v["v"] for v in data["k"]]
@@ -240,12 +373,15 @@ def _keyset_filter(sort: list[tuple[str, int]], values: list[Any], forward: bool
 
 async def execute_search(database: Any, query: SearchQuery, base_url: str) -> dict[str, Any]:
     """Run ``query`` and return a searchset Bundle with self/next/previous links."""
+    from .search_include import included_entries
+
     collection = database[query.resource_type]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if query.total in ("accurate", "estimate") or query.summary_count or query.count == 0:
-        bundle["total"] = await collection.count_documents(query.filter)
-    type_url = f"{base_url}/{query.resource_type}"
-    links = [{"relation": "self", "url": _link(type_url, query.echo, query.cursor_token())}]
+        counting = {"hint": query.hint} if query.hint else {}
+        bundle["total"] = await collection.count_documents(query.filter, **counting)
+    page_url = f"{base_url}/{query.path or query.resource_type}"
+    links = [{"relation": "self", "url": _link(page_url, query.echo, query.cursor_token())}]
     entries: list[dict[str, Any]] = []
     if not query.summary_count and query.count > 0:
         forward = query.cursor is None or query.cursor["direction"] == "next"
@@ -255,7 +391,10 @@ async def execute_search(database: Any, query: SearchQuery, base_url: str) -> di
                 raise InvalidRequest("_cursor does not belong to this _sort; start the search again.")
             mongo_filter = {"$and": [query.filter, _keyset_filter(query.sort, query.cursor["values"], forward)]}
         order = query.sort if forward else [(f, -d) for f, d in query.sort]
-        documents = await collection.find(mongo_filter).sort(order).limit(query.count + 1).to_list(None)
+        cursor = collection.find(mongo_filter).sort(order).limit(query.count + 1)
+        if query.hint:
+            cursor = cursor.hint(query.hint)
+        documents = await cursor.to_list(None)
         more = len(documents) > query.count
         documents = documents[: query.count]
         if not forward:
@@ -263,27 +402,37 @@ async def execute_search(database: Any, query: SearchQuery, base_url: str) -> di
         if documents:
             first = [_sort_value(documents[0], f) for f, _ in query.sort]
             last = [_sort_value(documents[-1], f) for f, _ in query.sort]
-            has_next = more if forward else True
-            has_previous = query.cursor is not None if forward else more
-            if has_next:
-                links.append({"relation": "next", "url": _link(type_url, query.echo, _encode_cursor(last, "next"))})
-            if has_previous:
-                links.append(
-                    {
-                        "relation": "previous",
-                        "url": _link(type_url, query.echo, _encode_cursor(first, "prev")),
-                    }
-                )
+            if more if forward else True:
+                links.append({"relation": "next", "url": _link(page_url, query.echo, encode_cursor(last, "next"))})
+            if (query.cursor is not None) if forward else more:
+                links.append({"relation": "previous", "url": _link(page_url, query.echo, encode_cursor(first, "prev"))})
+        type_url = f"{base_url}/{query.resource_type}"
         entries = [
-            {"fullUrl": f"{type_url}/{doc['_id']}", "resource": public(doc), "search": {"mode": "match"}}
+            {
+                "fullUrl": f"{type_url}/{doc['_id']}",
+                "resource": subset(public(doc), query.elements),
+                "search": {"mode": "match"},
+            }
             for doc in documents
         ]
+        entries += await included_entries(database, query, documents, base_url)
     bundle["link"] = links
     if entries:
         bundle["entry"] = entries
     if query.ignored:
         bundle.setdefault("entry", []).append(_ignored_outcome(query.ignored))
     return bundle
+
+
+def subset(resource: dict[str, Any], elements: list[str]) -> dict[str, Any]:
+    """``_elements``: only the named top-level elements (plus id and meta), tagged SUBSETTED."""
+    if not elements:
+        return resource
+    kept = {k: v for k, v in resource.items() if k in ("resourceType", "id") or k in elements}
+    meta = dict(resource.get("meta", {}))
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    kept["meta"] = meta
+    return kept
 
 
 def _ignored_outcome(ignored: list[str]) -> dict[str, Any]:
@@ -304,8 +453,8 @@ def _ignored_outcome(ignored: list[str]) -> dict[str, Any]:
     }
 
 
-def _link(type_url: str, echo: list[tuple[str, str]], cursor: str | None) -> str:
+def _link(page_url: str, echo: list[tuple[str, str]], cursor: str | None) -> str:
     params = list(echo)
     if cursor:
         params.append(("_cursor", cursor))
-    return f"{type_url}?{urlencode(params)}" if params else type_url
+    return f"{page_url}?{urlencode(params)}" if params else page_url

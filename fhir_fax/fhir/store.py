@@ -32,8 +32,9 @@ from .models import format_instant, now, validate_resource
 RESERVED = "_fhirfax"
 MAX_WRITE_ATTEMPTS = 50
 
-# Computes extra search keys stored under ``_fhirfax.keys`` for one resource type.
-KeyBuilder = Callable[[dict[str, Any]], dict[str, Any]]
+# Computes the search keys stored in ``_fhirfax`` (``keys`` and ``sort``) for one resource.
+Indexer = Callable[[dict[str, Any]], dict[str, Any]]
+IndexerFor = Callable[[str], Indexer | None]
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,9 @@ def history_collection(resource_type: str) -> str:
 class ResourceStore:
     """Create/read/update/delete/history of FHIR resources in one MongoDB database."""
 
-    def __init__(self, database: Any, key_builders: dict[str, KeyBuilder] | None = None) -> None:
+    def __init__(self, database: Any, indexer_for: IndexerFor | None = None) -> None:
         self.database = database
-        self.key_builders = key_builders or {}
+        self.indexer_for = indexer_for
 
     def collection(self, resource_type: str) -> Any:
         return self.database[resource_type]
@@ -90,15 +91,15 @@ class ResourceStore:
         meta["lastUpdated"] = format_instant(moment)
         document = {"_id": resource_id, "resourceType": resource_type, "id": resource_id, "meta": meta}
         document.update(body)
-        keys_for = self.key_builders.get(resource_type)
+        indexer = self.indexer_for(resource_type) if self.indexer_for else None
         reserved: dict[str, Any] = {
             "version": version,
             "lastUpdated": moment,
             "method": method,
             "deleted": False,
         }
-        if keys_for is not None:
-            reserved["keys"] = keys_for(public(document))
+        if indexer is not None:
+            reserved.update(indexer(public(document)))
         document[RESERVED] = reserved
         return document
 
