@@ -13,7 +13,6 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -48,8 +47,6 @@ class SearchParameter:
     modifiers: frozenset[str] = frozenset()
     kind: Kind | None = None  # set for parameters whose keys are stored with each resource
     indexed: bool = False
-    index_name: str | None = None  # the index a query on this parameter is steered to
-    hint_priority: int = 5  # lower wins when several indexed parameters are in one query
 
 
 def indexed_parameter(
@@ -60,8 +57,6 @@ def indexed_parameter(
     *,
     sortable: bool = False,
     indexed: bool = False,
-    index_name: str | None = None,
-    hint_priority: int = 5,
 ) -> SearchParameter:
     modifiers = kind.modifiers | frozenset(getattr(kind, "targets", ()))
     return SearchParameter(
@@ -74,8 +69,6 @@ def indexed_parameter(
         modifiers=modifiers,
         kind=kind,
         indexed=indexed,
-        index_name=index_name or (f"search_{kind.name}" if indexed else None),
-        hint_priority=hint_priority,
     )
 
 
@@ -106,8 +99,6 @@ COMMON_PARAMETERS: tuple[SearchParameter, ...] = (
         id_filter,
         "_id",
         frozenset({"not"}),
-        index_name="_id_",
-        hint_priority=1,
     ),
     SearchParameter(
         "_lastUpdated",
@@ -115,7 +106,7 @@ COMMON_PARAMETERS: tuple[SearchParameter, ...] = (
         "When the resource version last changed",
         "Resource.meta.lastUpdated",
         last_updated_filter,
-        f"{RESERVED}.lastUpdated",
+        f"{SORT_KEYS}._lastUpdated",
     ),
 )
 
@@ -147,7 +138,7 @@ class SearchRegistry:
                 if value:
                     keys[parameter.name] = value
                 if parameter.sort_field:
-                    sort[parameter.name] = parameter.kind.sort_key(resource)
+                    sort[parameter.name] = sort_key(parameter.kind.sort_key(resource), resource["id"])
             return {"keys": keys, "sort": sort}
 
         return index
@@ -161,9 +152,7 @@ class SearchRegistry:
                     leaf = {"reference": "r", "token": "c", "date": "lo"}[parameter.type]
                     await collection.create_index(f"{KEYS}.{parameter.name}.{leaf}", name=f"search_{parameter.name}")
                 if parameter.sort_field:
-                    await collection.create_index(
-                        [(parameter.sort_field, ASCENDING), ("_id", ASCENDING)], name=f"sort_{parameter.name}"
-                    )
+                    await collection.create_index(parameter.sort_field, name=f"sort_{parameter.name}")
         for resource_type, indexes in self.compound_indexes.items():
             for name, keys in indexes.items():
                 await database[resource_type].create_index(keys, name=name)
@@ -174,7 +163,7 @@ class SearchQuery:
     resource_type: str
     filter: dict[str, Any]
     count: int
-    sort: list[tuple[str, int]]
+    sort: tuple[str, int]
     total: str
     summary_count: bool
     cursor: dict[str, Any] | None
@@ -184,13 +173,12 @@ class SearchQuery:
     includes: list[tuple[str, str, str | None]] = field(default_factory=list)
     revincludes: list[tuple[str, str, str | None]] = field(default_factory=list)
     path: str = ""
-    hint: str | None = None
 
     def cursor_token(self) -> str | None:
         """The cursor this query was called with, re-encoded for the self link."""
         if self.cursor is None:
             return None
-        return encode_cursor(self.cursor["values"], self.cursor["direction"])
+        return encode_cursor(self.cursor["value"], self.cursor["direction"])
 
 
 def parse_search(
@@ -207,12 +195,12 @@ def parse_search(
     """Turn query parameters into a SearchQuery; unknown or bad parameters are 400 (unless lenient)."""
     known = registry.parameters(resource_type)
     context = SearchContext(moment=now(), base_url=base_url)
-    clauses: list[dict[str, Any]] = [{f"{RESERVED}.deleted": False}]
+    clauses: list[dict[str, Any]] = []
     if extra_filter:
         clauses.append(extra_filter)
-    query = SearchQuery(resource_type, {}, default_count, [], "none", False, None, [], [])
+    query = SearchQuery(resource_type, {}, default_count, ("", 0), "none", False, None, [], [])
     sort_text = "-_lastUpdated"
-    hints: list[tuple[int, str]] = []
+    keyed = False  # a positive match on stored search keys, which deleted resources never have
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
         if name == "_count":
@@ -236,8 +224,8 @@ def parse_search(
         elif name in known:
             parameter = known[name]
             clauses.append(_parameter_filter(parameter, raw_name, modifier, value, context))
-            if parameter.index_name and modifier not in ("missing", "not"):
-                hints.append((parameter.hint_priority, parameter.index_name))
+            if parameter.kind is not None and modifier != "not" and not (modifier == "missing" and value == "true"):
+                keyed = True
         else:
             if lenient:
                 query.ignored.append(raw_name)
@@ -249,12 +237,48 @@ def parse_search(
                 expression=[raw_name],
             )
         query.echo.append((raw_name, value))
+    if not keyed:
+        clauses.append({f"{RESERVED}.deleted": False})
     query.sort = _parse_sort(sort_text, known)
-    query.filter = {"$and": clauses}
-    # Steer the query to the most selective index it can use. A hint never changes results,
-    # only the access path; some MongoDB-compatible planners otherwise scan the collection.
-    query.hint = min(hints)[1] if hints else None
+    query.filter = merge_clauses(clauses)
     return query
+
+
+def merge_clauses(clauses: list[dict[str, Any]]) -> dict[str, Any]:
+    """AND the clauses as one flat document where fields don't collide, ``$and`` only for the rest.
+
+    Flat filters are what every MongoDB-compatible planner turns into index bounds; some
+    (the embedded server among them) scan the whole collection for any ``$and``.
+    """
+    merged: dict[str, Any] = {}
+    leftovers: list[dict[str, Any]] = []
+    for clause in clauses:
+        if all(key not in merged for key in clause):
+            merged.update(clause)
+            continue
+        combined = dict(merged)
+        for key, value in clause.items():
+            if key not in combined:
+                combined[key] = value
+            elif _operators(combined[key]) and _operators(value) and not set(combined[key]) & set(value):
+                combined[key] = {**combined[key], **value}
+            else:
+                leftovers.append(clause)
+                break
+        else:
+            merged = combined
+    if leftovers:
+        merged["$and"] = leftovers
+    return merged
+
+
+def _operators(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(k.startswith("$") for k in value)
+
+
+def sort_key(value: str, resource_id: str) -> str:
+    """A sort value made unique by its resource id, so a keyset cursor is one range condition."""
+    return f"{value}\x01{resource_id}"
 
 
 def _parameter_filter(
@@ -311,46 +335,41 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _parse_sort(text: str, known: dict[str, SearchParameter]) -> list[tuple[str, int]]:
-    sort: list[tuple[str, int]] = []
-    for item in text.split(","):
-        descending = item.startswith("-")
-        name = item[1:] if descending else item
-        parameter = known.get(name)
-        if parameter is None or parameter.sort_field is None:
-            sortable = ", ".join(sorted(p.name for p in known.values() if p.sort_field))
-            raise InvalidRequest(
-                f"_sort cannot use {name!r}; sortable parameters: {sortable} (prefix '-' for descending).",
-                expression=["_sort"],
-            )
-        sort.append((parameter.sort_field, DESCENDING if descending else ASCENDING))
-    if not any(f == "_id" for f, _ in sort):
-        sort.append(("_id", sort[-1][1]))
-    return sort
+def _parse_sort(text: str, known: dict[str, SearchParameter]) -> tuple[str, int]:
+    if "," in text:
+        raise InvalidRequest("_sort takes one parameter (ties are ordered by id).", expression=["_sort"])
+    descending = text.startswith("-")
+    name = text[1:] if descending else text
+    parameter = known.get(name)
+    if parameter is None or parameter.sort_field is None:
+        sortable = ", ".join(sorted(p.name for p in known.values() if p.sort_field))
+        raise InvalidRequest(
+            f"_sort cannot use {name!r}; sortable parameters: {sortable} (prefix '-' for descending).",
+            expression=["_sort"],
+        )
+    return parameter.sort_field, DESCENDING if descending else ASCENDING
 
 
 # -- keyset cursors --------------------------------------------------------------------------------
 
 
-def encode_cursor(values: list[Any], direction: str) -> str:
-    encoded = [{"d": v.isoformat()} if isinstance(v, datetime) else {"v": v} for v in values]
-    raw = json.dumps({"k": encoded, "dir": direction}, separators=(",", ":")).encode()
+def encode_cursor(value: str, direction: str) -> str:
+    raw = json.dumps({"after": value, "dir": direction}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(token: str) -> dict[str, Any]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        values = [datetime.fromisoformat(v["d"]) if "d" in v else v["v"] for v in data["k"]]
-        direction = data["dir"]
-        if direction not in ("next", "prev") or any(isinstance(v, dict | list) for v in values):
+        value, direction = data["after"], data["dir"]
+        if direction not in ("next", "prev") or not isinstance(value, str):
             raise ValueError(direction)
     except (ValueError, KeyError, TypeError):
         raise InvalidRequest(
             "_cursor is not a cursor this server issued; follow the Bundle's next/previous links as given.",
             expression=["_cursor"],
         ) from None
-    return {"values": values, "direction": direction}
+    return {"value": value, "direction": direction}
 
 
 def _sort_value(document: dict[str, Any], dotted: str) -> Any:
@@ -360,17 +379,6 @@ def _sort_value(document: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def _keyset_filter(sort: list[tuple[str, int]], values: list[Any], forward: bool) -> dict[str, Any]:
-    """Documents strictly after (forward) or before the given sort values."""
-    branches = []
-    for i, (name, direction) in enumerate(sort):
-        ascending = (direction == ASCENDING) == forward
-        branch = {sort[j][0]: values[j] for j in range(i)}
-        branch[name] = {"$gt" if ascending else "$lt": values[i]}
-        branches.append(branch)
-    return {"$or": branches}
-
-
 async def execute_search(database: Any, query: SearchQuery, base_url: str) -> dict[str, Any]:
     """Run ``query`` and return a searchset Bundle with self/next/previous links."""
     from .search_include import included_entries
@@ -378,30 +386,28 @@ async def execute_search(database: Any, query: SearchQuery, base_url: str) -> di
     collection = database[query.resource_type]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if query.total in ("accurate", "estimate") or query.summary_count or query.count == 0:
-        counting = {"hint": query.hint} if query.hint else {}
-        bundle["total"] = await collection.count_documents(query.filter, **counting)
+        bundle["total"] = await collection.count_documents(query.filter)
     page_url = f"{base_url}/{query.path or query.resource_type}"
     links = [{"relation": "self", "url": _link(page_url, query.echo, query.cursor_token())}]
     entries: list[dict[str, Any]] = []
     if not query.summary_count and query.count > 0:
+        field_name, direction = query.sort
         forward = query.cursor is None or query.cursor["direction"] == "next"
         mongo_filter = query.filter
         if query.cursor is not None:
-            if len(query.cursor["values"]) != len(query.sort):
-                raise InvalidRequest("_cursor does not belong to this _sort; start the search again.")
-            mongo_filter = {"$and": [query.filter, _keyset_filter(query.sort, query.cursor["values"], forward)]}
-        order = query.sort if forward else [(f, -d) for f, d in query.sort]
-        cursor = collection.find(mongo_filter).sort(order).limit(query.count + 1)
-        if query.hint:
-            cursor = cursor.hint(query.hint)
+            ascending = (direction == ASCENDING) == forward
+            mongo_filter = merge_clauses(
+                [query.filter, {field_name: {"$gt" if ascending else "$lt": query.cursor["value"]}}]
+            )
+        order = direction if forward else -direction
+        cursor = collection.find(mongo_filter).sort(field_name, order).limit(query.count + 1)
         documents = await cursor.to_list(None)
         more = len(documents) > query.count
         documents = documents[: query.count]
         if not forward:
             documents.reverse()
         if documents:
-            first = [_sort_value(documents[0], f) for f, _ in query.sort]
-            last = [_sort_value(documents[-1], f) for f, _ in query.sort]
+            first, last = _sort_value(documents[0], field_name), _sort_value(documents[-1], field_name)
             if more if forward else True:
                 links.append({"relation": "next", "url": _link(page_url, query.echo, encode_cursor(last, "next"))})
             if (query.cursor is not None) if forward else more:

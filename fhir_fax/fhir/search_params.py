@@ -12,8 +12,7 @@ from typing import Any
 from pymongo import DESCENDING
 
 from .search import SearchParameter, SearchRegistry, indexed_parameter
-from .search_types import KEYS, DateKind, ReferenceKind, TokenKind
-from .store import RESERVED
+from .search_types import KEYS, SORT_KEYS, DateKind, ReferenceKind, TokenKind
 
 EVENT_STATUS = "http://hl7.org/fhir/event-status"
 RECIPIENT_TARGETS = (
@@ -80,7 +79,7 @@ COMMUNICATION: tuple[SearchParameter, ...] = (
     ),
     indexed_parameter(
         TokenKind("identifier", identifiers),
-        "token", "Unique identifier", "Communication.identifier", indexed=True, hint_priority=2,
+        "token", "Unique identifier", "Communication.identifier", indexed=True,
     ),
     indexed_parameter(
         TokenKind("medium", codings("medium")),
@@ -93,7 +92,6 @@ COMMUNICATION: tuple[SearchParameter, ...] = (
     indexed_parameter(
         ReferenceKind("patient", references("subject", "Patient"), targets=("Patient",)),
         "reference", "Focus of message (a Patient)", "Communication.subject.where(resolve() is Patient)",
-        index_name="patient_lastUpdated", hint_priority=0,
     ),
     indexed_parameter(
         DateKind("received", date_of("received")),
@@ -101,7 +99,7 @@ COMMUNICATION: tuple[SearchParameter, ...] = (
     ),
     indexed_parameter(
         ReferenceKind("recipient", references("recipient"), targets=RECIPIENT_TARGETS),
-        "reference", "Message recipient", "Communication.recipient", indexed=True, hint_priority=3,
+        "reference", "Message recipient", "Communication.recipient", indexed=True,
     ),
     indexed_parameter(
         ReferenceKind("sender", references("sender"), targets=SENDER_TARGETS),
@@ -118,7 +116,7 @@ COMMUNICATION: tuple[SearchParameter, ...] = (
     ),
     indexed_parameter(
         ReferenceKind("subject", references("subject"), targets=("Group", "Patient")),
-        "reference", "Focus of message", "Communication.subject", indexed=True, hint_priority=3,
+        "reference", "Focus of message", "Communication.subject", indexed=True,
     ),
 )  # fmt: skip
 
@@ -127,7 +125,7 @@ PATIENT_COMPARTMENT = {"Communication": ("subject", "sender", "recipient")}
 
 
 # All of one patient's faxes, newest first: the index gives both the match and the order.
-PER_PATIENT_INDEX = [(f"{KEYS}.patient.r", 1), (f"{RESERVED}.lastUpdated", DESCENDING), ("_id", DESCENDING)]
+PER_PATIENT_INDEX = [(f"{KEYS}.patient.r", 1), (f"{SORT_KEYS}._lastUpdated", DESCENDING)]
 
 
 def default_registry() -> SearchRegistry:

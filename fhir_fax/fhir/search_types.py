@@ -21,8 +21,13 @@ from .errors import InvalidRequest
 
 KEYS = "_fhirfax.keys"
 SORT_KEYS = "_fhirfax.sort"
-MISSING_DATE = datetime(9999, 12, 31, tzinfo=UTC)  # missing values sort last (ascending)
-MISSING_TEXT = "\U0010ffff"
+MISSING_TEXT = "\U0010ffff"  # missing values sort last (ascending)
+
+
+def sortable_instant(moment: datetime) -> str:
+    """Fixed-width UTC text of an instant, so that text order is time order."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
 
 Extractor = Callable[[dict[str, Any]], list[Any]]
 
@@ -241,6 +246,6 @@ class DateKind(Kind):
                 return {lo: {"$lt": end + margin}, hi: {"$gt": start - margin}}
         raise AssertionError(value.prefix)
 
-    def sort_key(self, resource: dict[str, Any]) -> datetime:
+    def sort_key(self, resource: dict[str, Any]) -> str:
         keys = self.keys(resource)
-        return keys["lo"] if keys else MISSING_DATE
+        return sortable_instant(keys["lo"]) if keys else MISSING_TEXT

@@ -71,8 +71,9 @@ class ResourceStore:
 
     async def ensure_indexes(self, resource_types: tuple[str, ...]) -> None:
         for resource_type in resource_types:
+            await self.collection(resource_type).create_index(f"{RESERVED}.lastUpdated", name="lastUpdated")
             await self.collection(resource_type).create_index(
-                [(f"{RESERVED}.lastUpdated", DESCENDING), ("_id", DESCENDING)], name="lastUpdated"
+                [(f"{RESERVED}.sort._lastUpdated", DESCENDING)], name="sort_lastUpdated"
             )
             await self.database[history_collection(resource_type)].create_index(
                 [(f"{RESERVED}.id", ASCENDING), (f"{RESERVED}.version", DESCENDING)], name="versions"
@@ -97,9 +98,12 @@ class ResourceStore:
             "lastUpdated": moment,
             "method": method,
             "deleted": False,
+            "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id)},
         }
         if indexer is not None:
-            reserved.update(indexer(public(document)))
+            computed = indexer(public(document))
+            reserved["keys"] = computed.get("keys", {})
+            reserved["sort"].update(computed.get("sort", {}))
         document[RESERVED] = reserved
         return document
 
@@ -291,6 +295,11 @@ class ResourceStore:
     async def count_versions(self, resource_type: str, resource_id: str) -> int:
         current = await self.collection(resource_type).find_one({"_id": resource_id}, {RESERVED: 1})
         return 0 if current is None else current[RESERVED]["version"]
+
+
+def last_updated_sort_key(moment: datetime, resource_id: str) -> str:
+    """``_lastUpdated`` as fixed-width text plus the id: unique, so paging needs one range condition."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "\x01" + resource_id
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:
