@@ -17,6 +17,9 @@ from .fax.operation import OPERATION_URL, SEND_FAX_DEFINITION
 from .fax.references import HttpResolver, LocalResolver, ReferenceResolver
 from .fax.routes import FaxAPI
 from .fax.send import FaxService
+from .fax.tracking import Tracker
+from .fax.transports import make_transport
+from .fax.worker import Worker
 from .fhir.context import FHIRContext, OperationSummary
 from .fhir.models import SUPPORTED_TYPES
 from .fhir.routes import build_fallback_router, build_fhir_router
@@ -45,6 +48,8 @@ class FaxModule:
         self._given_database = database
         self._database: Database | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.tracker: Tracker | None = None
 
     def install(self, app: FastAPI) -> None:
         """Add the routers to ``app`` and run this module's start-up and shut-down around the app's own."""
@@ -87,6 +92,12 @@ class FaxModule:
         await service.ensure_indexes()
         self.fhir.attach(database, store)
         self.fax.service = service
+        self.tracker = Tracker(self.settings, store, service.outbox)
+        if self.settings.worker_enabled:
+            worker = Worker(
+                self.settings, service.outbox, self.tracker, make_transport(self.settings, database), service.z3
+            )
+            self._worker = asyncio.create_task(worker.run(), name="fhir-fax-worker")
         if self.settings.load_fixtures:
             await load_fixtures(store)
         embedded = self._database.embedded if self._database else None
@@ -104,6 +115,11 @@ class FaxModule:
         return LocalResolver(store)
 
     async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

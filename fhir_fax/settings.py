@@ -48,6 +48,19 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="How long idempotency keys are kept.")
 
+    # Delivery
+    worker_enabled: bool = Field(default=True, description="Run the delivery worker inside `fhir-fax serve`.")
+    worker_poll_seconds: float = Field(default=0.5, gt=0, description="How often an idle worker looks for work.")
+    lease_seconds: float = Field(default=60.0, gt=0, description="How long a worker may hold a job unrenewed.")
+    retry_max_attempts: int = Field(default=3, ge=1, description="Attempts per fax (HylaFAX: 3 tries).")
+    retry_delay_seconds: float = Field(default=180.0, ge=0, description="Wait before the first retry.")
+    retry_backoff: float = Field(default=2.0, ge=1, description="Each later retry waits this much longer.")
+    kill_time_seconds: float = Field(default=10_800.0, gt=0, description="Give up on a fax this long after sending.")
+    stuck_after_seconds: float = Field(
+        default=300.0, gt=0, description="Poll the carrier for a fax with no news for this long."
+    )
+    simulator_speed: float = Field(default=1.0, gt=0, description="Simulator clock: 1 real time, 1000 faster.")
+
     # Where sender/recipient/patient references are looked up
     reference_fhir_base: str | None = Field(
         default=None, description="Look references up on this FHIR server instead of the local datastore."

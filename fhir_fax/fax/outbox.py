@@ -1,24 +1,36 @@
-"""Durable fax jobs (collection ``fax_jobs``): written in the same transaction as their Communication.
+"""Durable fax jobs (collection ``fax_jobs``), written in the same transaction as their Communication.
 
-A job is the promise to deliver one Communication's fax. It is inserted together with
-the Communication, so there is never a Communication without a job (a fax that would
-never move) nor a job without its Communication (a fax nobody can see).
+A job is the promise to deliver one Communication's fax. Its ``state`` says whose turn it is:
+
+- ``queued``: waiting for ``next_attempt_at``; any worker may claim it.
+- ``active``: a worker holds a lease (``lease_owner`` until ``lease_expires``) while it prepares
+  the document and hands it to the carrier. A worker that dies loses the lease and another
+  worker takes over, asking the carrier first whether it already has the attempt.
+- ``submitted``: the carrier has it (``carrier_ids`` records its id for each attempt); news comes
+  by webhook, or by polling when none has arrived for a while.
+- ``done``: delivered or stopped for good.
+
+Every transition is a compare-and-set on the job document (the only coordination between
+workers, wherever they run, is the database), and only ever moves ``(attempt, rank)`` forward.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
+
+from ..fhir.models import now
+from .status import RANK
 
 COLLECTION = "fax_jobs"
 
 
 @dataclass
 class FaxJob:
-    """One outbound fax to deliver; ``_id`` is the fax id written in ``Communication.identifier``."""
+    """A new outbound fax; ``fax_id`` is the value written in ``Communication.identifier``."""
 
     fax_id: str
     communication_id: str
@@ -27,18 +39,36 @@ class FaxJob:
     from_number: str
     to_number: str
     created: datetime
+    kill_at: datetime
     state: str = "queued"
-    attempts: int = 0
-    next_attempt_at: datetime | None = None
-    lease_owner: str | None = None
-    lease_expires: datetime | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+    attempt: int = 1
+    status: str = "QUEUED"
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def document(self) -> dict[str, Any]:
         data = asdict(self)
         data["_id"] = data.pop("fax_id")
-        data["next_attempt_at"] = self.next_attempt_at or self.created
+        data.update(
+            rank=0,
+            position=position(self.attempt, 0),
+            next_attempt_at=self.created,
+            lease_owner=None,
+            lease_expires=None,
+            carrier_ids={},
+            last_news_at=self.created,
+            synced=True,
+        )
         return data
+
+
+def position(attempt: int, rank: int) -> int:
+    """(attempt, rank) as one number, so "is this forward?" is a single flat range condition."""
+    return attempt * 10 + rank
+
+
+def _forward_of(attempt: int, rank: int) -> dict[str, Any]:
+    """Filter: jobs whose (attempt, rank) is before the given one and that are not finished."""
+    return {"state": {"$ne": "done"}, "position": {"$lt": position(attempt, rank)}}
 
 
 class Outbox:
@@ -48,9 +78,141 @@ class Outbox:
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("state", ASCENDING), ("next_attempt_at", ASCENDING)], name="due")
         await self.collection.create_index("communication_id", name="communication", unique=True)
+        await self.collection.create_index([("state", ASCENDING), ("lease_expires", ASCENDING)], name="leases")
+        await self.collection.create_index([("state", ASCENDING), ("last_news_at", ASCENDING)], name="news")
 
     async def enqueue(self, job: FaxJob, *, session: Any = None) -> None:
         await self.collection.insert_one(job.document(), session=session)
 
+    async def get(self, fax_id: str) -> dict[str, Any] | None:
+        return await self.collection.find_one({"_id": fax_id})
+
     async def for_communication(self, communication_id: str) -> dict[str, Any] | None:
         return await self.collection.find_one({"communication_id": communication_id})
+
+    # -- claiming ------------------------------------------------------------------------------------
+
+    async def claim_due(self, owner: str, lease: timedelta) -> dict[str, Any] | None:
+        """Take the next queued job that is due: it becomes PROCESSING for its attempt."""
+        moment = now()
+        return await self.collection.find_one_and_update(
+            {"state": "queued", "next_attempt_at": {"$lte": moment}},
+            {
+                "$set": {
+                    "state": "active",
+                    "status": "PROCESSING",
+                    "rank": RANK["PROCESSING"],
+                    "lease_owner": owner,
+                    "lease_expires": moment + lease,
+                    "synced": False,
+                },
+                "$inc": {"position": RANK["PROCESSING"]},
+            },
+            sort=[("next_attempt_at", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def claim_abandoned(self, owner: str, lease: timedelta) -> dict[str, Any] | None:
+        """Take over an active job whose worker stopped renewing its lease (it probably died)."""
+        moment = now()
+        return await self.collection.find_one_and_update(
+            {"state": "active", "lease_expires": {"$lt": moment}},
+            {"$set": {"lease_owner": owner, "lease_expires": moment + lease}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def renew(self, job: dict[str, Any], owner: str, lease: timedelta) -> bool:
+        result = await self.collection.update_one(
+            {"_id": job["_id"], "state": "active", "lease_owner": owner}, {"$set": {"lease_expires": now() + lease}}
+        )
+        return result.modified_count == 1
+
+    # -- transitions ---------------------------------------------------------------------------------
+
+    async def record_submission(self, job: dict[str, Any], owner: str, carrier: str, carrier_id: str) -> bool:
+        """The carrier accepted the attempt: remember its id before anything else happens."""
+        result = await self.collection.update_one(
+            {"_id": job["_id"], "state": "active", "lease_owner": owner, "attempt": job["attempt"]},
+            {
+                "$set": {
+                    "state": "submitted",
+                    "carrier": carrier,
+                    f"carrier_ids.{job['attempt']}": carrier_id,
+                    "lease_owner": None,
+                    "lease_expires": None,
+                    "last_news_at": now(),
+                }
+            },
+        )
+        return result.modified_count == 1
+
+    async def advance(self, fax_id: str, attempt: int, status: str, extra: dict[str, Any]) -> dict[str, Any] | None:
+        """Move to ``status`` of ``attempt`` if that is forward; returns the job after, or None."""
+        rank = RANK[status]
+        changes = {
+            "attempt": attempt,
+            "status": status,
+            "rank": rank,
+            "position": position(attempt, rank),
+            "synced": False,
+            "last_news_at": now(),
+            **extra,
+        }
+        return await self.collection.find_one_and_update(
+            {"_id": fax_id, **_forward_of(attempt, rank)},
+            {"$set": changes},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def fail_attempt(
+        self, fax_id: str, attempt: int, failure: dict[str, Any], retry_at: datetime | None
+    ) -> dict[str, Any] | None:
+        """Attempt ``attempt`` failed: queue the next one at ``retry_at``, or stop for good if None."""
+        if retry_at is None:
+            target = {"attempt": attempt, "status": "STOPPED", "rank": RANK["STOPPED"], "state": "done"}
+        else:
+            target = {
+                "attempt": attempt + 1,
+                "status": "QUEUED",
+                "rank": RANK["QUEUED"],
+                "state": "queued",
+                "next_attempt_at": retry_at,
+            }
+        changes = {
+            **target,
+            "position": position(target["attempt"], target["rank"]),
+            "synced": False,
+            "last_news_at": now(),
+            "finished_at": now(),
+            "lease_owner": None,
+            "lease_expires": None,
+        }
+        return await self.collection.find_one_and_update(
+            {"_id": fax_id, **_forward_of(target["attempt"], target["rank"])},
+            {"$set": changes, "$push": {"failures": failure}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def mark_synced(self, job: dict[str, Any]) -> None:
+        await self.collection.update_one(
+            {"_id": job["_id"], "attempt": job["attempt"], "rank": job["rank"]}, {"$set": {"synced": True}}
+        )
+
+    # -- reconciliation ------------------------------------------------------------------------------
+
+    async def quiet_submissions(self, older_than: datetime, limit: int = 50) -> list[dict[str, Any]]:
+        """Submitted jobs with no news since ``older_than`` (a lost webhook, perhaps)."""
+        cursor = self.collection.find({"state": "submitted", "last_news_at": {"$lt": older_than}}).limit(limit)
+        return await cursor.to_list(None)
+
+    async def touch(self, fax_id: str) -> None:
+        await self.collection.update_one({"_id": fax_id}, {"$set": {"last_news_at": now()}})
+
+    async def unsynced(self, older_than: datetime, limit: int = 50) -> list[dict[str, Any]]:
+        """Jobs whose Communication may not show their latest status yet (a writer died in between)."""
+        cursor = self.collection.find({"synced": False, "last_news_at": {"$lt": older_than}}).limit(limit)
+        return await cursor.to_list(None)
+
+    async def past_kill_time(self, moment: datetime, limit: int = 50) -> list[dict[str, Any]]:
+        cursor = self.collection.find({"state": {"$in": ["queued", "submitted"]}, "kill_at": {"$lt": moment}})
+        return await cursor.limit(limit).to_list(None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -311,6 +311,7 @@ class FaxService:
             from_number=found.from_number,
             to_number=found.to_number,
             created=moment,
+            kill_at=moment + timedelta(seconds=self.settings.kill_time_seconds),
         )
 
         async def write(session: Any) -> dict[str, Any]:

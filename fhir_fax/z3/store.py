@@ -73,3 +73,13 @@ class Z3Store:
             content_type=(document.get("metadata") or {}).get("contentType"),
             uploaded=document["uploadDate"],
         )
+
+    async def read(self, location: Z3Location) -> bytes | None:
+        """The newest content stored at ``location``, or None."""
+        from gridfs.errors import NoFile
+
+        try:
+            stream = await self.gridfs().open_download_stream_by_name(f"{location.bucket}/{location.key}")
+        except NoFile:
+            return None
+        return await stream.read()

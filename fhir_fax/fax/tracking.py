@@ -1,0 +1,84 @@
+"""``apply``: the one way a status change happens, whether it came from the worker, a webhook or a poll.
+
+Each change is first a compare-and-set on the job (so it happens once and only forward), then
+the Communication is brought in line (a new version per step). If the process dies in between,
+the job stays marked unsynced and reconciliation finishes the Communication later.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..fhir.errors import ResourceNotFound
+from ..fhir.models import now
+from ..fhir.store import ResourceStore
+from ..settings import Settings
+from .outbox import Outbox
+from .status import Failure, StatusEvent, show_job
+
+log = logging.getLogger("fhir_fax.tracking")
+
+
+class Tracker:
+    def __init__(self, settings: Settings, store: ResourceStore, outbox: Outbox) -> None:
+        self.settings = settings
+        self.store = store
+        self.outbox = outbox
+
+    async def apply(self, event: StatusEvent) -> bool:
+        """Apply carrier (or worker) news; False when it was stale, duplicated or for an unknown fax."""
+        fax_id, attempt = event.fax_id, event.attempt
+        if event.status in ("PROCESSING", "SENDING"):
+            job = await self.outbox.advance(fax_id, attempt, event.status, {})
+        elif event.status == "DELIVERED":
+            extra: dict[str, Any] = {"state": "done", "finished_at": event.occurred_at}
+            if event.pages:
+                extra["pages"] = event.pages
+            job = await self.outbox.advance(fax_id, attempt, "DELIVERED", extra)
+        elif event.status == "FAILED":
+            return await self.fail(fax_id, attempt, event.failure or Failure("UNKNOWN", ""), event.occurred_at)
+        else:
+            raise ValueError(f"unknown status {event.status!r}")
+        if job is None:
+            log.info("ignored %s for fax %s attempt %s (%s): not forward", event.status, fax_id, attempt, event.source)
+            return False
+        log.info("fax %s attempt %s is %s (%s)", fax_id, attempt, event.status, event.source)
+        await self.sync(job)
+        return True
+
+    async def fail(self, fax_id: str, attempt: int, failure: Failure, at: datetime, *, final: bool = False) -> bool:
+        """Attempt ``attempt`` failed: retry it later if the failure is transient and time allows, else stop."""
+        job = await self.outbox.get(fax_id)
+        if job is None:
+            return False
+        retry_at = None if final else self.retry_at(job, attempt, failure)
+        message = failure.message or "The carrier reported a failure without a reason."
+        record = {"attempt": attempt, "code": failure.code, "message": message, "at": at, "retry_at": retry_at}
+        updated = await self.outbox.fail_attempt(fax_id, attempt, record, retry_at)
+        if updated is None:
+            return False
+        if retry_at:
+            log.info("fax %s attempt %s failed (%s); retry at %s", fax_id, attempt, failure.code, retry_at)
+        else:
+            log.info("fax %s stopped after attempt %s: %s %s", fax_id, attempt, failure.code, message)
+        await self.sync(updated)
+        return True
+
+    def retry_at(self, job: dict[str, Any], attempt: int, failure: Failure) -> datetime | None:
+        """When to try again (HylaFAX-style: transient only, limited attempts, growing delay, kill time)."""
+        if not failure.transient or attempt >= self.settings.retry_max_attempts:
+            return None
+        delay = self.settings.retry_delay_seconds * self.settings.retry_backoff ** (attempt - 1)
+        moment = now() + timedelta(seconds=delay)
+        kill_at = job["kill_at"] if job["kill_at"].tzinfo else job["kill_at"].replace(tzinfo=moment.tzinfo)
+        return None if moment > kill_at else moment
+
+    async def sync(self, job: dict[str, Any]) -> None:
+        """Make the Communication show ``job``'s status (no-op if it already does or is further on)."""
+        try:
+            await self.store.modify("Communication", job["communication_id"], lambda c: show_job(c, job))
+        except ResourceNotFound:
+            log.warning("fax %s: its Communication %s is gone", job["_id"], job["communication_id"])
+        await self.outbox.mark_synced(job)

@@ -1,0 +1,130 @@
+"""The delivery worker: claims due jobs, hands them to the carrier, and reconciles what went quiet.
+
+Runs inside ``fhir-fax serve`` (by default) or alone as ``fhir-fax worker``; any number may run
+at once against one database, which is their only coordination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from ..fhir.models import now
+from ..settings import Settings
+from ..z3.locations import parse_z3_url
+from ..z3.store import Z3Store
+from .documents import DocumentProblem, count_pages, sniff_type
+from .faults import crash_point
+from .outbox import Outbox
+from .status import Failure, reference_for
+from .tracking import Tracker
+from .transports.base import Submission, Transport, TransportError
+
+log = logging.getLogger("fhir_fax.worker")
+RECONCILE_EVERY = 1.0  # seconds between reconciliation passes
+
+
+class Worker:
+    def __init__(self, settings: Settings, outbox: Outbox, tracker: Tracker, transport: Transport, z3: Z3Store) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.tracker = tracker
+        self.transport = transport
+        self.z3 = z3
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease = timedelta(seconds=settings.lease_seconds)
+        self._last_reconcile = 0.0
+
+    async def run(self) -> None:
+        """Work until cancelled."""
+        await self.transport.start(self.tracker.apply)
+        log.info("worker %s started (carrier: %s)", self.owner, self.transport.name)
+        try:
+            while True:
+                try:
+                    busy = await self.step()
+                except Exception:
+                    log.exception("worker step failed; continuing")
+                    busy = False
+                if not busy:
+                    await asyncio.sleep(self.settings.worker_poll_seconds)
+        finally:
+            await self.transport.stop()
+
+    async def step(self) -> bool:
+        """Do one job if there is one (True), else reconcile (False)."""
+        job = await self.outbox.claim_abandoned(self.owner, self.lease)
+        if job is None:
+            job = await self.outbox.claim_due(self.owner, self.lease)
+        if job is not None:
+            await self.attempt(job)
+            return True
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_reconcile >= RECONCILE_EVERY:
+            self._last_reconcile = loop.time()
+            await self.reconcile()
+        return False
+
+    async def attempt(self, job: dict[str, Any]) -> None:
+        """Prepare and hand over one attempt; a takeover first asks the carrier whether it has it."""
+        attempt = job["attempt"]
+        reference = reference_for(job["_id"], attempt)
+        log.info("fax %s attempt %s claimed by %s", job["_id"], attempt, self.owner)
+        await self.tracker.sync(job)  # PROCESSING
+        crash_point("after-claim")
+        already = await self.transport.find(reference)
+        if already is not None:
+            log.info("fax %s attempt %s: the carrier already has it as %s", job["_id"], attempt, already)
+            await self.outbox.record_submission(job, self.owner, self.transport.name, already)
+            return
+        try:
+            submission = await self.prepare(job, reference)
+        except DocumentProblem as problem:
+            await self.tracker.fail(job["_id"], attempt, Failure("FAILED", str(problem)), now(), final=True)
+            return
+        try:
+            carrier_id = await self.transport.submit(submission)
+        except TransportError as error:
+            await self.tracker.fail(job["_id"], attempt, Failure(error.code, error.message), now())
+            return
+        crash_point("after-submit")
+        if not await self.outbox.record_submission(job, self.owner, self.transport.name, carrier_id):
+            log.info("fax %s attempt %s: the job moved on while submitting", job["_id"], attempt)
+        crash_point("after-record")
+
+    async def prepare(self, job: dict[str, Any], reference: str) -> Submission:
+        location = parse_z3_url(job["media"], ())
+        document = await self.z3.read(location)
+        if document is None:
+            raise DocumentProblem(f"Document generation error: {job['media']} was deleted before the fax was sent.")
+        pages = await asyncio.to_thread(count_pages, document)
+        return Submission(
+            reference=reference,
+            to_number=job["to_number"],
+            from_number=job["from_number"],
+            quality=job["quality"],
+            pages=pages,
+            document=document,
+            content_type=sniff_type(document) or "application/octet-stream",
+        )
+
+    async def reconcile(self) -> None:
+        """Poll the carrier for quiet faxes, finish interrupted Communication updates, enforce kill time."""
+        moment = now()
+        quiet_since = moment - timedelta(seconds=self.settings.stuck_after_seconds)
+        for job in await self.outbox.quiet_submissions(quiet_since):
+            carrier_id = job["carrier_ids"].get(str(job["attempt"]))
+            if carrier_id:
+                for event in await self.transport.poll(carrier_id):
+                    await self.tracker.apply(event)
+            await self.outbox.touch(job["_id"])
+        for job in await self.outbox.unsynced(moment - timedelta(seconds=5)):
+            await self.tracker.sync(job)
+        for job in await self.outbox.past_kill_time(moment):
+            failure = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
+            await self.tracker.fail(job["_id"], job["attempt"], failure, moment, final=True)
