@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -109,6 +110,38 @@ def numbers(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker(args: argparse.Namespace) -> int:
+    """Run a delivery worker alone until Ctrl-C or SIGTERM (any number may share one database)."""
+    import signal
+
+    from .db import Database
+    from .fax.worker import create_worker
+
+    settings = _settings(args)
+
+    async def run() -> None:
+        database = Database(settings)
+        try:
+            delivery = create_worker(settings, database.connect())
+            await delivery.outbox.ensure_indexes()
+            task = asyncio.create_task(delivery.run())
+            stopping = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stopping.set)
+            waiter = asyncio.create_task(stopping.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            await database.close()
+
+    asyncio.run(run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-fax", description="Send faxes from a FHIR server.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--directory", help="folder of FHIR JSON files (default: the bundled fixtures/)")
     database_options(load)
     load.set_defaults(handler=fixtures_load)
+
+    worker_command = commands.add_parser("worker", help="run a delivery worker on its own")
+    database_options(worker_command)
+    worker_command.set_defaults(handler=worker)
 
     numbers_command = commands.add_parser("numbers", help="manage onboarded fax numbers").add_subparsers(
         dest="action", required=True

@@ -17,9 +17,7 @@ from .fax.operation import OPERATION_URL, SEND_FAX_DEFINITION
 from .fax.references import HttpResolver, LocalResolver, ReferenceResolver
 from .fax.routes import FaxAPI
 from .fax.send import FaxService
-from .fax.tracking import Tracker
-from .fax.transports import make_transport
-from .fax.worker import Worker
+from .fax.worker import create_worker
 from .fhir.context import FHIRContext, OperationSummary
 from .fhir.models import SUPPORTED_TYPES
 from .fhir.routes import build_fallback_router, build_fhir_router
@@ -49,7 +47,6 @@ class FaxModule:
         self._database: Database | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self.tracker: Tracker | None = None
 
     def install(self, app: FastAPI) -> None:
         """Add the routers to ``app`` and run this module's start-up and shut-down around the app's own."""
@@ -92,11 +89,8 @@ class FaxModule:
         await service.ensure_indexes()
         self.fhir.attach(database, store)
         self.fax.service = service
-        self.tracker = Tracker(self.settings, store, service.outbox)
         if self.settings.worker_enabled:
-            worker = Worker(
-                self.settings, service.outbox, self.tracker, make_transport(self.settings, database), service.z3
-            )
+            worker = create_worker(self.settings, database, store)
             self._worker = asyncio.create_task(worker.run(), name="fhir-fax-worker")
         if self.settings.load_fixtures:
             await load_fixtures(store)

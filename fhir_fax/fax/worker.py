@@ -128,3 +128,16 @@ class Worker:
         for job in await self.outbox.past_kill_time(moment):
             failure = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
             await self.tracker.fail(job["_id"], job["attempt"], failure, moment, final=True)
+
+
+def create_worker(settings: Settings, database: Any, store: Any | None = None) -> Worker:
+    """A worker on ``database`` with the configured carrier (used by ``serve`` and ``fhir-fax worker``)."""
+    from ..fhir.search_params import default_registry
+    from ..fhir.store import ResourceStore
+    from .transports import make_transport
+
+    store = store or ResourceStore(database, default_registry().indexer)
+    outbox = Outbox(database)
+    return Worker(
+        settings, outbox, Tracker(settings, store, outbox), make_transport(settings, database), Z3Store(database)
+    )

@@ -1,0 +1,242 @@
+"""Delivery through the simulator: statuses, failures, retries, reconciliation, kill time, lost documents."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_fax.app import create_app
+from fhir_fax.fax.status import ATTEMPT_EXTENSION, Failure, StatusEvent
+from fhir_fax.fax.terminology import FAILURE_REASON_SYSTEM, OUTBOUND_STATUS_EXTENSION, PAGES_EXTENSION
+from fhir_fax.fax.worker import Worker, create_worker
+from fhir_fax.fhir.models import model_class
+from fhir_fax.settings import Settings
+from fhir_fax.z3.locations import Z3Location
+from fhir_fax.z3.store import Z3Store
+
+from helpers import FIXTURES, MEDIA, SEED_SENDER, SENDER_NUMBER
+
+FAST = {
+    "simulator_speed": 1000.0,
+    "worker_poll_seconds": 0.02,
+    "retry_delay_seconds": 0.05,
+    "retry_backoff": 1.0,
+}
+
+
+async def running_app(settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, database=database)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
+    ):
+        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
+        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
+        await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})
+        yield http
+
+
+@pytest.fixture
+async def delivering(fax_settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async for http in running_app(fax_settings.model_copy(update=FAST), database):
+        yield http
+
+
+async def send_to(api: httpx.AsyncClient, number: str, quality: str = "standard", media: str = MEDIA) -> str:
+    body = {"media": media, "quality": quality, "recipientNumber": number, "sender": SEED_SENDER}
+    response = await api.post("/fax/v1/send", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["communicationResource"]["id"]
+
+
+def outbound_status(communication: dict[str, Any]) -> str:
+    extension = next(e for e in communication["extension"] if e["url"] == OUTBOUND_STATUS_EXTENSION)
+    return extension["valueCodeableConcept"]["coding"][0]["code"]
+
+
+def extension_value(communication: dict[str, Any], url: str) -> Any:
+    return next((e["valueInteger"] for e in communication["extension"] if e["url"] == url), None)
+
+
+async def wait_final(api: httpx.AsyncClient, communication_id: str, within_seconds: float = 20) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + within_seconds
+    while True:
+        communication = (await api.get(f"/fhir/Communication/{communication_id}")).json()
+        if outbound_status(communication) in ("DELIVERED", "STOPPED"):
+            return communication
+        assert asyncio.get_running_loop().time() < deadline, f"still {outbound_status(communication)}"
+        await asyncio.sleep(0.05)
+
+
+async def steps(api: httpx.AsyncClient, communication_id: str) -> list[tuple[str, str]]:
+    """(outbound status, lastUpdated) of every version, oldest first."""
+    history = (await api.get(f"/fhir/Communication/{communication_id}/_history")).json()
+    return [(outbound_status(e["resource"]), e["resource"]["meta"]["lastUpdated"]) for e in reversed(history["entry"])]
+
+
+async def test_an_ordinary_fax_walks_through_all_four_statuses(delivering: httpx.AsyncClient, database: Any) -> None:
+    communication_id = await send_to(delivering, "+16175550143")
+    final = await wait_final(delivering, communication_id)
+    assert final["status"] == "completed"
+    assert extension_value(final, PAGES_EXTENSION) == 3
+    assert extension_value(final, ATTEMPT_EXTENSION) == 1
+    received = datetime.fromisoformat(final["received"].replace("Z", "+00:00"))
+    assert received >= datetime.fromisoformat(final["sent"].replace("Z", "+00:00"))
+    model_class("Communication").model_validate(final)
+    history = await steps(delivering, communication_id)
+    assert [status for status, _ in history] == ["QUEUED", "PROCESSING", "SENDING", "DELIVERED"]
+    times = [at for _, at in history]
+    assert times == sorted(times), "each step is a later version"
+    job = await database.fax_jobs.find_one({"communication_id": communication_id})
+    assert (job["state"], job["status"], job["attempt"]) == ("done", "DELIVERED", 1)
+    assert await database.simulator_faxes.count_documents({"reference": f"{job['_id']}:1"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("number", "code", "message", "attempts"),
+    [
+        ("+16175550002", "BUSY", "The line was busy.", 3),
+        ("+16175550003", "NO_ANSWER", "The receiving fax machine did not answer.", 3),
+        ("+16175550004", "FAILED", "The fax could not be sent.", 1),
+        ("+16175550486", "486", "The receiving line is busy here (SIP 486).", 3),
+        ("+16175550005", "UNKNOWN", "The carrier reported a failure without a reason.", 1),
+    ],
+)
+async def test_each_failure_number_ends_stopped_with_its_code(
+    delivering: httpx.AsyncClient, database: Any, number: str, code: str, message: str, attempts: int
+) -> None:
+    communication_id = await send_to(delivering, number)
+    final = await wait_final(delivering, communication_id)
+    assert final["status"] == "stopped"
+    assert final["statusReason"] == {"coding": [{"system": FAILURE_REASON_SYSTEM, "code": code}], "text": message}
+    assert extension_value(final, ATTEMPT_EXTENSION) == attempts
+    assert [n["text"].split(":")[0] for n in final["note"]] == [
+        f"Attempt {n} failed ({code})" for n in range(1, attempts + 1)
+    ]
+    job = await database.fax_jobs.find_one({"communication_id": communication_id})
+    assert (job["state"], len(job["failures"])) == ("done", attempts)
+    assert await database.simulator_faxes.count_documents({"to": number}) == attempts, "one submission per attempt"
+
+
+async def test_a_transient_failure_is_retried_then_delivered(delivering: httpx.AsyncClient) -> None:
+    communication_id = await send_to(delivering, "+16175550006")
+    final = await wait_final(delivering, communication_id)
+    assert final["status"] == "completed"
+    assert extension_value(final, ATTEMPT_EXTENSION) == 2
+    assert final["note"][0]["text"].startswith("Attempt 1 failed (BUSY): The line was busy. Next attempt at ")
+    assert [status for status, _ in await steps(delivering, communication_id)] == [
+        "QUEUED", "PROCESSING", "SENDING", "QUEUED", "PROCESSING", "SENDING", "DELIVERED",
+    ]  # fmt: skip
+
+
+async def test_quality_lengthens_the_simulated_call(delivering: httpx.AsyncClient, database: Any) -> None:
+    ids = {quality: await send_to(delivering, "+16175550143", quality) for quality in ("standard", "superfine")}
+    for communication_id in ids.values():
+        await wait_final(delivering, communication_id)
+    durations = {}
+    for quality, communication_id in ids.items():
+        job = await database.fax_jobs.find_one({"communication_id": communication_id})
+        record = await database.simulator_faxes.find_one({"reference": f"{job['_id']}:1"})
+        durations[quality] = record["timeline"][-1]["after"]
+    assert durations == {"standard": 4.0 + 3 * 10.0, "superfine": 4.0 + 3 * 40.0}
+
+
+@pytest.fixture
+async def manual(fax_settings: Settings, database: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Worker, Settings]]:
+    """The app without its own worker, and a worker the test steps by hand."""
+    settings = fax_settings.model_copy(update={**FAST, "worker_enabled": False, "stuck_after_seconds": 0.05})
+    async for http in running_app(settings, database):
+        yield http, create_worker(settings, database), settings
+
+
+async def job_of(database: Any, communication_id: str) -> dict[str, Any]:
+    return await database.fax_jobs.find_one({"communication_id": communication_id})
+
+
+async def test_a_document_deleted_before_sending_stops_the_fax(manual: Any, database: Any) -> None:
+    api, worker, _ = manual
+    communication_id = await send_to(api, "+16175550143")
+    await database["z3.files"].delete_many({"filename": "my-bucket/path/to/document.pdf"})
+    assert await worker.step() is True
+    final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
+    assert final["status"] == "stopped"
+    assert final["statusReason"]["coding"][0]["code"] == "FAILED"
+    assert final["statusReason"]["text"].startswith(
+        "Document generation error: z3://my-bucket/path/to/document.pdf was"
+    )
+    assert await database.simulator_faxes.count_documents({}) == 0, "nothing was handed to the carrier"
+
+
+async def test_a_lost_webhook_is_reconciled_by_polling_the_carrier(manual: Any, database: Any) -> None:
+    api, worker, _ = manual  # the carrier's pushes are never started: every webhook is "lost"
+    communication_id = await send_to(api, "+16175550143")
+    assert await worker.step() is True
+    assert (await job_of(database, communication_id))["state"] == "submitted"
+    await asyncio.sleep(0.2)  # the simulated call is over; nobody told us
+    assert outbound_status((await api.get(f"/fhir/Communication/{communication_id}")).json()) == "PROCESSING"
+    await worker.reconcile()
+    final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
+    assert (final["status"], outbound_status(final)) == ("completed", "DELIVERED")
+    assert [status for status, _ in await steps(api, communication_id)] == [
+        "QUEUED",
+        "PROCESSING",
+        "SENDING",
+        "DELIVERED",
+    ]
+
+
+async def test_a_fax_past_its_kill_time_is_stopped(fax_settings: Settings, database: Any) -> None:
+    settings = fax_settings.model_copy(update={**FAST, "worker_enabled": False, "kill_time_seconds": 0.1})
+    async for api in running_app(settings, database):
+        communication_id = await send_to(api, "+16175550143")
+        await asyncio.sleep(0.2)
+        await create_worker(settings, database).reconcile()
+        final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
+        assert final["status"] == "stopped"
+        assert "kill time" in final["statusReason"]["text"]
+
+
+async def test_stale_duplicate_and_racing_events_never_move_a_fax_backwards(manual: Any, database: Any) -> None:
+    api, worker, _ = manual
+    communication_id = await send_to(api, "+16175550143")
+    await worker.step()
+    job = await job_of(database, communication_id)
+    reference, moment = f"{job['_id']}:1", datetime.now().astimezone()
+    racing = [
+        StatusEvent(reference, "SENDING", moment),
+        StatusEvent(reference, "DELIVERED", moment, pages=3),
+        StatusEvent(reference, "SENDING", moment),
+        StatusEvent(reference, "PROCESSING", moment),
+    ]
+    results = await asyncio.gather(*(worker.tracker.apply(event) for event in racing * 4))
+    assert 1 <= sum(results) <= 2, "each forward step happens once"
+    final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
+    assert (final["status"], outbound_status(final)) == ("completed", "DELIVERED")
+    history = [status for status, _ in await steps(api, communication_id)]
+    assert history[-1] == "DELIVERED" and history.count("DELIVERED") == 1
+    assert history == sorted(history, key=["QUEUED", "PROCESSING", "SENDING", "DELIVERED"].index), "never backwards"
+    late = [
+        StatusEvent(reference, "FAILED", moment, failure=Failure("BUSY", "late")),
+        StatusEvent(reference, "SENDING", moment),
+    ]
+    assert [await worker.tracker.apply(event) for event in late] == [False, False]
+    assert (await api.get(f"/fhir/Communication/{communication_id}")).json() == final
+    assert await worker.tracker.apply(StatusEvent("no-such-fax:1", "SENDING", moment)) is False
+
+
+async def test_events_from_an_earlier_attempt_are_ignored(manual: Any, database: Any) -> None:
+    api, worker, _ = manual
+    communication_id = await send_to(api, "+16175550006")  # BUSY on attempt 1
+    await worker.step()
+    job = await job_of(database, communication_id)
+    moment = datetime.now().astimezone()
+    await worker.tracker.apply(StatusEvent(f"{job['_id']}:1", "FAILED", moment, failure=Failure("BUSY", "busy")))
+    assert (await job_of(database, communication_id))["attempt"] == 2
+    assert await worker.tracker.apply(StatusEvent(f"{job['_id']}:1", "DELIVERED", moment, pages=3)) is False
+    communication = (await api.get(f"/fhir/Communication/{communication_id}")).json()
+    assert (outbound_status(communication), extension_value(communication, ATTEMPT_EXTENSION)) == ("QUEUED", 2)
