@@ -142,6 +142,49 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def send(args: argparse.Namespace) -> int:
+    """Upload a document, send it, and show its status live until it is delivered or stopped."""
+    from .fax.console import FIXTURE_SENDER, Console
+    from .fax.documents import DocumentProblem
+    from .fax.operation import SendFaxRequest
+
+    settings = _settings(args)
+    to = args.to
+    request_fields = {"recipientNumber": to} if to.startswith("+") else {"recipient": to}
+
+    async def work(database: Any) -> str:
+        console = Console(settings, database)
+        media = await console.upload(Path(args.media))
+        request = SendFaxRequest(
+            media=media,
+            quality=args.quality,
+            sender=args.sender or FIXTURE_SENDER,
+            patient=args.patient,
+            **request_fields,
+        )
+        return await console.send_and_watch(request)
+
+    try:
+        final = _with_database(settings, work)
+    except (FHIRError, DocumentProblem, OSError) as error:
+        print(f"fhir-fax: {getattr(error, 'diagnostics', error)}", file=sys.stderr)
+        return 2
+    return 0 if final == "DELIVERED" else 1
+
+
+def demo(args: argparse.Namespace) -> int:
+    """The seed's story on the fixtures, at 50x simulator speed unless FHIR_FAX_SIMULATOR_SPEED says more."""
+    from .fax.console import Console
+
+    settings = _settings(args)
+    fast = {
+        "simulator_speed": max(settings.simulator_speed, 50.0),
+        "retry_delay_seconds": min(settings.retry_delay_seconds, 1.0),
+    }
+    settings = settings.model_copy(update=fast)
+    return _with_database(settings, lambda database: Console(settings, database).demo())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-fax", description="Send faxes from a FHIR server.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--directory", help="folder of FHIR JSON files (default: the bundled fixtures/)")
     database_options(load)
     load.set_defaults(handler=fixtures_load)
+
+    send_command = commands.add_parser("send", help="send a document and watch it go")
+    send_command.add_argument("--media", required=True, help="PDF, TIFF, PNG or JPEG file to fax")
+    send_command.add_argument("--to", required=True, help="E.164 number (+1...) or a reference (Practitioner/123)")
+    send_command.add_argument("--from", dest="sender", help="sender reference (default: the fixtures' clinic)")
+    send_command.add_argument("--patient", help="Patient/<id> the fax is about")
+    send_command.add_argument("--quality", default="standard", choices=["standard", "fine", "superfine"])
+    database_options(send_command)
+    send_command.set_defaults(handler=send)
+
+    demo_command = commands.add_parser("demo", help="send the fixtures' referral letter and watch it")
+    database_options(demo_command)
+    demo_command.set_defaults(handler=demo)
 
     worker_command = commands.add_parser("worker", help="run a delivery worker on its own")
     database_options(worker_command)
