@@ -21,6 +21,8 @@ $(SDK_STAMP): tests/sdk/package-lock.json
 
 install: $(STAMP) $(SDK_STAMP)
 
+# A faster simulated carrier for the local demo (1 = real time).
+run: export FHIR_FAX_SIMULATOR_SPEED ?= 20
 run: $(STAMP)
 	$(BIN)/fhir-fax serve --load-fixtures
 
