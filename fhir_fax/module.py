@@ -17,6 +17,8 @@ from .fax.operation import OPERATION_URL, SEND_FAX_DEFINITION
 from .fax.references import HttpResolver, LocalResolver, ReferenceResolver
 from .fax.routes import FaxAPI
 from .fax.send import FaxService
+from .fax.tracking import Tracker
+from .fax.webhooks import RECEIPTS, webhook_router
 from .fax.worker import create_worker
 from .fhir.context import FHIRContext, OperationSummary
 from .fhir.models import SUPPORTED_TYPES
@@ -24,6 +26,7 @@ from .fhir.routes import build_fallback_router, build_fhir_router
 from .fhir.store import ResourceStore
 from .fixtures import load_fixtures
 from .settings import Settings
+from .z3.routes import Z3API
 from .z3.store import Z3Store
 
 log = logging.getLogger("fhir_fax")
@@ -42,6 +45,7 @@ class FaxModule:
         self.fhir = FHIRContext(self.settings)
         self.fhir.operations.append(OperationSummary("Communication", "send-fax", OPERATION_URL))
         self.fax = FaxAPI(self.fhir)
+        self.z3 = Z3API(self.settings)
         self._resolver: ReferenceResolver | None = None
         self._given_database = database
         self._database: Database | None = None
@@ -55,6 +59,8 @@ class FaxModule:
         app.include_router(build_fhir_router(self.fhir), prefix=prefix)
         app.include_router(build_fallback_router(), prefix=prefix)
         app.include_router(self.fax.sdk_router(), prefix=self.settings.fax_api_path)
+        app.include_router(self.z3.router(), prefix=self.settings.project_api_path)
+        app.include_router(webhook_router(self.fax), prefix="/fax/webhooks")
         previous = app.router.lifespan_context
 
         @asynccontextmanager
@@ -89,6 +95,9 @@ class FaxModule:
         await service.ensure_indexes()
         self.fhir.attach(database, store)
         self.fax.service = service
+        self.z3.database = database
+        self.fax.tracker = Tracker(self.settings, store, service.outbox)
+        await database[RECEIPTS].create_index("received", name="expiry", expireAfterSeconds=7 * 86_400)
         if self.settings.worker_enabled:
             worker = create_worker(self.settings, database, store)
             self._worker = asyncio.create_task(worker.run(), name="fhir-fax-worker")
@@ -121,6 +130,7 @@ class FaxModule:
             self._supervisor = None
         self.fhir.detach()
         self.fax.service = None
+        self.z3.database = None
         if isinstance(self._resolver, HttpResolver):
             await self._resolver.close()
         self._resolver = None

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Other project-API base URLs whose /z3/... URLs name this project's Z3 (JSON list).",
     )
+    z3_url_ttl_seconds: int = Field(default=900, ge=1, description="How long presigned Z3 URLs stay valid.")
+    z3_max_object_bytes: int = Field(default=50_000_000, ge=1, description="Largest Z3 object accepted (413).")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="How long idempotency keys are kept.")
 
     # Delivery
@@ -60,6 +62,16 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="Poll the carrier for a fax with no news for this long."
     )
     simulator_speed: float = Field(default=1.0, gt=0, description="Simulator clock: 1 real time, 1000 faster.")
+
+    # Telnyx Programmable Fax (FHIR_FAX_CARRIER=telnyx)
+    telnyx_api_base: str = "https://api.telnyx.com/v2"
+    telnyx_api_key: str | None = None
+    telnyx_connection_id: str | None = None
+    telnyx_public_key: str | None = Field(
+        default=None, description="Base64 Ed25519 public key that signs Telnyx webhooks (from the Telnyx portal)."
+    )
+    telnyx_timeout_seconds: float = Field(default=15.0, gt=0)
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, description="Reject webhooks signed longer ago.")
 
     # Where sender/recipient/patient references are looked up
     reference_fhir_base: str | None = Field(

@@ -23,7 +23,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / f"server-{self.port}.log"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_FAX_")}
-        environment.update(env or {})
+        environment.update({k: v.replace("{port}", str(self.port)) for k, v in (env or {}).items()})
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [part.replace("{port}", str(self.port)) for part in command],

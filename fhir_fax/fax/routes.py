@@ -9,50 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 
 from ..fhir.context import FHIRContext, ServiceUnavailable
-from ..fhir.errors import FHIRError, InvalidRequest
-from ..fhir.http import FHIRResponse, FHIRRoute, describe_request_errors, read_json, version_headers
+from ..fhir.errors import InvalidRequest
+from ..fhir.http import FHIRResponse, FHIRRoute, read_json, version_headers
+from ..sdk_http import SDKRoute
 from .operation import parse_parameters, parse_sdk_body
 from .phone import NumberProblem, check_fax_number
 from .send import Caller, FaxService
+from .tracking import Tracker
 
 log = logging.getLogger("fhir_fax.fax")
 
 MAX_KEY_LENGTH = 255
-
-
-class SDKRoute(APIRoute):
-    """Renders every failure as ``{"message": ..., "code": <status>}``, the shape the Oystehr SDK reads."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except FHIRError as error:
-                return sdk_error(error.diagnostics, error.status_code, error.headers)
-            except RequestValidationError as error:
-                return sdk_error(describe_request_errors(error), 400)
-            except Exception:
-                incident = uuid.uuid4().hex[:12]
-                log.exception("unhandled error in %s %s (incident %s)", request.method, request.url.path, incident)
-                return sdk_error(f"Internal server error; quote incident {incident} when reporting it.", 500)
-
-        return handle
-
-
-def sdk_error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"message": message, "code": status}, status_code=status, headers=headers)
 
 
 class FaxAPI:
@@ -61,6 +34,7 @@ class FaxAPI:
     def __init__(self, fhir: FHIRContext) -> None:
         self.fhir = fhir
         self.service: FaxService | None = None
+        self.tracker: Tracker | None = None
 
     def require_service(self) -> FaxService:
         if self.service is None:

@@ -40,10 +40,11 @@ class Failure:
 
     code: str
     message: str
+    retry: bool | None = None  # None: decided by the code (busy, no answer, 486, carrier trouble)
 
     @property
     def transient(self) -> bool:
-        return self.code in TRANSIENT_CODES
+        return self.code in TRANSIENT_CODES if self.retry is None else self.retry
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ class Worker:
         log.info("fax %s attempt %s claimed by %s", job["_id"], attempt, self.owner)
         await self.tracker.sync(job)  # PROCESSING
         crash_point("after-claim")
-        already = await self.transport.find(reference)
+        already = await self.transport.find(reference, job["to_number"], job["created"])
         if already is not None:
             log.info("fax %s attempt %s: the carrier already has it as %s", job["_id"], attempt, already)
             await self.outbox.record_submission(job, self.owner, self.transport.name, already)
@@ -111,6 +111,7 @@ class Worker:
             pages=pages,
             document=document,
             content_type=sniff_type(document) or "application/octet-stream",
+            media=job["media"],
         )
 
     async def reconcile(self) -> None:

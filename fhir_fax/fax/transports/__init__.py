@@ -14,4 +14,8 @@ def make_transport(settings: Settings, database: Any) -> Transport:
         from .simulator import Simulator
 
         return Simulator(database, speed=settings.simulator_speed)
-    raise ValueError(f"Unknown fax carrier {settings.carrier!r}; FHIR_FAX_CARRIER may be: simulator.")
+    if settings.carrier == "telnyx":
+        from .telnyx import Telnyx
+
+        return Telnyx(settings, database)
+    raise ValueError(f"Unknown fax carrier {settings.carrier!r}; FHIR_FAX_CARRIER may be: simulator, telnyx.")

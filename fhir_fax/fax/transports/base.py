@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from ..status import StatusEvent
@@ -22,7 +23,7 @@ class Submission:
     pages: int
     document: bytes
     content_type: str
-    media_url: str | None = None  # a short-lived URL the carrier may fetch the document from
+    media: str  # the Z3 location (z3://bucket/key); carriers that fetch by URL get a signed one
 
 
 class TransportError(Exception):
@@ -45,7 +46,7 @@ class Transport(Protocol):
     async def submit(self, submission: Submission) -> str:
         """Hand the attempt over; returns the carrier's fax id, raises TransportError."""
 
-    async def find(self, reference: str) -> str | None:
+    async def find(self, reference: str, to_number: str, since: datetime) -> str | None:
         """The carrier's id for an attempt it already has (after a worker died mid-submit), else None."""
 
     async def poll(self, carrier_id: str) -> list[StatusEvent]:

@@ -98,7 +98,7 @@ class Simulator:
         )
         return carrier_id
 
-    async def find(self, reference: str) -> str | None:
+    async def find(self, reference: str, to_number: str, since: datetime) -> str | None:
         record = await self.collection.find_one({"reference": reference}, {"_id": 1})
         return record["_id"] if record else None
 

@@ -1,0 +1,103 @@
+"""Z3 over HTTP, as the Oystehr SDK calls it at ``{projectApiUrl}/z3``: presigned URLs, signed upload and download.
+
+``POST /z3/{bucket}/{key}`` with ``{"action": "upload" | "download"}`` answers ``{"signedUrl": ...}``;
+``PUT`` to a signed upload URL stores the body; ``GET`` on a signed download URL returns it. Signed
+URLs need no bearer token, expire, and are bound to one object and one action.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from ..fhir.context import ServiceUnavailable
+from ..fhir.errors import Forbidden, InvalidRequest, PayloadTooLarge, ResourceNotFound, Unauthorized
+from ..sdk_http import SDKRoute
+from ..settings import Settings
+from .locations import Z3Location, Z3UrlError, parse_z3_url
+from .signing import ACTION, EXPIRES, SIGNATURE, presign, signing_key, verify
+from .store import Z3Store
+
+ACTIONS = ("upload", "download")
+
+
+class Z3API:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database: Any = None
+
+    def require_store(self) -> Z3Store:
+        if self.database is None:
+            raise ServiceUnavailable("Z3 storage is not running yet; retry in a moment.")
+        return Z3Store(self.database)
+
+    def project_api(self, request: Request) -> str:
+        return self.settings.public_base(str(request.base_url)) + self.settings.project_api_path
+
+    def location(self, bucket: str, key: str) -> Z3Location:
+        try:
+            return parse_z3_url(f"z3://{bucket}/{key}", ())
+        except Z3UrlError as error:
+            raise InvalidRequest(str(error)) from None
+
+    async def check_signature(self, request: Request, location: Z3Location, action: str) -> None:
+        params = request.query_params
+        if SIGNATURE not in params:
+            raise Unauthorized(
+                f"This URL needs a signature; ask for one with POST {self.settings.project_api_path}/z3/"
+                f'{location.bucket}/{location.key} {{"action": "{action}"}}.'
+            )
+        if params.get(ACTION) != action:
+            raise Forbidden(f"This signed URL is not for {action}.")
+        problem = verify(await signing_key(self.database), location, action, params.get(EXPIRES, ""), params[SIGNATURE])
+        if problem:
+            raise Forbidden(problem)
+
+    def router(self) -> APIRouter:
+        router = APIRouter(route_class=SDKRoute, tags=["Z3"])
+
+        @router.post("/z3/{bucket}/{key:path}", summary="Presigned URL for upload or download")
+        async def presigned(request: Request, bucket: str, key: str) -> dict[str, str]:
+            store = self.require_store()
+            location = self.location(bucket, key)
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                raise InvalidRequest('The body must be JSON: {"action": "upload"} or {"action": "download"}.') from None
+            action = body.get("action") if isinstance(body, dict) else None
+            if action not in ACTIONS:
+                raise InvalidRequest('action must be "upload" or "download".')
+            if action == "download" and await store.stat(location) is None:
+                raise ResourceNotFound(f"There is no object at {location}.")
+            key_bytes = await signing_key(self.database)
+            ttl = self.settings.z3_url_ttl_seconds
+            return {"signedUrl": presign(key_bytes, self.project_api(request), location, action, ttl)}
+
+        @router.put("/z3/{bucket}/{key:path}", summary="Upload to a signed URL")
+        async def upload(request: Request, bucket: str, key: str) -> Response:
+            store = self.require_store()
+            location = self.location(bucket, key)
+            await self.check_signature(request, location, "upload")
+            data = bytearray()
+            async for chunk in request.stream():
+                data.extend(chunk)
+                if len(data) > self.settings.z3_max_object_bytes:
+                    raise PayloadTooLarge(f"Objects may be at most {self.settings.z3_max_object_bytes} bytes.")
+            content_type = request.headers.get("content-type")
+            await store.put(location, bytes(data), content_type)
+            return Response(status_code=200)
+
+        @router.get("/z3/{bucket}/{key:path}", summary="Download from a signed URL")
+        async def download(request: Request, bucket: str, key: str) -> Response:
+            store = self.require_store()
+            location = self.location(bucket, key)
+            await self.check_signature(request, location, "download")
+            info = await store.stat(location)
+            data = await store.read(location)
+            if info is None or data is None:
+                raise ResourceNotFound(f"There is no object at {location}.")
+            return Response(data, media_type=info.content_type or "application/octet-stream")
+
+        return router

@@ -1,0 +1,79 @@
+"""Presigned Z3 URLs: the SDK's upload-then-download flow, and every way a signed URL is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import httpx
+import pytest
+
+from fhir_fax.z3.locations import Z3Location
+from fhir_fax.z3.store import Z3Store
+
+
+async def signed(api: httpx.AsyncClient, path: str, action: str) -> str:
+    response = await api.post(f"/v1/z3/{path}", json={"action": action})
+    assert response.status_code == 200, response.text
+    return response.json()["signedUrl"]
+
+
+async def test_upload_then_download_through_signed_urls(api: httpx.AsyncClient, database: Any) -> None:
+    upload = await signed(api, "letters/2026/referral.pdf", "upload")
+    assert upload.startswith("http://fhir.test/v1/z3/letters/2026/referral.pdf?action=upload&expires=")
+    stored = await api.put(upload, content=b"%PDF-1.4 letter", headers={"content-type": "application/pdf"})
+    assert stored.status_code == 200
+    info = await Z3Store(database).stat(Z3Location("letters", "2026/referral.pdf"))
+    assert info is not None and info.size == len(b"%PDF-1.4 letter")
+    download = await signed(api, "letters/2026/referral.pdf", "download")
+    fetched = await api.get(download)
+    assert (fetched.status_code, fetched.content) == (200, b"%PDF-1.4 letter")
+    assert fetched.headers["content-type"] == "application/pdf"
+
+
+def tamper(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query)) | changes
+    return f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query)}"
+
+
+async def test_refused_signed_urls(api: httpx.AsyncClient, database: Any) -> None:
+    await Z3Store(database).put(Z3Location("letters", "a.pdf"), b"%PDF-1.4 a")
+    await Z3Store(database).put(Z3Location("letters", "b.pdf"), b"%PDF-1.4 b")
+    download = await signed(api, "letters/a.pdf", "download")
+    cases = [
+        (download.replace("/a.pdf", "/b.pdf"), 403, "does not match this object"),
+        (tamper(download, expires="1"), 403, "has expired"),
+        (
+            tamper(download, expires=str(int(dict(parse_qsl(urlsplit(download).query))["expires"]) + 60)),
+            403,
+            "does not match",
+        ),
+        (tamper(download, action="upload"), 403, "not for download"),
+        (download.split("?")[0], 401, "needs a signature"),
+    ]
+    for url, status, message in cases:
+        response = await api.get(url)
+        assert response.status_code == status, (url, response.text)
+        assert message in response.json()["message"]
+    upload_with_download_url = await api.put(download, content=b"overwritten")
+    assert upload_with_download_url.status_code == 403
+    assert await Z3Store(database).read(Z3Location("letters", "a.pdf")) == b"%PDF-1.4 a"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("letters/missing.pdf", {"action": "download"}, 404, "There is no object"),
+        ("letters/x.pdf", {"action": "delete"}, 400, 'action must be "upload" or "download"'),
+        ("Bad_Bucket/x.pdf", {"action": "upload"}, 400, "not a valid bucket name"),
+        ("letters/a/%2E%2E/b.pdf", {"action": "upload"}, 400, "no valid object key"),
+        ("letters/a/%2e%2e/%2e%2e/etc.pdf", {"action": "upload"}, 400, "no valid object key"),
+    ],
+)
+async def test_bad_presign_requests(
+    api: httpx.AsyncClient, path: str, body: dict[str, str], status: int, message: str
+) -> None:
+    response = await api.post(f"/v1/z3/{path}", json=body)
+    assert response.status_code == status
+    assert message in response.json()["message"]
