@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,7 @@ async def run(sizes: list[int], requests: int) -> list[dict[str, Any]]:
     finally:
         await client.close()
         database_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
