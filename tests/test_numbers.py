@@ -65,7 +65,9 @@ async def test_offboarding_an_unknown_number_is_404(api: httpx.AsyncClient) -> N
 
 async def test_a_real_carrier_onboards_its_configured_number(settings: Settings, database: Any) -> None:
     for configured, expected in ((None, 422), ("+13125550123", 200)):
-        carrier = settings.model_copy(update={"carrier": "telnyx", "carrier_fax_number": configured})
+        carrier = settings.model_copy(
+            update={"carrier": "telnyx", "carrier_fax_number": configured, "worker_enabled": False}
+        )
         app = create_app(carrier, database=database)
         async with (
             app.router.lifespan_context(app),
