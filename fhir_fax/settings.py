@@ -23,6 +23,7 @@ class Settings(BaseSettings):
         default=None,
         description="Public base URL used in links (Location, Bundle links). Unset: taken from the request.",
     )
+    log_format: str = Field(default="text", pattern="^(text|json)$", description="text, or json (one object per line).")
     host: str = "127.0.0.1"
     port: int = 8080
     fhir_path: str = Field(default="/fhir", description="Where the FHIR REST API is mounted.")

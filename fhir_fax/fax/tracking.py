@@ -42,9 +42,17 @@ class Tracker:
         else:
             raise ValueError(f"unknown status {event.status!r}")
         if job is None:
-            log.info("ignored %s for fax %s attempt %s (%s): not forward", event.status, fax_id, attempt, event.source)
+            log.info(
+                "ignored %s for fax %s attempt %s (%s): not forward",
+                event.status, fax_id, attempt, event.source,
+                extra={"fax": fax_id, "attempt": attempt, "status": event.status, "source": event.source},
+            )  # fmt: skip
             return False
-        log.info("fax %s attempt %s is %s (%s)", fax_id, attempt, event.status, event.source)
+        log.info(
+            "fax %s attempt %s is %s (%s)",
+            fax_id, attempt, event.status, event.source,
+            extra={"fax": fax_id, "attempt": attempt, "status": event.status, "source": event.source},
+        )  # fmt: skip
         await self.sync(job)
         return True
 
@@ -59,10 +67,13 @@ class Tracker:
         updated = await self.outbox.fail_attempt(fax_id, attempt, record, retry_at)
         if updated is None:
             return False
+        fields = {"fax": fax_id, "attempt": attempt, "code": failure.code}
         if retry_at:
-            log.info("fax %s attempt %s failed (%s); retry at %s", fax_id, attempt, failure.code, retry_at)
+            log.info(
+                "fax %s attempt %s failed (%s); retry at %s", fax_id, attempt, failure.code, retry_at, extra=fields
+            )
         else:
-            log.info("fax %s stopped after attempt %s: %s %s", fax_id, attempt, failure.code, message)
+            log.info("fax %s stopped after attempt %s: %s %s", fax_id, attempt, failure.code, message, extra=fields)
         await self.sync(updated)
         return True
 

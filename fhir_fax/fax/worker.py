@@ -74,12 +74,13 @@ class Worker:
         """Prepare and hand over one attempt; a takeover first asks the carrier whether it has it."""
         attempt = job["attempt"]
         reference = reference_for(job["_id"], attempt)
-        log.info("fax %s attempt %s claimed by %s", job["_id"], attempt, self.owner)
+        fields = {"fax": job["_id"], "attempt": attempt, "worker": self.owner}
+        log.info("fax %s attempt %s claimed by %s", job["_id"], attempt, self.owner, extra=fields)
         await self.tracker.sync(job)  # PROCESSING
         crash_point("after-claim")
         already = await self.transport.find(reference, job["to_number"], job["created"])
         if already is not None:
-            log.info("fax %s attempt %s: the carrier already has it as %s", job["_id"], attempt, already)
+            log.info("fax %s attempt %s: the carrier already has it as %s", job["_id"], attempt, already, extra=fields)
             await self.outbox.record_submission(job, self.owner, self.transport.name, already)
             return
         try:
@@ -94,7 +95,7 @@ class Worker:
             return
         crash_point("after-submit")
         if not await self.outbox.record_submission(job, self.owner, self.transport.name, carrier_id):
-            log.info("fax %s attempt %s: the job moved on while submitting", job["_id"], attempt)
+            log.info("fax %s attempt %s: the job moved on while submitting", job["_id"], attempt, extra=fields)
         crash_point("after-record")
 
     async def prepare(self, job: dict[str, Any], reference: str) -> Submission:
