@@ -91,7 +91,9 @@ class FaxModule:
         await self.fhir.registry.ensure_indexes(database)
         await store.put_if_changed(SEND_FAX_DEFINITION)
         self._resolver = self._reference_resolver(store)
-        service = FaxService(self.settings, database, store, self._resolver, Z3MediaChecker(Z3Store(database)))
+        service = FaxService(
+            self.settings, database, store, self._resolver, Z3MediaChecker(Z3Store(database), self.settings.max_pages)
+        )
         await service.ensure_indexes()
         self.fhir.attach(database, store)
         self.fax.service = service

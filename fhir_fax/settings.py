@@ -47,6 +47,7 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Other project-API base URLs whose /z3/... URLs name this project's Z3 (JSON list).",
     )
+    max_pages: int = Field(default=350, ge=1, description="Most pages one fax may have (Telnyx's limit).")
     z3_url_ttl_seconds: int = Field(default=900, ge=1, description="How long presigned Z3 URLs stay valid.")
     z3_max_object_bytes: int = Field(default=50_000_000, ge=1, description="Largest Z3 object accepted (413).")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="How long idempotency keys are kept.")

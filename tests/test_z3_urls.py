@@ -50,12 +50,16 @@ async def test_refused_signed_urls(api: httpx.AsyncClient, database: Any) -> Non
             "does not match",
         ),
         (tamper(download, action="upload"), 403, "not for download"),
-        (download.split("?")[0], 401, "needs a signature"),
     ]
     for url, status, message in cases:
         response = await api.get(url)
         assert response.status_code == status, (url, response.text)
         assert message in response.json()["message"]
+    bare = await api.get(download.split("?")[0])  # without a signature this is the SDK's listObjects
+    assert bare.json() == [{"key": "a.pdf", "lastModified": bare.json()[0]["lastModified"]}]
+    assert b"%PDF" not in bare.content
+    unsigned_upload = await api.put(download.split("?")[0], content=b"overwritten")
+    assert unsigned_upload.status_code == 401 and "needs a signature" in unsigned_upload.json()["message"]
     upload_with_download_url = await api.put(download, content=b"overwritten")
     assert upload_with_download_url.status_code == 403
     assert await Z3Store(database).read(Z3Location("letters", "a.pdf")) == b"%PDF-1.4 a"
@@ -77,3 +81,51 @@ async def test_bad_presign_requests(
     response = await api.post(f"/v1/z3/{path}", json=body)
     assert response.status_code == status
     assert message in response.json()["message"]
+
+
+async def test_buckets_and_objects(api: httpx.AsyncClient, database: Any) -> None:
+    assert (await api.get("/v1/z3")).json() == []
+    created = await api.put("/v1/z3/letters")
+    assert created.json() == {"id": "letters", "name": "letters"}
+    again = await api.put("/v1/z3/letters")
+    assert again.status_code == 409 and "already exists" in again.json()["message"]
+    assert [b["name"] for b in (await api.get("/v1/z3")).json()] == ["letters"]
+    store = Z3Store(database)
+    for key in ("2026/01/a.pdf", "2026/02/b.pdf", "other/c.pdf"):
+        await store.put(Z3Location("letters", key), b"%PDF-1.4")
+    listed = (await api.get("/v1/z3/letters/2026/")).json()
+    assert [o["key"] for o in listed] == ["2026/01/a.pdf", "2026/02/b.pdf"]
+    not_empty = await api.delete("/v1/z3/letters")
+    assert not_empty.status_code == 409 and "not empty" in not_empty.json()["message"]
+    for key in ("2026/01/a.pdf", "2026/02/b.pdf", "other/c.pdf"):
+        assert (await api.delete(f"/v1/z3/letters/{key}")).status_code == 204
+    missing = await api.delete("/v1/z3/letters/other/c.pdf")
+    assert missing.status_code == 404
+    assert (await api.delete("/v1/z3/letters")).status_code == 204
+    assert (await api.get("/v1/z3")).json() == []
+    assert (await api.delete("/v1/z3/letters")).status_code == 404
+    assert (await api.put("/v1/z3/Not_A_Bucket")).status_code == 400
+
+
+async def test_uploads_over_the_limit_are_413_and_leave_nothing(settings: Any, database: Any) -> None:
+    from fhir_fax.app import create_app
+
+    small = settings.model_copy(update={"z3_max_object_bytes": 1000})
+    app = create_app(small, database=database)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
+    ):
+        url = (await http.post("/v1/z3/letters/big.pdf", json={"action": "upload"})).json()["signedUrl"]
+        declared = await http.put(url, content=b"x" * 5000)
+        assert declared.status_code == 413
+
+        async def chunks():  # no content-length: the limit is enforced while streaming
+            for _ in range(10):
+                yield b"x" * 300
+
+        streamed = await http.put(url, content=chunks())
+        assert streamed.status_code == 413
+        assert "at most 1000 bytes" in streamed.json()["message"]
+    assert await Z3Store(database).stat(Z3Location("letters", "big.pdf")) is None
+    assert await database["z3.chunks"].count_documents({}) == 0, "the partial upload was removed"

@@ -21,7 +21,7 @@ from ..fixtures import FIXTURES_DIR, load_fixtures
 from ..settings import Settings
 from ..z3.locations import Z3Location
 from ..z3.store import Z3Store
-from .documents import DocumentProblem, count_pages, sniff_type
+from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
 from .media import Z3MediaChecker
 from .operation import SendFaxRequest
 from .references import LocalResolver
@@ -51,14 +51,16 @@ class Console:
         self.say = say
         self.store = ResourceStore(database, default_registry().indexer)
         self.z3 = Z3Store(database)
-        self.service = FaxService(settings, database, self.store, LocalResolver(self.store), Z3MediaChecker(self.z3))
+        self.service = FaxService(
+            settings, database, self.store, LocalResolver(self.store), Z3MediaChecker(self.z3, settings.max_pages)
+        )
 
     async def upload(self, path: Path) -> str:
         data = await asyncio.to_thread(path.read_bytes)
         kind = sniff_type(data)
         if kind is None:
             raise DocumentProblem(f"{path} is not a PDF, TIFF, PNG or JPEG.")
-        pages = await asyncio.to_thread(count_pages, data)
+        pages = await run_pdfium(count_pages, data)
         location = Z3Location("uploads", f"{datetime.now(UTC):%Y/%m/%d}/{uuid.uuid4().hex[:8]}-{path.name}")
         await self.z3.put(location, data, kind)
         self.say(f"uploaded {path.name} ({pages} page{'s' if pages != 1 else ''}) to {location}")

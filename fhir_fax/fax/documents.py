@@ -1,15 +1,42 @@
-"""What a fax document is: its type by content (not by name) and its page count."""
+"""What a fax document is: its type by content (never by name), its pages, and whether it can be faxed.
+
+PDFium is not thread-safe, so every PDFium call runs on one dedicated thread (``run_pdfium``): off
+the event loop, so a large document never stalls the API, and never two at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import io
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
 
 import pypdfium2
 from PIL import Image
 
+T = TypeVar("T")
+PDFIUM = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdfium")
+PDFIUM_PASSWORD_ERROR = 4
+
+
+async def run_pdfium(function: Callable[..., T], *args: object) -> T:
+    return await asyncio.get_running_loop().run_in_executor(PDFIUM, function, *args)
+
 
 class DocumentProblem(ValueError):
-    """The document cannot be faxed (the message says why)."""
+    """The document cannot be faxed (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    content_type: str
+    pages: int
+    size: int
+    sha1: str  # base64 of the SHA-1 digest, as FHIR's Attachment.hash wants
 
 
 def sniff_type(data: bytes) -> str | None:
@@ -25,22 +52,69 @@ def sniff_type(data: bytes) -> str | None:
     return None
 
 
-def count_pages(data: bytes) -> int:
-    """Pages in a PDF, TIFF, PNG or JPEG; DocumentProblem for anything else or a broken file."""
+def open_pdf(data: bytes) -> pypdfium2.PdfDocument:
+    try:
+        return pypdfium2.PdfDocument(data)
+    except pypdfium2.PdfiumError as error:
+        if getattr(error, "err_code", None) == PDFIUM_PASSWORD_ERROR:
+            raise DocumentProblem("The PDF is encrypted (password-protected); send it without a password.") from None
+        raise DocumentProblem("The PDF is damaged and cannot be opened; export it again and re-upload it.") from None
+
+
+def inspect(data: bytes, max_pages: int) -> DocumentInfo:
+    """Check that a fax machine could receive ``data``; raises DocumentProblem with the reason."""
     kind = sniff_type(data)
-    if kind == "application/pdf":
-        try:
-            document = pypdfium2.PdfDocument(data)
-        except pypdfium2.PdfiumError as error:
-            raise DocumentProblem(f"The PDF cannot be opened ({error}).") from None
+    if kind is None:
+        raise DocumentProblem(
+            "The document is not a PDF, TIFF, PNG or JPEG (judged by its content, not its name); convert it to PDF."
+        )
+    pages = _check_pdf(data) if kind == "application/pdf" else _check_image(data)
+    if pages == 0:
+        raise DocumentProblem("The document has no pages.")
+    if pages > max_pages:
+        raise DocumentProblem(f"The document has {pages} pages; at most {max_pages} can be faxed at once.")
+    sha1 = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    return DocumentInfo(kind, pages, len(data), sha1)
+
+
+def _check_pdf(data: bytes) -> int:
+    document = open_pdf(data)
+    try:
+        for index in range(len(document)):
+            page = document[index]
+            try:
+                width, height = page.get_size()
+                if width <= 0 or height <= 0:
+                    raise DocumentProblem(f"Page {index + 1} has no size and cannot be rendered.")
+                page.render(scale=0.05).close()
+            except pypdfium2.PdfiumError:
+                raise DocumentProblem(f"Page {index + 1} cannot be rendered.") from None
+            finally:
+                page.close()
+        return len(document)
+    finally:
+        document.close()
+
+
+def _check_image(data: bytes) -> int:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            frames = getattr(image, "n_frames", 1)
+            for frame in range(frames):
+                image.seek(frame)
+                image.load()
+            return frames
+    except (OSError, ValueError):
+        raise DocumentProblem("The image is damaged and cannot be read; export it again and re-upload it.") from None
+
+
+def count_pages(data: bytes) -> int:
+    """Pages of an already accepted document."""
+    if sniff_type(data) == "application/pdf":
+        document = open_pdf(data)
         try:
             return len(document)
         finally:
             document.close()
-    if kind in ("image/tiff", "image/png", "image/jpeg"):
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return getattr(image, "n_frames", 1)
-        except OSError as error:
-            raise DocumentProblem(f"The image cannot be read ({error}).") from None
-    raise DocumentProblem("The document is not a PDF, TIFF, PNG or JPEG.")
+    with Image.open(io.BytesIO(data)) as image:
+        return getattr(image, "n_frames", 1)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from ..z3.locations import Z3Location, Z3UrlError, parse_z3_url
 from ..z3.store import Z3Store
+from .documents import DocumentProblem, inspect, run_pdfium
 
 
 class MediaProblem(ValueError):
@@ -29,6 +30,8 @@ class MediaInfo:
 
     content_type: str | None
     size: int
+    pages: int | None = None
+    sha1: str | None = None
 
 
 class MediaChecker(Protocol):
@@ -38,10 +41,11 @@ class MediaChecker(Protocol):
 
 
 class Z3MediaChecker:
-    """The object must exist in this project's Z3 (read permission joins with access policies)."""
+    """The object must exist in this project's Z3 and be something a fax machine can receive."""
 
-    def __init__(self, store: Z3Store) -> None:
+    def __init__(self, store: Z3Store, max_pages: int = 350) -> None:
         self.store = store
+        self.max_pages = max_pages
 
     async def check(self, location: Z3Location, *, authorization: str | None) -> MediaInfo:
         info = await self.store.stat(location)
@@ -49,4 +53,11 @@ class Z3MediaChecker:
             raise MediaProblem(
                 f"There is no Z3 object at {location}; upload the document there first (check the bucket and key)."
             )
-        return MediaInfo(content_type=info.content_type, size=info.size)
+        data = await self.store.read(location)
+        if data is None:
+            raise MediaProblem(f"There is no Z3 object at {location}; upload the document there first.")
+        try:
+            document = await run_pdfium(inspect, data, self.max_pages)
+        except DocumentProblem as problem:
+            raise MediaProblem(f"{location} cannot be faxed: {problem}") from None
+        return MediaInfo(document.content_type, document.size, document.pages, document.sha1)

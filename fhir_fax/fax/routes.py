@@ -20,6 +20,7 @@ from ..fhir.http import FHIRResponse, FHIRRoute, read_json, version_headers
 from ..sdk_http import SDKRoute
 from .operation import parse_parameters, parse_sdk_body
 from .phone import NumberProblem, check_fax_number
+from .preview import preview
 from .send import Caller, FaxService
 from .tracking import Tracker
 
@@ -94,6 +95,12 @@ class FaxAPI:
         async def offboard(request: Request) -> dict[str, list[str]]:
             number = await self.optional_number(request)
             return {"released": await self.require_service().numbers.offboard(number)}
+
+        @router.get("/faxes/{communication_id}/preview", summary="A page as the recipient will see it (PNG)")
+        async def fax_preview(request: Request, communication_id: str) -> Response:
+            service = self.require_service()
+            image = await preview(service.database, communication_id, request.query_params.get("page"))
+            return Response(image, media_type="image/png")
 
         @router.get("/config", summary="Fax configuration")
         async def config() -> dict[str, Any]:

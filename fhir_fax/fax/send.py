@@ -32,7 +32,7 @@ from .outbox import FaxJob, Outbox
 from .phone import NumberProblem, check_fax_number
 from .references import Reference, ReferenceResolver, ResolutionError, parse_reference
 from .telecom import fax_entries
-from .terminology import QUALITIES, fax_identifier, fax_medium, outbound_status_extension
+from .terminology import PAGES_EXTENSION, QUALITIES, fax_identifier, fax_medium, outbound_status_extension
 
 
 class BadGateway(FHIRError):
@@ -270,6 +270,10 @@ class FaxService:
         attachment: dict[str, Any] = {"url": request.media, "size": media.size}
         if media.content_type:
             attachment["contentType"] = media.content_type
+        if media.sha1:
+            attachment["hash"] = media.sha1
+        if media.pages:
+            attachment["extension"] = [{"url": PAGES_EXTENSION, "valueInteger": media.pages}]
         communication: dict[str, Any] = {
             "resourceType": "Communication",
             "status": "in-progress",

@@ -16,11 +16,12 @@ from typing import Any
 
 from ..fhir.models import now
 from ..settings import Settings
-from ..z3.locations import parse_z3_url
+from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
-from .documents import DocumentProblem, count_pages, sniff_type
+from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
 from .faults import crash_point
 from .outbox import Outbox
+from .render import render_fax, rendering_location
 from .status import Failure, reference_for
 from .tracking import Tracker
 from .transports.base import Submission, Transport, TransportError
@@ -103,7 +104,11 @@ class Worker:
         document = await self.z3.read(location)
         if document is None:
             raise DocumentProblem(f"Document generation error: {job['media']} was deleted before the fax was sent.")
-        pages = await asyncio.to_thread(count_pages, document)
+        pages = await run_pdfium(count_pages, document)
+        content_type = sniff_type(document) or "application/octet-stream"
+        if getattr(self.transport, "takes_tiff", False):
+            document = await self.rendered(job, location, document)
+            content_type = "image/tiff"
         return Submission(
             reference=reference,
             to_number=job["to_number"],
@@ -111,9 +116,23 @@ class Worker:
             quality=job["quality"],
             pages=pages,
             document=document,
-            content_type=sniff_type(document) or "application/octet-stream",
+            content_type=content_type,
             media=job["media"],
         )
+
+    async def rendered(self, job: dict[str, Any], location: Z3Location, document: bytes) -> bytes:
+        """The fax-line rendering (TIFF Class F), made once and kept in Z3 beside the original."""
+        target = rendering_location(location, job["quality"])
+        existing = await self.z3.read(target) if job.get("rendered") else None
+        if existing is not None:
+            return existing
+        try:
+            tiff = await run_pdfium(render_fax, document, job["quality"])
+        except Exception as error:  # PDFium/Pillow failures on a document that passed the send-time checks
+            raise DocumentProblem(f"Document generation error: the document could not be rendered ({error}).") from None
+        await self.z3.put(target, tiff, "image/tiff")
+        await self.outbox.collection.update_one({"_id": job["_id"]}, {"$set": {"rendered": str(target)}})
+        return tiff
 
     async def reconcile(self) -> None:
         """Poll the carrier for quiet faxes, finish interrupted Communication updates, enforce kill time."""

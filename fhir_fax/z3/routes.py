@@ -11,14 +11,15 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..fhir.context import ServiceUnavailable
-from ..fhir.errors import Forbidden, InvalidRequest, PayloadTooLarge, ResourceNotFound, Unauthorized
+from ..fhir.errors import Conflict, Forbidden, InvalidRequest, PayloadTooLarge, ResourceNotFound, Unauthorized
 from ..sdk_http import SDKRoute
 from ..settings import Settings
 from .locations import Z3Location, Z3UrlError, parse_z3_url
 from .signing import ACTION, EXPIRES, SIGNATURE, presign, signing_key, verify
-from .store import Z3Store
+from .store import ObjectTooLarge, Z3Store
 
 ACTIONS = ("upload", "download")
 
@@ -75,29 +76,66 @@ class Z3API:
             ttl = self.settings.z3_url_ttl_seconds
             return {"signedUrl": presign(key_bytes, self.project_api(request), location, action, ttl)}
 
+        @router.get("/z3", summary="List buckets")
+        async def list_buckets() -> list[dict[str, str]]:
+            buckets = await self.require_store().list_buckets()
+            return [{"id": b["_id"], "name": b["_id"], "creationDate": _iso(b["created"])} for b in buckets]
+
+        @router.put("/z3/{bucket}", summary="Create a bucket")
+        async def create_bucket(bucket: str) -> dict[str, str]:
+            self.location(bucket, "check")
+            if not await self.require_store().create_bucket(bucket):
+                raise Conflict(f"The bucket {bucket!r} already exists.")
+            return {"id": bucket, "name": bucket}
+
+        @router.delete("/z3/{bucket}", summary="Delete an empty bucket")
+        async def delete_bucket(bucket: str) -> Response:
+            await self.require_store().delete_bucket(bucket)
+            return Response(status_code=204)
+
         @router.put("/z3/{bucket}/{key:path}", summary="Upload to a signed URL")
         async def upload(request: Request, bucket: str, key: str) -> Response:
             store = self.require_store()
             location = self.location(bucket, key)
             await self.check_signature(request, location, "upload")
-            data = bytearray()
-            async for chunk in request.stream():
-                data.extend(chunk)
-                if len(data) > self.settings.z3_max_object_bytes:
-                    raise PayloadTooLarge(f"Objects may be at most {self.settings.z3_max_object_bytes} bytes.")
-            content_type = request.headers.get("content-type")
-            await store.put(location, bytes(data), content_type)
+            declared = request.headers.get("content-length", "")
+            limit = self.settings.z3_max_object_bytes
+            if declared.isdigit() and int(declared) > limit:
+                raise PayloadTooLarge(f"Objects may be at most {limit} bytes.")
+            try:
+                await store.put_stream(location, request.stream(), request.headers.get("content-type"), limit)
+            except ObjectTooLarge as error:
+                raise PayloadTooLarge(str(error)) from None
             return Response(status_code=200)
 
-        @router.get("/z3/{bucket}/{key:path}", summary="Download from a signed URL")
-        async def download(request: Request, bucket: str, key: str) -> Response:
+        @router.get("/z3/{bucket}/{key:path}", summary="Download from a signed URL, or list objects under a prefix")
+        async def download_or_list(request: Request, bucket: str, key: str) -> Response:
             store = self.require_store()
+            if SIGNATURE not in request.query_params:
+                if not await store.bucket_exists(bucket):
+                    raise ResourceNotFound(f"There is no bucket {bucket!r}.")
+                objects = await store.list_objects(bucket, key)
+                return JSONResponse([{"key": o["key"], "lastModified": _iso(o["lastModified"])} for o in objects])
             location = self.location(bucket, key)
             await self.check_signature(request, location, "download")
             info = await store.stat(location)
-            data = await store.read(location)
-            if info is None or data is None:
+            chunks = await store.read_chunks(location)
+            if info is None or chunks is None:
                 raise ResourceNotFound(f"There is no object at {location}.")
-            return Response(data, media_type=info.content_type or "application/octet-stream")
+            headers = {"content-length": str(info.size)}
+            return StreamingResponse(
+                chunks, media_type=info.content_type or "application/octet-stream", headers=headers
+            )
+
+        @router.delete("/z3/{bucket}/{key:path}", summary="Delete an object")
+        async def delete_object(bucket: str, key: str) -> Response:
+            location = self.location(bucket, key)
+            if not await self.require_store().delete_object(location):
+                raise ResourceNotFound(f"There is no object at {location}.")
+            return Response(status_code=204)
 
         return router
+
+
+def _iso(moment: Any) -> str:
+    return moment.isoformat().replace("+00:00", "Z") if hasattr(moment, "isoformat") else str(moment)

@@ -6,6 +6,7 @@ and Motor share), so they work on whichever driver the host application handed o
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,14 @@ from ..fhir.models import now
 from .locations import Z3Location
 
 GRIDFS_BUCKET = "z3"
+
+
+class ObjectTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Objects may be at most {limit} bytes.")
+        self.limit = limit
+
+
 BUCKETS = "z3_buckets"
 
 
@@ -42,6 +51,78 @@ class Z3Store:
             {"_id": bucket}, {"$setOnInsert": {"created": now()}}, upsert=True
         )
         return result.upserted_id is not None
+
+    async def list_buckets(self) -> list[dict[str, Any]]:
+        return await self.database[BUCKETS].find({}).sort("_id", 1).to_list(None)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        """Delete an empty bucket; 404 when unknown, 409 when it still holds objects."""
+        from ..fhir.errors import Conflict, ResourceNotFound
+
+        if not await self.bucket_exists(bucket):
+            raise ResourceNotFound(f"There is no bucket {bucket!r}.")
+        if await self.files.count_documents({"filename": {"$gte": f"{bucket}/", "$lt": f"{bucket}0"}}, limit=1):
+            raise Conflict(f"The bucket {bucket!r} is not empty; delete its objects first.")
+        await self.database[BUCKETS].delete_one({"_id": bucket})
+
+    async def list_objects(self, bucket: str, prefix: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Objects whose key starts with ``prefix`` (newest upload of each key), in key order."""
+        start = f"{bucket}/{prefix}"
+        cursor = self.files.find(
+            {"filename": {"$gte": start, "$lt": start + "\U0010ffff"}}, {"filename": 1, "uploadDate": 1}
+        ).sort([("filename", 1), ("uploadDate", -1)])
+        latest: dict[str, Any] = {}
+        async for document in cursor:
+            latest.setdefault(document["filename"], document["uploadDate"])
+            if len(latest) > limit:
+                break
+        return [
+            {"key": name[len(bucket) + 1 :], "lastModified": moment} for name, moment in list(latest.items())[:limit]
+        ]
+
+    async def delete_object(self, location: Z3Location) -> bool:
+        """Delete every stored version of ``location``; False when there was none."""
+        gridfs = self.gridfs()
+        ids = [d["_id"] async for d in self.files.find({"filename": f"{location.bucket}/{location.key}"}, {"_id": 1})]
+        for file_id in ids:
+            await gridfs.delete(file_id)
+        return bool(ids)
+
+    async def put_stream(
+        self, location: Z3Location, chunks: AsyncIterator[bytes], content_type: str | None, max_bytes: int
+    ) -> int:
+        """Store an upload chunk by chunk (never the whole file in memory); ObjectTooLarge past ``max_bytes``."""
+        await self.create_bucket(location.bucket)
+        upload = self.gridfs().open_upload_stream(
+            f"{location.bucket}/{location.key}", metadata={"contentType": content_type}
+        )
+        size = 0
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ObjectTooLarge(max_bytes)
+                await upload.write(chunk)
+        except BaseException:
+            await upload.abort()
+            raise
+        await upload.close()
+        return size
+
+    async def read_chunks(self, location: Z3Location) -> AsyncIterator[bytes] | None:
+        """The newest content at ``location`` as a stream of chunks, or None."""
+        from gridfs.errors import NoFile
+
+        try:
+            stream = await self.gridfs().open_download_stream_by_name(f"{location.bucket}/{location.key}")
+        except NoFile:
+            return None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await stream.readchunk():
+                yield chunk
+
+        return chunks()
 
     async def bucket_exists(self, bucket: str) -> bool:
         return await self.database[BUCKETS].count_documents({"_id": bucket}, limit=1) == 1

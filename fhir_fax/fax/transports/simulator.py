@@ -50,6 +50,7 @@ def planned_outcome(to_number: str, attempt: int) -> str | None:
 
 class Simulator:
     name = "simulator"
+    takes_tiff = True  # it receives the fax-line rendering, as a fax modem would
 
     def __init__(self, database: Any, speed: float = 1.0, tick: float = 0.05) -> None:
         self.collection = database[COLLECTION]
