@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,10 @@ from PIL import Image
 T = TypeVar("T")
 PDFIUM = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdfium")
 PDFIUM_PASSWORD_ERROR = 4
+# PDFium refuses to open a PDF whose page tree is empty, and its error code is a global "last error"
+# that may be stale, so an empty page tree is recognised from the file itself.
+EMPTY_PAGE_TREE = re.compile(rb"/Type\s*/Pages\b[^>]*/Count\s+0\b|/Count\s+0\b[^>]*/Type\s*/Pages\b")
+A_PAGE = re.compile(rb"/Type\s*/Page\b(?!s)")
 
 
 async def run_pdfium(function: Callable[..., T], *args: object) -> T:
@@ -56,8 +61,11 @@ def open_pdf(data: bytes) -> pypdfium2.PdfDocument:
     try:
         return pypdfium2.PdfDocument(data)
     except pypdfium2.PdfiumError as error:
-        if getattr(error, "err_code", None) == PDFIUM_PASSWORD_ERROR:
+        code = getattr(error, "err_code", None)
+        if code == PDFIUM_PASSWORD_ERROR:
             raise DocumentProblem("The PDF is encrypted (password-protected); send it without a password.") from None
+        if EMPTY_PAGE_TREE.search(data) and not A_PAGE.search(data):
+            raise DocumentProblem("The document has no pages.") from None
         raise DocumentProblem("The PDF is damaged and cannot be opened; export it again and re-upload it.") from None
 
 
