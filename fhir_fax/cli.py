@@ -109,6 +109,44 @@ def numbers(args: argparse.Namespace) -> int:
     return 0
 
 
+def z3(args: argparse.Namespace) -> int:
+    """``fhir-fax z3 put FILE z3://bucket/key`` and ``fhir-fax z3 get z3://bucket/key FILE``."""
+    from .z3.locations import Z3UrlError, parse_z3_url
+    from .z3.store import Z3Store
+
+    settings = _settings(args)
+    url, path = (args.destination, Path(args.file)) if args.action == "put" else (args.source, Path(args.file))
+    try:
+        location = parse_z3_url(url, ())
+    except Z3UrlError as error:
+        print(f"fhir-fax: {error}", file=sys.stderr)
+        return 2
+    if args.action == "put" and not path.is_file():
+        print(f"fhir-fax: {path} is not a file", file=sys.stderr)
+        return 2
+
+    async def work(database: Any) -> str:
+        store = Z3Store(database)
+        if args.action == "put":
+            from .fax.documents import sniff_type
+
+            data = await asyncio.to_thread(path.read_bytes)
+            await store.put(location, data, sniff_type(data) or "application/octet-stream")
+            return f"stored {path} ({len(data)} bytes) at {location}"
+        data = await store.read(location)
+        if data is None:
+            raise FileNotFoundError(f"there is no object at {location}")
+        await asyncio.to_thread(path.write_bytes, data)
+        return f"wrote {location} ({len(data)} bytes) to {path}"
+
+    try:
+        print(_with_database(settings, work))
+    except FileNotFoundError as error:
+        print(f"fhir-fax: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def worker(args: argparse.Namespace) -> int:
     """Run a delivery worker alone until Ctrl-C or SIGTERM (any number may share one database)."""
     import signal
@@ -218,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo_command = commands.add_parser("demo", help="send the fixtures' referral letter and watch it")
     database_options(demo_command)
     demo_command.set_defaults(handler=demo)
+
+    z3_command = commands.add_parser("z3", help="put and get documents in Z3 storage").add_subparsers(
+        dest="action", required=True
+    )
+    put = z3_command.add_parser("put", help="store FILE at z3://bucket/key")
+    put.add_argument("file")
+    put.add_argument("destination", help="z3://bucket/key")
+    get = z3_command.add_parser("get", help="write z3://bucket/key to FILE")
+    get.add_argument("source", help="z3://bucket/key")
+    get.add_argument("file")
+    for command in (put, get):
+        database_options(command)
+        command.set_defaults(handler=z3)
 
     worker_command = commands.add_parser("worker", help="run a delivery worker on its own")
     database_options(worker_command)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bson import Binary, ObjectId
 from gridfs import AsyncGridFSBucket
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -18,6 +19,7 @@ from ..fhir.models import now
 from .locations import Z3Location
 
 GRIDFS_BUCKET = "z3"
+CHUNK_SIZE = 255 * 1024  # GridFS's default chunk size
 
 
 class ObjectTooLarge(Exception):
@@ -44,6 +46,9 @@ class Z3Store:
 
     async def ensure_indexes(self) -> None:
         await self.files.create_index([("filename", 1), ("uploadDate", -1)], name="filename")
+        await self.database[f"{GRIDFS_BUCKET}.chunks"].create_index(
+            [("files_id", 1), ("n", 1)], name="files_id_1_n_1", unique=True
+        )
 
     async def create_bucket(self, bucket: str) -> bool:
         """Create ``bucket``; False when it already existed."""
@@ -89,24 +94,46 @@ class Z3Store:
         return bool(ids)
 
     async def put_stream(
-        self, location: Z3Location, chunks: AsyncIterator[bytes], content_type: str | None, max_bytes: int
+        self, location: Z3Location, pieces: AsyncIterator[bytes], content_type: str | None, max_bytes: int
     ) -> int:
-        """Store an upload chunk by chunk (never the whole file in memory); ObjectTooLarge past ``max_bytes``."""
+        """Store an upload chunk by chunk, in the GridFS layout; ObjectTooLarge past ``max_bytes``.
+
+        Written by hand rather than through GridIn, which holds up to 48 MB of chunk documents
+        (and their encoding) before each insert: here at most one 255 KB chunk is in memory. The
+        files document is written last, so a partial upload is never visible, and an abort removes
+        its chunks.
+        """
         await self.create_bucket(location.bucket)
-        upload = self.gridfs().open_upload_stream(
-            f"{location.bucket}/{location.key}", metadata={"contentType": content_type}
-        )
-        size = 0
+        file_id, number, size = ObjectId(), 0, 0
+        buffer = bytearray()
+        chunks = self.database[f"{GRIDFS_BUCKET}.chunks"]
         try:
-            async for chunk in chunks:
-                size += len(chunk)
+            async for piece in pieces:
+                size += len(piece)
                 if size > max_bytes:
                     raise ObjectTooLarge(max_bytes)
-                await upload.write(chunk)
+                buffer.extend(piece)
+                while len(buffer) >= CHUNK_SIZE:
+                    await chunks.insert_one(
+                        {"files_id": file_id, "n": number, "data": Binary(bytes(buffer[:CHUNK_SIZE]))}
+                    )
+                    del buffer[:CHUNK_SIZE]
+                    number += 1
+            if buffer:
+                await chunks.insert_one({"files_id": file_id, "n": number, "data": Binary(bytes(buffer))})
+            await self.files.insert_one(
+                {
+                    "_id": file_id,
+                    "filename": f"{location.bucket}/{location.key}",
+                    "length": size,
+                    "chunkSize": CHUNK_SIZE,
+                    "uploadDate": now(),
+                    "metadata": {"contentType": content_type},
+                }
+            )
         except BaseException:
-            await upload.abort()
+            await chunks.delete_many({"files_id": file_id})
             raise
-        await upload.close()
         return size
 
     async def read_chunks(self, location: Z3Location) -> AsyncIterator[bytes] | None:
@@ -137,10 +164,11 @@ class Z3Store:
 
     async def put(self, location: Z3Location, data: bytes, content_type: str | None = None) -> None:
         """Store ``data``; the newest upload of a key wins."""
-        await self.create_bucket(location.bucket)
-        await self.gridfs().upload_from_stream(
-            f"{location.bucket}/{location.key}", data, metadata={"contentType": content_type}
-        )
+
+        async def one_piece() -> AsyncIterator[bytes]:
+            yield data
+
+        await self.put_stream(location, one_piece(), content_type, max_bytes=len(data))
 
     async def stat(self, location: Z3Location) -> ObjectInfo | None:
         document = await self.files.find_one(

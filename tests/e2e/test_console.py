@@ -53,3 +53,17 @@ def test_send_refuses_what_it_cannot_fax(tmp_path: Path) -> None:
     bad_number = run("send", "--media", str(FIXTURES / "referral-letter.pdf"), "--to", "+1 617", data_dir=tmp_path)
     assert bad_number.returncode == 2
     assert "recipientNumber: '+1 617' is not in E.164 form" in bad_number.stderr
+
+
+def test_z3_put_and_get(tmp_path: Path) -> None:
+    letter = FIXTURES / "referral-letter.pdf"
+    stored = run("z3", "put", str(letter), "z3://letters/2026/referral.pdf", data_dir=tmp_path)
+    assert stored.returncode == 0, stored.stderr
+    assert stored.stdout.strip() == f"stored {letter} ({letter.stat().st_size} bytes) at z3://letters/2026/referral.pdf"
+    copy = tmp_path / "copy.pdf"
+    fetched = run("z3", "get", "z3://letters/2026/referral.pdf", str(copy), data_dir=tmp_path)
+    assert fetched.returncode == 0 and copy.read_bytes() == letter.read_bytes()
+    missing = run("z3", "get", "z3://letters/nothing.pdf", str(copy), data_dir=tmp_path)
+    assert missing.returncode == 1 and "there is no object at z3://letters/nothing.pdf" in missing.stderr
+    bad = run("z3", "put", str(letter), "https://elsewhere.example/x.pdf", data_dir=tmp_path)
+    assert bad.returncode == 2 and "is not a Z3 URL" in bad.stderr

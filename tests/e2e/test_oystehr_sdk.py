@@ -49,7 +49,7 @@ async def test_the_sdk_sends_reads_back_and_retries_without_a_second_fax(
     media = f"{server.url}/v1/z3/letters/referral.pdf"
     run = await asyncio.to_thread(
         subprocess.run,
-        ["node", "scenario.mjs", server.url, media],
+        ["node", "scenario.mjs", server.url, media, str(FIXTURES / "referral-letter.pdf")],
         cwd=SDK_DIR,
         capture_output=True,
         text=True,
@@ -58,6 +58,10 @@ async def test_the_sdk_sends_reads_back_and_retries_without_a_second_fax(
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
 
+    assert result["roundTrip"] is True, "uploadFile then downloadFile returns the same bytes"
+    assert [o["key"] for o in result["listed"]] == ["referrals/letter.pdf"]
+    uploaded = result["uploadedFax"]["payload"][0]["contentAttachment"]
+    assert (uploaded["contentType"], uploaded["extension"][0]["valueInteger"]) == ("application/pdf", 3)
     assert result["onboard"] == {"faxNumber": SENDER_NUMBER}
     assert result["config"] == {"configured": True, "faxNumbers": [SENDER_NUMBER]}
     assert_matches_seed(result["sent"], media=media)
@@ -71,7 +75,7 @@ async def test_the_sdk_sends_reads_back_and_retries_without_a_second_fax(
     assert first_id == second_id
     retried = await database.fax_jobs.find({"quality": "superfine"}).to_list(None)
     assert [job["communication_id"] for job in retried] == [result["retried"]["id"]]
-    assert await database["Communication"].count_documents({}) == 3
+    assert await database["Communication"].count_documents({}) == 4
 
     assert result["error"] == {
         "message": "Give exactly one of 'recipient' (a reference such as Practitioner/123) and 'recipientNumber' "

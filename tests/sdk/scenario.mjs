@@ -1,5 +1,5 @@
 // Runs the Oystehr SDK, unchanged, against a fhir-fax server and prints what happened as JSON.
-// Usage: node scenario.mjs BASE_URL MEDIA_URL
+// Usage: node scenario.mjs BASE_URL MEDIA_URL LOCAL_PDF
 import Oystehr from '@oystehr/sdk';
 
 const [base, media] = process.argv.slice(2);
@@ -28,6 +28,22 @@ const lossyFetch = async (request) => {
 
 const oystehr = new Oystehr({ accessToken: 'not-checked-yet', services });
 const lossy = new Oystehr({ accessToken: 'not-checked-yet', services, fetch: lossyFetch, retry: { delay: 10 } });
+
+// Upload a document with the SDK's own helper, read it back, then fax it.
+const letter = new Uint8Array(await (await import('node:fs/promises')).readFile(process.argv[4]));
+await oystehr.z3.createBucket({ bucketName: 'sdk-uploads' });
+await oystehr.z3.uploadFile({ bucketName: 'sdk-uploads', 'objectPath+': 'referrals/letter.pdf', file: new Blob([letter]) });
+const downloaded = new Uint8Array(await oystehr.z3.downloadFile({ bucketName: 'sdk-uploads', 'objectPath+': 'referrals/letter.pdf' }));
+result.roundTrip = downloaded.length === letter.length && downloaded.every((byte, i) => byte === letter[i]);
+result.listed = await oystehr.z3.listObjects({ bucketName: 'sdk-uploads', 'objectPath+': 'referrals/' });
+result.uploadedFax = (
+  await oystehr.fax.send({
+    media: `${base}/v1/z3/sdk-uploads/referrals/letter.pdf`,
+    quality: 'standard',
+    recipient: 'Organization/harbor-cardiology',
+    sender: 'HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964',
+  })
+).communicationResource;
 
 result.onboard = await oystehr.fax.onboard();
 result.config = await oystehr.fax.getConfiguration();
