@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from ..z3.locations import Z3Location
 from .documents import open_pdf, sniff_type
@@ -63,18 +63,21 @@ def fax_page(image: Image.Image, quality: str) -> Image.Image:
 
 
 def render_fax(data: bytes, quality: str) -> bytes:
-    """The whole document as a multi-page TIFF Class F (Group 4)."""
+    """The whole document as a multi-page TIFF Class F (Group 4), written one page at a time.
+
+    Pages are rendered, converted and appended one by one, so memory stays that of one page
+    whatever the length of the document.
+    """
     pages_of = _pdf_pages if sniff_type(data) == "application/pdf" else _image_pages
-    pages = [fax_page(image, quality) for image in pages_of(data)]
     output = io.BytesIO()
-    pages[0].save(
-        output,
-        format="TIFF",
-        compression="group4",
-        save_all=True,
-        append_images=pages[1:],
-        dpi=(HORIZONTAL_DPI, VERTICAL_DPI[quality]),
-    )
+    dpi = (HORIZONTAL_DPI, VERTICAL_DPI[quality])
+    with TiffImagePlugin.AppendingTiffWriter(output, new=True) as tiff:
+        for image in pages_of(data):
+            page = fax_page(image, quality)
+            image.close()
+            page.save(tiff, format="TIFF", compression="group4", dpi=dpi)
+            tiff.newFrame()
+            page.close()
     return output.getvalue()
 
 
