@@ -72,6 +72,17 @@ REFUSED = [
     ("zero pages", ZERO_PAGES, "has no pages"),
     ("too many pages", pdf_with_pages([(612, 792)] * 4), "has 4 pages; at most 3"),
     ("broken image", image_bytes("PNG")[:60], "image is damaged"),
+    (
+        "page that cannot be rendered",
+        pdf_from_objects(
+            [
+                b"<< /Type /Catalog /Pages 2 0 R >>",
+                b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 100000000 100000000] >>",
+            ]
+        ),
+        "Page 1 cannot be rendered: it is 100000000 x 100000000 points",
+    ),
 ]
 
 

@@ -22,6 +22,8 @@ from PIL import Image
 T = TypeVar("T")
 PDFIUM = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdfium")
 PDFIUM_PASSWORD_ERROR = 4
+MAX_PAGE_POINTS = 14_400  # 200 inches: the largest page PDF allows without UserUnit
+CHECK_PIXELS = 64  # the render check draws each page this big on its longer side
 # PDFium refuses to open a PDF whose page tree is empty, and its error code is a global "last error"
 # that may be stale, so an empty page tree is recognised from the file itself.
 EMPTY_PAGE_TREE = re.compile(rb"/Type\s*/Pages\b[^>]*/Count\s+0\b|/Count\s+0\b[^>]*/Type\s*/Pages\b")
@@ -92,10 +94,13 @@ def _check_pdf(data: bytes) -> int:
             page = document[index]
             try:
                 width, height = page.get_size()
-                if width <= 0 or height <= 0:
-                    raise DocumentProblem(f"Page {index + 1} has no size and cannot be rendered.")
-                page.render(scale=0.05).close()
-            except pypdfium2.PdfiumError:
+                if not (0 < width <= MAX_PAGE_POINTS and 0 < height <= MAX_PAGE_POINTS):
+                    raise DocumentProblem(
+                        f"Page {index + 1} cannot be rendered: it is {width:.0f} x {height:.0f} points, outside "
+                        f"what a PDF page may be (up to {MAX_PAGE_POINTS} points a side)."
+                    )
+                page.render(scale=CHECK_PIXELS / max(width, height)).close()
+            except (pypdfium2.PdfiumError, MemoryError):
                 raise DocumentProblem(f"Page {index + 1} cannot be rendered.") from None
             finally:
                 page.close()
