@@ -1,0 +1,1 @@
+"""Who may do what: access policies, SMART scopes, tokens."""
