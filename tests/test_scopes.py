@@ -28,7 +28,7 @@ def test_what_a_scope_permits(scope: str, action: str, resource_type: str, expec
 
 
 def test_non_resource_scopes_are_ignored_and_patient_context_is_recognised() -> None:
-    scopes = parse_scopes("openid fhirUser launch/patient patient/Communication.rs patient/Patient.r")
+    scopes = parse_scopes("openid fhirUser launch/patient admin/Patient.r patient/Communication.rs patient/Patient.r")
     assert [str(s) for s in scopes] == ["patient/Communication.rs", "patient/Patient.r"]
     assert patient_context(scopes)
     assert not patient_context(parse_scopes("patient/Communication.rs system/Patient.r"))
@@ -36,7 +36,7 @@ def test_non_resource_scopes_are_ignored_and_patient_context_is_recognised() -> 
 
 
 @pytest.mark.parametrize(
-    "scope", ["system/Communication.sr", "admin/Patient.r", "system/patient.r", "system/Patient.", "system/Patient.x"]
+    "scope", ["system/Communication.sr", "system/patient.r", "system/Patient.", "system/Patient.x"]
 )
 def test_malformed_scopes_are_refused(scope: str) -> None:
     with pytest.raises(ScopeError, match="is not a SMART scope"):
