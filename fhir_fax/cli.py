@@ -147,6 +147,51 @@ def z3(args: argparse.Namespace) -> int:
     return 0
 
 
+def clients(args: argparse.Namespace) -> int:
+    """``fhir-fax clients create --name N --policy FILE.json | list | rotate-secret ID | delete ID``."""
+    import json as json_module
+
+    from .auth.clients import Clients, public
+    from .auth.policies import PolicyError
+
+    settings = _settings(args)
+    policy = None
+    if args.action == "create":
+        try:
+            policy = json_module.loads(Path(args.policy).read_text())
+        except (OSError, ValueError) as error:
+            print(f"fhir-fax: cannot read the policy file: {error}", file=sys.stderr)
+            return 2
+
+    async def work(database: Any) -> list[str]:
+        registry = Clients(database)
+        await registry.ensure_indexes()
+        if args.action == "create":
+            record, secret = await registry.create(args.name, policy, description=args.description)
+            return [json_module.dumps({**public(record), "secret": secret}, indent=2)]
+        if args.action == "list":
+            return [f"{r['_id']}  {r['clientId']}  {r['name']}" for r in await registry.list()] or ["no clients"]
+        if args.action == "rotate-secret":
+            secret = await registry.rotate_secret(args.id)
+            if secret is None:
+                raise LookupError(f"no client {args.id}")
+            return [f"new secret for {args.id}: {secret}"]
+        if not await registry.delete(args.id):
+            raise LookupError(f"no client {args.id}")
+        return [f"deleted {args.id}"]
+
+    try:
+        lines = _with_database(settings, work)
+    except PolicyError as error:
+        print(f"fhir-fax: the policy is not valid: {error}", file=sys.stderr)
+        return 2
+    except LookupError as error:
+        print(f"fhir-fax: {error.args[0]}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def worker(args: argparse.Namespace) -> int:
     """Run a delivery worker alone until Ctrl-C or SIGTERM (any number may share one database)."""
     import signal
@@ -269,6 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (put, get):
         database_options(command)
         command.set_defaults(handler=z3)
+
+    clients_command = commands.add_parser("clients", help="manage machine clients").add_subparsers(
+        dest="action", required=True
+    )
+    create = clients_command.add_parser("create", help="create a client; prints its id, client id and secret once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--policy", required=True, help="access policy JSON file")
+    create.add_argument("--description")
+    client_list = clients_command.add_parser("list", help="list clients")
+    rotate = clients_command.add_parser("rotate-secret", help="give a client a new secret")
+    rotate.add_argument("id")
+    remove = clients_command.add_parser("delete", help="delete a client")
+    remove.add_argument("id")
+    for command in (create, client_list, rotate, remove):
+        database_options(command)
+        command.set_defaults(handler=clients)
 
     worker_command = commands.add_parser("worker", help="run a delivery worker on its own")
     database_options(worker_command)

@@ -11,6 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from .auth.clients import Clients
+from .auth.routes import AuthAPI
 from .db import Database
 from .fax.media import Z3MediaChecker
 from .fax.operation import OPERATION_URL, SEND_FAX_DEFINITION
@@ -46,6 +48,7 @@ class FaxModule:
         self.fhir.operations.append(OperationSummary("Communication", "send-fax", OPERATION_URL))
         self.fax = FaxAPI(self.fhir)
         self.z3 = Z3API(self.settings)
+        self.auth = AuthAPI(self.settings)
         self._resolver: ReferenceResolver | None = None
         self._given_database = database
         self._database: Database | None = None
@@ -55,6 +58,7 @@ class FaxModule:
     def install(self, app: FastAPI) -> None:
         """Add the routers to ``app`` and run this module's start-up and shut-down around the app's own."""
         prefix = self.settings.fhir_path
+        app.include_router(self.auth.router())  # token endpoint, JWKS, SMART configuration
         app.include_router(self.fax.fhir_router(), prefix=prefix)  # before the generic /{type}/{id} routes
         app.include_router(build_fhir_router(self.fhir), prefix=prefix)
         app.include_router(build_fallback_router(), prefix=prefix)
@@ -98,6 +102,11 @@ class FaxModule:
         self.fhir.attach(database, store)
         self.fax.service = service
         self.z3.database = database
+        self.auth.database = database
+        clients = Clients(database)
+        await clients.ensure_indexes()
+        if self.settings.bootstrap_client_id and self.settings.bootstrap_client_secret:
+            await clients.ensure_bootstrap(self.settings.bootstrap_client_id, self.settings.bootstrap_client_secret)
         self.fax.tracker = Tracker(self.settings, store, service.outbox)
         await database[RECEIPTS].create_index("received", name="expiry", expireAfterSeconds=7 * 86_400)
         if self.settings.worker_enabled:
@@ -133,6 +142,7 @@ class FaxModule:
         self.fhir.detach()
         self.fax.service = None
         self.z3.database = None
+        self.auth.database = None
         if isinstance(self._resolver, HttpResolver):
             await self._resolver.close()
         self._resolver = None

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     telnyx_timeout_seconds: float = Field(default=15.0, gt=0)
     webhook_tolerance_seconds: int = Field(default=300, ge=1, description="Reject webhooks signed longer ago.")
 
+    # Access
+    bootstrap_client_id: str | None = Field(default=None, description="An admin client ensured at start-up.")
+    bootstrap_client_secret: str | None = Field(default=None, description="Its secret.")
+    token_lifetime_seconds: int = Field(default=900, ge=60, description="How long issued access tokens last.")
+    token_failures_per_minute: int = Field(
+        default=10, ge=1, description="Failed token requests allowed per client id and per address each minute (429)."
+    )
+
     # Where sender/recipient/patient references are looked up
     reference_fhir_base: str | None = Field(
         default=None, description="Look references up on this FHIR server instead of the local datastore."

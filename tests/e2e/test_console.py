@@ -67,3 +67,24 @@ def test_z3_put_and_get(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "there is no object at z3://letters/nothing.pdf" in missing.stderr
     bad = run("z3", "put", str(letter), "https://elsewhere.example/x.pdf", data_dir=tmp_path)
     assert bad.returncode == 2 and "is not a Z3 URL" in bad.stderr
+
+
+def test_clients_command_line(tmp_path: Path) -> None:
+    import json
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"rule": [{"resource": ["Fax:Fax:*"], "action": ["Fax:Send"], "effect": "Allow"}]}))
+    created = run("clients", "create", "--name", "billing", "--policy", str(policy), data_dir=tmp_path)
+    assert created.returncode == 0, created.stderr
+    client = json.loads(created.stdout)
+    assert client["name"] == "billing" and len(client["secret"]) > 30
+    listed = run("clients", "list", data_dir=tmp_path)
+    assert f"{client['id']}  {client['clientId']}  billing" in listed.stdout
+    assert client["secret"] not in listed.stdout
+    rotated = run("clients", "rotate-secret", client["id"], data_dir=tmp_path)
+    assert rotated.returncode == 0 and client["secret"] not in rotated.stdout
+    assert run("clients", "delete", client["id"], data_dir=tmp_path).returncode == 0
+    assert run("clients", "delete", client["id"], data_dir=tmp_path).returncode == 1
+    policy.write_text(json.dumps({"rule": [{"resource": "FHIR:*:1", "action": "FHIR:Read", "effect": "Allow"}]}))
+    refused = run("clients", "create", "--name", "bad", "--policy", str(policy), data_dir=tmp_path)
+    assert refused.returncode == 2 and "wildcard is followed by a specific part" in refused.stderr

@@ -1,0 +1,107 @@
+"""Machine clients (client id + secret), each with an access policy (collection ``auth_clients``).
+
+Secrets are shown once and stored only as a salted scrypt hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from typing import Any
+
+from ..fhir.models import now
+from .policies import parse_policy
+
+COLLECTION = "auth_clients"
+ALLOW_EVERYTHING = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
+
+
+def hash_secret(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """The client as the M2M API shows it: never the secret or its hash."""
+    return {
+        "id": record["_id"],
+        "clientId": record["clientId"],
+        "name": record["name"],
+        "description": record.get("description"),
+        "accessPolicy": record["accessPolicy"],
+    }
+
+
+class Clients:
+    def __init__(self, database: Any) -> None:
+        self.collection = database[COLLECTION]
+
+    async def ensure_indexes(self) -> None:
+        await self.collection.create_index("clientId", name="clientId", unique=True)
+
+    async def create(
+        self,
+        name: str,
+        policy: dict[str, Any],
+        *,
+        description: str | None = None,
+        client_id: str | None = None,
+        secret: str | None = None,
+    ) -> tuple[dict[str, Any], str]:
+        """A new client and its secret (the only time the secret is seen)."""
+        parse_policy(policy)
+        secret = secret or new_secret()
+        salt = secrets.token_bytes(16)
+        record = {
+            "_id": str(uuid.uuid4()),
+            "clientId": client_id or uuid.uuid4().hex,
+            "name": name,
+            "description": description,
+            "accessPolicy": policy,
+            "salt": salt,
+            "secretHash": hash_secret(secret, salt),
+            "created": now(),
+        }
+        await self.collection.insert_one(record)
+        return record, secret
+
+    async def authenticate(self, client_id: str, secret: str) -> dict[str, Any] | None:
+        """The client if ``secret`` is its secret, else None (same work either way)."""
+        record = await self.collection.find_one({"clientId": client_id})
+        salt = bytes(record["salt"]) if record else b"\x00" * 16
+        expected = bytes(record["secretHash"]) if record else b"\x00" * 32
+        return record if hmac.compare_digest(hash_secret(secret, salt), expected) and record else None
+
+    async def by_client_id(self, client_id: str) -> dict[str, Any] | None:
+        return await self.collection.find_one({"clientId": client_id})
+
+    async def list(self) -> list[dict[str, Any]]:
+        return await self.collection.find({}).sort("created", 1).to_list(None)
+
+    async def rotate_secret(self, record_id: str) -> str | None:
+        secret = new_secret()
+        salt = secrets.token_bytes(16)
+        result = await self.collection.update_one(
+            {"_id": record_id}, {"$set": {"salt": salt, "secretHash": hash_secret(secret, salt), "updated": now()}}
+        )
+        return secret if result.matched_count else None
+
+    async def delete(self, record_id: str) -> bool:
+        return (await self.collection.delete_one({"_id": record_id})).deleted_count == 1
+
+    async def ensure_bootstrap(self, client_id: str, secret: str) -> None:
+        """The admin client of FHIR_FAX_BOOTSTRAP_CLIENT_ID/_SECRET: created, or reset to the configured secret."""
+        record = await self.by_client_id(client_id)
+        if record is None:
+            await self.create("bootstrap admin", ALLOW_EVERYTHING, client_id=client_id, secret=secret)
+        elif await self.authenticate(client_id, secret) is None or record["accessPolicy"] != ALLOW_EVERYTHING:
+            salt = secrets.token_bytes(16)
+            await self.collection.update_one(
+                {"_id": record["_id"]},
+                {"$set": {"salt": salt, "secretHash": hash_secret(secret, salt), "accessPolicy": ALLOW_EVERYTHING}},
+            )
