@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .auth.clients import Clients
+from .auth.guard import Guard
 from .auth.routes import AuthAPI
 from .db import Database
 from .fax.media import Z3MediaChecker
@@ -47,8 +48,11 @@ class FaxModule:
         self.fhir = FHIRContext(self.settings)
         self.fhir.operations.append(OperationSummary("Communication", "send-fax", OPERATION_URL))
         self.fax = FaxAPI(self.fhir)
-        self.z3 = Z3API(self.settings)
+        self.z3 = Z3API(self.settings, self.fhir)
         self.auth = AuthAPI(self.settings)
+        self.guard = Guard(self.settings)
+        self.fhir.guard = self.guard.require
+        self.fhir.identify = self.guard.principal
         self._resolver: ReferenceResolver | None = None
         self._given_database = database
         self._database: Database | None = None
@@ -103,6 +107,7 @@ class FaxModule:
         self.fax.service = service
         self.z3.database = database
         self.auth.database = database
+        self.guard.database = database
         clients = Clients(database)
         await clients.ensure_indexes()
         if self.settings.bootstrap_client_id and self.settings.bootstrap_client_secret:
@@ -143,6 +148,7 @@ class FaxModule:
         self.fax.service = None
         self.z3.database = None
         self.auth.database = None
+        self.guard.database = None
         if isinstance(self._resolver, HttpResolver):
             await self._resolver.close()
         self._resolver = None

@@ -12,13 +12,12 @@ import pytest
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import AsyncMongoClient
 
-from fhir_fax.app import create_app
 from fhir_fax.embedded import EmbeddedDatabase
 from fhir_fax.settings import Settings
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
-from helpers import FIXTURES, SENDER_NUMBER
+from helpers import BOOTSTRAP, FIXTURES, SENDER_NUMBER, serving
 
 
 @pytest.fixture(scope="session")
@@ -66,17 +65,13 @@ async def any_database(request: pytest.FixtureRequest, mongo_uri: str) -> AsyncI
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", base_url="http://fhir.test", _env_file=None)
+    return Settings(data_dir=tmp_path / "data", base_url="http://fhir.test", _env_file=None, **BOOTSTRAP)
 
 
 @pytest.fixture
 async def api(settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The standalone app, started (lifespan) on the test's database, called over ASGI."""
-    app = create_app(settings, database=database)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
-    ):
+    """The standalone app, started (lifespan) on the test's database, called over ASGI as the admin."""
+    async with serving(settings, database) as http:
         yield http
 
 
@@ -89,17 +84,14 @@ def fax_settings(tmp_path: Path) -> Settings:
         load_fixtures=True,
         z3_url_aliases=["https://project-api.zapehr.com/v1"],
         _env_file=None,
+        **BOOTSTRAP,
     )
 
 
 @pytest.fixture
 async def fax_api(fax_settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with fixtures, the sender's number onboarded and the seed's document in Z3."""
-    app = create_app(fax_settings, database=database)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
-    ):
+    """The app with fixtures, the sender's number onboarded and the seed's document in Z3 (as the admin)."""
+    async with serving(fax_settings, database) as http:
         pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
         await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
         response = await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from fhir_fax.fhir.models import model_class
 
@@ -17,6 +21,34 @@ SEED_RECIPIENT = "Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c"
 SENDER_NUMBER = "+12223334444"
 MEDIA = "z3://my-bucket/path/to/document.pdf"
 FHIR_JSON = {"content-type": "application/fhir+json"}
+ADMIN_ID, ADMIN_SECRET = "test-admin", "test-admin-secret"
+BOOTSTRAP = {"bootstrap_client_id": ADMIN_ID, "bootstrap_client_secret": ADMIN_SECRET}
+
+
+async def login(http: httpx.AsyncClient, client_id: str = ADMIN_ID, secret: str = ADMIN_SECRET) -> str:
+    """Get a token with client credentials and send it on every later request of ``http``."""
+    response = await http.post(
+        "/oauth/token", data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+    )
+    assert response.status_code == 200, response.text
+    token = response.json()["access_token"]
+    http.headers["authorization"] = f"Bearer {token}"
+    return token
+
+
+@asynccontextmanager
+async def serving(settings: Any, database: Any, *, authenticated: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on ``database``, started, with an HTTP client logged in as the bootstrap admin."""
+    from fhir_fax.app import create_app
+
+    app = create_app(settings, database=database)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
+    ):
+        if authenticated:
+            await login(http)
+        yield http
 
 
 def seed_request(**changes: Any) -> dict[str, Any]:

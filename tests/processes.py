@@ -12,6 +12,8 @@ import httpx
 
 from fhir_fax.embedded import free_port
 
+from helpers import ADMIN_ID, ADMIN_SECRET
+
 CLI = [sys.executable, "-m", "fhir_fax.cli"]
 
 
@@ -57,13 +59,28 @@ class ServerProcess:
 
 
 class FaxServer(ServerProcess):
-    """``fhir-fax serve`` with its own data directory."""
+    """``fhir-fax serve`` with its own data directory and the tests' bootstrap admin client."""
 
     def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self._headers: dict[str, str] | None = None
         data_dir.mkdir(parents=True, exist_ok=True)
         command = [*CLI, "serve", "--port", "{port}", "--data-dir", str(data_dir), *extra]
-        super().__init__(command, log_dir=data_dir.parent, ready_path="/healthz", env=env)
+        admin = {"FHIR_FAX_BOOTSTRAP_CLIENT_ID": ADMIN_ID, "FHIR_FAX_BOOTSTRAP_CLIENT_SECRET": ADMIN_SECRET}
+        super().__init__(command, log_dir=data_dir.parent, ready_path="/healthz", env={**admin, **(env or {})})
+
+    def token(self) -> str:
+        form = {"grant_type": "client_credentials", "client_id": ADMIN_ID, "client_secret": ADMIN_SECRET}
+        response = httpx.post(f"{self.url}/oauth/token", data=form, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()["access_token"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """An admin bearer token for this server (fetched once; tokens last 15 minutes)."""
+        if self._headers is None:
+            self._headers = {"authorization": f"Bearer {self.token()}"}
+        return self._headers
 
     def database_pid(self) -> int:
         import json

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_fax.app import create_app
 from fhir_fax.fax.status import ATTEMPT_EXTENSION, Failure, StatusEvent
 from fhir_fax.fax.terminology import FAILURE_REASON_SYSTEM, OUTBOUND_STATUS_EXTENSION, PAGES_EXTENSION
 from fhir_fax.fax.worker import Worker, create_worker
@@ -19,7 +18,7 @@ from fhir_fax.settings import Settings
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
-from helpers import FIXTURES, MEDIA, SEED_SENDER, SENDER_NUMBER
+from helpers import FIXTURES, MEDIA, SEED_SENDER, SENDER_NUMBER, serving
 
 FAST = {
     "simulator_speed": 1000.0,
@@ -30,11 +29,7 @@ FAST = {
 
 
 async def running_app(settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, database=database)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
-    ):
+    async with serving(settings, database) as http:
         pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
         await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
         await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})

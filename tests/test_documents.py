@@ -6,12 +6,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pypdf
 import pytest
 from PIL import Image
 
-from fhir_fax.app import create_app
 from fhir_fax.fax.documents import DocumentProblem, inspect
 from fhir_fax.fax.render import FAX_WIDTH, render_fax
 from fhir_fax.fax.worker import create_worker
@@ -19,7 +17,7 @@ from fhir_fax.settings import Settings
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
-from helpers import FIXTURES, SEED_SENDER, stored_counts
+from helpers import FIXTURES, SEED_SENDER, serving, stored_counts
 
 LETTER = (FIXTURES / "referral-letter.pdf").read_bytes()
 
@@ -90,11 +88,7 @@ REFUSED = [
 async def test_documents_a_fax_machine_cannot_receive_are_refused_at_send_time(
     fax_settings: Settings, database: Any, case: str, data: bytes, message: str
 ) -> None:
-    app = create_app(fax_settings.model_copy(update={"max_pages": 3, "worker_enabled": False}), database=database)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as api,
-    ):
+    async with serving(fax_settings.model_copy(update={"max_pages": 3, "worker_enabled": False}), database) as api:
         await api.post("/fax/v1/onboard", json={"faxNumber": "+12223334444"})
         await Z3Store(database).put(Z3Location("letters", "referral.pdf"), data, "application/pdf")
         body = {
@@ -156,11 +150,7 @@ async def test_the_worker_renders_beside_the_original_and_preview_shows_the_page
     fax_settings: Settings, database: Any, tmp_path: Path
 ) -> None:
     settings = fax_settings.model_copy(update={"worker_enabled": False, "simulator_speed": 1000.0})
-    app = create_app(settings, database=database)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as api,
-    ):
+    async with serving(settings, database) as api:
         await api.post("/fax/v1/onboard", json={"faxNumber": "+12223334444"})
         await Z3Store(database).put(Z3Location("letters", "referral.pdf"), LETTER, "application/pdf")
         body = {

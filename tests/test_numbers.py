@@ -10,10 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_fax.app import create_app
 from fhir_fax.settings import Settings
 
-from helpers import seed_request, stored_counts
+from helpers import seed_request, serving, stored_counts
 
 
 async def test_the_simulator_assigns_a_test_number_once(api: httpx.AsyncClient) -> None:
@@ -68,11 +67,7 @@ async def test_a_real_carrier_onboards_its_configured_number(settings: Settings,
         carrier = settings.model_copy(
             update={"carrier": "telnyx", "carrier_fax_number": configured, "worker_enabled": False}
         )
-        app = create_app(carrier, database=database)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as api,
-        ):
+        async with serving(carrier, database) as api:
             response = await api.post("/fax/v1/onboard", json={})
             assert response.status_code == expected
             if configured is None:

@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from fhir_fax import FaxModule, Settings
 from fhir_fax.fhir.http import FHIRRoute
 
+from helpers import login
+
 
 class Greeting(BaseModel):
     name: str
@@ -49,6 +51,8 @@ async def test_module_and_host_routes_work_side_by_side(settings: Settings, data
     ):
         assert events == ["host started"] and state == {"greeting": "hello"}
         assert (await http.get("/api/ping")).json() == {"pong": "yes"}
+        assert (await http.post("/fhir/Patient", json={"resourceType": "Patient"})).status_code == 401
+        await login(http)
         created = await http.post(
             "/fhir/Patient", json={"resourceType": "Patient", "active": True},
             headers={"content-type": "application/fhir+json"},
@@ -87,4 +91,4 @@ async def test_requests_before_start_get_503(settings: Settings) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://host") as http:
         response = await http.get("/fhir/Patient/x")
     assert response.status_code == 503
-    assert "not running yet" in response.json()["issue"][0]["diagnostics"]
+    assert "retry in a moment" in response.json()["issue"][0]["diagnostics"]

@@ -11,13 +11,24 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_fax.app import create_app
+from fhir_fax.auth.clients import Clients
 from fhir_fax.embedded import free_port
 from fhir_fax.settings import Settings
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
-from helpers import FHIR_JSON, FIXTURES, MEDIA, SEED_RECIPIENT, SENDER_NUMBER, seed_request, stored_counts
+from helpers import (
+    BOOTSTRAP,
+    FHIR_JSON,
+    FIXTURES,
+    MEDIA,
+    SEED_RECIPIENT,
+    SENDER_NUMBER,
+    login,
+    seed_request,
+    serving,
+    stored_counts,
+)
 from processes import FaxServer, ServerProcess
 
 ODD_SERVER = Path(__file__).resolve().parent / "servers" / "odd_fhir.py"
@@ -50,13 +61,10 @@ async def app_with_reference_base(
         base_url="http://fhir.test",
         reference_fhir_base=base,
         _env_file=None,
+        **BOOTSTRAP,
         **settings,
     )
-    app = create_app(config, database=database)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as api,
-    ):
+    async with serving(config, database) as api:
         await Z3Store(database).put(
             Z3Location("my-bucket", "path/to/document.pdf"), (FIXTURES / "referral-letter.pdf").read_bytes()
         )
@@ -66,7 +74,10 @@ async def app_with_reference_base(
 
 @pytest.fixture
 async def remote_api(tmp_path: Path, database: Any, reference_server: FaxServer) -> AsyncIterator[httpx.AsyncClient]:
-    async for api in app_with_reference_base(tmp_path, database, f"{reference_server.url}/fhir"):
+    service_token = reference_server.token()  # the second server wants its own token
+    async for api in app_with_reference_base(
+        tmp_path, database, f"{reference_server.url}/fhir", reference_fhir_token=service_token
+    ):
         yield api
 
 
@@ -88,7 +99,7 @@ async def test_a_resource_missing_or_deleted_on_the_other_server_is_422(
     missing = await remote_api.post("/fax/v1/send", json=seed_request(recipient="Practitioner/nope", media=MEDIA))
     assert missing.status_code == 422
     assert f"recipient: Practitioner/nope does not exist on {reference_server.url}/fhir" in missing.json()["message"]
-    async with httpx.AsyncClient(base_url=f"{reference_server.url}/fhir") as other:
+    async with httpx.AsyncClient(base_url=f"{reference_server.url}/fhir", headers=reference_server.headers) as other:
         created = (
             await other.post(
                 "/Practitioner",
@@ -153,21 +164,27 @@ async def test_the_callers_token_is_forwarded_unless_a_service_token_is_set(
     tmp_path: Path, database: Any, odd_server: ServerProcess
 ) -> None:
     base = f"{odd_server.url}/guarded/fhir"
+    allow_all = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
+    other, other_secret = await Clients(database).create("other", allow_all)
     async for api in app_with_reference_base(tmp_path, database, base):
-        refused = await api.post(
-            "/fax/v1/send", json=seed_request(media=MEDIA), headers={"authorization": "Bearer bad"}
-        )
+        admin = api.headers["authorization"]
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{odd_server.url}/guarded/allow", json={"authorization": admin})
+        allowed = await api.post("/fax/v1/send", json=seed_request(media=MEDIA))
+        assert allowed.status_code == 200, "the other server accepted the forwarded token"
+        await login(api, other["clientId"], other_secret)  # a token the other server does not know
+        refused = await api.post("/fax/v1/send", json=seed_request(media=MEDIA))
         assert refused.status_code == 403
         assert "refused to show HealthcareService/" in refused.json()["message"]
-        allowed = await api.post(
-            "/fax/v1/send", json=seed_request(media=MEDIA), headers={"authorization": "Bearer good"}
-        )
-        assert allowed.status_code == 200
+        unknown_to_them = api.headers["authorization"]
     async for api in app_with_reference_base(tmp_path, database, base, reference_fhir_token="good"):
-        served = await api.post("/fax/v1/send", json=seed_request(media=MEDIA), headers={"authorization": "Bearer x"})
+        await login(api, other["clientId"], other_secret)
+        served = await api.post("/fax/v1/send", json=seed_request(media=MEDIA))
         assert served.status_code == 200
     async with httpx.AsyncClient() as http:
         seen = (await http.get(f"{odd_server.url}/guarded/seen")).json()
-    assert seen[-2:] == ["Bearer good", "Bearer good"], "the service token replaced the caller's"
-    assert "Bearer x" not in seen
+    assert seen[-2:] == ["Bearer good", "Bearer good"], "sender and recipient fetched with the service token"
+    assert seen.count(unknown_to_them) == 2, (
+        "forwarded for sender and recipient (refused), never once a service token is set"
+    )
     assert (await stored_counts(database))["Communication"] == 2

@@ -8,10 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_fax.app import create_app
 from fhir_fax.settings import Settings
 
-from helpers import FHIR_JSON, MEDIA, SEED_RECIPIENT, as_parameters, seed_request, stored_counts
+from helpers import FHIR_JSON, MEDIA, SEED_RECIPIENT, as_parameters, seed_request, serving, stored_counts
 
 NOTHING = {"Communication": 0, "fax_jobs": 0, "fax_idempotency": 0}
 
@@ -168,11 +167,7 @@ async def test_unreadable_bodies(
 
 async def test_a_setting_can_demand_assigned_numbers(fax_settings: Settings, database: Any, tmp_path: Path) -> None:
     strict = fax_settings.model_copy(update={"require_valid_numbers": True})
-    app = create_app(strict, database=database)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as api,
-    ):
+    async with serving(strict, database) as api:
         # The seed's example number is possible but not assigned: refused only in strict mode.
         response = await api.post("/fax/v1/onboard", json={"faxNumber": "+12223334444"})
         assert response.status_code == 400

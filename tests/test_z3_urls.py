@@ -11,6 +11,8 @@ import pytest
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
+from helpers import serving
+
 
 async def signed(api: httpx.AsyncClient, path: str, action: str) -> str:
     response = await api.post(f"/v1/z3/{path}", json={"action": action})
@@ -108,14 +110,9 @@ async def test_buckets_and_objects(api: httpx.AsyncClient, database: Any) -> Non
 
 
 async def test_uploads_over_the_limit_are_413_and_leave_nothing(settings: Any, database: Any) -> None:
-    from fhir_fax.app import create_app
 
     small = settings.model_copy(update={"z3_max_object_bytes": 1000})
-    app = create_app(small, database=database)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
-    ):
+    async with serving(small, database) as http:
         url = (await http.post("/v1/z3/letters/big.pdf", json={"action": "upload"})).json()["signedUrl"]
         declared = await http.put(url, content=b"x" * 5000)
         assert declared.status_code == 413

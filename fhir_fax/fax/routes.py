@@ -54,7 +54,12 @@ class FaxAPI:
         fhir_bases = (self.fhir.base_url(request),)
         if settings.reference_fhir_base:
             fhir_bases += (settings.reference_fhir_base,)
+
+        async def authorize(action: str, resource: str) -> None:
+            await self.fhir.authorize(request, action, resource)
+
         return Caller(
+            authorize=authorize,
             authorization=request.headers.get("authorization"),
             idempotency_key=key,
             fhir_bases=fhir_bases,
@@ -66,6 +71,7 @@ class FaxAPI:
 
         @router.post("/Communication/$send-fax", summary="Send a fax (FHIR operation)")
         async def send_fax_operation(request: Request) -> Response:
+            await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
             body = await read_json(request, self.fhir.settings.max_body_bytes)
             result = await self.require_service().send(parse_parameters(body), self.caller(request))
             headers = version_headers(result.communication)
@@ -81,6 +87,7 @@ class FaxAPI:
 
         @router.post("/send", summary="Send a fax")
         async def send(request: Request) -> Response:
+            await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
             body = await read_json(request, settings.max_body_bytes)
             result = await self.require_service().send(parse_sdk_body(body), self.caller(request))
             headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
@@ -88,22 +95,26 @@ class FaxAPI:
 
         @router.post("/onboard", summary="Onboard a fax number")
         async def onboard(request: Request) -> dict[str, str]:
+            await self.fhir.authorize(request, "Fax:Onboard", "Fax:Number")
             number = await self.optional_number(request)
             return {"faxNumber": await self.require_service().onboard(number)}
 
         @router.post("/offboard", summary="Offboard fax numbers (all, or the one named)")
         async def offboard(request: Request) -> dict[str, list[str]]:
+            await self.fhir.authorize(request, "Fax:Offboard", "Fax:Number")
             number = await self.optional_number(request)
             return {"released": await self.require_service().numbers.offboard(number)}
 
         @router.get("/faxes/{communication_id}/preview", summary="A page as the recipient will see it (PNG)")
         async def fax_preview(request: Request, communication_id: str) -> Response:
+            await self.fhir.authorize(request, "FHIR:Read", f"FHIR:Communication:{communication_id}")
             service = self.require_service()
             image = await preview(service.database, communication_id, request.query_params.get("page"))
             return Response(image, media_type="image/png")
 
         @router.get("/config", summary="Fax configuration")
-        async def config() -> dict[str, Any]:
+        async def config(request: Request) -> dict[str, Any]:
+            await self.fhir.authorize(request, "Fax:GetConfiguration", "Fax:Configuration")
             numbers = await self.require_service().numbers.list()
             return {"configured": bool(numbers), "faxNumbers": numbers}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,6 +59,8 @@ class Caller:
     idempotency_key: str | None
     fhir_bases: tuple[str, ...]
     project_api_bases: tuple[str, ...]
+    # Raises 403 unless the caller may (action, resource); None for trusted local callers (the CLI).
+    authorize: Callable[[str, str], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ class FaxService:
 
     async def send(self, request: SendFaxRequest, caller: Caller) -> SendResult:
         checked = self.check_form(request, caller)
+        if caller.authorize is not None:
+            await self.check_access(checked, caller.authorize)
         key = caller.idempotency_key
         if key:
             earlier = await self.idempotency.replay(key, request.fingerprint())
@@ -184,6 +189,13 @@ class FaxService:
                 expression=[parameter],
             )
         return reference
+
+    async def check_access(self, checked: CheckedRequest, authorize: Callable[[str, str], Awaitable[None]]) -> None:
+        """A client may only fax what it could read: the sender, recipient, patient and the document."""
+        for reference in (checked.sender, checked.recipient, checked.patient):
+            if reference is not None:
+                await authorize("FHIR:Read", f"FHIR:{reference.resource_type}:{reference.id}")
+        await authorize("Z3:GetObject", f"Z3:{checked.media.bucket}/{checked.media.key}")
 
     # -- look-ups --------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,21 @@ class FHIRContext:
     operations: list[OperationSummary] = field(default_factory=list)
     database: Any = None
     _store: ResourceStore | None = None
+    # Set by whoever installs access control: raises 401/403 unless the caller may do ``action`` on ``resource``.
+    guard: Callable[[Request, str, str], Awaitable[Any]] | None = None
+
+    identify: Callable[[Request], Awaitable[Any]] | None = None
+
+    async def authenticate(self, request: Request) -> None:
+        """Only that the caller has a valid token (401 otherwise); permissions are checked by ``authorize``."""
+        if self.identify is None:
+            raise ServiceUnavailable("Access control is not configured; refusing to serve unauthenticated requests.")
+        await self.identify(request)
+
+    async def authorize(self, request: Request, action: str, resource: str) -> None:
+        if self.guard is None:
+            raise ServiceUnavailable("Access control is not configured; refusing to serve unauthenticated requests.")
+        await self.guard(request, action, resource)
 
     def attach(self, database: Any, store: ResourceStore) -> None:
         self.database = database

@@ -71,6 +71,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         compartment: tuple[str, str] | None = None,
     ) -> Response:
         require_type(resource_type)
+        await context.authorize(request, "FHIR:Search", f"FHIR:{resource_type}")
         extra_filter, path = None, resource_type
         if compartment is not None:
             extra_filter = await compartment_filter(compartment, resource_type)
@@ -113,6 +114,8 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
 
     @router.post("/{resource_type}/_search", summary="Search with a form body")
     async def search_post(request: Request, resource_type: str) -> Response:
+        require_type(resource_type)
+        await context.authorize(request, "FHIR:Search", f"FHIR:{resource_type}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ("application/x-www-form-urlencoded", ""):
             raise InvalidRequest(
@@ -125,6 +128,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     @router.post("/{resource_type}", summary="Create")
     async def create(request: Request, resource_type: str) -> Response:
         require_type(resource_type)
+        await context.authorize(request, "FHIR:Create", f"FHIR:{resource_type}")
         resource = validate_resource(await read_json(request, settings.max_body_bytes), resource_type)
         condition = request.headers.get("if-none-exist")
         if condition:
@@ -150,12 +154,14 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     @router.get("/{resource_type}/{resource_id}", summary="Read")
     async def read(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
+        await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
         resource = await context.store.read(resource_type, resource_id)
         return FHIRResponse(resource, headers=version_headers(resource))
 
     @router.put("/{resource_type}/{resource_id}", summary="Update (or create with this id)")
     async def update(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
+        await context.authorize(request, "FHIR:Update", f"FHIR:{resource_type}:{resource_id}")
         body = await read_json(request, settings.max_body_bytes)
         stored, created = await context.store.update(
             resource_type, resource_id, body, if_match=request.headers.get("if-match")
@@ -167,6 +173,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     @router.delete("/{resource_type}/{resource_id}", summary="Delete")
     async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
+        await context.authorize(request, "FHIR:Delete", f"FHIR:{resource_type}:{resource_id}")
         version = await context.store.delete(resource_type, resource_id)
         headers = {"ETag": f'W/"{version}"'} if version is not None else {}
         return Response(status_code=204, headers=headers)
@@ -174,6 +181,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     @router.get("/{resource_type}/{resource_id}/_history", summary="Instance history")
     async def history(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
+        await context.authorize(request, "FHIR:History", f"FHIR:{resource_type}:{resource_id}")
         count = request.query_params.get("_count", str(settings.search_max_count))
         if not count.isdigit() or int(count) < 1:
             raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.")
@@ -194,12 +202,14 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         request: Request, compartment_type: str, compartment_id: str, resource_type: str
     ) -> Response:
         require_type(compartment_type)
+        await context.authorize(request, "FHIR:Read", f"FHIR:{compartment_type}:{compartment_id}")
         params = list(request.query_params.multi_items())
         return await search(request, resource_type, params, compartment=(compartment_type, compartment_id))
 
     @router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="Version read")
     async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
         require_type(resource_type)
+        await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
         resource = await context.store.vread(resource_type, resource_id, version_id)
         return FHIRResponse(resource, headers=version_headers(resource))
 

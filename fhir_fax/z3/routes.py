@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..fhir.context import ServiceUnavailable
+from ..fhir.context import FHIRContext, ServiceUnavailable
 from ..fhir.errors import Conflict, Forbidden, InvalidRequest, PayloadTooLarge, ResourceNotFound, Unauthorized
 from ..sdk_http import SDKRoute
 from ..settings import Settings
@@ -25,8 +25,9 @@ ACTIONS = ("upload", "download")
 
 
 class Z3API:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, fhir: FHIRContext) -> None:
         self.settings = settings
+        self.fhir = fhir  # for access control
         self.database: Any = None
 
     def require_store(self) -> Z3Store:
@@ -61,6 +62,7 @@ class Z3API:
 
         @router.post("/z3/{bucket}/{key:path}", summary="Presigned URL for upload or download")
         async def presigned(request: Request, bucket: str, key: str) -> dict[str, str]:
+            await self.fhir.authenticate(request)
             store = self.require_store()
             location = self.location(bucket, key)
             try:
@@ -70,6 +72,8 @@ class Z3API:
             action = body.get("action") if isinstance(body, dict) else None
             if action not in ACTIONS:
                 raise InvalidRequest('action must be "upload" or "download".')
+            permission = "Z3:PutObject" if action == "upload" else "Z3:GetObject"
+            await self.fhir.authorize(request, permission, f"Z3:{location.bucket}/{location.key}")
             if action == "download" and await store.stat(location) is None:
                 raise ResourceNotFound(f"There is no object at {location}.")
             key_bytes = await signing_key(self.database)
@@ -77,19 +81,22 @@ class Z3API:
             return {"signedUrl": presign(key_bytes, self.project_api(request), location, action, ttl)}
 
         @router.get("/z3", summary="List buckets")
-        async def list_buckets() -> list[dict[str, str]]:
+        async def list_buckets(request: Request) -> list[dict[str, str]]:
+            await self.fhir.authorize(request, "Z3:ListBuckets", "Z3")
             buckets = await self.require_store().list_buckets()
             return [{"id": b["_id"], "name": b["_id"], "creationDate": _iso(b["created"])} for b in buckets]
 
         @router.put("/z3/{bucket}", summary="Create a bucket")
-        async def create_bucket(bucket: str) -> dict[str, str]:
+        async def create_bucket(request: Request, bucket: str) -> dict[str, str]:
+            await self.fhir.authorize(request, "Z3:CreateBucket", f"Z3:{bucket}")
             self.location(bucket, "check")
             if not await self.require_store().create_bucket(bucket):
                 raise Conflict(f"The bucket {bucket!r} already exists.")
             return {"id": bucket, "name": bucket}
 
         @router.delete("/z3/{bucket}", summary="Delete an empty bucket")
-        async def delete_bucket(bucket: str) -> Response:
+        async def delete_bucket(request: Request, bucket: str) -> Response:
+            await self.fhir.authorize(request, "Z3:DeleteBucket", f"Z3:{bucket}")
             await self.require_store().delete_bucket(bucket)
             return Response(status_code=204)
 
@@ -112,6 +119,7 @@ class Z3API:
         async def download_or_list(request: Request, bucket: str, key: str) -> Response:
             store = self.require_store()
             if SIGNATURE not in request.query_params:
+                await self.fhir.authorize(request, "Z3:ListObjects", f"Z3:{bucket}/{key}")
                 if not await store.bucket_exists(bucket):
                     raise ResourceNotFound(f"There is no bucket {bucket!r}.")
                 objects = await store.list_objects(bucket, key)
@@ -128,8 +136,10 @@ class Z3API:
             )
 
         @router.delete("/z3/{bucket}/{key:path}", summary="Delete an object")
-        async def delete_object(bucket: str, key: str) -> Response:
+        async def delete_object(request: Request, bucket: str, key: str) -> Response:
+            await self.fhir.authenticate(request)
             location = self.location(bucket, key)
+            await self.fhir.authorize(request, "Z3:DeleteObject", f"Z3:{location.bucket}/{location.key}")
             if not await self.require_store().delete_object(location):
                 raise ResourceNotFound(f"There is no object at {location}.")
             return Response(status_code=204)

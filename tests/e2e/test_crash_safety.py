@@ -84,7 +84,7 @@ async def deployment(tmp_path: Path, mongo_uri: str) -> AsyncIterator[Deployment
 
 
 async def send(server: FaxServer, numbers: list[str]) -> None:
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as http:
         assert (await http.post("/fax/v1/onboard", json={"faxNumber": "+12223334444"})).status_code == 200
         for number in numbers:
             body = {

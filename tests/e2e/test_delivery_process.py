@@ -51,7 +51,7 @@ def status_codes(http: httpx.Client, communication_id: str) -> list[str]:
 
 
 def test_faxes_reach_their_end_over_a_real_server(server: FaxServer) -> None:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with httpx.Client(base_url=server.url, timeout=10, headers=server.headers) as http:
         assert http.post("/fax/v1/onboard", json={"faxNumber": "+12223334444"}).status_code == 200
         sent = {}
         for number in NUMBERS:

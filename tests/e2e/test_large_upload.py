@@ -39,7 +39,9 @@ def test_a_100_mb_upload_is_streamed_not_buffered(tmp_path: Path, mongo_uri: str
     server = FaxServer(tmp_path / "data", env=env)
     try:
         with httpx.Client(base_url=server.url, timeout=300) as http:
-            url = http.post("/v1/z3/scans/big.pdf", json={"action": "upload"}).json()["signedUrl"]
+            url = http.post("/v1/z3/scans/big.pdf", json={"action": "upload"}, headers=server.headers).json()[
+                "signedUrl"
+            ]
             http.put(url, content=b"warm-up")  # let the server reach its steady state first
             before = peak_rss_mb(server.process.pid)
             response = http.put(url, content=chunks())

@@ -44,12 +44,13 @@ async def test_the_sdk_sends_reads_back_and_retries_without_a_second_fax(
     server, database = server_and_database
     pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
     await Z3Store(database).put(Z3Location("letters", "referral.pdf"), pdf, "application/pdf")
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers=server.headers) as http:
         assert (await http.post(f"{server.url}/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})).status_code == 200
+    token = server.headers["authorization"].removeprefix("Bearer ")
     media = f"{server.url}/v1/z3/letters/referral.pdf"
     run = await asyncio.to_thread(
         subprocess.run,
-        ["node", "scenario.mjs", server.url, media, str(FIXTURES / "referral-letter.pdf")],
+        ["node", "scenario.mjs", server.url, media, str(FIXTURES / "referral-letter.pdf"), token],
         cwd=SDK_DIR,
         capture_output=True,
         text=True,

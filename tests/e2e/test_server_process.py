@@ -41,9 +41,11 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "data"
 
 
-def create_patient(url: str, family: str) -> str:
+def create_patient(server: FaxServer, family: str) -> str:
     response = httpx.post(
-        f"{url}/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}, headers=FHIR
+        f"{server.url}/fhir/Patient",
+        json={"resourceType": "Patient", "name": [{"family": family}]},
+        headers={**FHIR, **server.headers},
     )
     assert response.status_code == 201, response.text
     return response.json()["id"]
@@ -51,14 +53,14 @@ def create_patient(url: str, family: str) -> str:
 
 def test_kill_9_of_the_server_takes_the_database_down_and_a_restart_keeps_the_data(data_dir: Path) -> None:
     server = FaxServer(data_dir)
-    ids = [create_patient(server.url, f"Before-{i}") for i in range(20)]
+    ids = [create_patient(server, f"Before-{i}") for i in range(20)]
     db_pid = server.database_pid()
     server.stop(signal.SIGKILL)
     assert wait_dead(db_pid), "the embedded database must not outlive a killed server"
     again = FaxServer(data_dir)
     try:
         for resource_id in ids:
-            assert httpx.get(f"{again.url}/fhir/Patient/{resource_id}").status_code == 200
+            assert httpx.get(f"{again.url}/fhir/Patient/{resource_id}", headers=again.headers).status_code == 200
     finally:
         again.stop()
 
@@ -66,7 +68,7 @@ def test_kill_9_of_the_server_takes_the_database_down_and_a_restart_keeps_the_da
 def test_kill_9_of_the_database_is_survived(data_dir: Path) -> None:
     server = FaxServer(data_dir)
     try:
-        before = create_patient(server.url, "Before")
+        before = create_patient(server, "Before")
         old_pid = server.database_pid()
         os.kill(old_pid, signal.SIGKILL)
         deadline = time.monotonic() + 20
@@ -76,12 +78,13 @@ def test_kill_9_of_the_database_is_survived(data_dir: Path) -> None:
         after = None
         while after is None and time.monotonic() < deadline + 10:
             try:
-                after = create_patient(server.url, "After")
+                after = create_patient(server, "After")
             except (AssertionError, httpx.TransportError):
                 time.sleep(0.2)
         assert after is not None
-        assert httpx.get(f"{server.url}/fhir/Patient/{before}").json()["name"][0]["family"] == "Before"
-        assert httpx.get(f"{server.url}/fhir/Patient/{after}").json()["name"][0]["family"] == "After"
+        read = {"headers": server.headers}
+        assert httpx.get(f"{server.url}/fhir/Patient/{before}", **read).json()["name"][0]["family"] == "Before"
+        assert httpx.get(f"{server.url}/fhir/Patient/{after}", **read).json()["name"][0]["family"] == "After"
     finally:
         server.stop()
 
@@ -99,7 +102,9 @@ def test_a_signal_shuts_down_gracefully_with_the_database(data_dir: Path, sig: i
 def test_fixtures_load_with_the_server_and_again_from_the_cli_idempotently(data_dir: Path) -> None:
     server = FaxServer(data_dir, "--load-fixtures")
     try:
-        sender = httpx.get(f"{server.url}/fhir/HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964").json()
+        sender = httpx.get(
+            f"{server.url}/fhir/HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964", headers=server.headers
+        ).json()
         assert {"system": "fax", "value": "+12223334444", "use": "work", "rank": 1} in sender["telecom"]
         loaded = subprocess.run(
             [*CLI, "fixtures", "load", "--data-dir", str(data_dir)],
@@ -109,7 +114,7 @@ def test_fixtures_load_with_the_server_and_again_from_the_cli_idempotently(data_
         )
         assert loaded.returncode == 0, loaded.stderr
         assert "0 written, 8 unchanged" in loaded.stdout  # 7 resources and the letter in Z3
-        history = httpx.get(f"{server.url}/fhir/Patient/maria-lopez/_history").json()
+        history = httpx.get(f"{server.url}/fhir/Patient/maria-lopez/_history", headers=server.headers).json()
         assert history["total"] == 1  # loading again made no new version
     finally:
         server.stop()
@@ -119,7 +124,7 @@ def test_with_a_mongodb_uri_nothing_is_started(data_dir: Path, mongo_uri: str) -
     uri = mongo_uri.replace("/?", "/?appName=e2e&")
     server = FaxServer(data_dir, env={"FHIR_FAX_MONGODB_URI": uri, "FHIR_FAX_DATABASE_NAME": "e2e_uri"})
     try:
-        assert create_patient(server.url, "External")
+        assert create_patient(server, "External")
         assert not (data_dir / "db").exists() and not (data_dir / "db.json").exists()
     finally:
         server.stop()

@@ -54,7 +54,7 @@ class Setup:
             return (await http.get(f"{self.emulator.url}/_control/log")).json()
 
     async def send(self, number: str) -> str:
-        async with httpx.AsyncClient(base_url=self.server.url) as http:
+        async with httpx.AsyncClient(base_url=self.server.url, headers=self.server.headers) as http:
             body = {
                 "media": "z3://fixtures/referral-letter.pdf",
                 "quality": "fine",
@@ -67,7 +67,7 @@ class Setup:
 
     async def final(self, communication_id: str, within: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + within
-        async with httpx.AsyncClient(base_url=self.server.url) as http:
+        async with httpx.AsyncClient(base_url=self.server.url, headers=self.server.headers) as http:
             while time.monotonic() < deadline:
                 communication = (await http.get(f"/fhir/Communication/{communication_id}")).json()
                 if communication["status"] in ("completed", "stopped"):
@@ -76,7 +76,7 @@ class Setup:
         raise AssertionError(f"fax {communication_id} did not finish")
 
     async def statuses(self, communication_id: str) -> list[str]:
-        async with httpx.AsyncClient(base_url=self.server.url) as http:
+        async with httpx.AsyncClient(base_url=self.server.url, headers=self.server.headers) as http:
             history = (await http.get(f"/fhir/Communication/{communication_id}/_history")).json()
         codes = []
         for entry in reversed(history["entry"]):
@@ -106,7 +106,7 @@ async def telnyx(tmp_path: Path, mongo_uri: str, emulator: ServerProcess) -> Asy
     client = AsyncMongoClient(mongo_uri, tz_aware=True)
     setup = Setup(server, client[name], emulator)
     await setup.control()
-    async with httpx.AsyncClient(base_url=server.url) as http:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as http:
         assert (await http.post("/fax/v1/onboard", json={"faxNumber": "+12223334444"})).status_code == 200
     try:
         yield setup
@@ -205,7 +205,9 @@ async def test_webhooks_that_are_unsigned_tampered_stale_or_foreign_are_refused(
             response = await http.post(url, content=content, headers=headers)
             assert response.status_code == 401, response.text
             assert message in response.json()["message"]
-        before = (await http.get(f"{telnyx.server.url}/fhir/Communication/{communication_id}")).json()
+        before = (
+            await http.get(f"{telnyx.server.url}/fhir/Communication/{communication_id}", headers=telnyx.server.headers)
+        ).json()
         assert before["status"] != "stopped", "no refused webhook was applied"
         accepted = await http.post(url, content=body, headers=signed(body))
         replayed = await http.post(url, content=body, headers=signed(body))

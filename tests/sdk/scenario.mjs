@@ -1,8 +1,8 @@
 // Runs the Oystehr SDK, unchanged, against a fhir-fax server and prints what happened as JSON.
-// Usage: node scenario.mjs BASE_URL MEDIA_URL LOCAL_PDF
+// Usage: node scenario.mjs BASE_URL MEDIA_URL LOCAL_PDF ACCESS_TOKEN
 import Oystehr from '@oystehr/sdk';
 
-const [base, media] = process.argv.slice(2);
+const [base, media, , accessToken] = process.argv.slice(2);
 const services = { faxApiUrl: `${base}/fax/v1`, projectApiUrl: `${base}/v1`, fhirApiUrl: `${base}/fhir` };
 const result = {};
 
@@ -26,8 +26,8 @@ const lossyFetch = async (request) => {
   return fetch(request);
 };
 
-const oystehr = new Oystehr({ accessToken: 'not-checked-yet', services });
-const lossy = new Oystehr({ accessToken: 'not-checked-yet', services, fetch: lossyFetch, retry: { delay: 10 } });
+const oystehr = new Oystehr({ accessToken, services });
+const lossy = new Oystehr({ accessToken, services, fetch: lossyFetch, retry: { delay: 10 } });
 
 // Upload a document with the SDK's own helper, read it back, then fax it.
 const letter = new Uint8Array(await (await import('node:fs/promises')).readFile(process.argv[4]));

@@ -2,7 +2,8 @@
 
 Run as ``python tests/servers/odd_fhir.py PORT``. Each path prefix picks a behaviour:
 ``/slow`` answers after 3 s, ``/html`` answers a web page, ``/wrong`` answers another resource,
-``/broken`` answers 500, ``/guarded`` wants ``Authorization: Bearer good`` (and records what it got).
+``/broken`` answers 500, ``/guarded`` wants ``Authorization: Bearer good`` or one registered with
+``POST /guarded/allow`` (and records what it got).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 app = FastAPI()
 seen_authorization: list[str | None] = []
+allowed_authorization: set[str] = {"Bearer good"}
 
 
 def resource(resource_type: str, resource_id: str) -> dict:
@@ -53,9 +55,15 @@ async def broken(resource_type: str, resource_id: str) -> Response:
 async def guarded(request: Request, resource_type: str, resource_id: str) -> Response:
     authorization = request.headers.get("authorization")
     seen_authorization.append(authorization)
-    if authorization != "Bearer good":
+    if authorization not in allowed_authorization:
         return JSONResponse({"resourceType": "OperationOutcome", "issue": []}, status_code=401)
     return JSONResponse(resource(resource_type, resource_id), media_type="application/fhir+json")
+
+
+@app.post("/guarded/allow")
+async def allow(request: Request) -> dict[str, int]:
+    allowed_authorization.add((await request.json())["authorization"])
+    return {"allowed": len(allowed_authorization)}
 
 
 @app.get("/guarded/seen")
