@@ -1,0 +1,175 @@
+"""Access control on every route: 401 without a valid token, 403 without permission, and policy details."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_fax.app import create_app
+from fhir_fax.auth.clients import Clients
+from fhir_fax.settings import Settings
+
+from helpers import MEDIA, SEED_RECIPIENT, SEED_SENDER, login, seed_request, serving, stored_counts
+
+# Routes anyone may call: capabilities, well-known documents, the token endpoint, carrier webhooks
+# (signature-verified), and the liveness check.
+PUBLIC = {
+    ("GET", "/fhir/metadata"),
+    ("GET", "/fhir/.well-known/smart-configuration"),
+    ("GET", "/.well-known/jwks.json"),
+    ("POST", "/oauth/token"),
+    ("POST", "/fax/webhooks/telnyx"),
+    ("GET", "/healthz"),
+    ("PUT", "/v1/z3/{bucket}/{key}"),  # upload to a signed URL: its signature is the permission (test_z3_urls)
+}
+# Signed Z3 URLs need no token; without a signature these are the protected list/upload routes.
+EXAMPLE_PATH_VALUES = {
+    "resource_type": "Patient",
+    "resource_id": "p1",
+    "version_id": "1",
+    "compartment_type": "Patient",
+    "compartment_id": "p1",
+    "bucket": "letters",
+    "key": "a.pdf",
+    "communication_id": "c1",
+    "path": "Patient/p1/x/y/z",
+}
+NOTHING_USEFUL = {"rule": [{"resource": "Nothing:*", "action": "Nothing:Do", "effect": "Allow"}]}
+
+
+def protected_routes() -> list[tuple[str, str]]:
+    """Every operation in the OpenAPI document that is not public, with example path values."""
+    schema = create_app(Settings(_env_file=None)).openapi()
+    routes = []
+    for path, operations in schema["paths"].items():
+        for method in operations:
+            if (method.upper(), path) not in PUBLIC:
+                routes.append((method.upper(), path.format(**EXAMPLE_PATH_VALUES)))
+    return sorted(routes)
+
+
+ROUTES = protected_routes()
+
+
+def test_the_route_list_covers_every_api() -> None:
+    prefixes = {path.split("/")[1] for _, path in ROUTES}
+    assert prefixes == {"fhir", "fax", "v1"}
+    assert len(ROUTES) >= 20
+
+
+@pytest.fixture
+async def anonymous(fax_settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(fax_settings, database, authenticated=False) as http:
+        yield http
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+async def test_every_route_needs_a_token(anonymous: httpx.AsyncClient, database: Any, method: str, path: str) -> None:
+    for headers in ({}, {"authorization": "Bearer not-a-token"}, {"authorization": "Basic YTpi"}):
+        response = await anonymous.request(method, path, headers=headers, json={})
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.headers["www-authenticate"].startswith('Bearer realm="fhir-fax"')
+        body = response.json()
+        if path.startswith("/fhir"):
+            assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "login"
+        else:
+            assert body["code"] == 401 and body["message"]
+    assert await stored_counts(database) == {"Communication": 0, "fax_jobs": 0, "fax_idempotency": 0}
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+async def test_every_route_needs_permission(
+    anonymous: httpx.AsyncClient, database: Any, method: str, path: str
+) -> None:
+    record, secret = await Clients(database).create("powerless", NOTHING_USEFUL)
+    await login(anonymous, record["clientId"], secret)
+    response = await anonymous.request(method, path, json={"action": "download"})
+    assert response.status_code == 403, (method, path, response.text)
+    message = response.json()["issue"][0]["diagnostics"] if path.startswith("/fhir") else response.json()["message"]
+    assert "access policy does not allow" in message
+
+
+async def policy_client(api: httpx.AsyncClient, database: Any, policy: dict[str, Any], scope: str = "") -> None:
+    record, secret = await Clients(database).create("limited", policy)
+    response = await api.post(
+        "/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": record["clientId"],
+            "client_secret": secret,
+            "scope": scope,
+        },
+    )
+    api.headers["authorization"] = f"Bearer {response.json()['access_token']}"
+
+
+SEED_POLICY = {"rule": [{"resource": ["Fax:Fax:*"], "action": ["Fax:Send"], "effect": "Allow"}]}
+READ_ALL = {"resource": ["FHIR:*", "Z3:*"], "action": ["FHIR:Read", "Z3:GetObject"], "effect": "Allow"}
+
+
+async def test_sending_needs_read_access_to_what_is_sent(fax_api: httpx.AsyncClient, database: Any) -> None:
+    await policy_client(fax_api, database, SEED_POLICY)
+    refused = await fax_api.post("/fax/v1/send", json=seed_request())
+    assert refused.status_code == 403
+    assert f"FHIR:Read on FHIR:{SEED_SENDER.replace('/', ':')}" in refused.json()["message"]
+    await policy_client(fax_api, database, {"rule": [*SEED_POLICY["rule"], READ_ALL]})
+    assert (await fax_api.post("/fax/v1/send", json=seed_request())).status_code == 200
+    no_document = {
+        "rule": [
+            *SEED_POLICY["rule"],
+            READ_ALL,
+            {"resource": "Z3:my-bucket/path/**", "action": "Z3:GetObject", "effect": "Deny"},
+        ]
+    }
+    await policy_client(fax_api, database, no_document)
+    denied = await fax_api.post("/fax/v1/send", json=seed_request())
+    assert denied.status_code == 403 and "Z3:GetObject on Z3:my-bucket/path/to/document.pdf" in denied.json()["message"]
+    assert (await stored_counts(database))["Communication"] == 1
+
+
+async def test_z3_paths_in_policies(fax_api: httpx.AsyncClient, database: Any) -> None:
+    policy = {"rule": [{"resource": "Z3:letters/**", "action": ["Z3:GetObject", "Z3:PutObject"], "effect": "Allow"}]}
+    await policy_client(fax_api, database, policy)
+    assert (await fax_api.post("/v1/z3/letters/2026/a.pdf", json={"action": "upload"})).status_code == 200
+    for path in ("other/a.pdf", "letters-private/a.pdf", "letters/%2E%2E/other/a.pdf", "LETTERS/a.pdf"):
+        response = await fax_api.post(f"/v1/z3/{path}", json={"action": "upload"})
+        assert response.status_code in (400, 403), (path, response.text)
+    # An encoded slash addresses letters/other/a.pdf: allowed, and the URL signs exactly that object.
+    encoded_slash = await fax_api.post("/v1/z3/letters%2Fother/a.pdf", json={"action": "upload"})
+    assert encoded_slash.json()["signedUrl"].startswith("http://fhir.test/v1/z3/letters/other/a.pdf?")
+    sneaky = await fax_api.post("/v1/z3/other%2Fletters/a.pdf", json={"action": "upload"})
+    assert sneaky.status_code == 403, "decided on the object actually addressed (bucket other)"
+
+
+async def test_scopes_narrow_the_policy(fax_api: httpx.AsyncClient, database: Any) -> None:
+    everything = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
+    await policy_client(fax_api, database, everything, scope="system/Communication.rs system/Practitioner.r")
+    assert (await fax_api.get(f"/fhir/{SEED_RECIPIENT}")).status_code == 200
+    assert (await fax_api.get("/fhir/Communication")).status_code == 200
+    created = await fax_api.post("/fhir/Patient", json={"resourceType": "Patient"})
+    assert created.status_code == 403
+    cannot_send = await fax_api.post("/fax/v1/send", json=seed_request(media=MEDIA))
+    assert cannot_send.status_code == 403, "sending creates a Communication: the scopes do not allow it"
+
+
+async def test_a_deleted_client_loses_access_at_once(fax_api: httpx.AsyncClient, database: Any) -> None:
+    record, secret = await Clients(database).create(
+        "temporary", {"rule": {"resource": "*", "action": "*", "effect": "Allow"}}
+    )
+    await login(fax_api, record["clientId"], secret)
+    assert (await fax_api.get("/fax/v1/config")).status_code == 200
+    await Clients(database).delete(record["_id"])
+    gone = await fax_api.get("/fax/v1/config")
+    assert gone.status_code == 401 and "no longer exists" in gone.json()["message"]
+
+
+async def test_signed_urls_and_webhooks_need_no_token(anonymous: httpx.AsyncClient, fax_api: httpx.AsyncClient) -> None:
+    signed = (await fax_api.post("/v1/z3/my-bucket/path/to/document.pdf", json={"action": "download"})).json()
+    assert signed["signedUrl"]
+    assert (await anonymous.get("/fhir/metadata")).status_code == 200
+    assert (await anonymous.get("/.well-known/jwks.json")).status_code == 200
+    webhook = await anonymous.post("/fax/webhooks/telnyx", content=b"{}")
+    assert webhook.status_code == 401 and "not accepted" in webhook.json()["message"], "verified by signature instead"
