@@ -21,8 +21,10 @@ $(SDK_STAMP): tests/sdk/package-lock.json
 
 install: $(STAMP) $(SDK_STAMP)
 
-# A faster simulated carrier for the local demo (1 = real time).
+# A faster simulated carrier and a local admin client for the demo (local use only).
 run: export FHIR_FAX_SIMULATOR_SPEED ?= 20
+run: export FHIR_FAX_BOOTSTRAP_CLIENT_ID ?= local-admin
+run: export FHIR_FAX_BOOTSTRAP_CLIENT_SECRET ?= local-admin-secret
 run: $(STAMP)
 	$(BIN)/fhir-fax serve --load-fixtures
 

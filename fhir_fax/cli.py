@@ -42,6 +42,15 @@ def serve(args: argparse.Namespace) -> int:
     print(f"fhir-fax: FHIR API at {base}{settings.fhir_path}  (API docs at {base}/docs)", flush=True)
     if not settings.mongodb_uri:
         print(f"fhir-fax: embedded database, data in {settings.data_dir.resolve()}", flush=True)
+    if settings.bootstrap_client_id and settings.bootstrap_client_secret:
+        print(
+            "fhir-fax: get a token with\n"
+            f"  curl -s -X POST {base}/oauth/token -d grant_type=client_credentials "
+            f"-d client_id={settings.bootstrap_client_id} -d client_secret={settings.bootstrap_client_secret}",
+            flush=True,
+        )
+    else:
+        print("fhir-fax: no client configured; create one with `fhir-fax clients create`", flush=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
 
