@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from .auth.clients import Clients
 from .auth.guard import Guard
+from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
 from .fax.media import Z3MediaChecker
@@ -68,6 +69,7 @@ class FaxModule:
         app.include_router(build_fallback_router(), prefix=prefix)
         app.include_router(self.fax.sdk_router(), prefix=self.settings.fax_api_path)
         app.include_router(self.z3.router(), prefix=self.settings.project_api_path)
+        app.include_router(m2m_router(self.fhir, lambda: self.guard.database), prefix=self.settings.project_api_path)
         app.include_router(webhook_router(self.fax), prefix="/fax/webhooks")
         previous = app.router.lifespan_context
 

@@ -91,6 +91,17 @@ class Clients:
         )
         return secret if result.matched_count else None
 
+    async def get(self, record_id: str) -> dict[str, Any] | None:
+        return await self.collection.find_one({"_id": record_id})
+
+    async def update(self, record_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+        """Change name, description or access policy; the new policy applies to the next request."""
+        if "accessPolicy" in changes:
+            parse_policy(changes["accessPolicy"])
+        if changes:
+            await self.collection.update_one({"_id": record_id}, {"$set": {**changes, "updated": now()}})
+        return await self.get(record_id)
+
     async def delete(self, record_id: str) -> bool:
         return (await self.collection.delete_one({"_id": record_id})).deleted_count == 1
 

@@ -63,6 +63,9 @@ async def test_the_sdk_sends_reads_back_and_retries_without_a_second_fax(
     assert [o["key"] for o in result["listed"]] == ["referrals/letter.pdf"]
     uploaded = result["uploadedFax"]["payload"][0]["contentAttachment"]
     assert (uploaded["contentType"], uploaded["extension"][0]["valueInteger"]) == ("application/pdf", 3)
+    assert result["m2m"]["created"]["name"] == "sdk-client" and "secret" not in result["m2m"]["created"]
+    assert len(result["m2m"]["secret"]) > 30
+    assert result["m2m"]["me"]["name"] == "bootstrap admin"
     assert result["onboard"] == {"faxNumber": SENDER_NUMBER}
     assert result["config"] == {"configured": True, "faxNumbers": [SENDER_NUMBER]}
     assert_matches_seed(result["sent"], media=media)

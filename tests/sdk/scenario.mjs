@@ -45,6 +45,12 @@ result.uploadedFax = (
   })
 ).communicationResource;
 
+const m2m = await oystehr.m2m.create({
+  name: 'sdk-client',
+  accessPolicy: { rule: [{ resource: ['Fax:Fax:*'], action: ['Fax:Send'], effect: 'Allow' }] },
+});
+result.m2m = { created: m2m, secret: (await oystehr.m2m.rotateSecret({ id: m2m.id })).secret, me: await oystehr.m2m.me() };
+
 result.onboard = await oystehr.fax.onboard();
 result.config = await oystehr.fax.getConfiguration();
 const sent = await oystehr.fax.send({

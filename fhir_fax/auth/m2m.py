@@ -1,0 +1,116 @@
+"""Machine clients over HTTP, as the Oystehr SDK's ``m2m`` calls them at ``{projectApiUrl}/m2m``.
+
+Responses never include the secret or its hash; ``POST /m2m/{id}/rotate-secret`` is the only way to
+see a secret. Every call needs an ``App:`` action on ``App:M2MClient[:id]``, except ``GET /m2m/me``,
+which shows the caller itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from ..fhir.context import FHIRContext, ServiceUnavailable
+from ..fhir.errors import InvalidRequest, ResourceNotFound
+from ..fhir.http import read_json
+from ..sdk_http import SDKRoute
+from .clients import Clients, public
+from .policies import PolicyError
+
+EDITABLE = {"name", "description", "accessPolicy"}
+
+
+def _fields(body: Any, *, creating: bool) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object with name, description and accessPolicy.")
+    unknown = set(body) - EDITABLE
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown fields: {', '.join(sorted(unknown))}; a client has {', '.join(sorted(EDITABLE))}."
+        )
+    if creating and not body.get("name"):
+        raise InvalidRequest("name is required.")
+    if creating and "accessPolicy" not in body:
+        raise InvalidRequest(
+            "accessPolicy is required, e.g. "
+            '{"rule": [{"resource": "Fax:Fax:*", "action": "Fax:Send", "effect": "Allow"}]}.'
+        )
+    if "name" in body and not isinstance(body["name"], str):
+        raise InvalidRequest("name must be a string.")
+    return body
+
+
+def m2m_router(fhir: FHIRContext, database_of: Any) -> APIRouter:
+    """``database_of()`` returns the running database (None before start-up)."""
+    router = APIRouter(route_class=SDKRoute, tags=["M2M clients"])
+
+    def clients() -> Clients:
+        database = database_of()
+        if database is None:
+            raise ServiceUnavailable("The server is starting; retry in a moment.")
+        return Clients(database)
+
+    async def found(record_id: str) -> dict[str, Any]:
+        record = await clients().get(record_id)
+        if record is None:
+            raise ResourceNotFound(f"There is no M2M client {record_id}.")
+        return record
+
+    @router.post("/m2m", summary="Create an M2M client", status_code=201)
+    async def create(request: Request) -> JSONResponse:
+        await fhir.authorize(request, "App:CreateM2MClient", "App:M2MClient")
+        body = _fields(await read_json(request, fhir.settings.max_body_bytes), creating=True)
+        try:
+            record, _ = await clients().create(body["name"], body["accessPolicy"], description=body.get("description"))
+        except PolicyError as error:
+            raise InvalidRequest(f"accessPolicy: {error}") from None
+        return JSONResponse(public(record), status_code=201)
+
+    @router.get("/m2m", summary="List M2M clients")
+    async def list_clients(request: Request) -> list[dict[str, Any]]:
+        await fhir.authorize(request, "App:ListAllM2MClients", "App:M2MClient")
+        return [public(record) for record in await clients().list()]
+
+    @router.get("/m2m/me", summary="The calling M2M client")
+    async def me(request: Request) -> dict[str, Any]:
+        await fhir.authenticate(request)
+        record = await clients().by_client_id(request.state.principal.client_id)
+        if record is None:
+            raise ResourceNotFound("The calling client no longer exists.")
+        return public(record)
+
+    @router.get("/m2m/{record_id}", summary="Get an M2M client")
+    async def get(request: Request, record_id: str) -> dict[str, Any]:
+        await fhir.authorize(request, "App:GetM2MClient", f"App:M2MClient:{record_id}")
+        return public(await found(record_id))
+
+    @router.patch("/m2m/{record_id}", summary="Update an M2M client")
+    async def update(request: Request, record_id: str) -> dict[str, Any]:
+        await fhir.authorize(request, "App:UpdateM2MClient", f"App:M2MClient:{record_id}")
+        body = _fields(await read_json(request, fhir.settings.max_body_bytes), creating=False)
+        await found(record_id)
+        try:
+            record = await clients().update(record_id, body)
+        except PolicyError as error:
+            raise InvalidRequest(f"accessPolicy: {error}") from None
+        assert record is not None
+        return public(record)
+
+    @router.delete("/m2m/{record_id}", summary="Delete an M2M client")
+    async def delete(request: Request, record_id: str) -> Response:
+        await fhir.authorize(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}")
+        if not await clients().delete(record_id):
+            raise ResourceNotFound(f"There is no M2M client {record_id}.")
+        return Response(status_code=204)
+
+    @router.post("/m2m/{record_id}/rotate-secret", summary="Give an M2M client a new secret")
+    async def rotate(request: Request, record_id: str) -> dict[str, str]:
+        await fhir.authorize(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}")
+        secret = await clients().rotate_secret(record_id)
+        if secret is None:
+            raise ResourceNotFound(f"There is no M2M client {record_id}.")
+        return {"secret": secret}
+
+    return router
