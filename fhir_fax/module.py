@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from .audit import Auditor
 from .auth.clients import Clients
 from .auth.guard import Guard
 from .auth.m2m import m2m_router
@@ -114,7 +115,11 @@ class FaxModule:
         await clients.ensure_indexes()
         if self.settings.bootstrap_client_id and self.settings.bootstrap_client_secret:
             await clients.ensure_bootstrap(self.settings.bootstrap_client_id, self.settings.bootstrap_client_secret)
-        self.fax.tracker = Tracker(self.settings, store, service.outbox)
+        auditor = Auditor(store)
+        service.auditor = auditor
+        self.guard.auditor = auditor
+        self.fhir.on_read = self._audit_reads(auditor)
+        self.fax.tracker = Tracker(self.settings, store, service.outbox, auditor)
         await database[RECEIPTS].create_index("received", name="expiry", expireAfterSeconds=7 * 86_400)
         if self.settings.worker_enabled:
             worker = create_worker(self.settings, database, store)
@@ -125,6 +130,20 @@ class FaxModule:
         if embedded is not None and embedded.owned:
             self._supervisor = asyncio.create_task(embedded.supervise(), name="fhir-fax-db-supervisor")
         log.info("fhir-fax started (FHIR API at %s)", self.settings.fhir_path)
+
+    @staticmethod
+    def _audit_reads(auditor: Auditor) -> Any:
+        """Reads of Communications (faxes carry health information) are audited; other reads are not."""
+
+        async def on_read(request: Any, interaction: str, resources: list[dict[str, Any]]) -> None:
+            faxes = [r for r in resources if r.get("resourceType") == "Communication"]
+            if faxes:
+                principal = getattr(request.state, "principal", None)
+                who = principal.client_id if principal else "anonymous"
+                address = request.client.host if request.client else None
+                await auditor.read(interaction, faxes, who, address)
+
+        return on_read
 
     def _reference_resolver(self, store: ResourceStore) -> ReferenceResolver:
         if self.settings.reference_fhir_base:

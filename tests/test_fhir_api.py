@@ -238,7 +238,7 @@ async def test_metadata_is_a_valid_capability_statement_of_what_is_registered(ap
     model_class("CapabilityStatement").model_validate(statement)
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(resources) == {
-        "CareTeam", "Communication", "Device", "HealthcareService", "OperationDefinition",
+        "AuditEvent", "CareTeam", "Communication", "Device", "HealthcareService", "OperationDefinition",
         "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
     }  # fmt: skip
     patient = resources["Patient"]

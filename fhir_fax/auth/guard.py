@@ -49,6 +49,7 @@ class Guard:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.database: Any = None
+        self.auditor: Any = None  # fhir_fax.audit.Auditor, set when the module starts
         self._key: SigningKey | None = None
 
     async def principal(self, request: Request) -> Principal:
@@ -59,6 +60,7 @@ class Guard:
             raise ServiceUnavailable("The server is starting; retry in a moment.")
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer ") or not header[7:].strip():
+            await self._audit_refusal(request, "anonymous", "no bearer token")
             raise _unauthorized(
                 "This request needs a bearer token; get one with POST /oauth/token (client credentials).",
                 error="invalid_request",
@@ -75,12 +77,23 @@ class Guard:
                 client["clientId"], parse_policy(client["accessPolicy"]), parse_scopes(claims.get("scope", ""))
             )
         except (TokenError, PolicyError, ScopeError, KeyError) as error:
+            await self._audit_refusal(request, "anonymous", str(error) or "invalid token")
             raise _unauthorized(str(error) or "The bearer token is not valid.") from None
         request.state.principal = principal
         return principal
 
+    async def _audit_refusal(
+        self, request: Request, who: str, reason: str, action: str = "authenticate", resource: str = "-"
+    ) -> None:
+        if self.auditor is not None:
+            address = request.client.host if request.client else None
+            await self.auditor.refused(action, resource, who, address, reason)
+
     async def require(self, request: Request, action: str, resource: str) -> Principal:
         principal = await self.principal(request)
         if not principal.may(action, resource):
+            await self._audit_refusal(
+                request, principal.client_id, "not allowed by the access policy", action, resource
+            )
             raise Forbidden(f"Client {principal.client_id}'s access policy does not allow {action} on {resource}.")
         return principal

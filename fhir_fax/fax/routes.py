@@ -58,8 +58,11 @@ class FaxAPI:
         async def authorize(action: str, resource: str) -> None:
             await self.fhir.authorize(request, action, resource)
 
+        principal = getattr(request.state, "principal", None)
         return Caller(
             authorize=authorize,
+            who=principal.client_id if principal else "anonymous",
+            address=request.client.host if request.client else None,
             authorization=request.headers.get("authorization"),
             idempotency_key=key,
             fhir_bases=fhir_bases,

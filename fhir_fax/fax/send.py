@@ -61,6 +61,8 @@ class Caller:
     project_api_bases: tuple[str, ...]
     # Raises 403 unless the caller may (action, resource); None for trusted local callers (the CLI).
     authorize: Callable[[str, str], Awaitable[None]] | None = None
+    who: str = "local"
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class FaxService:
         self.outbox = Outbox(database)
         self.idempotency = IdempotencyRecords(database, settings.idempotency_ttl_seconds)
         self.z3 = Z3Store(database)
+        self.auditor: Any = None  # fhir_fax.audit.Auditor, when the module runs one
 
     async def ensure_indexes(self) -> None:
         await self.outbox.ensure_indexes()
@@ -137,6 +140,8 @@ class FaxService:
             if earlier is None:
                 raise
             return SendResult(earlier, replayed=True)
+        if self.auditor is not None:
+            await self.auditor.fax_sent(communication, caller.who, caller.address)
         return SendResult(communication, replayed=False)
 
     # -- checks that need no database ----------------------------------------------------------------

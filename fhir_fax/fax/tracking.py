@@ -22,10 +22,11 @@ log = logging.getLogger("fhir_fax.tracking")
 
 
 class Tracker:
-    def __init__(self, settings: Settings, store: ResourceStore, outbox: Outbox) -> None:
+    def __init__(self, settings: Settings, store: ResourceStore, outbox: Outbox, auditor: Any = None) -> None:
         self.settings = settings
         self.store = store
         self.outbox = outbox
+        self.auditor = auditor  # fhir_fax.audit.Auditor
 
     async def apply(self, event: StatusEvent) -> bool:
         """Apply carrier (or worker) news; False when it was stale, duplicated or for an unknown fax."""
@@ -89,7 +90,9 @@ class Tracker:
     async def sync(self, job: dict[str, Any]) -> None:
         """Make the Communication show ``job``'s status (no-op if it already does or is further on)."""
         try:
-            await self.store.modify("Communication", job["communication_id"], lambda c: show_job(c, job))
+            updated = await self.store.modify("Communication", job["communication_id"], lambda c: show_job(c, job))
+            if updated is not None and self.auditor is not None:
+                await self.auditor.fax_status(updated, job["status"])
         except ResourceNotFound:
             log.warning("fax %s: its Communication %s is gone", job["_id"], job["communication_id"])
         await self.outbox.mark_synced(job)

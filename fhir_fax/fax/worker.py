@@ -153,12 +153,12 @@ class Worker:
 
 def create_worker(settings: Settings, database: Any, store: Any | None = None) -> Worker:
     """A worker on ``database`` with the configured carrier (used by ``serve`` and ``fhir-fax worker``)."""
+    from ..audit import Auditor
     from ..fhir.search_params import default_registry
     from ..fhir.store import ResourceStore
     from .transports import make_transport
 
     store = store or ResourceStore(database, default_registry().indexer)
     outbox = Outbox(database)
-    return Worker(
-        settings, outbox, Tracker(settings, store, outbox), make_transport(settings, database), Z3Store(database)
-    )
+    tracker = Tracker(settings, store, outbox, Auditor(store))
+    return Worker(settings, outbox, tracker, make_transport(settings, database), Z3Store(database))

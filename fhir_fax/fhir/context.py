@@ -42,6 +42,12 @@ class FHIRContext:
     guard: Callable[[Request, str, str], Awaitable[Any]] | None = None
 
     identify: Callable[[Request], Awaitable[Any]] | None = None
+    # Called after resources were read or searched: (request, interaction, resources); the audit trail.
+    on_read: Callable[[Request, str, list[dict[str, Any]]], Awaitable[None]] | None = None
+
+    async def was_read(self, request: Request, interaction: str, resources: list[dict[str, Any]]) -> None:
+        if self.on_read is not None and resources:
+            await self.on_read(request, interaction, resources)
 
     async def authenticate(self, request: Request) -> None:
         """Only that the caller has a valid token (401 otherwise); permissions are checked by ``authorize``."""

@@ -15,6 +15,7 @@ FHIR_VERSION = "4.3.0"
 
 # Resource types this server stores. Everything else answers 404.
 SUPPORTED_TYPES: tuple[str, ...] = (
+    "AuditEvent",
     "CareTeam",
     "Communication",
     "Device",

@@ -88,6 +88,8 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         )
         query.path = path
         bundle = await execute_search(context.store.database, query, context.base_url(request))
+        matches = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+        await context.was_read(request, "search-type", matches)
         return FHIRResponse(bundle)
 
     async def compartment_filter(compartment: tuple[str, str], resource_type: str) -> dict[str, Any]:
@@ -156,6 +158,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
         resource = await context.store.read(resource_type, resource_id)
+        await context.was_read(request, "read", [resource])
         return FHIRResponse(resource, headers=version_headers(resource))
 
     @router.put("/{resource_type}/{resource_id}", summary="Update (or create with this id)")
@@ -187,6 +190,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.")
         versions = await context.store.history(resource_type, resource_id, min(int(count), settings.search_max_count))
         total = await context.store.count_versions(resource_type, resource_id)
+        await context.was_read(request, "history-instance", [v.resource for v in versions if v.resource][:1])
         base = context.base_url(request)
         bundle = {
             "resourceType": "Bundle",
@@ -211,6 +215,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
         resource = await context.store.vread(resource_type, resource_id, version_id)
+        await context.was_read(request, "vread", [resource])
         return FHIRResponse(resource, headers=version_headers(resource))
 
     return router

@@ -120,6 +120,39 @@ COMMUNICATION: tuple[SearchParameter, ...] = (
     ),
 )  # fmt: skip
 
+
+def entities(only_type: str | None = None):
+    def extract(resource: dict[str, Any]) -> list[str]:
+        found = [(e.get("what") or {}).get("reference") for e in _list(resource.get("entity"))]
+        return [r for r in found if r and (only_type is None or r.startswith(f"{only_type}/"))]
+
+    return extract
+
+
+AUDIT_EVENT: tuple[SearchParameter, ...] = (
+    indexed_parameter(
+        ReferenceKind("entity", entities()), "reference", "Specific instance of resource", "AuditEvent.entity.what",
+        indexed=True,
+    ),
+    indexed_parameter(
+        ReferenceKind("patient", entities("Patient"), targets=("Patient",)),
+        "reference", "Identity of the patient the event is about", "AuditEvent.entity.what.where(resolve() is Patient)",
+        indexed=True,
+    ),
+    indexed_parameter(
+        DateKind("date", date_of("recorded")), "date", "Time when the event was recorded", "AuditEvent.recorded",
+        sortable=True,
+    ),
+    indexed_parameter(
+        TokenKind("action", lambda r: [(None, r.get("action"))]), "token", "Type of action performed",
+        "AuditEvent.action",
+    ),
+    indexed_parameter(
+        TokenKind("outcome", lambda r: [(None, r.get("outcome"))]), "token", "Whether the event succeeded or failed",
+        "AuditEvent.outcome",
+    ),
+)  # fmt: skip
+
 # Patient compartment membership of Communication (FHIR R4B compartment definition).
 PATIENT_COMPARTMENT = {"Communication": ("subject", "sender", "recipient")}
 
@@ -132,4 +165,6 @@ def default_registry() -> SearchRegistry:
     registry = SearchRegistry(compound_indexes={"Communication": {"patient_lastUpdated": PER_PATIENT_INDEX}})
     for parameter in COMMUNICATION:
         registry.register("Communication", parameter)
+    for parameter in AUDIT_EVENT:
+        registry.register("AuditEvent", parameter)
     return registry

@@ -1,0 +1,111 @@
+"""The audit trail: an AuditEvent for every fax sent, status change, read of a Communication and refused access.
+
+Stored like any resource and searchable by ``entity`` and ``patient``, so a practice can produce an
+accounting of disclosures (``AuditEvent?patient=Patient/123``). Writing an event never fails the request
+it describes: a failure to record is logged loudly instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .fhir.models import format_instant, now
+from .fhir.store import ResourceStore
+
+log = logging.getLogger("fhir_fax.audit")
+
+EVENT_TYPES = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+INTERACTIONS = "http://hl7.org/fhir/restful-interaction"
+FAX_EVENTS = "urn:fhir-fax:audit-event"
+CLIENTS = "urn:fhir-fax:client"
+SUCCESS, MINOR_FAILURE = "0", "4"
+
+
+def audit_event(
+    *,
+    subtype: tuple[str, str],
+    action: str,
+    outcome: str,
+    who: str,
+    address: str | None,
+    entities: list[str],
+    description: str,
+) -> dict[str, Any]:
+    system, code = subtype
+    agent: dict[str, Any] = {
+        "who": {"identifier": {"system": CLIENTS, "value": who}, "display": who},
+        "requestor": True,
+    }
+    if address:
+        agent["network"] = {"address": address, "type": "2"}
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": {"system": EVENT_TYPES, "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": system, "code": code}],
+        "action": action,
+        "recorded": format_instant(now()),
+        "outcome": outcome,
+        "outcomeDesc": description,
+        "agent": [agent],
+        "source": {"observer": {"display": "fhir-fax"}},
+    }
+    if entities:
+        event["entity"] = [{"what": {"reference": reference}} for reference in dict.fromkeys(entities)]
+    return event
+
+
+class Auditor:
+    def __init__(self, store: ResourceStore) -> None:
+        self.store = store
+
+    async def record(self, **fields: Any) -> None:
+        try:
+            await self.store.create(audit_event(**fields))
+        except Exception:
+            log.exception("could not record an audit event: %s", fields.get("description"))
+
+    async def fax_sent(self, communication: dict[str, Any], who: str, address: str | None) -> None:
+        await self.record(
+            subtype=(FAX_EVENTS, "send-fax"), action="C", outcome=SUCCESS, who=who, address=address,
+            entities=[f"Communication/{communication['id']}", *references_in(communication)],
+            description="A fax was accepted for sending.",
+        )  # fmt: skip
+
+    async def fax_status(self, communication: dict[str, Any], status: str) -> None:
+        await self.record(
+            subtype=(FAX_EVENTS, "fax-status"), action="U", outcome=SUCCESS, who="fhir-fax delivery", address=None,
+            entities=[f"Communication/{communication['id']}", *references_in(communication)],
+            description=f"The fax is now {status}.",
+        )  # fmt: skip
+
+    async def read(self, interaction: str, resources: list[dict[str, Any]], who: str, address: str | None) -> None:
+        entities = []
+        for resource in resources:
+            entities.append(f"{resource['resourceType']}/{resource['id']}")
+            entities.extend(references_in(resource))
+        await self.record(
+            subtype=(INTERACTIONS, interaction), action="R" if interaction != "search-type" else "E",
+            outcome=SUCCESS, who=who, address=address, entities=entities,
+            description=f"{interaction} returned {len(resources)} Communication(s).",
+        )  # fmt: skip
+
+    async def refused(self, action: str, resource: str, who: str, address: str | None, reason: str) -> None:
+        await self.record(
+            subtype=(FAX_EVENTS, "access-refused"), action="E", outcome=MINOR_FAILURE, who=who, address=address,
+            entities=[], description=f"{action} on {resource} refused: {reason}",
+        )  # fmt: skip
+
+
+def references_in(communication: dict[str, Any]) -> list[str]:
+    """The patient, sender and recipients a Communication names (not contained ones)."""
+    found = []
+    for element in ("subject", "sender"):
+        reference = (communication.get(element) or {}).get("reference")
+        if reference and not reference.startswith("#"):
+            found.append(reference)
+    for recipient in communication.get("recipient", []):
+        reference = recipient.get("reference")
+        if reference and not reference.startswith("#"):
+            found.append(reference)
+    return found
