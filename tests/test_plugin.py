@@ -92,3 +92,21 @@ async def test_requests_before_start_get_503(settings: Settings) -> None:
         response = await http.get("/fhir/Patient/x")
     assert response.status_code == 503
     assert "retry in a moment" in response.json()["issue"][0]["diagnostics"]
+
+
+async def test_unexpected_errors_on_sdk_routes_are_message_and_code(settings: Settings) -> None:
+    from fhir_fax.sdk_http import SDKRoute
+
+    app = FastAPI()
+    router = APIRouter(route_class=SDKRoute)
+
+    @router.get("/fax/v1/boom")
+    async def boom() -> None:
+        raise KeyError("secret internals")
+
+    app.include_router(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://host") as http:
+        response = await http.get("/fax/v1/boom")
+    assert response.status_code == 500
+    assert set(response.json()) == {"message", "code"} and response.json()["code"] == 500
+    assert "incident" in response.json()["message"] and "secret internals" not in response.text

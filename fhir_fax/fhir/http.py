@@ -37,12 +37,15 @@ def outcome_response(error: FHIRError) -> FHIRResponse:
     return FHIRResponse(error.outcome(), status_code=error.status_code, headers=error.headers)
 
 
-class FHIRRoute(APIRoute):
-    """Answers every failure of a FHIR route with an OperationOutcome and never with a stack trace.
+class ErrorRenderingRoute(APIRoute):
+    """A route that answers every failure in its API's error shape, and never with a stack trace.
 
-    Kept on the route rather than as app-wide exception handlers so that mounting the
-    module leaves the host application's own error handling untouched.
+    Kept on the route rather than as app-wide exception handlers so that mounting the module
+    leaves the host application's own error handling untouched. Subclasses say how an error looks.
     """
+
+    def render_error(self, error: FHIRError) -> Response:
+        raise NotImplementedError
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -51,22 +54,32 @@ class FHIRRoute(APIRoute):
             try:
                 return await handler(request)
             except FHIRError as error:
-                return outcome_response(error)
+                return self.render_error(error)
             except RequestValidationError as error:
-                return outcome_response(InvalidRequest(describe_request_errors(error)))
+                return self.render_error(InvalidRequest(describe_request_errors(error)))
             except Exception:
                 incident = uuid.uuid4().hex[:12]
                 log.exception("unhandled error in %s %s (incident %s)", request.method, request.url.path, incident)
-                return FHIRResponse(
-                    operation_outcome(
-                        "fatal",
-                        "exception",
-                        f"Internal server error; quote incident {incident} when reporting it.",
-                    ),
-                    status_code=500,
+                return self.render_error(
+                    InternalError(f"Internal server error; quote incident {incident} when reporting it.")
                 )
 
         return handle
+
+
+class InternalError(FHIRError):
+    status_code = 500
+    issue_code = "exception"
+
+
+class FHIRRoute(ErrorRenderingRoute):
+    """FHIR routes answer failures with an OperationOutcome."""
+
+    def render_error(self, error: FHIRError) -> Response:
+        if isinstance(error, InternalError):
+            outcome = operation_outcome("fatal", error.issue_code, error.diagnostics)
+            return FHIRResponse(outcome, status_code=error.status_code)
+        return outcome_response(error)
 
 
 def describe_request_errors(error: RequestValidationError) -> str:
