@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .audit import Auditor
+from .auth.assertions import ensure_indexes as assertion_indexes
 from .auth.clients import Clients
 from .auth.guard import Guard
 from .auth.m2m import m2m_router
@@ -113,6 +114,7 @@ class FaxModule:
         self.guard.database = database
         clients = Clients(database)
         await clients.ensure_indexes()
+        await assertion_indexes(database)
         if self.settings.bootstrap_client_id and self.settings.bootstrap_client_secret:
             await clients.ensure_bootstrap(self.settings.bootstrap_client_id, self.settings.bootstrap_client_secret)
         auditor = Auditor(store)

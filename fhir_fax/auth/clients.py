@@ -22,6 +22,24 @@ def hash_secret(secret: str, salt: bytes) -> bytes:
     return hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
 
 
+def check_jwks(jwks: Any) -> dict[str, Any]:
+    """A client's public keys for private_key_jwt: ``{"keys": [JWK with kid, ...]}``; PolicyError otherwise."""
+    import jwt
+
+    from .policies import PolicyError
+
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+        raise PolicyError('jwks must be {"keys": [...]} with at least one public key.')
+    for key in jwks["keys"]:
+        if not isinstance(key, dict) or not key.get("kid") or "d" in key:
+            raise PolicyError("each jwks key needs a kid and must be a public key (no private parts).")
+        try:
+            jwt.PyJWK(key)
+        except jwt.PyJWTError as error:
+            raise PolicyError(f"jwks key {key.get('kid')!r} is not a usable key: {error}") from None
+    return jwks
+
+
 def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
@@ -34,6 +52,7 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
         "name": record["name"],
         "description": record.get("description"),
         "accessPolicy": record["accessPolicy"],
+        **({"jwks": record["jwks"]} if record.get("jwks") else {}),
     }
 
 
@@ -52,8 +71,9 @@ class Clients:
         description: str | None = None,
         client_id: str | None = None,
         secret: str | None = None,
+        jwks: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], str]:
-        """A new client and its secret (the only time the secret is seen)."""
+        """A new client and its secret (the only time the secret is seen); ``jwks`` enables private_key_jwt."""
         parse_policy(policy)
         secret = secret or new_secret()
         salt = secrets.token_bytes(16)
@@ -67,6 +87,8 @@ class Clients:
             "secretHash": hash_secret(secret, salt),
             "created": now(),
         }
+        if jwks:
+            record["jwks"] = check_jwks(jwks)
         await self.collection.insert_one(record)
         return record, secret
 
@@ -98,6 +120,8 @@ class Clients:
         """Change name, description or access policy; the new policy applies to the next request."""
         if "accessPolicy" in changes:
             parse_policy(changes["accessPolicy"])
+        if "jwks" in changes:
+            check_jwks(changes["jwks"])
         if changes:
             await self.collection.update_one({"_id": record_id}, {"$set": {**changes, "updated": now()}})
         return await self.get(record_id)

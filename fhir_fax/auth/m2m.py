@@ -19,7 +19,7 @@ from ..sdk_http import SDKRoute
 from .clients import Clients, public
 from .policies import PolicyError
 
-EDITABLE = {"name", "description", "accessPolicy"}
+EDITABLE = {"name", "description", "accessPolicy", "jwks"}
 
 
 def _fields(body: Any, *, creating: bool) -> dict[str, Any]:
@@ -63,9 +63,11 @@ def m2m_router(fhir: FHIRContext, database_of: Any) -> APIRouter:
         await fhir.authorize(request, "App:CreateM2MClient", "App:M2MClient")
         body = _fields(await read_json(request, fhir.settings.max_body_bytes), creating=True)
         try:
-            record, _ = await clients().create(body["name"], body["accessPolicy"], description=body.get("description"))
+            record, _ = await clients().create(
+                body["name"], body["accessPolicy"], description=body.get("description"), jwks=body.get("jwks")
+            )
         except PolicyError as error:
-            raise InvalidRequest(f"accessPolicy: {error}") from None
+            raise InvalidRequest(str(error)) from None
         return JSONResponse(public(record), status_code=201)
 
     @router.get("/m2m", summary="List M2M clients")

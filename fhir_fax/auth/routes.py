@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..settings import Settings
+from .assertions import ALGORITHMS, ASSERTION_TYPE, AssertionError_, authenticate_assertion
 from .clients import Clients
 from .scopes import ScopeError, parse_scopes
 from .tokens import issue_token, signing_key
@@ -88,14 +89,26 @@ class AuthAPI:
                 return oauth_error(
                     400, "unsupported_grant_type", f"grant_type must be one of {', '.join(GRANT_TYPES)}."
                 )
-            if not client_id or not secret:
-                return oauth_error(400, "invalid_request", "Send client_id and client_secret (form fields or Basic).")
-            record = await Clients(self.database).authenticate(client_id, secret)
-            if record is None:
-                self.limiter.failed(*keys)
-                return oauth_error(
-                    401, "invalid_client", "Unknown client or wrong secret.", {"www-authenticate": "Basic"}
-                )
+            if form.get("client_assertion_type") == ASSERTION_TYPE and form.get("client_assertion"):
+                try:
+                    token_endpoint = f"{self.issuer(request)}/oauth/token"
+                    record = await authenticate_assertion(self.database, form["client_assertion"], token_endpoint)
+                except AssertionError_ as error:
+                    self.limiter.failed(*keys)
+                    return oauth_error(401, "invalid_client", str(error))
+            else:
+                if not client_id or not secret:
+                    return oauth_error(
+                        400,
+                        "invalid_request",
+                        "Send client_id and client_secret (form or Basic), or a client_assertion.",
+                    )
+                record = await Clients(self.database).authenticate(client_id, secret)
+                if record is None:
+                    self.limiter.failed(*keys)
+                    return oauth_error(
+                        401, "invalid_client", "Unknown client or wrong secret.", {"www-authenticate": "Basic"}
+                    )
             try:
                 scopes = parse_scopes(form.get("scope", ""))
             except ScopeError as error:
@@ -125,11 +138,21 @@ class AuthAPI:
                 "issuer": base,
                 "jwks_uri": f"{base}/.well-known/jwks.json",
                 "token_endpoint": f"{base}/oauth/token",
-                "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_basic",
+                    "client_secret_post",
+                    "private_key_jwt",
+                ],
+                "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
                 "grant_types_supported": GRANT_TYPES,
                 "scopes_supported": ["system/*.cruds", "system/Communication.rs", "user/*.cruds", "patient/*.rs"],
                 "response_types_supported": ["token"],
-                "capabilities": ["client-confidential-symmetric", "permission-v1", "permission-v2"],
+                "capabilities": [
+                    "client-confidential-symmetric",
+                    "client-confidential-asymmetric",
+                    "permission-v1",
+                    "permission-v2",
+                ],
                 "code_challenge_methods_supported": ["S256"],
             }
 
