@@ -72,7 +72,7 @@ async def test_bad_assertions_are_refused(api: httpx.AsyncClient) -> None:
         "sub is someone else": (assertion(key, client_id, kid="k1", sub="admin"), "sub must be the client id"),
         "unknown client": (assertion(key, "nobody", kid="k1"), "Unknown client"),
         "HS256": (
-            jwt.encode({"iss": client_id}, "secret", algorithm="HS256", headers={"kid": "k1"}),
+            jwt.encode({"iss": client_id}, "s" * 32, algorithm="HS256", headers={"kid": "k1"}),
             "signed with one of",
         ),
         "not a jwt": ("nope", "not a JWT"),
