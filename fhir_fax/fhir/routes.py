@@ -12,8 +12,9 @@ from .context import FHIRContext
 from .errors import InvalidRequest, PreconditionFailed, ResourceNotFound
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
 from .models import format_instant, is_supported, validate_resource
-from .search import execute_search, parse_search
+from .search import parse_search
 from .search_params import PATIENT_COMPARTMENT
+from .search_results import execute_search
 from .search_types import KEYS
 from .store import Version
 
