@@ -11,7 +11,9 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from helpers import FHIR_JSON, MEDIA, as_parameters, seed_request, stored_counts
+from fhir_fax.auth.clients import Clients
+
+from helpers import FHIR_JSON, MEDIA, as_parameters, login, seed_request, stored_counts
 
 
 @pytest.fixture
@@ -119,3 +121,14 @@ async def test_a_failed_idempotency_write_rolls_back_the_fax(
         fail_point("off", ["insert"])
     assert failed.status_code == 503
     assert await stored_counts(database) == {"Communication": 0, "fax_jobs": 0, "fax_idempotency": 0}
+
+
+async def test_keys_belong_to_the_client_that_used_them(fax_api: httpx.AsyncClient, database: Any) -> None:
+    first = await fax_api.post("/fax/v1/send", json=seed_request(), headers={"Idempotency-Key": "shared"})
+    allow_all = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
+    other, secret = await Clients(database).create("other clinic", allow_all)
+    await login(fax_api, other["clientId"], secret)
+    second = await fax_api.post("/fax/v1/send", json=seed_request(), headers={"Idempotency-Key": "shared"})
+    assert second.status_code == 200 and "idempotent-replayed" not in second.headers
+    assert second.json()["communicationResource"]["id"] != first.json()["communicationResource"]["id"]
+    assert (await stored_counts(database))["Communication"] == 2

@@ -29,8 +29,9 @@ class IdempotencyRecords:
         if record is None:
             return None
         if record["fingerprint"] != fingerprint:
+            shown = key.rsplit("\x1f", 1)[-1]
             raise UnprocessableEntity(
-                f"The idempotency key {key!r} was already used for a different fax request; send a new key for a "
+                f"The idempotency key {shown!r} was already used for a different fax request; send a new key for a "
                 "new fax, or repeat the original request unchanged.",
                 expression=["Idempotency-Key"],
             )

@@ -126,7 +126,8 @@ class FaxService:
         checked = self.check_form(request, caller)
         if caller.authorize is not None:
             await self.check_access(checked, caller.authorize)
-        key = caller.idempotency_key
+        # Keys are scoped to the caller: another client's key never replays someone else's fax.
+        key = f"{caller.who}\x1f{caller.idempotency_key}" if caller.idempotency_key else None
         if key:
             earlier = await self.idempotency.replay(key, request.fingerprint())
             if earlier is not None:
