@@ -344,6 +344,7 @@ async def test_total_counts_the_filtered_set(api: httpx.AsyncClient, corpus: lis
         ({"_include": "Communication:status"}, "has no reference parameter 'status'"),
         ({"_revinclude": "Communication"}, "Type:parameter[:TargetType]"),
         ({"_sort": "subject"}, "_sort cannot use 'subject'"),
+        ({"_sort": "sent,status"}, "_sort takes one parameter"),
         ({"subject.$ne": "x"}, "Unknown search parameter 'subject.$ne'"),
     ],
 )

@@ -61,3 +61,15 @@ async def test_unknown_clients_are_404(api: httpx.AsyncClient) -> None:
         response = await api.request(method, path, json={})
         assert response.status_code == 404 and "no M2M client" in response.json()["message"]
     assert (await api.post("/v1/m2m/nope/rotate-secret")).status_code == 404
+
+
+async def test_bad_updates_change_nothing(api: httpx.AsyncClient) -> None:
+    created = (await api.post("/v1/m2m", json={"name": "billing", "accessPolicy": SEND_ONLY})).json()
+    bad_policy = {"accessPolicy": {"rule": {"resource": "FHIR", "action": "Read", "effect": "Allow"}}}
+    for body, message in (
+        (bad_policy, "must look like Service:Action"),
+        ({"clientId": "x"}, "Unknown fields: clientId"),
+    ):
+        response = await api.patch(f"/v1/m2m/{created['id']}", json=body)
+        assert response.status_code == 400 and message in response.json()["message"]
+    assert (await api.get(f"/v1/m2m/{created['id']}")).json() == created

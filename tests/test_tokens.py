@@ -165,3 +165,11 @@ async def test_secrets_are_stored_hashed_and_can_be_rotated(database: Any) -> No
     rotated = await clients.rotate_secret(record["_id"])
     assert rotated and await clients.authenticate(record["clientId"], secret) is None
     assert await clients.authenticate(record["clientId"], rotated) is not None
+
+
+async def test_a_malformed_basic_header_is_400(auth_api: httpx.AsyncClient) -> None:
+    response = await auth_api.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, headers={"authorization": "Basic %%%not-base64"}
+    )
+    assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
+    assert "Basic authorization header is malformed" in response.json()["error_description"]

@@ -72,15 +72,19 @@ async def test_refused_signed_urls(api: httpx.AsyncClient, database: Any) -> Non
     [
         ("letters/missing.pdf", {"action": "download"}, 404, "There is no object"),
         ("letters/x.pdf", {"action": "delete"}, 400, 'action must be "upload" or "download"'),
+        ("letters/x.pdf", "not json", 400, "The body must be JSON"),
         ("Bad_Bucket/x.pdf", {"action": "upload"}, 400, "not a valid bucket name"),
         ("letters/a/%2E%2E/b.pdf", {"action": "upload"}, 400, "no valid object key"),
         ("letters/a/%2e%2e/%2e%2e/etc.pdf", {"action": "upload"}, 400, "no valid object key"),
     ],
 )
 async def test_bad_presign_requests(
-    api: httpx.AsyncClient, path: str, body: dict[str, str], status: int, message: str
+    api: httpx.AsyncClient, path: str, body: dict[str, str] | str, status: int, message: str
 ) -> None:
-    response = await api.post(f"/v1/z3/{path}", json=body)
+    if isinstance(body, str):
+        response = await api.post(f"/v1/z3/{path}", content=body.encode())
+    else:
+        response = await api.post(f"/v1/z3/{path}", json=body)
     assert response.status_code == status
     assert message in response.json()["message"]
 

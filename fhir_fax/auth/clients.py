@@ -11,8 +11,10 @@ import secrets
 import uuid
 from typing import Any
 
+import jwt
+
 from ..fhir.models import now
-from .policies import parse_policy
+from .policies import PolicyError, parse_policy
 
 COLLECTION = "auth_clients"
 ALLOW_EVERYTHING = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
@@ -24,10 +26,6 @@ def hash_secret(secret: str, salt: bytes) -> bytes:
 
 def check_jwks(jwks: Any) -> dict[str, Any]:
     """A client's public keys for private_key_jwt: ``{"keys": [JWK with kid, ...]}``; PolicyError otherwise."""
-    import jwt
-
-    from .policies import PolicyError
-
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
         raise PolicyError('jwks must be {"keys": [...]} with at least one public key.')
     for key in jwks["keys"]:

@@ -121,12 +121,6 @@ class Outbox:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def renew(self, job: dict[str, Any], owner: str, lease: timedelta) -> bool:
-        result = await self.collection.update_one(
-            {"_id": job["_id"], "state": "active", "lease_owner": owner}, {"$set": {"lease_expires": now() + lease}}
-        )
-        return result.modified_count == 1
-
     # -- transitions ---------------------------------------------------------------------------------
 
     async def record_submission(self, job: dict[str, Any], owner: str, carrier: str, carrier_id: str) -> bool:

@@ -14,7 +14,10 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from ..audit import Auditor
 from ..fhir.models import now
+from ..fhir.search_params import default_registry
+from ..fhir.store import ResourceStore
 from ..settings import Settings
 from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
@@ -24,6 +27,7 @@ from .outbox import Outbox
 from .render import render_fax, rendering_location
 from .status import Failure, reference_for
 from .tracking import Tracker
+from .transports import make_transport
 from .transports.base import Submission, Transport, TransportError
 
 log = logging.getLogger("fhir_fax.worker")
@@ -153,11 +157,6 @@ class Worker:
 
 def create_worker(settings: Settings, database: Any, store: Any | None = None) -> Worker:
     """A worker on ``database`` with the configured carrier (used by ``serve`` and ``fhir-fax worker``)."""
-    from ..audit import Auditor
-    from ..fhir.search_params import default_registry
-    from ..fhir.store import ResourceStore
-    from .transports import make_transport
-
     store = store or ResourceStore(database, default_registry().indexer)
     outbox = Outbox(database)
     tracker = Tracker(settings, store, outbox, Auditor(store))

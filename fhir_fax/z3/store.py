@@ -13,8 +13,10 @@ from typing import Any
 
 from bson import Binary, ObjectId
 from gridfs import AsyncGridFSBucket
+from gridfs.errors import NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
+from ..fhir.errors import Conflict, ResourceNotFound
 from ..fhir.models import now
 from .locations import Z3Location
 
@@ -62,8 +64,6 @@ class Z3Store:
 
     async def delete_bucket(self, bucket: str) -> None:
         """Delete an empty bucket; 404 when unknown, 409 when it still holds objects."""
-        from ..fhir.errors import Conflict, ResourceNotFound
-
         if not await self.bucket_exists(bucket):
             raise ResourceNotFound(f"There is no bucket {bucket!r}.")
         if await self.files.count_documents({"filename": {"$gte": f"{bucket}/", "$lt": f"{bucket}0"}}, limit=1):
@@ -138,8 +138,6 @@ class Z3Store:
 
     async def read_chunks(self, location: Z3Location) -> AsyncIterator[bytes] | None:
         """The newest content at ``location`` as a stream of chunks, or None."""
-        from gridfs.errors import NoFile
-
         try:
             stream = await self.gridfs().open_download_stream_by_name(f"{location.bucket}/{location.key}")
         except NoFile:
@@ -185,8 +183,6 @@ class Z3Store:
 
     async def read(self, location: Z3Location) -> bytes | None:
         """The newest content stored at ``location``, or None."""
-        from gridfs.errors import NoFile
-
         try:
             stream = await self.gridfs().open_download_stream_by_name(f"{location.bucket}/{location.key}")
         except NoFile:

@@ -65,6 +65,8 @@ def test_z3_put_and_get(tmp_path: Path) -> None:
     assert fetched.returncode == 0 and copy.read_bytes() == letter.read_bytes()
     missing = run("z3", "get", "z3://letters/nothing.pdf", str(copy), data_dir=tmp_path)
     assert missing.returncode == 1 and "there is no object at z3://letters/nothing.pdf" in missing.stderr
+    no_file = run("z3", "put", str(tmp_path / "missing.pdf"), "z3://letters/x.pdf", data_dir=tmp_path)
+    assert no_file.returncode == 2 and "is not a file" in no_file.stderr
     bad = run("z3", "put", str(letter), "https://elsewhere.example/x.pdf", data_dir=tmp_path)
     assert bad.returncode == 2 and "is not a Z3 URL" in bad.stderr
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from ...fhir.models import now
 from ...settings import Settings
 from ...z3.locations import parse_z3_url
 from ...z3.signing import presign, signing_key
@@ -66,8 +67,6 @@ def failure_of(reason: str | None) -> Failure:
 
 
 def parse_time(text: str | None) -> datetime:
-    from ...fhir.models import now
-
     if not text:
         return now()
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
