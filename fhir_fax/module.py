@@ -56,6 +56,7 @@ class FaxModule:
         self.guard = Guard(self.settings)
         self.fhir.guard = self.guard.require
         self.fhir.identify = self.guard.principal
+        self.fhir.limit_to_patient = self.guard.patient_limit
         self._resolver: ReferenceResolver | None = None
         self._given_database = database
         self._database: Database | None = None

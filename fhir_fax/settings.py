@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .auth.issuers import ExternalIssuer
+
 
 class Settings(BaseSettings):
     """Configuration shared by the plugin, the standalone server and the command line."""
@@ -81,6 +83,10 @@ class Settings(BaseSettings):
     token_lifetime_seconds: int = Field(default=900, ge=60, description="How long issued access tokens last.")
     token_failures_per_minute: int = Field(
         default=10, ge=1, description="Failed token requests allowed per client id and per address each minute (429)."
+    )
+    external_issuers: list[ExternalIssuer] = Field(
+        default_factory=list,
+        description="Authorization servers whose tokens are accepted too (JSON list: issuer, jwks_url, policies...).",
     )
 
     # Where sender/recipient/patient references are looked up

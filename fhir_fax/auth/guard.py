@@ -3,6 +3,11 @@
 Every route except the public ones (capabilities, well-known documents, the token endpoint, signed Z3
 URLs, signature-verified webhooks) calls ``require(request, action, resource)`` before doing anything.
 A missing or bad token is 401 with ``WWW-Authenticate``; a valid token without permission is 403.
+
+Tokens are ours (issued by ``/oauth/token``, policy from the client record) or an external issuer's
+(policy from a claim, see ``issuers.py``); the unverified ``iss`` only picks which verification applies.
+A token whose resource scopes for some work are all ``patient/`` scopes is limited to the patient in its
+context for that work: ``patient_limit`` names that patient and the FHIR routes keep to the compartment.
 """
 
 from __future__ import annotations
@@ -10,15 +15,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
 from fastapi import Request
 
+from ..fhir.compartments import LIMITED_TYPES
 from ..fhir.context import ServiceUnavailable
 from ..fhir.errors import Forbidden, Unauthorized
 from ..settings import Settings
 from .clients import Clients
+from .issuers import ExternalIssuers, IssuerUnavailable
 from .policies import PolicyError, Rule, allows, parse_policy
-from .scopes import Scope, ScopeError, parse_scopes, permits
+from .scopes import LETTER_OF_ACTION, Scope, ScopeError, parse_scopes, permits
 from .tokens import SigningKey, TokenError, signing_key, verify_token
+
+
+def fhir_terms(action: str, resource: str) -> tuple[str, str] | None:
+    """The FHIR interaction and resource type that scopes judge ``action`` by (None: scopes do not apply)."""
+    if action.startswith("FHIR:"):
+        return action, resource.split(":")[1] if resource.count(":") else "*"
+    if action == "Fax:Send":  # sending a fax creates a Communication
+        return "FHIR:Create", "Communication"
+    return None
 
 
 @dataclass(frozen=True)
@@ -26,18 +43,48 @@ class Principal:
     client_id: str
     rules: tuple[Rule, ...]
     scopes: tuple[Scope, ...]
+    patient: str | None = None  # the patient in context (SMART), from an external token's claim
 
     def may(self, action: str, resource: str) -> bool:
-        """The policy must allow it; a token with SMART scopes must also cover FHIR work by its scopes."""
+        return self.refusal(action, resource) is None
+
+    def refusal(self, action: str, resource: str) -> str | None:
+        """Why ``action`` on ``resource`` is not allowed, or None when it is.
+
+        The policy must allow it; a token with SMART scopes must also cover FHIR work by its scopes; a
+        token limited to one patient may only name that patient.
+        """
         if not allows(self.rules, action, resource):
+            return f"Client {self.client_id}'s access policy does not allow {action} on {resource}."
+        terms = fhir_terms(action, resource) if self.scopes else None
+        if terms is None:
+            return None
+        fhir_action, resource_type = terms
+        if not permits(self.scopes, fhir_action, resource_type):
+            granted = " ".join(str(s) for s in self.scopes)
+            return f"The token's scopes ({granted}) do not allow {action} on {resource}; ask for a scope that does."
+        if self.limited(fhir_action, resource_type):
+            if self.patient is None:
+                return (
+                    f"The token's scopes for {resource_type} are patient/ scopes but it names no patient in context; "
+                    "use system/ or user/ scopes, or a token with a patient."
+                )
+            parts = resource.split(":")
+            if resource_type == "Patient" and len(parts) > 2 and parts[2] not in ("*", self.patient):
+                return f"This token is limited to Patient/{self.patient}; {action} on Patient/{parts[2]} is not."
+        return None
+
+    def limited(self, fhir_action: str, resource_type: str) -> bool:
+        """Do only ``patient/`` scopes grant this work (so it is kept to the patient's compartment)?"""
+        letter = LETTER_OF_ACTION.get(fhir_action.partition(":")[2])
+        if not self.scopes or letter is None or resource_type not in LIMITED_TYPES:
             return False
-        if not self.scopes:
-            return True
-        if action.startswith("FHIR:"):
-            return permits(self.scopes, action, resource.split(":")[1] if resource.count(":") else "*")
-        if action == "Fax:Send":
-            return permits(self.scopes, "FHIR:Create", "Communication")
-        return True
+        granting = [s for s in self.scopes if s.resource_type in ("*", resource_type) and letter in s.letters]
+        return bool(granting) and all(s.context == "patient" for s in granting)
+
+    def patient_limit(self, fhir_action: str, resource_type: str) -> str | None:
+        """The patient whose compartment this work is kept to, or None when it is not limited."""
+        return self.patient if self.limited(fhir_action, resource_type) else None
 
 
 def _unauthorized(message: str, error: str = "invalid_token") -> Unauthorized:
@@ -50,6 +97,7 @@ class Guard:
         self.settings = settings
         self.database: Any = None
         self.auditor: Any = None  # fhir_fax.audit.Auditor, set when the module starts
+        self.issuers = ExternalIssuers(settings.external_issuers)
         self._key: SigningKey | None = None
 
     async def principal(self, request: Request) -> Principal:
@@ -65,22 +113,40 @@ class Guard:
                 "This request needs a bearer token; get one with POST /oauth/token (client credentials).",
                 error="invalid_request",
             )
-        if self._key is None:
-            self._key = await signing_key(self.database)
+        token = header[7:].strip()
         base = self.settings.public_base(str(request.base_url))
+        audience = base + self.settings.fhir_path
         try:
-            claims = verify_token(self._key, header[7:].strip(), issuer=base, audience=base + self.settings.fhir_path)
-            client = await Clients(self.database).by_client_id(claims["client_id"])
-            if client is None:
-                raise TokenError("The token's client no longer exists.")
-            principal = Principal(
-                client["clientId"], parse_policy(client["accessPolicy"]), parse_scopes(claims.get("scope", ""))
-            )
+            issuer = unverified_issuer(token)
+            if issuer == base:
+                principal = await self._our_principal(token, base, audience)
+            elif self.issuers.knows(issuer):
+                identity = await self.issuers.verify(token, issuer, audience)
+                principal = Principal(identity.who, identity.rules, identity.scopes, identity.patient)
+            else:
+                raise TokenError(
+                    f"The bearer token was issued by someone else ({issuer!r}), whom this server does not trust; "
+                    "get a token from POST /oauth/token or from a configured issuer."
+                )
+        except IssuerUnavailable as error:
+            raise ServiceUnavailable(str(error)) from None
         except (TokenError, PolicyError, ScopeError, KeyError) as error:
             await self._audit_refusal(request, "anonymous", str(error) or "invalid token")
             raise _unauthorized(str(error) or "The bearer token is not valid.") from None
         request.state.principal = principal
         return principal
+
+    async def _our_principal(self, token: str, base: str, audience: str) -> Principal:
+        """A token this server issued: verified with our key; the policy is the client's current one."""
+        if self._key is None:
+            self._key = await signing_key(self.database)
+        claims = verify_token(self._key, token, issuer=base, audience=audience)
+        client = await Clients(self.database).by_client_id(claims["client_id"])
+        if client is None:
+            raise TokenError("The token's client no longer exists.")
+        return Principal(
+            client["clientId"], parse_policy(client["accessPolicy"]), parse_scopes(claims.get("scope", ""))
+        )
 
     async def _audit_refusal(
         self, request: Request, who: str, reason: str, action: str = "authenticate", resource: str = "-"
@@ -91,9 +157,20 @@ class Guard:
 
     async def require(self, request: Request, action: str, resource: str) -> Principal:
         principal = await self.principal(request)
-        if not principal.may(action, resource):
-            await self._audit_refusal(
-                request, principal.client_id, "not allowed by the access policy", action, resource
-            )
-            raise Forbidden(f"Client {principal.client_id}'s access policy does not allow {action} on {resource}.")
+        refusal = principal.refusal(action, resource)
+        if refusal is not None:
+            await self._audit_refusal(request, principal.client_id, refusal, action, resource)
+            raise Forbidden(refusal)
         return principal
+
+    async def patient_limit(self, request: Request, fhir_action: str, resource_type: str) -> str | None:
+        """The patient this request's work on ``resource_type`` is kept to (after ``require`` passed)."""
+        return (await self.principal(request)).patient_limit(fhir_action, resource_type)
+
+
+def unverified_issuer(token: str) -> Any:
+    """The ``iss`` a token claims, read without checking anything: it only chooses how to verify the token."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError:
+        raise TokenError("The bearer token is not a JWT.") from None

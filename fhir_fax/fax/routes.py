@@ -42,7 +42,7 @@ class FaxAPI:
             raise ServiceUnavailable("The fax service is not running yet; retry in a moment.")
         return self.service
 
-    def caller(self, request: Request) -> Caller:
+    async def caller(self, request: Request) -> Caller:
         settings = self.fhir.settings
         key = request.headers.get("idempotency-key", request.headers.get("x-oystehr-request-id"))
         if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable()):
@@ -67,6 +67,7 @@ class FaxAPI:
             idempotency_key=key,
             fhir_bases=fhir_bases,
             project_api_bases=(public + settings.project_api_path, *settings.z3_url_aliases),
+            patient=await self.fhir.patient_limit(request, "FHIR:Create", "Communication"),
         )
 
     def fhir_router(self) -> APIRouter:
@@ -76,7 +77,7 @@ class FaxAPI:
         async def send_fax_operation(request: Request) -> Response:
             await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
             body = await read_json(request, self.fhir.settings.max_body_bytes)
-            result = await self.require_service().send(parse_parameters(body), self.caller(request))
+            result = await self.require_service().send(parse_parameters(body), await self.caller(request))
             headers = version_headers(result.communication)
             if result.replayed:
                 headers["Idempotent-Replayed"] = "true"
@@ -92,7 +93,7 @@ class FaxAPI:
         async def send(request: Request) -> Response:
             await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
             body = await read_json(request, settings.max_body_bytes)
-            result = await self.require_service().send(parse_sdk_body(body), self.caller(request))
+            result = await self.require_service().send(parse_sdk_body(body), await self.caller(request))
             headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
             return JSONResponse({"communicationResource": result.communication}, headers=headers)
 

@@ -63,6 +63,8 @@ class Caller:
     authorize: Callable[[str, str], Awaitable[None]] | None = None
     who: str = "local"
     address: str | None = None
+    # A token limited to one patient (SMART patient/ scopes) may only send faxes about that patient.
+    patient: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class FaxService:
         checked = self.check_form(request, caller)
         if caller.authorize is not None:
             await self.check_access(checked, caller.authorize)
+        if caller.patient is not None:
+            keep_to_patient(checked, caller.patient)
         # Keys are scoped to the caller: another client's key never replays someone else's fax.
         key = f"{caller.who}\x1f{caller.idempotency_key}" if caller.idempotency_key else None
         if key:
@@ -363,3 +367,14 @@ def contained_practitioner_id(number: str) -> str:
     allow (ids are ``[A-Za-z0-9\\-.]{1,64}``), so the ``+`` is dropped.
     """
     return number.lstrip("+")
+
+
+def keep_to_patient(checked: CheckedRequest, patient_id: str) -> None:
+    """403 unless the fax is about ``patient_id``: its Communication must fall in that patient's compartment."""
+    named = checked.patient
+    if named is None or named.resource_type != "Patient" or named.id != patient_id:
+        raise Forbidden(
+            f"patient: this token is limited to Patient/{patient_id}; a fax it sends must name that patient "
+            f"(patient=Patient/{patient_id}).",
+            expression=["patient"],
+        )

@@ -42,6 +42,8 @@ class FHIRContext:
     guard: Callable[[Request, str, str], Awaitable[Any]] | None = None
 
     identify: Callable[[Request], Awaitable[Any]] | None = None
+    # The patient whose compartment (request, FHIR action, type) is kept to, for tokens limited to one patient.
+    limit_to_patient: Callable[[Request, str, str], Awaitable[str | None]] | None = None
     # Called after resources were read or searched: (request, interaction, resources); the audit trail.
     on_read: Callable[[Request, str, list[dict[str, Any]]], Awaitable[None]] | None = None
 
@@ -59,6 +61,12 @@ class FHIRContext:
         if self.guard is None:
             raise ServiceUnavailable("Access control is not configured; refusing to serve unauthenticated requests.")
         await self.guard(request, action, resource)
+
+    async def patient_limit(self, request: Request, fhir_action: str, resource_type: str) -> str | None:
+        """None, or the patient id whose compartment this work must stay in (call after ``authorize``)."""
+        if self.limit_to_patient is None:
+            return None
+        return await self.limit_to_patient(request, fhir_action, resource_type)
 
     def attach(self, database: Any, store: ResourceStore) -> None:
         self.database = database

@@ -8,15 +8,14 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, Response
 
 from .capability import capability_statement
+from .compartments import PATIENT_COMPARTMENT, compartment_filter, in_compartment
 from .context import FHIRContext
-from .errors import InvalidRequest, PreconditionFailed, ResourceNotFound
+from .errors import Forbidden, InvalidRequest, PreconditionFailed, ResourceNotFound
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
 from .models import format_instant, is_supported, validate_resource
 from .search import parse_search
-from .search_params import PATIENT_COMPARTMENT
 from .search_results import execute_search
-from .search_types import KEYS
-from .store import Version
+from .store import RESERVED, Version, public
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -75,8 +74,11 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         await context.authorize(request, "FHIR:Search", f"FHIR:{resource_type}")
         extra_filter, path = None, resource_type
         if compartment is not None:
-            extra_filter = await compartment_filter(compartment, resource_type)
+            extra_filter = await owner_filter(compartment, resource_type)
             path = f"{compartment[0]}/{compartment[1]}/{resource_type}"
+        patient = await context.patient_limit(request, "FHIR:Search", resource_type)
+        if patient is not None and compartment != ("Patient", patient):
+            extra_filter = compartment_filter(resource_type, patient)
         query = parse_search(
             resource_type,
             params,
@@ -89,23 +91,45 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         )
         query.path = path
         bundle = await execute_search(context.store.database, query, context.base_url(request))
+        if patient is not None:  # included resources stay inside the patient's compartment too
+            bundle["entry"] = [
+                e
+                for e in bundle.get("entry", [])
+                if e["search"]["mode"] == "match" or in_compartment(e["resource"], patient, context.registry)
+            ]
         matches = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
         await context.was_read(request, "search-type", matches)
         return FHIRResponse(bundle)
 
-    async def compartment_filter(compartment: tuple[str, str], resource_type: str) -> dict[str, Any]:
+    async def owner_filter(compartment: tuple[str, str], resource_type: str) -> dict[str, Any]:
         """Resources of ``resource_type`` in a Patient's compartment (FHIR's compartment definition)."""
         owner_type, owner_id = compartment
-        members = PATIENT_COMPARTMENT.get(resource_type) if owner_type == "Patient" else None
-        if members is None:
+        if owner_type != "Patient" or resource_type not in PATIENT_COMPARTMENT:
             raise ResourceNotFound(
                 f"{owner_type} compartments hold no {resource_type}; supported: "
                 + ", ".join(f"Patient/{{id}}/{t}" for t in PATIENT_COMPARTMENT)
                 + "."
             )
         await context.store.read(owner_type, owner_id)  # 404 / 410 for an unknown or deleted patient
-        reference = f"{owner_type}/{owner_id}"
-        return {"$or": [{f"{KEYS}.{member}.r": reference} for member in members]}
+        return compartment_filter(resource_type, owner_id)
+
+    async def current(resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The current version, or None when there is none (missing or deleted)."""
+        document = await context.store.find_current(resource_type, resource_id)
+        return None if document is None or document[RESERVED]["deleted"] else public(document)
+
+    async def keep_to_patient(request: Request, fhir_action: str, *resources: dict[str, Any] | None) -> None:
+        """403 when a token limited to one patient touches a resource outside that patient's compartment."""
+        for resource in resources:
+            if resource is None:
+                continue
+            patient = await context.patient_limit(request, fhir_action, resource["resourceType"])
+            if patient is not None and not in_compartment(resource, patient, context.registry):
+                what = f"{resource['resourceType']}/{resource['id']}" if resource.get("id") else "This resource"
+                raise Forbidden(
+                    f"This token is limited to Patient/{patient}'s compartment; {what} is outside it "
+                    f"({fhir_action} refused)."
+                )
 
     @router.get("/metadata", summary="CapabilityStatement")
     async def metadata(request: Request) -> Response:
@@ -133,9 +157,11 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Create", f"FHIR:{resource_type}")
         resource = validate_resource(await read_json(request, settings.max_body_bytes), resource_type)
+        await keep_to_patient(request, "FHIR:Create", resource)
         condition = request.headers.get("if-none-exist")
         if condition:
             existing = await conditional_match(request, resource_type, condition)
+            await keep_to_patient(request, "FHIR:Read", existing)
             if existing is not None:
                 return written_response(request, existing, 200, None)
         stored = await context.store.create(resource)
@@ -159,6 +185,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
         resource = await context.store.read(resource_type, resource_id)
+        await keep_to_patient(request, "FHIR:Read", resource)
         await context.was_read(request, "read", [resource])
         return FHIRResponse(resource, headers=version_headers(resource))
 
@@ -167,6 +194,9 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Update", f"FHIR:{resource_type}:{resource_id}")
         body = await read_json(request, settings.max_body_bytes)
+        if isinstance(body, dict) and await context.patient_limit(request, "FHIR:Update", resource_type) is not None:
+            replacement = {**body, "resourceType": resource_type, "id": resource_id}
+            await keep_to_patient(request, "FHIR:Update", replacement, await current(resource_type, resource_id))
         stored, created = await context.store.update(
             resource_type, resource_id, body, if_match=request.headers.get("if-match")
         )
@@ -178,6 +208,8 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Delete", f"FHIR:{resource_type}:{resource_id}")
+        if await context.patient_limit(request, "FHIR:Delete", resource_type) is not None:
+            await keep_to_patient(request, "FHIR:Delete", await current(resource_type, resource_id))
         version = await context.store.delete(resource_type, resource_id)
         headers = {"ETag": f'W/"{version}"'} if version is not None else {}
         return Response(status_code=204, headers=headers)
@@ -191,6 +223,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.")
         versions = await context.store.history(resource_type, resource_id, min(int(count), settings.search_max_count))
         total = await context.store.count_versions(resource_type, resource_id)
+        await keep_to_patient(request, "FHIR:History", *(v.resource for v in versions))
         await context.was_read(request, "history-instance", [v.resource for v in versions if v.resource][:1])
         base = context.base_url(request)
         bundle = {
@@ -216,6 +249,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
         resource = await context.store.vread(resource_type, resource_id, version_id)
+        await keep_to_patient(request, "FHIR:Read", resource)
         await context.was_read(request, "vread", [resource])
         return FHIRResponse(resource, headers=version_headers(resource))
 

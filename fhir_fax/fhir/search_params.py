@@ -153,10 +153,6 @@ AUDIT_EVENT: tuple[SearchParameter, ...] = (
     ),
 )  # fmt: skip
 
-# Patient compartment membership of Communication (FHIR R4B compartment definition).
-PATIENT_COMPARTMENT = {"Communication": ("subject", "sender", "recipient")}
-
-
 # All of one patient's faxes, newest first: the index gives both the match and the order.
 PER_PATIENT_INDEX = [(f"{KEYS}.patient.r", 1), (f"{SORT_KEYS}._lastUpdated", DESCENDING)]
 

@@ -1,0 +1,403 @@
+"""Tokens from an external authorization server: keys fetched from its JWKS (a real HTTP server process),
+a claim mapped to access policies, forged tokens refused, keys rotated."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
+
+from fhir_fax.auth.issuers import claim
+from fhir_fax.embedded import free_port
+from fhir_fax.settings import Settings
+from fhir_fax.z3.locations import Z3Location
+from fhir_fax.z3.store import Z3Store
+
+from helpers import BOOTSTRAP, FIXTURES, SENDER_NUMBER, seed_request, serving, stored_counts
+from processes import ServerProcess
+
+ISSUER = "https://login.example.org/realms/clinic"
+AUDIENCE = "http://fhir.test/fhir"
+EVERYTHING = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
+FAX_SENDER = {
+    "rule": [
+        {"resource": "Fax:Fax:*", "action": "Fax:Send", "effect": "Allow"},
+        {"resource": "FHIR:*", "action": ["FHIR:Read", "FHIR:Search", "FHIR:History"], "effect": "Allow"},
+        {"resource": "Z3:**", "action": "Z3:GetObject", "effect": "Allow"},
+    ]
+}
+
+
+class Signer:
+    """The external server's side: a key pair, its published JWKS, and tokens signed with it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.keys: dict[str, Any] = {}
+        self.rotate()
+
+    def rotate(self) -> str:
+        """Publish one more key (as an issuer does before it starts signing with it)."""
+        kid = f"key-{len(self.keys) + 1}"
+        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = kid
+        published = []
+        for key_id, key in self.keys.items():
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+            published.append({**jwk, "kid": key_id, "use": "sig", "alg": "RS256"})
+        (self.directory / "jwks.json").write_text(json.dumps({"keys": published}))
+        return kid
+
+    def token(self, *, key: Any = None, headers: dict[str, Any] | None = None, **changes: Any) -> str:
+        moment = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": "alice",
+            "iat": moment,
+            "exp": moment + 300,
+            "realm_access": {"roles": ["fax-sender"]},
+        }
+        claims.update(changes)
+        claims = {k: v for k, v in claims.items() if v is not None}
+        header = {"kid": self.kid, **(headers or {})}
+        return jwt.encode(claims, key or self.keys[self.kid], algorithm="RS256", headers=header)
+
+
+@pytest.fixture(scope="module")
+def issuer_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Signer, str]]:
+    """The issuer's JWKS served by a real HTTP server process (Python's http.server) from a directory."""
+    directory = tmp_path_factory.mktemp("issuer")
+    signer = Signer(directory)
+    server = ServerProcess(
+        [sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1", "--directory", str(directory)],
+        log_dir=directory,
+        ready_path="/jwks.json",
+    )
+    yield signer, f"{server.url}/jwks.json"
+    server.stop()
+
+
+def external_settings(tmp_path: Path, jwks_url: str, **issuer: Any) -> Settings:
+    config = {
+        "issuer": ISSUER,
+        "jwks_url": jwks_url,
+        "policy_claim": "realm_access.roles",
+        "policies": {"fax-sender": FAX_SENDER, "admin": EVERYTHING},
+        "jwks_min_refresh_seconds": 0,
+        **issuer,
+    }
+    return Settings(
+        data_dir=tmp_path / "data",
+        base_url="http://fhir.test",
+        load_fixtures=True,
+        z3_url_aliases=["https://project-api.zapehr.com/v1"],
+        external_issuers=[config],
+        _env_file=None,
+        **BOOTSTRAP,
+    )
+
+
+@pytest.fixture
+async def api(tmp_path: Path, database: Any, issuer_site: tuple[Signer, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """The app trusting the issuer, with fixtures, a sender number and the seed document (admin logged in)."""
+    async with serving(external_settings(tmp_path, issuer_site[1]), database) as http:
+        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
+        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
+        assert (await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})).status_code == 200
+        yield http
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+async def test_an_external_token_with_a_mapped_role_sends_a_fax(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str]
+) -> None:
+    signer, _ = issuer_site
+    response = await api.post("/fax/v1/send", json=seed_request(), headers=bearer(signer.token()))
+    assert response.status_code == 200, response.text
+    assert (await stored_counts(database))["Communication"] == 1
+    audit = await api.get("/fhir/AuditEvent", params={"_count": "100"})
+    who = [e["resource"]["agent"][0]["who"]["identifier"]["value"] for e in audit.json()["entry"]]
+    assert f"alice@{ISSUER}" in who
+
+
+async def test_an_external_token_whose_roles_map_to_no_policy_is_forbidden(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str]
+) -> None:
+    signer, _ = issuer_site
+    for roles in ({"roles": ["receptionist"]}, {}, {"roles": "fax-sender-typo"}):
+        token = signer.token(realm_access=roles)
+        response = await api.post("/fax/v1/send", json=seed_request(), headers=bearer(token))
+        assert response.status_code == 403, response.text
+        assert "access policy does not allow Fax:Send" in response.json()["message"]
+    assert await stored_counts(database) == {"Communication": 0, "fax_jobs": 0, "fax_idempotency": 0}
+
+
+async def test_a_role_given_as_a_single_string_is_mapped(
+    api: httpx.AsyncClient, issuer_site: tuple[Signer, str]
+) -> None:
+    signer, _ = issuer_site
+    token = signer.token(realm_access={"roles": "admin"})
+    response = await api.get("/fhir/Patient/maria-lopez", headers=bearer(token))
+    assert response.status_code == 200
+
+
+def _forged(signer: Signer, kind: str) -> str:
+    """A token of ``kind`` that must not be accepted."""
+    now = int(time.time())
+    if kind == "expired":
+        return signer.token(iat=now - 3600, exp=now - 600)
+    if kind == "other audience":
+        return signer.token(aud="https://someone-else.example.org/fhir")
+    if kind == "no subject":
+        return signer.token(sub=None)
+    if kind == "no expiry":
+        return signer.token(exp=None)
+    if kind == "another key with a published kid":
+        return signer.token(key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    if kind == "unpublished kid":
+        return signer.token(headers={"kid": "not-published"})
+    if kind == "tampered payload":
+        header, payload, signature = signer.token().split(".")
+        claims = json.loads(jwt.utils.base64url_decode(payload))
+        claims["realm_access"] = {"roles": ["admin"]}
+        changed = jwt.utils.base64url_encode(json.dumps(claims).encode()).decode()
+        return f"{header}.{changed}.{signature}"
+    if kind == "alg none":
+        claims = jwt.decode(signer.token(), options={"verify_signature": False})
+        return jwt.encode(claims, None, algorithm="none", headers={"kid": signer.kid})
+    if kind == "HS256 with the public key":
+        public = signer.keys[signer.kid].public_key()
+        pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        claims = jwt.decode(signer.token(), options={"verify_signature": False})
+        header, payload, _ = jwt.encode(claims, "x" * 32, algorithm="HS256").split(".")
+        signature = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        return f"{header}.{payload}.{jwt.utils.base64url_encode(signature).decode()}"
+    if kind == "ES256 claiming the RSA key's kid":
+        other = ec.generate_private_key(ec.SECP256R1())
+        claims = jwt.decode(signer.token(), options={"verify_signature": False})
+        return jwt.encode(claims, other, algorithm="ES256", headers={"kid": signer.kid})
+    if kind == "unconfigured issuer":
+        return signer.token(iss="https://unknown.example.org")
+    raise AssertionError(kind)
+
+
+FORGERIES = {
+    "expired": "expired",
+    "other audience": "another audience",
+    "no subject": "not valid",
+    "no expiry": "not valid",
+    "another key with a published kid": "not valid",
+    "unpublished kid": "does not publish",
+    "tampered payload": "not valid",
+    "alg none": "'none' are not accepted",
+    "HS256 with the public key": "'HS256' are not accepted",
+    "ES256 claiming the RSA key's kid": "signs with RS256, not ES256",
+    "unconfigured issuer": "issued by someone else",
+}
+
+
+@pytest.mark.parametrize("kind", FORGERIES)
+async def test_forged_external_tokens_are_refused(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str], kind: str
+) -> None:
+    signer, _ = issuer_site
+    response = await api.post("/fax/v1/send", json=seed_request(), headers=bearer(_forged(signer, kind)))
+    assert response.status_code == 401, response.text
+    assert FORGERIES[kind] in response.json()["message"]
+    assert response.headers["www-authenticate"].startswith("Bearer ")
+    assert await stored_counts(database) == {"Communication": 0, "fax_jobs": 0, "fax_idempotency": 0}
+    fhir = await api.get("/fhir/Patient/maria-lopez", headers=bearer(_forged(signer, kind)))
+    assert fhir.status_code == 401
+    assert FORGERIES[kind] in fhir.json()["issue"][0]["diagnostics"]
+
+
+async def test_a_rotated_key_is_fetched_when_a_token_names_it(
+    api: httpx.AsyncClient, issuer_site: tuple[Signer, str]
+) -> None:
+    signer, _ = issuer_site
+    assert (await api.get("/fhir/Patient/maria-lopez", headers=bearer(signer.token()))).status_code == 200
+    signer.rotate()  # the issuer publishes a new key and signs with it from now on
+    response = await api.get("/fhir/Patient/maria-lopez", headers=bearer(signer.token()))
+    assert response.status_code == 200, response.text
+
+
+async def test_an_unreachable_jwks_is_a_temporary_failure(tmp_path: Path, database: Any) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/jwks.json"
+    signer = Signer(tmp_path)
+    async with serving(external_settings(tmp_path, closed), database) as http:
+        response = await http.get("/fhir/Patient/maria-lopez", headers=bearer(signer.token()))
+        assert response.status_code == 503
+        diagnostics = response.json()["issue"][0]["diagnostics"]
+        assert ISSUER in diagnostics and "retry later" in diagnostics
+
+
+def test_issuer_configuration_is_checked_when_settings_load(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="the policy for 'x'"):
+        external_settings(tmp_path, "http://x", policies={"x": {"rule": [{"resource": "*:x", "action": "*"}]}})
+    with pytest.raises(ValidationError, match="algorithms must be some of"):
+        external_settings(tmp_path, "http://x", algorithms=["RS256", "HS256"])
+
+
+def test_claims_are_found_by_name_or_by_a_dotted_path() -> None:
+    claims = {"https://example.org/roles": ["a"], "realm_access": {"roles": ["b"]}, "plain": "c"}
+    assert claim(claims, "https://example.org/roles") == ["a"]
+    assert claim(claims, "realm_access.roles") == ["b"]
+    assert claim(claims, "plain") == "c"
+    assert claim(claims, "realm_access.missing") is None
+    assert claim(claims, "plain.deeper") is None
+
+
+# -- a patient in context (SMART patient/ scopes) -------------------------------------------------------
+
+
+async def _communication(api: httpx.AsyncClient, **elements: Any) -> str:
+    body = {"resourceType": "Communication", "status": "completed", **elements}
+    response = await api.post("/fhir/Communication", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+@pytest.fixture
+async def two_patients(api: httpx.AsyncClient) -> dict[str, str]:
+    """A fax about Maria, one about James, and one about James addressed to Maria (created by the admin)."""
+    maria = await api.post("/fax/v1/send", json=seed_request(patient="Patient/maria-lopez"))
+    james = await api.post("/fax/v1/send", json=seed_request(patient="Patient/james-oneil"))
+    crossed = await _communication(
+        api, subject={"reference": "Patient/james-oneil"}, recipient=[{"reference": "Patient/maria-lopez"}]
+    )
+    return {
+        "maria": maria.json()["communicationResource"]["id"],
+        "james": james.json()["communicationResource"]["id"],
+        "crossed": crossed,
+    }
+
+
+def maria_token(signer: Signer, scope: str = "patient/*.crs", **changes: Any) -> dict[str, str]:
+    return bearer(signer.token(scope=scope, patient="maria-lopez", **changes))
+
+
+async def test_a_patient_token_searches_only_its_patients_compartment(
+    api: httpx.AsyncClient, issuer_site: tuple[Signer, str], two_patients: dict[str, str]
+) -> None:
+    headers = maria_token(issuer_site[0])
+    found = await api.get("/fhir/Communication", headers=headers)
+    assert found.status_code == 200
+    assert {e["resource"]["id"] for e in found.json()["entry"]} == {two_patients["maria"], two_patients["crossed"]}
+    # Asking for James's faxes finds only the one that is also Maria's (addressed to her).
+    other = await api.get("/fhir/Communication", params={"patient": "james-oneil"}, headers=headers)
+    assert [e["resource"]["id"] for e in other.json()["entry"]] == [two_patients["crossed"]]
+    patients = await api.get("/fhir/Patient", headers=headers)
+    assert [e["resource"]["id"] for e in patients.json()["entry"]] == ["maria-lopez"]
+    # The crossed fax is Maria's (she receives it) but its subject, James, is not shown to her.
+    included = await api.get("/fhir/Communication", params={"_include": "Communication:subject"}, headers=headers)
+    shown = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in included.json()["entry"]}
+    assert "Patient/maria-lopez" in shown and "Patient/james-oneil" not in shown
+    # With a system scope for Communication as well, the search is not limited.
+    wider = maria_token(issuer_site[0], scope="patient/*.crs system/Communication.rs")
+    assert len((await api.get("/fhir/Communication", headers=wider)).json()["entry"]) == 3
+
+
+async def test_a_patient_token_cannot_read_outside_the_compartment(
+    api: httpx.AsyncClient, issuer_site: tuple[Signer, str], two_patients: dict[str, str]
+) -> None:
+    headers = maria_token(issuer_site[0])
+    assert (await api.get(f"/fhir/Communication/{two_patients['maria']}", headers=headers)).status_code == 200
+    for path in (
+        f"/fhir/Communication/{two_patients['james']}",
+        f"/fhir/Communication/{two_patients['james']}/_history/1",
+        f"/fhir/Communication/{two_patients['james']}/_history",
+        "/fhir/Patient/james-oneil",
+        "/fhir/Patient/james-oneil/Communication",
+    ):
+        response = await api.get(path, headers=headers)
+        assert response.status_code == 403, path
+        assert "limited to Patient/maria-lopez" in response.json()["issue"][0]["diagnostics"], path
+    own = await api.get("/fhir/Patient/maria-lopez/Communication", headers=headers)
+    assert {e["resource"]["id"] for e in own.json()["entry"]} == {two_patients["maria"], two_patients["crossed"]}
+    # Practitioners are outside the Patient compartment: not patient data, not limited.
+    assert (await api.get("/fhir/Practitioner", headers=headers)).json()["entry"]
+
+
+async def test_a_patient_token_cannot_write_outside_the_compartment(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str], two_patients: dict[str, str]
+) -> None:
+    headers = maria_token(issuer_site[0], scope="patient/*.cruds", realm_access={"roles": ["admin"]})
+    about_james = {
+        "resourceType": "Communication",
+        "status": "completed",
+        "subject": {"reference": "Patient/james-oneil"},
+    }
+    before = await database["Communication"].count_documents({})
+    refused = [
+        await api.post("/fhir/Communication", json=about_james, headers=headers),
+        await api.put(f"/fhir/Communication/{two_patients['james']}", json={**about_james, "status": "stopped"},
+                      headers=headers),
+        # Moving Maria's fax to James is leaving the compartment too.
+        await api.put(f"/fhir/Communication/{two_patients['maria']}", json=about_james, headers=headers),
+        await api.delete(f"/fhir/Communication/{two_patients['james']}", headers=headers),
+    ]  # fmt: skip
+    for response in refused:
+        assert response.status_code == 403, response.text
+        assert "limited to Patient/maria-lopez's compartment" in response.json()["issue"][0]["diagnostics"]
+    assert await database["Communication"].count_documents({}) == before
+    james = await api.get(f"/fhir/Communication/{two_patients['james']}")
+    assert james.json()["meta"]["versionId"] == "1"
+    about_maria = {**about_james, "subject": {"reference": "Patient/maria-lopez"}}
+    assert (await api.post("/fhir/Communication", json=about_maria, headers=headers)).status_code == 201
+
+
+async def test_a_patient_token_faxes_only_about_its_patient(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str]
+) -> None:
+    headers = maria_token(issuer_site[0])
+    for patient, message in (
+        ("Patient/james-oneil", "limited to Patient/maria-lopez"),
+        (None, "a fax it sends must name that patient"),
+    ):
+        response = await api.post("/fax/v1/send", json=seed_request(patient=patient), headers=headers)
+        assert response.status_code == 403, response.text
+        assert message in response.json()["message"]
+    assert await stored_counts(database) == {"Communication": 0, "fax_jobs": 0, "fax_idempotency": 0}
+    sent = await api.post("/fax/v1/send", json=seed_request(patient="Patient/maria-lopez"), headers=headers)
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["communicationResource"]["subject"] == {"reference": "Patient/maria-lopez"}
+
+
+async def test_patient_scopes_without_a_patient_in_context_are_refused(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str], two_patients: dict[str, str]
+) -> None:
+    headers = bearer(issuer_site[0].token(scope="patient/Communication.rs"))
+    response = await api.get("/fhir/Communication", headers=headers)
+    assert response.status_code == 403
+    assert "names no patient in context" in response.json()["issue"][0]["diagnostics"]
+
+
+async def test_a_patient_token_sees_only_its_patients_audit_events(
+    api: httpx.AsyncClient, issuer_site: tuple[Signer, str], two_patients: dict[str, str]
+) -> None:
+    headers = maria_token(issuer_site[0], realm_access={"roles": ["admin"]})
+    events = await api.get("/fhir/AuditEvent", params={"_count": "200"}, headers=headers)
+    assert events.status_code == 200
+    entries = events.json()["entry"]
+    assert entries, "Maria's fax was audited"
+    for entry in entries:
+        patients = {e["what"].get("reference", "") for e in entry["resource"].get("entity", [])}
+        assert "Patient/maria-lopez" in patients, entry
+    everything = await api.get("/fhir/AuditEvent", params={"_count": "200", "_summary": "count"})
+    assert everything.json()["total"] > len(entries)
