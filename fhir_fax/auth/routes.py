@@ -152,6 +152,7 @@ class AuthAPI:
                     "client-confidential-asymmetric",
                     "permission-v1",
                     "permission-v2",
+                    "permission-patient",  # patient/ scopes keep to the patient in an external token's context
                 ],
                 "code_challenge_methods_supported": ["S256"],
             }
