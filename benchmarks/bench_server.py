@@ -1,0 +1,47 @@
+"""The benchmark's server: the production app exactly as ``fhir-fax serve`` runs it, plus two bare endpoints.
+
+The bare endpoints are the baselines every result is compared with, on the same process, framework,
+client and database: (a) ``POST /bench/insert`` authenticates the bearer token like every real route
+and inserts one small document; (b) ``GET /bench/read/{id}`` authenticates and reads one small document
+by id. They exist only in this file, never in the product.
+
+    FHIR_FAX_... python benchmarks/bench_server.py
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from fhir_fax.app import create_app
+from fhir_fax.settings import Settings
+
+
+def bench_app(settings: Settings) -> FastAPI:
+    app = create_app(settings)
+    module = app.state.fax_module
+
+    @app.post("/bench/insert", include_in_schema=False)
+    async def insert(request: Request) -> JSONResponse:
+        await module.guard.principal(request)
+        document = {"_id": str(uuid.uuid4()), **(await request.json())}
+        await module.guard.database["bench_baseline"].insert_one(document)
+        return JSONResponse({"id": document["_id"]})
+
+    @app.get("/bench/read/{document_id}", include_in_schema=False)
+    async def read(request: Request, document_id: str) -> JSONResponse:
+        await module.guard.principal(request)
+        document = await module.guard.database["bench_baseline"].find_one({"_id": document_id})
+        if document is None:
+            return JSONResponse({"message": "not found"}, status_code=404)
+        return JSONResponse(document)
+
+    return app
+
+
+if __name__ == "__main__":
+    settings = Settings()
+    uvicorn.run(bench_app(settings), host=settings.host, port=settings.port, log_level="info")
