@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install clean bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ lint: $(STAMP)
 
 test: lint $(SDK_STAMP)
 	$(BIN)/python -m pytest
+
+# Benchmarks (never part of the tests): the table and benchmarks/results/latest.json; about 5 minutes.
+bench: $(STAMP)
+	$(if $(PROFILE),$(BIN)/python -m pip install --quiet -e '.[bench]')
+	$(BIN)/python benchmarks/load.py $(if $(PROFILE),--profile $(PROFILE))
+
+# The same, then five minutes of mixed load while the server's memory is sampled.
+soak: $(STAMP)
+	$(BIN)/python benchmarks/load.py --soak 300
 
 clean:
 	rm -rf $(VENV) fhir-fax-data .pytest_cache tests/sdk/node_modules

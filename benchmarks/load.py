@@ -49,6 +49,8 @@ from fhir_fax.fax.status import RANK
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
+from loadgen import SEARCHED, sdk_body
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PDF = HERE.parent / "fixtures" / "referral-letter.pdf"
@@ -187,11 +189,16 @@ class Harness:
         self.token = answer.json()["access_token"]
         headers = {"authorization": f"Bearer {self.token}"}
         httpx.post(f"{self.url}/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER}, headers=headers).raise_for_status()
+        self._upload_document()
+        # The searched patient has 60 faxes: a patient's own count, not the collection's size, is what the
+        # embedded database's per-patient search scales with (see the README).
+        for _ in range(60):
+            body = sdk_body(SEARCHED)
+            httpx.post(f"{self.url}/fax/v1/send", json=body, headers=headers, timeout=30).raise_for_status()
 
         async def seed() -> list[str]:
             client = AsyncMongoClient(self.database_server.uri, tz_aware=True)
             database = client[DATABASE]
-            await Z3Store(database).put(Z3Location("bench", "referral-letter.pdf"), PDF.read_bytes(), "application/pdf")
             ids = [f"baseline-{n}" for n in range(1000)]
             await database["bench_baseline"].insert_many(
                 [{"_id": i, "n": n, "note": "baseline"} for n, i in enumerate(ids)]
@@ -200,6 +207,15 @@ class Harness:
             return ids
 
         self.baseline_ids = asyncio.run(seed())
+
+    def _upload_document(self) -> None:
+        async def upload() -> None:
+            client = AsyncMongoClient(self.database_server.uri, tz_aware=True)
+            location = Z3Location("bench", "referral-letter.pdf")
+            await Z3Store(client[DATABASE]).put(location, PDF.read_bytes(), "application/pdf")
+            await client.close()
+
+        asyncio.run(upload())
 
     def database_ids(self, collection: str, query: dict[str, Any], limit: int) -> list[str]:
         async def find() -> list[str]:
@@ -272,12 +288,15 @@ class Harness:
         }
 
     def _profiler(self, scenario: str, concurrency: int) -> subprocess.Popen[bytes] | None:
-        """``--profile SCENARIO``: py-spy samples the server during that scenario's c=8 cell."""
+        """``--profile SCENARIO``: py-spy samples the server (or the database) during that scenario's c=8 cell."""
         if self.args.profile != scenario or concurrency != 8 or not self.measuring:
             return None
-        output = RESULTS / f"profile-{scenario}.txt"
-        command = ["py-spy", "record", "--pid", str(self.server.pid if self.server else 0), "--format", "raw",
-                   "--rate", "250", "--output", str(output)]  # fmt: skip
+        target = self.server if self.args.profile_database is False else self.database_server
+        output = RESULTS / f"profile-{scenario}{'-database' if self.args.profile_database else ''}.txt"
+        beside = Path(sys.executable).parent / "py-spy"
+        pid = str(target.process.pid if isinstance(target, EmbeddedDatabase) and target.process else target.pid)
+        spy = str(beside) if beside.exists() else "py-spy"
+        command = [spy, "record", "--pid", pid, "--format", "raw", "--rate", "250", "--output", str(output)]
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)  # attached before the load starts
         print(f"  profiling {scenario} into {output} (collapsed stacks)", flush=True)
@@ -371,6 +390,7 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=0.0, help="also run a mixed soak of this many seconds")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--profile", metavar="SCENARIO", help="sample the server with py-spy during this scenario")
+    parser.add_argument("--profile-database", action="store_true", help="profile the database process instead")
     parser.add_argument("--only", metavar="S1,S2", help="run only these scenarios (and their baselines)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fhir-fax-load-"))

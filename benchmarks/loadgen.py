@@ -27,7 +27,8 @@ from pymongo import AsyncMongoClient
 MEDIA = "z3://bench/referral-letter.pdf"
 SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
 RECIPIENT = "Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c"
-PATIENT = "Patient/maria-lopez"
+PATIENT = "Patient/james-oneil"  # the faxes sent under load are about James...
+SEARCHED = "Patient/maria-lopez"  # ...and the search looks for Maria's 60, prepared before the run
 TELNYX_EVENTS = ("fax.media.processed", "fax.sending.started", "fax.delivered")
 
 Step = Callable[[int], Awaitable[None]]
@@ -44,8 +45,8 @@ def expect(response: httpx.Response, status: int = 200) -> httpx.Response:
     return response
 
 
-def sdk_body() -> dict[str, Any]:
-    return {"media": MEDIA, "quality": "standard", "sender": SENDER, "recipient": RECIPIENT, "patient": PATIENT}
+def sdk_body(patient: str = PATIENT) -> dict[str, Any]:
+    return {"media": MEDIA, "quality": "standard", "sender": SENDER, "recipient": RECIPIENT, "patient": patient}
 
 
 def parameters_body() -> dict[str, Any]:
@@ -103,7 +104,7 @@ def http_steps(cell: dict[str, Any], http: httpx.AsyncClient) -> Step:
         expect(await http.get(f"/fhir/Communication/{ids[i % len(ids)]}"))
 
     async def search(i: int) -> None:
-        found = expect(await http.get("/fhir/Communication", params={"patient": PATIENT, "_count": "20"})).json()
+        found = expect(await http.get("/fhir/Communication", params={"patient": SEARCHED, "_count": "20"})).json()
         if len(found.get("entry", [])) != 20:
             raise UnexpectedAnswer(f"search returned {len(found.get('entry', []))} entries, not 20")
 

@@ -39,6 +39,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PATIENT = "bench-target"
 TARGET_FAXES = 50
 OTHER_PATIENTS = 5_000
+ADMIN = ("bench-admin", "bench-admin-secret")
 
 
 def template(store: ResourceStore, patient: str) -> dict[str, Any]:
@@ -88,7 +89,13 @@ async def fill(database: Any, store: ResourceStore, current: int, size: int, rng
 
 def start_server(uri: str, name: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "FHIR_FAX_MONGODB_URI": uri, "FHIR_FAX_DATABASE_NAME": name}
+    env = {
+        **os.environ,
+        "FHIR_FAX_MONGODB_URI": uri,
+        "FHIR_FAX_DATABASE_NAME": name,
+        "FHIR_FAX_BOOTSTRAP_CLIENT_ID": ADMIN[0],
+        "FHIR_FAX_BOOTSTRAP_CLIENT_SECRET": ADMIN[1],
+    }
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "fhir_fax.cli", "serve", "--port", str(port), "--log-level", "warning"],
@@ -114,6 +121,9 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 async def measure(url: str, requests: int) -> dict[str, float]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        grant = {"grant_type": "client_credentials", "client_id": ADMIN[0], "client_secret": ADMIN[1]}
+        token = (await http.post("/oauth/token", data=grant)).json()["access_token"]
+        http.headers["authorization"] = f"Bearer {token}"
         query = {"patient": TARGET_PATIENT, "_count": "20"}
         for _ in range(20):  # warm-up
             await http.get("/fhir/Communication", params=query)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 
 from fhir_fax.fax.worker import create_worker
+from fhir_fax.fhir.models import validate_resource
 from fhir_fax.settings import Settings
 
 from helpers import ADMIN_ID, SEED_SENDER, serving
@@ -48,6 +50,24 @@ async def test_a_fax_leaves_an_accounting_of_disclosures(fax_settings: Settings,
         )
         assert len(by_entity) == len(trail)
         assert events((await api.get("/fhir/AuditEvent", params={"patient": "james-oneil"})).json()) == []
+        # The server stores these without checking them again: they must be valid, and unchanged by the check.
+        stored = (await api.get(f"/fhir/Communication/{communication['id']}")).json()
+        for resource in [communication, stored, *trail]:
+            assert validate_resource(resource, resource["resourceType"]) == resource
+
+
+async def test_concurrent_reads_are_each_audited(fax_settings: Settings, database: Any) -> None:
+    """Events of concurrent requests are written together, and every request's event is stored."""
+    settings = fax_settings.model_copy(update={"worker_enabled": False})
+    async with serving(settings, database) as api:
+        await api.post("/fax/v1/onboard", json={"faxNumber": "+12223334444"})
+        body = {"media": "z3://fixtures/referral-letter.pdf", "quality": "fine", "sender": SEED_SENDER,
+                "recipientNumber": "+16175550143"}  # fmt: skip
+        communication = (await api.post("/fax/v1/send", json=body)).json()["communicationResource"]
+        reads = await asyncio.gather(*(api.get(f"/fhir/Communication/{communication['id']}") for _ in range(40)))
+        assert {r.status_code for r in reads} == {200}
+    assert await database["AuditEvent"].count_documents({"subtype.code": "read"}) == 40
+    assert await database["AuditEvent"].count_documents({"subtype.code": "send-fax"}) == 1
 
 
 async def test_refused_access_is_audited(fax_settings: Settings, database: Any) -> None:

@@ -104,6 +104,29 @@ async def test_documents_a_fax_machine_cannot_receive_are_refused_at_send_time(
     assert await stored_counts(database) == {"Communication": 0, "fax_jobs": 0, "fax_idempotency": 0}
 
 
+async def test_a_replaced_document_is_inspected_again(fax_settings: Settings, database: Any) -> None:
+    """What inspecting an upload found is remembered per upload: a new upload at the same key is new."""
+    location = Z3Location("letters", "referral.pdf")
+    body = {"media": "z3://letters/referral.pdf", "quality": "fine", "recipientNumber": "+16175550143",
+            "sender": SEED_SENDER}  # fmt: skip
+    async with serving(fax_settings.model_copy(update={"worker_enabled": False}), database) as api:
+        await api.post("/fax/v1/onboard", json={"faxNumber": "+12223334444"})
+        await Z3Store(database).put(location, LETTER, "application/pdf")
+        first = await api.post("/fax/v1/send", json=body)
+        assert first.status_code == 200, first.text
+        await Z3Store(database).put(location, encrypted_letter(), "application/pdf")
+        refused = await api.post("/fax/v1/send", json=body)
+        assert refused.status_code == 422
+        assert "encrypted" in refused.json()["message"]
+        await Z3Store(database).put(location, pdf_with_pages([(612, 792)] * 2), "application/pdf")
+        again = await api.post("/fax/v1/send", json=body)
+        assert again.status_code == 200, again.text
+    pages = [c["payload"][0]["contentAttachment"]["extension"][0]["valueInteger"]
+             for c in (first.json()["communicationResource"], again.json()["communicationResource"])]  # fmt: skip
+    assert pages == [3, 2]  # the referral letter has 3 pages, its replacement 2
+    assert (await stored_counts(database))["Communication"] == 2
+
+
 @pytest.mark.parametrize(("kind", "frames"), [("TIFF", 2), ("PNG", 1), ("JPEG", 1)])
 def test_images_are_accepted_with_their_page_count(kind: str, frames: int) -> None:
     info = inspect(image_bytes(kind, frames), 350)

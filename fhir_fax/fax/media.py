@@ -5,8 +5,9 @@ Refusing every other URL means a send can never make the server fetch an arbitra
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..z3.locations import Z3Location, Z3UrlError, parse_z3_url
 from ..z3.store import Z3Store
@@ -41,11 +42,18 @@ class MediaChecker(Protocol):
 
 
 class Z3MediaChecker:
-    """The object must exist in this project's Z3 and be something a fax machine can receive."""
+    """The object must exist in this project's Z3 and be something a fax machine can receive.
 
-    def __init__(self, store: Z3Store, max_pages: int = 350) -> None:
+    Each upload is immutable and has its own version id, so what inspecting it found (pages, hash, or why it
+    cannot be faxed) is remembered per version: sending the same document again costs one metadata look-up,
+    not a download and a PDF parse. A new upload to the same key is a new version and is inspected afresh.
+    """
+
+    def __init__(self, store: Z3Store, max_pages: int = 350, remembered: int = 512) -> None:
         self.store = store
         self.max_pages = max_pages
+        self.remembered = remembered
+        self._inspected: OrderedDict[Any, MediaInfo | str] = OrderedDict()
 
     async def check(self, location: Z3Location, *, authorization: str | None) -> MediaInfo:
         info = await self.store.stat(location)
@@ -53,11 +61,24 @@ class Z3MediaChecker:
             raise MediaProblem(
                 f"There is no Z3 object at {location}; upload the document there first (check the bucket and key)."
             )
-        data = await self.store.read(location)
-        if data is None:
-            raise MediaProblem(f"There is no Z3 object at {location}; upload the document there first.")
+        found = self._inspected.get(info.version)
+        if found is None:
+            found = await self._inspect(location, info.version)
+            self._inspected[info.version] = found
+            while len(self._inspected) > self.remembered:
+                self._inspected.popitem(last=False)
+        else:
+            self._inspected.move_to_end(info.version)
+        if isinstance(found, str):
+            raise MediaProblem(f"{location} cannot be faxed: {found}")
+        return found
+
+    async def _inspect(self, location: Z3Location, version: Any) -> MediaInfo | str:
+        data = await self.store.read_version(version)
+        if data is None:  # replaced (and removed) between the look-up and the download
+            raise MediaProblem(f"The Z3 object at {location} changed while it was checked; send again.")
         try:
             document = await run_pdfium(inspect, data, self.max_pages)
         except DocumentProblem as problem:
-            raise MediaProblem(f"{location} cannot be faxed: {problem}") from None
+            return str(problem)
         return MediaInfo(document.content_type, document.size, document.pages, document.sha1)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 
 from ..fhir.models import now
 from .status import RANK
@@ -92,10 +92,36 @@ class Outbox:
 
     # -- claiming ------------------------------------------------------------------------------------
 
+    async def _change(self, where: dict[str, Any], update: dict[str, Any]) -> dict[str, Any] | None:
+        """Compare-and-set one job named by ``_id``; the job afterwards, or None when ``where`` did not match.
+
+        This is ``find_one_and_update(..., AFTER)`` done as a keyed update and a keyed read: the embedded
+        database runs findAndModify as a scan of the whole collection (100 ms per call at 20,000 jobs,
+        measured), the two keyed commands in under a millisecond each. The read may already show a later
+        change by someone else, which is only ever further forward.
+        """
+        result = await self.collection.update_one(where, update)
+        if result.matched_count != 1:
+            return None
+        return await self.collection.find_one({"_id": where["_id"]})
+
+    async def _take(
+        self, candidates: dict[str, Any], update: dict[str, Any], sort: list[tuple[str, int]] | None = None
+    ) -> dict[str, Any] | None:
+        """Claim one job matching ``candidates``: pick one, then compare-and-set it (another taker may win)."""
+        for _ in range(10):
+            candidate = await self.collection.find_one(candidates, {"_id": 1}, sort=sort)
+            if candidate is None:
+                return None
+            job = await self._change({"_id": candidate["_id"], **candidates}, update)
+            if job is not None:
+                return job
+        return None
+
     async def claim_due(self, owner: str, lease: timedelta) -> dict[str, Any] | None:
         """Take the next queued job that is due: it becomes PROCESSING for its attempt."""
         moment = now()
-        return await self.collection.find_one_and_update(
+        return await self._take(
             {"state": "queued", "next_attempt_at": {"$lte": moment}},
             {
                 "$set": {
@@ -109,16 +135,14 @@ class Outbox:
                 "$inc": {"position": RANK["PROCESSING"]},
             },
             sort=[("next_attempt_at", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
         )
 
     async def claim_abandoned(self, owner: str, lease: timedelta) -> dict[str, Any] | None:
         """Take over an active job whose worker stopped renewing its lease (it probably died)."""
         moment = now()
-        return await self.collection.find_one_and_update(
+        return await self._take(
             {"state": "active", "lease_expires": {"$lt": moment}},
             {"$set": {"lease_owner": owner, "lease_expires": moment + lease}},
-            return_document=ReturnDocument.AFTER,
         )
 
     # -- transitions ---------------------------------------------------------------------------------
@@ -152,11 +176,7 @@ class Outbox:
             "last_news_at": now(),
             **extra,
         }
-        return await self.collection.find_one_and_update(
-            {"_id": fax_id, **_forward_of(attempt, rank)},
-            {"$set": changes},
-            return_document=ReturnDocument.AFTER,
-        )
+        return await self._change({"_id": fax_id, **_forward_of(attempt, rank)}, {"$set": changes})
 
     async def fail_attempt(
         self, fax_id: str, attempt: int, failure: dict[str, Any], retry_at: datetime | None
@@ -181,10 +201,9 @@ class Outbox:
             "lease_owner": None,
             "lease_expires": None,
         }
-        return await self.collection.find_one_and_update(
+        return await self._change(
             {"_id": fax_id, **_forward_of(target["attempt"], target["rank"])},
             {"$set": changes, "$push": {"failures": failure}},
-            return_document=ReturnDocument.AFTER,
         )
 
     async def mark_synced(self, job: dict[str, Any]) -> None:

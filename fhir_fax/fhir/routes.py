@@ -164,7 +164,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             await keep_to_patient(request, "FHIR:Read", existing)
             if existing is not None:
                 return written_response(request, existing, 200, None)
-        stored = await context.store.create(resource)
+        stored = await context.store.create(resource, validated=True)  # validated above
         return written_response(request, stored, 201, version_location(request, stored))
 
     async def conditional_match(request: Request, resource_type: str, condition: str) -> dict[str, Any] | None:

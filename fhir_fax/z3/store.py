@@ -39,6 +39,7 @@ class ObjectInfo:
     size: int
     content_type: str | None
     uploaded: datetime
+    version: Any = None  # the upload's file id: each upload is a new, immutable version
 
 
 class Z3Store:
@@ -179,7 +180,16 @@ class Z3Store:
             size=document["length"],
             content_type=(document.get("metadata") or {}).get("contentType"),
             uploaded=document["uploadDate"],
+            version=document["_id"],
         )
+
+    async def read_version(self, version: Any) -> bytes | None:
+        """The content of one upload (``ObjectInfo.version``), or None when it has been replaced and removed."""
+        try:
+            stream = await self.gridfs().open_download_stream(version)
+        except NoFile:
+            return None
+        return await stream.read()
 
     async def read(self, location: Z3Location) -> bytes | None:
         """The newest content stored at ``location``, or None."""
