@@ -15,6 +15,7 @@ from .audit import Auditor
 from .auth.assertions import ensure_indexes as assertion_indexes
 from .auth.clients import Clients
 from .auth.guard import Guard
+from .auth.limiter import ensure_indexes as limiter_indexes
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
@@ -116,6 +117,7 @@ class FaxModule:
         clients = Clients(database)
         await clients.ensure_indexes()
         await assertion_indexes(database)
+        await limiter_indexes(database)
         if self.settings.bootstrap_client_id and self.settings.bootstrap_client_secret:
             await clients.ensure_bootstrap(self.settings.bootstrap_client_id, self.settings.bootstrap_client_secret)
         auditor = Auditor(store)

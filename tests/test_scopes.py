@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fhir_fax.auth.scopes import ScopeError, parse_scopes, patient_context, permits
+from fhir_fax.auth.guard import Principal
+from fhir_fax.auth.policies import parse_policy
+from fhir_fax.auth.scopes import ScopeError, parse_scopes, permits
 
 
 @pytest.mark.parametrize(
@@ -27,12 +29,24 @@ def test_what_a_scope_permits(scope: str, action: str, resource_type: str, expec
     assert permits(parse_scopes(scope), action, resource_type) is expected
 
 
-def test_non_resource_scopes_are_ignored_and_patient_context_is_recognised() -> None:
+def test_non_resource_scopes_are_ignored() -> None:
     scopes = parse_scopes("openid fhirUser launch/patient admin/Patient.r patient/Communication.rs patient/Patient.r")
     assert [str(s) for s in scopes] == ["patient/Communication.rs", "patient/Patient.r"]
-    assert patient_context(scopes)
-    assert not patient_context(parse_scopes("patient/Communication.rs system/Patient.r"))
-    assert not patient_context(())
+
+
+def test_patient_scopes_limit_only_the_work_that_they_alone_grant() -> None:
+    everything = parse_policy({"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]})
+    scopes = parse_scopes("patient/Communication.rs patient/Practitioner.r system/Patient.r")
+    principal = Principal("app", everything, scopes, patient="p1")
+    assert principal.patient_limit("FHIR:Search", "Communication") == "p1"
+    assert principal.patient_limit("FHIR:Read", "Patient") is None  # a system scope grants it too
+    assert principal.patient_limit("FHIR:Read", "Practitioner") is None  # outside the Patient compartment
+    assert principal.may("FHIR:Read", "FHIR:Patient:p2")  # the system scope reads any patient
+    limited = Principal("app", everything, parse_scopes("patient/*.rs"), patient="p1")
+    assert limited.may("FHIR:Read", "FHIR:Patient:p1") and not limited.may("FHIR:Read", "FHIR:Patient:p2")
+    assert Principal("app", everything, ()).patient_limit("FHIR:Read", "Communication") is None
+    without = Principal("app", everything, parse_scopes("patient/Communication.rs"))
+    assert "names no patient in context" in (without.refusal("FHIR:Search", "FHIR:Communication") or "")
 
 
 @pytest.mark.parametrize(

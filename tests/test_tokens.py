@@ -99,6 +99,25 @@ async def test_guessing_secrets_is_rate_limited(auth_api: httpx.AsyncClient) -> 
     assert blocked.status_code == 429, "even the right secret waits out the minute"
 
 
+async def test_every_server_process_shares_the_failure_count(
+    auth_api: httpx.AsyncClient, settings: Settings, database: Any
+) -> None:
+    """A second server on the same database refuses the guesser too: the count is not per process."""
+    form = {"grant_type": "client_credentials", "client_id": "admin"}
+    for n in range(10):
+        assert (await auth_api.post("/oauth/token", data={**form, "client_secret": f"guess-{n}"})).status_code == 401
+    other = create_app(settings.model_copy(update={"worker_enabled": False}), database=database)
+    async with (
+        other.router.lifespan_context(other),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url="http://fhir.test") as second,
+    ):
+        refused = await second.post("/oauth/token", data={**form, "client_secret": "guess-10"})
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "60"
+    counted = {d["_id"].rsplit("|", 1)[0] async for d in database["token_failures"].find({})}
+    assert counted == {"client:admin", "ip:127.0.0.1"}
+
+
 async def test_smart_configuration(auth_api: httpx.AsyncClient) -> None:
     config = (await auth_api.get("/fhir/.well-known/smart-configuration")).json()
     assert config["token_endpoint"] == "http://fhir.test/oauth/token"

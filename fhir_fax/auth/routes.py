@@ -2,15 +2,14 @@
 
 ``POST /oauth/token`` takes ``grant_type=client_credentials`` with the client's id and secret (form
 fields or HTTP Basic) and an optional ``scope`` that can only narrow the client's access policy.
-Failed attempts are limited per client id and per address (429), so secrets cannot be guessed.
+Failed attempts are limited per client id and per address (429, counted in the database so all
+server processes share the count), so secrets cannot be guessed.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import time
-from collections import defaultdict, deque
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse
 from ..settings import Settings
 from .assertions import ALGORITHMS, ASSERTION_TYPE, AssertionError_, authenticate_assertion
 from .clients import Clients
+from .limiter import FailureLimiter
 from .scopes import ScopeError, parse_scopes
 from .tokens import issue_token, signing_key
 
@@ -32,28 +32,6 @@ def oauth_error(status: int, error: str, description: str, headers: dict[str, st
         status_code=status,
         headers={"cache-control": "no-store", **(headers or {})},
     )
-
-
-class FailureLimiter:
-    """Counts failed token requests per key in a sliding minute (per process)."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self.failures: dict[str, deque[float]] = defaultdict(deque)
-
-    def blocked(self, *keys: str) -> bool:
-        moment = time.monotonic()
-        for key in keys:
-            window = self.failures[key]
-            while window and moment - window[0] > 60:
-                window.popleft()
-            if len(window) >= self.per_minute:
-                return True
-        return False
-
-    def failed(self, *keys: str) -> None:
-        for key in keys:
-            self.failures[key].append(time.monotonic())
 
 
 class AuthAPI:
@@ -81,9 +59,11 @@ class AuthAPI:
                     client_id, _, secret = base64.b64decode(basic[6:]).decode().partition(":")
                 except (binascii.Error, UnicodeDecodeError):
                     return oauth_error(400, "invalid_request", "The Basic authorization header is malformed.")
+            if self.database is None:
+                return oauth_error(503, "temporarily_unavailable", "The server is starting; retry in a moment.")
             address = request.client.host if request.client else "unknown"
             keys = (f"ip:{address}", f"client:{client_id}")
-            if self.limiter.blocked(*keys):
+            if await self.limiter.blocked(self.database, *keys):
                 return oauth_error(429, "slow_down", "Too many failed attempts; wait a minute.", {"retry-after": "60"})
             if form.get("grant_type") not in GRANT_TYPES:
                 return oauth_error(
@@ -94,7 +74,7 @@ class AuthAPI:
                     token_endpoint = f"{self.issuer(request)}/oauth/token"
                     record = await authenticate_assertion(self.database, form["client_assertion"], token_endpoint)
                 except AssertionError_ as error:
-                    self.limiter.failed(*keys)
+                    await self.limiter.failed(self.database, *keys)
                     return oauth_error(401, "invalid_client", str(error))
             else:
                 if not client_id or not secret:
@@ -105,7 +85,7 @@ class AuthAPI:
                     )
                 record = await Clients(self.database).authenticate(client_id, secret)
                 if record is None:
-                    self.limiter.failed(*keys)
+                    await self.limiter.failed(self.database, *keys)
                     return oauth_error(
                         401, "invalid_client", "Unknown client or wrong secret.", {"www-authenticate": "Basic"}
                     )

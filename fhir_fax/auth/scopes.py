@@ -50,8 +50,3 @@ def permits(scopes: tuple[Scope, ...], fhir_action: str, resource_type: str) -> 
     if letter is None:
         return False
     return any(s.resource_type in ("*", resource_type) and letter in s.letters for s in scopes)
-
-
-def patient_context(scopes: tuple[Scope, ...]) -> bool:
-    """True when every resource scope is a patient scope: results are limited to the patient's compartment."""
-    return bool(scopes) and all(s.context == "patient" for s in scopes)
