@@ -88,7 +88,8 @@ class Principal:
 
 
 def _unauthorized(message: str, error: str = "invalid_token") -> Unauthorized:
-    challenge = f'Bearer realm="fhir-fax", error="{error}", error_description="{message}"'
+    described = message.replace('"', "'").replace("\\", "/")  # a quoted-string, whatever the token claimed
+    challenge = f'Bearer realm="fhir-fax", error="{error}", error_description="{described}"'
     return Unauthorized(message, headers={"WWW-Authenticate": challenge})
 
 
