@@ -302,6 +302,8 @@ async def test_a_patient_token_searches_only_its_patients_compartment(
     # Asking for James's faxes finds only the one that is also Maria's (addressed to her).
     other = await api.get("/fhir/Communication", params={"patient": "james-oneil"}, headers=headers)
     assert [e["resource"]["id"] for e in other.json()["entry"]] == [two_patients["crossed"]]
+    nothing = await api.get("/fhir/Communication", params={"status": "entered-in-error"}, headers=headers)
+    assert "entry" not in nothing.json()  # an empty page has no (empty) entry array
     patients = await api.get("/fhir/Patient", headers=headers)
     assert [e["resource"]["id"] for e in patients.json()["entry"]] == ["maria-lopez"]
     # The crossed fax is Maria's (she receives it) but its subject, James, is not shown to her.

@@ -91,10 +91,10 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         )
         query.path = path
         bundle = await execute_search(context.store.database, query, context.base_url(request))
-        if patient is not None:  # included resources stay inside the patient's compartment too
+        if patient is not None and "entry" in bundle:  # included resources stay inside the compartment too
             bundle["entry"] = [
                 e
-                for e in bundle.get("entry", [])
+                for e in bundle["entry"]
                 if e["search"]["mode"] == "match" or in_compartment(e["resource"], patient, context.registry)
             ]
         matches = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
