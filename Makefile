@@ -35,7 +35,7 @@ lint: $(STAMP)
 test: lint $(SDK_STAMP)
 	$(BIN)/python -m pytest
 
-# Benchmarks (never part of the tests): the table and benchmarks/results/latest.json; about 5 minutes.
+# Benchmarks (never part of the tests): the table and benchmarks/results/latest.json; about 6 minutes.
 bench: $(STAMP)
 	$(if $(PROFILE),$(BIN)/python -m pip install --quiet -e '.[bench]')
 	$(BIN)/python benchmarks/load.py $(if $(PROFILE),--profile $(PROFILE))
