@@ -7,6 +7,7 @@ application can hand over either.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,6 +30,18 @@ def open_client(uri: str) -> AsyncMongoClient:
 async def maybe_await(value: Any) -> Any:
     """Motor returns awaitables where PyMongo's async API sometimes returns values."""
     return await value if inspect.isawaitable(value) else value
+
+
+def stop_if_cancelled() -> None:
+    """Call in ``except Exception`` of a loop that logs and carries on: re-raise a cancellation the driver hid.
+
+    A cancellation that arrives in the middle of a database operation can come out of the driver as a
+    connection error; a loop that logs errors and goes round again would then never stop, and a server shutting
+    down would wait for it forever. ``Task.cancelling()`` still says it was asked to stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def in_transaction(client: Any, work: Callable[[Any], Awaitable[T]]) -> T:

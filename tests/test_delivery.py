@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pymongo.errors import AutoReconnect
 
 from fhir_fax.fax.status import ATTEMPT_EXTENSION, Failure, StatusEvent
 from fhir_fax.fax.terminology import FAILURE_REASON_SYSTEM, OUTBOUND_STATUS_EXTENSION, PAGES_EXTENSION
@@ -235,3 +236,24 @@ async def test_events_from_an_earlier_attempt_are_ignored(manual: Any, database:
     assert await worker.tracker.apply(StatusEvent(f"{job['_id']}:1", "DELIVERED", moment, pages=3)) is False
     communication = (await api.get(f"/fhir/Communication/{communication_id}")).json()
     assert (outbound_status(communication), extension_value(communication, ATTEMPT_EXTENSION)) == ("QUEUED", 2)
+
+
+async def test_a_cancellation_reported_as_a_database_error_still_stops_the_worker(
+    settings: Settings, database: Any
+) -> None:
+    """Shutting down must not wait forever when the driver turns the cancellation into a connection error."""
+    worker = create_worker(settings, database)
+
+    async def step_interrupted_like_the_driver() -> bool:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise AutoReconnect("connection closed while cancelling") from None
+        return True
+
+    worker.step = step_interrupted_like_the_driver  # type: ignore[method-assign]
+    running = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.2)
+    running.cancel()
+    await asyncio.wait({running}, timeout=10)
+    assert running.done() and running.cancelled()

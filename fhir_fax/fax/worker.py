@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..audit import Auditor
+from ..db import stop_if_cancelled
 from ..fhir.models import now
 from ..fhir.search_params import default_registry
 from ..fhir.store import ResourceStore
@@ -54,6 +55,7 @@ class Worker:
                 try:
                     busy = await self.step()
                 except Exception:
+                    stop_if_cancelled()
                     log.exception("worker step failed; continuing")
                     busy = False
                 if not busy:

@@ -28,6 +28,7 @@ from typing import Any
 
 from pymongo import ASCENDING
 
+from ...db import stop_if_cancelled
 from ...fhir.models import now
 from ..status import FAILURE_MESSAGES, Failure, StatusEvent
 from .base import EventSink, Submission
@@ -132,6 +133,7 @@ class Simulator:
             try:
                 await self._push_due(sink)
             except Exception:  # keep the simulated carrier alive; the poller reconciles what was missed
+                stop_if_cancelled()
                 log.exception("simulator push failed")
             await asyncio.sleep(self.tick)
 
