@@ -291,10 +291,9 @@ class Harness:
         """``--profile SCENARIO``: py-spy samples the server (or the database) during that scenario's c=8 cell."""
         if self.args.profile != scenario or concurrency != 8 or not self.measuring:
             return None
-        target = self.server if self.args.profile_database is False else self.database_server
         output = RESULTS / f"profile-{scenario}{'-database' if self.args.profile_database else ''}.txt"
         beside = Path(sys.executable).parent / "py-spy"
-        pid = str(target.process.pid if isinstance(target, EmbeddedDatabase) and target.process else target.pid)
+        pid = str((self.database_process if self.args.profile_database else self.process).pid)
         spy = str(beside) if beside.exists() else "py-spy"
         command = [spy, "record", "--pid", pid, "--format", "raw", "--rate", "250", "--output", str(output)]
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -129,7 +129,7 @@ class FaxService:
         if caller.authorize is not None:
             await self.check_access(checked, caller.authorize)
         if caller.patient is not None:
-            keep_to_patient(checked, caller.patient)
+            require_named_patient(checked, caller.patient)
         # Keys are scoped to the caller: another client's key never replays someone else's fax.
         key = f"{caller.who}\x1f{caller.idempotency_key}" if caller.idempotency_key else None
         if key:
@@ -372,7 +372,7 @@ def contained_practitioner_id(number: str) -> str:
     return number.lstrip("+")
 
 
-def keep_to_patient(checked: CheckedRequest, patient_id: str) -> None:
+def require_named_patient(checked: CheckedRequest, patient_id: str) -> None:
     """403 unless the fax is about ``patient_id``: its Communication must fall in that patient's compartment."""
     named = checked.patient
     if named is None or named.resource_type != "Patient" or named.id != patient_id:
