@@ -127,6 +127,16 @@ async def send(api: httpx.AsyncClient, quality: str = "fine") -> dict[str, Any]:
     return response.json()["communicationResource"]
 
 
+async def letters(database: Any) -> int:
+    """How many versions are stored under the test's bucket (the fixtures have their own)."""
+    return await database["z3.files"].count_documents({"filename": {"$regex": "^letters/"}})
+
+
+async def orphan_chunks(database: Any) -> int:
+    files = set(await database["z3.files"].distinct("_id"))
+    return len(set(await database["z3.chunks"].distinct("files_id")) - files)
+
+
 def attachment(communication: dict[str, Any]) -> dict[str, Any]:
     return communication["payload"][0]["contentAttachment"]
 
@@ -209,8 +219,8 @@ async def test_a_signed_upload_url_is_good_for_one_upload(app: httpx.AsyncClient
     }
     assert "already been used" in again.json()["message"] and "ask for a new one" in again.json()["message"]
     assert await Z3Store(database).read(LOCATION) == ONE_PAGE
-    assert await database["z3.files"].count_documents({}) == 1, "the second PUT stored nothing"
-    assert await database["z3.chunks"].count_documents({}) == 1
+    assert await letters(database) == 1, "the second PUT stored nothing"
+    assert await orphan_chunks(database) == 0
 
 
 async def test_an_upload_url_without_its_nonce_is_refused(app: httpx.AsyncClient, database: Any) -> None:
@@ -218,7 +228,7 @@ async def test_an_upload_url_without_its_nonce_is_refused(app: httpx.AsyncClient
     bare = "&".join(part for part in url.split("&") if not part.startswith("nonce="))
     response = await app.put(bare, content=ONE_PAGE)
     assert response.status_code == 403 and "nonce" in response.json()["message"]
-    assert await database["z3.files"].count_documents({}) == 0
+    assert await letters(database) == 0
 
 
 async def test_an_upload_refused_as_too_large_leaves_the_url_usable(frozen_settings: Settings, database: Any) -> None:
@@ -261,8 +271,7 @@ async def test_unreferenced_versions_are_pruned_and_referenced_ones_kept(app: ht
     await upload(app, pdf_with_pages(4))
     kept = await database["z3.files"].find({"filename": "letters/referral.pdf"}).to_list(None)
     assert sorted(f["length"] for f in kept) == sorted([len(ONE_PAGE), len(pdf_with_pages(4))])
-    chunk_owners = set(await database["z3.chunks"].distinct("files_id"))
-    assert chunk_owners == {f["_id"] for f in kept}, "pruned versions leave no chunks behind"
+    assert await orphan_chunks(database) == 0, "pruned versions leave no chunks behind"
 
 
 async def test_a_pinned_version_that_is_gone_stops_the_fax_with_a_reason(

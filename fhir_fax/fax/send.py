@@ -26,7 +26,7 @@ from ..settings import Settings
 from ..z3.locations import Z3Location
 from ..z3.store import Z3Store
 from .idempotency import IdempotencyRecords
-from .media import MediaChecker, MediaInfo, MediaProblem, parse_media_url
+from .media import MediaChecker, MediaInfo, MediaProblem, media_fields, parse_media_url
 from .numbers import FaxNumbers
 from .operation import SendFaxRequest, allowed_types
 from .outbox import FaxJob, Outbox
@@ -336,6 +336,7 @@ class FaxService:
             to_number=found.to_number,
             created=moment,
             kill_at=moment + timedelta(seconds=self.settings.kill_time_seconds),
+            **media_fields(found.media),  # the version inspected above, pinned: what the fax will carry
         )
 
         async def write(session: Any) -> dict[str, Any]:
