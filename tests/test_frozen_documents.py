@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import struct
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +43,23 @@ def pdf_with_pages(count: int) -> bytes:
     return out.getvalue()
 
 
+def png_bomb() -> bytes:
+    """A 69-byte PNG that claims 100,000 x 100,000 pixels (Pillow refuses it as a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 1, 0, 0, 0, 0)
+    pixels = chunk(b"IDAT", zlib.compress(b"\0" * 200))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b"")
+
+
 ONE_PAGE = pdf_with_pages(1)
 REPLACEMENTS = [
     ("three pages", pdf_with_pages(3)),
     ("html", b"<html><body>not a fax</body></html>"),
     ("over the page limit", pdf_with_pages(5)),
+    ("image bomb", png_bomb()),
 ]
 
 
