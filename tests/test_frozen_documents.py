@@ -7,6 +7,7 @@ checked, and the Communication's hash, size and pages must describe what was fax
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -339,3 +340,25 @@ async def test_the_communications_document_can_be_downloaded_by_its_hash(app: ht
     assert bad.status_code == 400 and "hash" in bad.json()["message"]
     tampered = url.replace("version=", "version=0")
     assert (await app.get(tampered)).status_code == 403
+
+
+async def test_two_puts_racing_on_one_upload_url_store_one_version(app: httpx.AsyncClient, database: Any) -> None:
+    url = await signed(app, "upload")
+    answers = await asyncio.gather(*(app.put(url, content=pdf_with_pages(n)) for n in (1, 2)))
+    assert sorted(a.status_code for a in answers) == [200, 403]
+    assert await letters(database) == 1
+    winner = next(n for n, a in zip((1, 2), answers, strict=True) if a.status_code == 200)
+    assert await Z3Store(database).read(LOCATION) == pdf_with_pages(winner)
+
+
+async def test_unicode_digits_in_signed_urls_and_preview_pages_are_refused_not_errors(
+    app: httpx.AsyncClient, database: Any
+) -> None:
+    await upload(app, ONE_PAGE)
+    communication = await send(app)
+    download = await signed(app, "download")
+    expires = download.split("expires=")[1].split("&")[0]
+    response = await app.get(download.replace(f"expires={expires}", "expires=%C2%B2"))
+    assert response.status_code == 403 and "malformed (expires)" in response.json()["message"]
+    page = await app.get(f"/fax/v1/faxes/{communication['id']}/preview", params={"page": "\u00b2"})
+    assert page.status_code == 400 and "page must be a page number" in page.json()["message"]
