@@ -362,3 +362,13 @@ async def test_unicode_digits_in_signed_urls_and_preview_pages_are_refused_not_e
     assert response.status_code == 403 and "malformed (expires)" in response.json()["message"]
     page = await app.get(f"/fax/v1/faxes/{communication['id']}/preview", params={"page": "\u00b2"})
     assert page.status_code == 400 and "page must be a page number" in page.json()["message"]
+
+
+async def test_a_refused_send_pins_nothing(app: httpx.AsyncClient, database: Any) -> None:
+    await upload(app, ONE_PAGE)
+    body = {"media": f"z3://{KEY}", "quality": "fine", "recipientNumber": "+16175550143", "sender": "Patient/nobody"}
+    refused = await app.post("/fax/v1/send", json=body)
+    assert refused.status_code == 422 and refused.json()["message"].startswith("sender:")
+    assert await database["z3.files"].count_documents({"metadata.pinned": True}) == 0
+    await upload(app, pdf_with_pages(2))
+    assert await letters(database) == 1, "the unpinned version was pruned by the next upload"
