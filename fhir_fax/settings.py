@@ -30,7 +30,15 @@ class Settings(BaseSettings):
     port: int = 8080
     fhir_path: str = Field(default="/fhir", description="Where the FHIR REST API is mounted.")
     load_fixtures: bool = Field(default=False, description="Load fixtures/ into the datastore on start.")
-    max_body_bytes: int = Field(default=2_000_000, description="Largest JSON request body accepted (413).")
+    max_body_bytes: int = Field(
+        default=1_000_000, ge=1, description="Largest JSON or form request body accepted (413), read as a stream."
+    )
+    token_max_body_bytes: int = Field(
+        default=65_536, ge=1, description="Largest body of POST /oauth/token (413); it is read before any check."
+    )
+    webhook_max_body_bytes: int = Field(
+        default=262_144, ge=1, description="Largest carrier webhook body (413); it is read before the signature check."
+    )
     search_default_count: int = Field(default=20, ge=1)
     search_max_count: int = Field(default=500, ge=1)
 
