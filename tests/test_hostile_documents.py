@@ -8,7 +8,10 @@ time limits); the last tests show that the server keeps working after the sandbo
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import signal
 import struct
 import zlib
 from typing import Any
@@ -18,6 +21,9 @@ import pytest
 from PIL import Image
 from test_documents import LETTER, encrypted_letter, image_bytes, pdf_from_objects, pdf_with_pages
 
+from fhir_fax.fax import sandbox
+from fhir_fax.fax.documents import DocumentProblem, count_pages, run_pdfium
+from fhir_fax.fax.render import render_fax
 from fhir_fax.fax.worker import create_worker
 from fhir_fax.settings import Settings
 from fhir_fax.z3.locations import Z3Location
@@ -235,3 +241,27 @@ async def test_a_hostile_document_that_reaches_the_worker_stops_the_fax_with_a_r
     assert job["state"] == "done" and "rendered" not in job
     assert preview.status_code == 422 and "Page 1 is 2 x 200 inches" in preview.json()["message"]
     assert await Z3Store(database).stat(Z3Location("letters", "hostile.pdf.fine.fax.tif")) is None
+
+
+async def test_a_sandbox_that_dies_mid_call_is_a_clear_refusal_and_is_replaced() -> None:
+    """As if the kernel's OOM killer took the child: the call is refused with a reason, the next one works."""
+    sandbox.configure(sandbox.Limits(render_seconds=120))  # fresh children with limits of their own
+    try:
+        drawing = asyncio.create_task(run_pdfium(render_fax, nested_forms(), "fine"))
+        for _ in range(3000):  # until the child that draws it has started (the guard: 30 s)
+            if (pid := sandbox.sandbox_for("render_fax").pid()) is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(DocumentProblem, match=r"the process reading it stopped \(signal SIGKILL\)"):
+            await drawing
+        assert await run_pdfium(count_pages, LETTER) == 3
+        assert sandbox.sandbox_for("render_fax").pid() not in (None, pid)
+    finally:
+        sandbox.configure(sandbox.Limits())
+
+
+async def test_only_document_functions_run_in_the_sandbox() -> None:
+    with pytest.raises(ValueError, match="is not a document call"):
+        await run_pdfium(os.getcwd, b"")  # type: ignore[arg-type]
