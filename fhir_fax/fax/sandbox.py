@@ -175,10 +175,15 @@ def answer(header: dict[str, Any], payload: bytes) -> Any:
     kind = header.get("result")
     if kind == "bytes":
         return payload
-    if kind == "info":
-        fields = header["info"]
-        return DocumentInfo(str(fields["content_type"]), int(fields["pages"]), int(fields["size"]), str(fields["sha1"]))
-    return int(header["value"])
+    try:
+        if kind == "info":
+            fields = header["info"]
+            return DocumentInfo(
+                str(fields["content_type"]), int(fields["pages"]), int(fields["size"]), str(fields["sha1"])
+            )
+        return int(header["value"])
+    except (KeyError, TypeError, ValueError):
+        raise DocumentProblem("The document could not be read (a malformed answer from the sandbox).") from None
 
 
 def write_message(stream: IO[bytes], header: dict[str, Any], payload: bytes) -> None:
