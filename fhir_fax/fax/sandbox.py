@@ -112,7 +112,7 @@ class Sandbox:
             except TimeoutError:
                 self._stop()
                 raise DocumentProblem(
-                    f"Reading the document took longer than {self.seconds:g} seconds, the limit for "
+                    f"Reading the document took longer than the {self.seconds:g} s allowed for "
                     f"{'checking' if self.name == 'check' else 'rendering'} a document; simplify it (for example, "
                     "print it to a new PDF) and send it again."
                 ) from None
