@@ -129,7 +129,7 @@ def hostile_documents() -> list[tuple[str, bytes]]:
         ("referral letter (3 pages, accepted)", LETTER),
         ("thin page 72 x 14400 pt (714 bytes)", pdf_with_pages([(72, 14400)])),
         ("narrower page 10 x 14400 pt", pdf_with_pages([(10, 14400)])),
-        ("20000 pages (1.3 MB)", many_pages(20_000)),
+        ("20000 pages (2 MB)", many_pages(20_000)),
         ("9000 x 9000 PNG", png(9000)),
         ("6000 x 6000 RGB PNG (under budget, accepted)", png(6000)),
         ("PNG claiming 100000 x 100000", png_header_only(100_000, 100_000)),
