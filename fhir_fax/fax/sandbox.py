@@ -103,12 +103,14 @@ class Sandbox:
 
     def _call(self, function: str, data: bytes, args: tuple[Any, ...]) -> Any:
         with self._lock:
-            process = self._running()
-            assert process.stdin is not None and process.stdout is not None
+            process = self._running()  # a failure to start it is the server's problem, not the document's
+            calls, answers = process.stdin, process.stdout
+            if calls is None or answers is None:
+                raise RuntimeError("the document sandbox has no pipes")
             try:
-                write_message(process.stdin, {"call": function, "args": list(args)}, data)
+                write_message(calls, {"call": function, "args": list(args)}, data)
                 deadline = time.monotonic() + self.seconds
-                header, payload = read_message(process.stdout.fileno(), deadline)
+                header, payload = read_message(answers.fileno(), deadline)
             except TimeoutError:
                 self._stop()
                 raise DocumentProblem(
@@ -153,8 +155,9 @@ class Sandbox:
             process.kill()
         status = process.wait()
         for stream in (process.stdin, process.stdout):
-            with contextlib.suppress(OSError):
-                stream.close() if stream else None
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
         return status
 
 
