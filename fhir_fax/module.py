@@ -19,6 +19,7 @@ from .auth.limiter import ensure_indexes as limiter_indexes
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
+from .fax import sandbox
 from .fax.media import Z3MediaChecker
 from .fax.operation import OPERATION_URL, SEND_FAX_DEFINITION
 from .fax.references import HttpResolver, LocalResolver, ReferenceResolver
@@ -105,6 +106,7 @@ class FaxModule:
         await self.fhir.registry.ensure_indexes(database)
         await store.put_if_changed(SEND_FAX_DEFINITION)
         self._resolver = self._reference_resolver(store)
+        sandbox.configure(sandbox.Limits.of(self.settings))  # documents are read in a process with these limits
         service = FaxService(
             self.settings, database, store, self._resolver, Z3MediaChecker(Z3Store(database), self.settings.max_pages)
         )

@@ -54,8 +54,8 @@ def written_response(request: Request, resource: dict[str, Any], status: int, lo
 
 def build_fhir_router(context: FHIRContext) -> APIRouter:
     """The generic REST API; fax operations are mounted on their own router before this one."""
-    router = APIRouter(route_class=FHIRRoute, tags=["FHIR"])
     settings = context.settings
+    router = APIRouter(route_class=FHIRRoute.limited(settings.max_body_bytes), tags=["FHIR"])
 
     def version_location(request: Request, resource: dict[str, Any]) -> str:
         return (

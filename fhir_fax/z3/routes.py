@@ -98,7 +98,7 @@ class Z3API:
         return info if info is not None and info.location == location else None
 
     def router(self) -> APIRouter:
-        router = APIRouter(route_class=SDKRoute, tags=["Z3"])
+        router = APIRouter(route_class=SDKRoute.limited(self.settings.max_body_bytes), tags=["Z3"])
 
         @router.post("/z3/{bucket}/{key:path}", summary="Presigned URL for upload or download")
         async def presigned(request: Request, bucket: str, key: str) -> dict[str, str]:
@@ -144,7 +144,6 @@ class Z3API:
             await self.require_store().delete_bucket(bucket)
             return Response(status_code=204)
 
-        @router.put("/z3/{bucket}/{key:path}", summary="Upload to a signed URL")
         async def upload(request: Request, bucket: str, key: str) -> Response:
             store = self.require_store()
             location = self.location(bucket, key)
@@ -170,6 +169,11 @@ class Z3API:
                 raise
             await store.prune(stored)  # older versions no fax pinned; pinned ones stay (see Z3Store)
             return Response(status_code=200, headers={"x-z3-version-id": str(stored.version)})
+
+        # Uploads alone stream up to the object limit; every other Z3 body is JSON under FHIR_FAX_MAX_BODY_BYTES.
+        upload_route = SDKRoute.limited(self.settings.z3_max_object_bytes)
+        router.add_api_route("/z3/{bucket}/{key:path}", upload, methods=["PUT"], summary="Upload to a signed URL",
+                             route_class_override=upload_route)  # fmt: skip
 
         @router.get("/z3/{bucket}/{key:path}", summary="Download from a signed URL, or list objects under a prefix")
         async def download_or_list(request: Request, bucket: str, key: str) -> Response:
