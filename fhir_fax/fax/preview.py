@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..fhir.errors import InvalidRequest, ResourceNotFound, UnprocessableEntity
+from ..fhir.inputs import ascii_int
 from ..z3.locations import parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, run_pdfium
@@ -13,7 +14,8 @@ from .render import preview_png, render_fax, rendering_location, tiff_pages
 
 
 async def preview(database: Any, communication_id: str, page: str | None) -> bytes:
-    if page is None or not page.isdigit() or int(page) < 1:
+    number = ascii_int(page)
+    if number is None or number < 1:
         raise InvalidRequest("page must be a page number from 1 up, e.g. ?page=1.", expression=["page"])
     job = await Outbox(database).for_communication(communication_id)
     if job is None:
@@ -32,6 +34,6 @@ async def preview(database: Any, communication_id: str, page: str | None) -> byt
             raise UnprocessableEntity(str(problem)) from None
         await z3.put(target, tiff, "image/tiff")
     pages = await run_pdfium(tiff_pages, tiff)
-    if int(page) > pages:
+    if number > pages:
         raise ResourceNotFound(f"The fax has {pages} pages; ask for page 1 to {pages}.", expression=["page"])
-    return await run_pdfium(preview_png, tiff, int(page))
+    return await run_pdfium(preview_png, tiff, number)

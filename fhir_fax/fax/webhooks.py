@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from pymongo.errors import DuplicateKeyError
 
 from ..fhir.errors import InvalidRequest, Unauthorized
+from ..fhir.inputs import ascii_int
 from ..fhir.models import now
 from ..sdk_http import SDKRoute
 from .transports.telnyx import event_from_webhook
@@ -35,9 +36,10 @@ def telnyx_signature_problem(
         return "Telnyx webhooks are not accepted: FHIR_FAX_TELNYX_PUBLIC_KEY is not configured."
     if not signature or not timestamp:
         return "The webhook is not signed (telnyx-signature-ed25519 and telnyx-timestamp are required)."
-    if not timestamp.isdigit():
+    sent_at = ascii_int(timestamp)
+    if sent_at is None:
         return "The webhook's telnyx-timestamp is not a Unix time."
-    if abs(time.time() - int(timestamp)) > tolerance:
+    if abs(time.time() - sent_at) > tolerance:
         return "The webhook's timestamp is too old or in the future; it may be a replay."
     try:
         key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key))

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from pymongo.errors import DuplicateKeyError
 
+from ..fhir.inputs import ascii_int
 from .locations import Z3Location
 
 SECRETS = "server_secrets"
@@ -51,11 +52,12 @@ def presign(key: bytes, project_api_base: str, location: Z3Location, action: str
 
 def verify(key: bytes, location: Z3Location, action: str, expires: str, signature: str) -> str | None:
     """None when the signature is valid and current, else why not."""
-    if not expires.isdigit():
+    moment = ascii_int(expires)
+    if moment is None:
         return "The signed URL is malformed (expires)."
-    if int(expires) < time.time():
+    if moment < time.time():
         return "The signed URL has expired; ask for a new one."
-    expected = _signature(key, action, location, int(expires))
+    expected = _signature(key, action, location, moment)
     if not hmac.compare_digest(expected, signature):
         return "The signed URL's signature does not match this object and action."
     return None
