@@ -41,8 +41,8 @@ class Tracker:
             job = await self.outbox.advance(fax_id, attempt, event.status, {})
         elif event.status == "DELIVERED":
             extra: dict[str, Any] = {"state": "done", "finished_at": event.occurred_at}
-            if event.pages:
-                extra["pages"] = event.pages
+            if isinstance(event.pages, int) and not isinstance(event.pages, bool) and event.pages > 0:
+                extra["pages"] = event.pages  # carriers check their values; this keeps a Communication valid anyway
             job = await self.outbox.advance(fax_id, attempt, "DELIVERED", extra)
         elif event.status == "FAILED":
             return await self.fail(fax_id, attempt, event.failure or Failure("UNKNOWN", ""), event.occurred_at)
