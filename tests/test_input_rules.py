@@ -179,3 +179,14 @@ async def test_nesting_within_the_limit_is_stored(api: httpx.AsyncClient) -> Non
     body = '{"resourceType": "Patient", "extension": [' + nested_extension(25) + "]}"
     response = await api.post("/fhir/Patient", content=body, headers=FHIR)
     assert response.status_code == 201, response.text
+
+
+async def test_unicode_digits_in_a_content_length_are_not_a_500(api: httpx.AsyncClient, database: Any) -> None:
+    """Servers such as uvicorn refuse such a header; the module also runs inside other ASGI servers."""
+    url = (await api.post("/v1/z3/letters/a.pdf", json={"action": "upload"})).json()["signedUrl"]
+    upload = await api.put(url, content=b"%PDF-1.4 x", headers={"content-length": "²".encode("latin-1")})
+    assert upload.status_code == 200, "the limit is enforced on the stream itself"
+    patient = await api.post(
+        "/fhir/Patient", content=b'{"resourceType": "Patient"}', headers={**FHIR, "content-length": b"\xb2"}
+    )
+    assert patient.status_code == 201

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from .errors import FHIRError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType, operation_outcome
+from .inputs import ascii_int
 
 log = logging.getLogger("fhir_fax.http")
 
@@ -95,8 +96,8 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     content_type = request.headers.get("content-type", FHIR_JSON).split(";")[0].strip().lower()
     if content_type and content_type not in JSON_TYPES:
         raise UnsupportedMediaType(f"Content-Type {content_type!r} is not supported; send the resource as {FHIR_JSON}.")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    declared = ascii_int(request.headers.get("content-length"))
+    if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(f"The body is larger than the {max_bytes} bytes this server accepts.")
     chunks = bytearray()
     async for chunk in request.stream():
