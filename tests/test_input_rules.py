@@ -190,3 +190,10 @@ async def test_unicode_digits_in_a_content_length_are_not_a_500(api: httpx.Async
         "/fhir/Patient", content=b'{"resourceType": "Patient"}', headers={**FHIR, "content-length": b"\xb2"}
     )
     assert patient.status_code == 201
+
+
+async def test_a_deeply_nested_paging_cursor_is_refused(api: httpx.AsyncClient) -> None:
+    cursor = base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode()
+    response = await api.get("/fhir/Patient", params={"_cursor": cursor})
+    assert response.status_code == 400
+    assert "_cursor is not a cursor this server issued" in response.json()["issue"][0]["diagnostics"]

@@ -196,3 +196,15 @@ async def test_failure_reasons_are_checked_before_they_reach_the_communication(
     assert (failures[-1]["code"], failures[-1]["message"]) == (code, message)
     communication = await sent.communication()
     assert "<script>" not in json.dumps(communication)
+
+
+async def test_a_deeply_nested_signed_body_is_refused(sent: Sent) -> None:
+    before = await sent.current()
+    raw = b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    stamp = str(int(time.time()))
+    signature = base64.b64encode(KEY.sign(stamp.encode() + b"|" + raw)).decode()
+    headers = {"content-type": "application/json", "telnyx-signature-ed25519": signature, "telnyx-timestamp": stamp}
+    response = await sent.http.post("/fax/webhooks/telnyx", content=raw, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["message"] == "The webhook body is not a Telnyx event envelope."
+    await assert_nothing_applied(sent, before)

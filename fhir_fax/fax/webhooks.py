@@ -99,7 +99,7 @@ def webhook_router(fax: Any) -> APIRouter:
         try:
             envelope = json.loads(raw)
             event_id = envelope["data"]["id"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise InvalidRequest("The webhook body is not a Telnyx event envelope.") from None
         service, tracker = fax.require_service(), fax.tracker
         receipts = service.database[RECEIPTS]
