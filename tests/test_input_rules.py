@@ -197,3 +197,16 @@ async def test_a_deeply_nested_paging_cursor_is_refused(api: httpx.AsyncClient) 
     response = await api.get("/fhir/Patient", params={"_cursor": cursor})
     assert response.status_code == 400
     assert "_cursor is not a cursor this server issued" in response.json()["issue"][0]["diagnostics"]
+
+
+async def test_a_configured_carrier_number_with_a_trailing_newline_is_not_onboarded(
+    settings: Settings, database: Any
+) -> None:
+    carrier = settings.model_copy(
+        update={"carrier": "telnyx", "carrier_fax_number": "+13125550123\n", "worker_enabled": False}
+    )
+    async with serving(carrier, database) as api:
+        response = await api.post("/fax/v1/onboard", json={})
+    assert response.status_code == 422
+    assert response.json()["message"].startswith("FHIR_FAX_CARRIER_FAX_NUMBER: '+13125550123\\n' is not in E.164")
+    assert await database.fax_numbers.count_documents({}) == 0
