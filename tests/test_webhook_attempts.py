@@ -39,12 +39,14 @@ class Sent:
         self.http, self.database, self.job = http, database, job
         self.fax_id, self.carrier_id = job["_id"], job["carrier_ids"]["1"]
 
-    async def post(self, event_type: str, reference: str | None = None, **payload: Any) -> httpx.Response:
+    async def post(
+        self, event_type: str, reference: str | None = None, event_id: Any = None, **payload: Any
+    ) -> httpx.Response:
         state = base64.b64encode((reference or f"{self.fax_id}:1").encode()).decode()
         body = {
             "data": {
                 "event_type": event_type,
-                "id": str(uuid.uuid4()),
+                "id": event_id or str(uuid.uuid4()),
                 "occurred_at": payload.pop("occurred_at", "2026-01-05T10:00:00.123Z"),
                 "record_type": "event",
                 "payload": {"fax_id": self.carrier_id, "client_state": state, **payload},
@@ -207,4 +209,13 @@ async def test_a_deeply_nested_signed_body_is_refused(sent: Sent) -> None:
     response = await sent.http.post("/fax/webhooks/telnyx", content=raw, headers=headers)
     assert response.status_code == 400
     assert response.json()["message"] == "The webhook body is not a Telnyx event envelope."
+    await assert_nothing_applied(sent, before)
+
+
+@pytest.mark.parametrize("event_id", [{"$gt": ""}, 12, "x" * 200, "a b"])
+async def test_an_event_id_that_is_not_one_is_refused(sent: Sent, event_id: Any) -> None:
+    before = await sent.current()
+    response = await sent.post("fax.delivered", event_id=event_id, page_count=3)
+    assert response.status_code == 400
+    assert response.json()["message"] == "The webhook's data.id is not a Telnyx event id; nothing was applied."
     await assert_nothing_applied(sent, before)

@@ -33,7 +33,7 @@ from ..fhir.models import now
 from ..sdk_http import SDKRoute
 from .outbox import Outbox
 from .status import StatusEvent
-from .transports.telnyx import CarrierEventProblem, event_from_webhook
+from .transports.telnyx import CARRIER_ID, CarrierEventProblem, event_from_webhook
 
 RECEIPTS = "webhook_receipts"
 log = logging.getLogger("fhir_fax.webhooks")
@@ -101,6 +101,8 @@ def webhook_router(fax: Any) -> APIRouter:
             event_id = envelope["data"]["id"]
         except (ValueError, KeyError, TypeError, RecursionError):
             raise InvalidRequest("The webhook body is not a Telnyx event envelope.") from None
+        if not isinstance(event_id, str) or not CARRIER_ID.fullmatch(event_id):
+            raise InvalidRequest("The webhook's data.id is not a Telnyx event id; nothing was applied.")
         service, tracker = fax.require_service(), fax.tracker
         receipts = service.database[RECEIPTS]
         receipt_id = f"telnyx:{event_id}"
@@ -109,12 +111,12 @@ def webhook_router(fax: Any) -> APIRouter:
         try:
             event = event_from_webhook(envelope)
         except CarrierEventProblem as problem:
-            log.warning("Telnyx event %.80r refused: %s", event_id, problem)
+            log.warning("Telnyx event %s refused: %s", event_id, problem)
             raise InvalidRequest(str(problem)) from None
         if event is not None:
             unmatched = await unmatched_attempt(tracker.outbox, event)
             if unmatched is not None:
-                log.warning("Telnyx event %.80r refused: %s", event_id, unmatched, extra={"fax": event.fax_id})
+                log.warning("Telnyx event %s refused: %s", event_id, unmatched, extra={"fax": event.fax_id})
                 raise Conflict(unmatched)
         applied = await tracker.apply(event) if event is not None else False
         try:

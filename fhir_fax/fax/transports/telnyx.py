@@ -58,7 +58,7 @@ log = logging.getLogger("fhir_fax.telnyx")
 
 # Our attempt reference as echoed in client_state: "{fax id}:{attempt}", the fax id a FHIR-style id.
 REFERENCE = re.compile(r"[A-Za-z0-9\-.]{1,64}:[1-9][0-9]{0,5}")
-CARRIER_ID = re.compile(r"[A-Za-z0-9\-_.]{1,128}")  # Telnyx fax ids are UUIDs
+CARRIER_ID = re.compile(r"[A-Za-z0-9\-_.]{1,128}")  # Telnyx fax and event ids are UUIDs
 REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
 SIP_CODE = re.compile(r"[3-6][0-9]{2}")
 MAX_PAGES = 10_000
