@@ -62,6 +62,9 @@ CARRIER_ID = re.compile(r"[A-Za-z0-9\-_.]{1,128}")  # Telnyx fax and event ids a
 REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
 SIP_CODE = re.compile(r"[3-6][0-9]{2}")
 MAX_PAGES = 10_000
+# Event times are believed within this window around the time of receipt (faxes live for hours, a
+# carrier's clock may be a little ahead); outside it the time of receipt is used.
+TIME_WINDOW = (timedelta(days=30), timedelta(minutes=5))
 NO_REASON = "The carrier reported a failure without a reason."
 
 
@@ -115,18 +118,19 @@ def pages_of(value: object) -> int | None:
 
 
 def parse_time(text: object) -> datetime:
-    """An ISO 8601 time with a zone (``...Z`` or ``+hh:mm``); anything else is dropped for the time of receipt."""
+    """An ISO 8601 time with a zone (``...Z`` or ``+hh:mm``) within TIME_WINDOW of now; else the time of receipt."""
+    received = now()
     if text is None or text == "":
-        return now()
+        return received
     if isinstance(text, str) and len(text) <= 40 and text.isascii():
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            moment = None
-        if moment is not None and moment.tzinfo is not None:
-            return moment
-    log.warning("Telnyx time %.80r is not an ISO 8601 time with a zone; the time of receipt is used", text)
-    return now()
+            if moment.tzinfo is not None and received - TIME_WINDOW[0] <= moment <= received + TIME_WINDOW[1]:
+                return moment
+        except (ValueError, OverflowError):  # OverflowError: year 1 with a zone east of UTC
+            pass
+    log.warning("Telnyx time %.80r is not a recent ISO 8601 time with a zone; the time of receipt is used", text)
+    return received
 
 
 def status_of(state: object, source: str) -> str | None:
