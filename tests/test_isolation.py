@@ -151,3 +151,27 @@ async def test_a_poisoned_communication_does_not_stop_its_own_delivery(manual: A
     job = await job_of(database, poisoned)
     assert job["state"] == "submitted" and job["synced"] is False
     assert job["repair"]["failures"] == 1
+
+
+async def test_a_poll_applies_only_news_about_the_attempt_it_asked_for(
+    manual: Any, database: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    api, worker = manual
+    asked, other = await send(api), await send(api)
+    assert await worker.step() is True and await worker.step() is True
+    other_job = await job_of(database, other)
+    # The record of "asked" names the carrier fax of "other" (a damaged record); "other" itself is not quiet.
+    await database.fax_jobs.update_one(
+        {"communication_id": asked},
+        {"$set": {"carrier_ids.1": other_job["carrier_ids"]["1"], "last_news_at": now() - timedelta(minutes=10)}},
+    )
+    await database.fax_jobs.update_one(
+        {"communication_id": other}, {"$set": {"last_news_at": now() + timedelta(minutes=10)}}
+    )
+    await database.simulator_faxes.update_many({}, {"$set": {"submitted_at": now() - timedelta(hours=1)}})
+    worker.settings = worker.settings.model_copy(update={"stuck_after_seconds": 60.0})
+    with caplog.at_level(logging.WARNING, logger="fhir_fax"):
+        await worker.reconcile()
+    assert (await job_of(database, other))["status"] == "PROCESSING", "not moved by a poll about another fax"
+    assert (await job_of(database, asked))["status"] == "PROCESSING"
+    assert any(f"{other_job['_id']}:1" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
