@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SCOPE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.(\*|read|write|c?r?u?d?s?)$")
+SCOPE = re.compile(r"(patient|user|system)/(\*|[A-Z][A-Za-z]+)\.(\*|read|write|c?r?u?d?s?)")  # matched whole
 V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 LETTER_OF_ACTION = {"Create": "c", "Read": "r", "History": "r", "Update": "u", "Delete": "d", "Search": "s"}
 
@@ -36,7 +36,7 @@ def parse_scopes(text: str) -> tuple[Scope, ...]:
     for item in text.split():
         if not item.startswith(("patient/", "user/", "system/")):
             continue  # openid, fhirUser, offline_access, launch/patient...: not about resources
-        match = SCOPE.match(item)
+        match = SCOPE.fullmatch(item)
         if match is None or not match[3]:
             raise ScopeError(f"{item!r} is not a SMART scope such as system/Communication.rs or user/*.read.")
         context, resource_type, permissions = match.groups()

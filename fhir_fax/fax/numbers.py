@@ -8,6 +8,7 @@ from pymongo.errors import DuplicateKeyError
 
 from ..fhir.errors import FHIRError, ResourceNotFound, UnprocessableEntity
 from ..fhir.models import now
+from .phone import NumberProblem, check_fax_number
 
 COLLECTION = "fax_numbers"
 # NANP numbers 555-0100..0199 are reserved for fictional use: safe to hand out from the simulator.
@@ -63,6 +64,10 @@ class FaxNumbers:
                 f"The {carrier} carrier has no number configured; set FHIR_FAX_CARRIER_FAX_NUMBER to the number it "
                 'assigned, or send {"faxNumber": "+1..."}.'
             )
+        try:
+            check_fax_number(carrier_number)
+        except NumberProblem as problem:
+            raise UnprocessableEntity(f"FHIR_FAX_CARRIER_FAX_NUMBER: {problem}") from None
         await self.onboard(carrier_number, carrier)
         return carrier_number
 

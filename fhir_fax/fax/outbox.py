@@ -12,6 +12,11 @@ A job is the promise to deliver one Communication's fax. Its ``state`` says whos
 
 Every transition is a compare-and-set on the job document (the only coordination between
 workers, wherever they run, is the database), and only ever moves ``(attempt, rank)`` forward.
+
+A job that could not be handled (its Communication no longer validates, a field is missing, the
+carrier's poll failed) is set aside: ``repair`` records the error, how many times it happened and
+when to try again (5 s, then doubling up to 10 minutes). No claim or reconciliation query returns a
+job before its ``repair.after``, so one bad record is retried slowly and never crowds out the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from ..fhir.models import now
 from .status import RANK
 
 COLLECTION = "fax_jobs"
+REPAIR_FIRST_DELAY = 5.0  # seconds before a job set aside is tried again; doubles each time
+REPAIR_MAX_DELAY = 600.0
 
 
 @dataclass
@@ -70,6 +77,16 @@ class FaxJob:
 def position(attempt: int, rank: int) -> int:
     """(attempt, rank) as one number, so "is this forward?" is a single flat range condition."""
     return attempt * 10 + rank
+
+
+def _not_set_aside(moment: datetime) -> dict[str, Any]:
+    """Filter: jobs that are not waiting out a repair back-off (no ``repair``, or its time has come)."""
+    return {"repair.after": {"$not": {"$gt": moment}}}
+
+
+def repair_delay(failures: int) -> timedelta:
+    """The back-off after the ``failures``-th failure in a row: 5 s, 10 s, 20 s ... at most 10 minutes."""
+    return timedelta(seconds=min(REPAIR_FIRST_DELAY * 2 ** min(failures - 1, 20), REPAIR_MAX_DELAY))
 
 
 def _forward_of(attempt: int, rank: int) -> dict[str, Any]:
@@ -128,7 +145,7 @@ class Outbox:
         """Take the next queued job that is due: it becomes PROCESSING for its attempt."""
         moment = now()
         return await self._take(
-            {"state": "queued", "next_attempt_at": {"$lte": moment}},
+            {"state": "queued", "next_attempt_at": {"$lte": moment}, **_not_set_aside(moment)},
             {
                 "$set": {
                     "state": "active",
@@ -147,7 +164,7 @@ class Outbox:
         """Take over an active job whose worker stopped renewing its lease (it probably died)."""
         moment = now()
         return await self._take(
-            {"state": "active", "lease_expires": {"$lt": moment}},
+            {"state": "active", "lease_expires": {"$lt": moment}, **_not_set_aside(moment)},
             {"$set": {"lease_owner": owner, "lease_expires": moment + lease}},
         )
 
@@ -214,24 +231,44 @@ class Outbox:
 
     async def mark_synced(self, job: dict[str, Any]) -> None:
         await self.collection.update_one(
-            {"_id": job["_id"], "attempt": job["attempt"], "rank": job["rank"]}, {"$set": {"synced": True}}
+            {"_id": job["_id"], "attempt": job["attempt"], "rank": job["rank"]},
+            {"$set": {"synced": True}, "$unset": {"repair": ""}},
         )
+
+    async def set_aside(self, fax_id: str, error: str, owner: str | None = None) -> datetime:
+        """Record that handling the job failed; returns when it may be tried again.
+
+        ``owner``: the worker holding the job's lease keeps it until then, so no other worker
+        takes it over earlier.
+        """
+        job = await self.collection.find_one({"_id": fax_id}, {"repair": 1})
+        previous = (job or {}).get("repair") or {}
+        failures = (previous.get("failures") if isinstance(previous.get("failures"), int) else 0) + 1
+        moment = now()
+        after = moment + repair_delay(failures)
+        repair = {"failures": failures, "error": error[:1000], "at": moment, "after": after}
+        await self.collection.update_one({"_id": fax_id}, {"$set": {"repair": repair}})
+        if owner is not None:
+            await self.collection.update_one(
+                {"_id": fax_id, "state": "active", "lease_owner": owner}, {"$set": {"lease_expires": after}}
+            )
+        return after
 
     # -- reconciliation ------------------------------------------------------------------------------
 
     async def quiet_submissions(self, older_than: datetime, limit: int = 50) -> list[dict[str, Any]]:
         """Submitted jobs with no news since ``older_than`` (a lost webhook, perhaps)."""
-        cursor = self.collection.find({"state": "submitted", "last_news_at": {"$lt": older_than}}).limit(limit)
-        return await cursor.to_list(None)
+        where = {"state": "submitted", "last_news_at": {"$lt": older_than}, **_not_set_aside(now())}
+        return await self.collection.find(where).limit(limit).to_list(None)
 
     async def touch(self, fax_id: str) -> None:
         await self.collection.update_one({"_id": fax_id}, {"$set": {"last_news_at": now()}})
 
     async def unsynced(self, older_than: datetime, limit: int = 50) -> list[dict[str, Any]]:
         """Jobs whose Communication may not show their latest status yet (a writer died in between)."""
-        cursor = self.collection.find({"synced": False, "last_news_at": {"$lt": older_than}}).limit(limit)
-        return await cursor.to_list(None)
+        where = {"synced": False, "last_news_at": {"$lt": older_than}, **_not_set_aside(now())}
+        return await self.collection.find(where).limit(limit).to_list(None)
 
     async def past_kill_time(self, moment: datetime, limit: int = 50) -> list[dict[str, Any]]:
-        cursor = self.collection.find({"state": {"$in": ["queued", "submitted"]}, "kill_at": {"$lt": moment}})
-        return await cursor.limit(limit).to_list(None)
+        where = {"state": {"$in": ["queued", "submitted"]}, "kill_at": {"$lt": moment}, **_not_set_aside(moment)}
+        return await self.collection.find(where).limit(limit).to_list(None)

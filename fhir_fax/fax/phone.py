@@ -6,7 +6,7 @@ import re
 
 import phonenumbers
 
-E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")  # matched whole (fullmatch): no trailing newline, ASCII digits
 
 
 class NumberProblem(ValueError):
@@ -20,7 +20,7 @@ def check_fax_number(value: object, *, require_valid: bool = False) -> str:
     service's own example ``+12223334444`` is possible but not assigned, and is accepted.
     ``require_valid`` also demands libphonenumber's ``is_valid_number`` (an assigned range).
     """
-    if not isinstance(value, str) or not E164.match(value):
+    if not isinstance(value, str) or not E164.fullmatch(value):
         raise NumberProblem(
             f"{value!r} is not in E.164 form: write '+', the country code and the number, "
             "up to 15 digits, without spaces or punctuation (e.g. +12223334444)."

@@ -6,10 +6,10 @@ the key holds now, and its rendering is found by that version, never by name.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ..fhir.errors import InvalidRequest, ResourceNotFound, UnprocessableEntity
+from ..fhir.inputs import ascii_int
 from ..z3.locations import parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, run_pdfium
@@ -17,11 +17,10 @@ from .media import pinned_document
 from .outbox import Outbox
 from .render import preview_png, render_fax, rendering_location, tiff_pages
 
-PAGE = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
-
 
 async def preview(database: Any, communication_id: str, page: str | None) -> bytes:
-    if page is None or not PAGE.fullmatch(page) or int(page) < 1:
+    number = ascii_int(page)
+    if number is None or number < 1:
         raise InvalidRequest("page must be a page number from 1 up, e.g. ?page=1.", expression=["page"])
     job = await Outbox(database).for_communication(communication_id)
     if job is None:
@@ -44,6 +43,6 @@ async def preview(database: Any, communication_id: str, page: str | None) -> byt
         target = rendering_location(parse_z3_url(job["media"], ()), job["quality"])
         await z3.put_rendering(target, source, job["quality"], tiff)
     pages = await run_pdfium(tiff_pages, tiff)
-    if int(page) > pages:
+    if number > pages:
         raise ResourceNotFound(f"The fax has {pages} pages; ask for page 1 to {pages}.", expression=["page"])
-    return await run_pdfium(preview_png, tiff, int(page))
+    return await run_pdfium(preview_png, tiff, number)

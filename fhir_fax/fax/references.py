@@ -16,7 +16,7 @@ import httpx
 from ..fhir.errors import ResourceGone, ResourceNotFound
 from ..fhir.store import ResourceStore
 
-REFERENCE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})$")
+REFERENCE = re.compile(r"(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})")  # matched whole
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def parse_reference(value: str, known_bases: tuple[str, ...] = ()) -> Reference 
         if text.startswith(prefix):
             text = text[len(prefix) :]
             break
-    match = REFERENCE.match(text)
+    match = REFERENCE.fullmatch(text)
     return Reference(match["type"], match["id"]) if match else None
 
 

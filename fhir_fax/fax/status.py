@@ -57,6 +57,7 @@ class StatusEvent:
     pages: int | None = None
     failure: Failure | None = None
     source: str = "carrier"
+    carrier_id: str | None = None  # the carrier's id for the fax it reports on, when it says (webhooks do)
 
     @property
     def fax_id(self) -> str:

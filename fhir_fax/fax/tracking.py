@@ -3,6 +3,11 @@
 Each change is first a compare-and-set on the job (so it happens once and only forward), then
 the Communication is brought in line (a new version per step). If the process dies in between,
 the job stays marked unsynced and reconciliation finishes the Communication later.
+
+Bringing the Communication in line never raises: when it fails (a stored Communication that no
+longer validates, a database error), the job stays unsynced and is set aside with back-off
+(``Outbox.set_aside``), so the worker, the webhook and the reconciliation pass that asked carry
+on with their own work and with every other fax.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..fhir.errors import ResourceNotFound
+from ..db import stop_if_cancelled
+from ..fhir.errors import FHIRError, ResourceNotFound
 from ..fhir.models import now
 from ..fhir.store import ResourceStore
 from ..settings import Settings
@@ -35,8 +41,8 @@ class Tracker:
             job = await self.outbox.advance(fax_id, attempt, event.status, {})
         elif event.status == "DELIVERED":
             extra: dict[str, Any] = {"state": "done", "finished_at": event.occurred_at}
-            if event.pages:
-                extra["pages"] = event.pages
+            if isinstance(event.pages, int) and not isinstance(event.pages, bool) and event.pages > 0:
+                extra["pages"] = event.pages  # carriers check their values; this keeps a Communication valid anyway
             job = await self.outbox.advance(fax_id, attempt, "DELIVERED", extra)
         elif event.status == "FAILED":
             return await self.fail(fax_id, attempt, event.failure or Failure("UNKNOWN", ""), event.occurred_at)
@@ -88,11 +94,30 @@ class Tracker:
         return None if moment > kill_at else moment
 
     async def sync(self, job: dict[str, Any]) -> None:
-        """Make the Communication show ``job``'s status (no-op if it already does or is further on)."""
+        """Make the Communication show ``job``'s status (no-op if it already does or is further on).
+
+        On failure the job stays unsynced and is set aside with back-off; nothing is raised.
+        """
         try:
             updated = await self.store.modify("Communication", job["communication_id"], lambda c: show_job(c, job))
             if updated is not None and self.auditor is not None:
                 await self.auditor.fax_status(updated, job["status"])
         except ResourceNotFound:
             log.warning("fax %s: its Communication %s is gone", job["_id"], job["communication_id"])
+        except Exception as error:
+            stop_if_cancelled()
+            await self.set_aside(job, "its Communication could not be updated", error)
+            return
         await self.outbox.mark_synced(job)
+
+    async def set_aside(self, job: dict[str, Any], what: str, error: BaseException, owner: str | None = None) -> None:
+        """Log why ``job`` could not be handled and leave it for later (growing back-off), never for good."""
+        detail = error.diagnostics if isinstance(error, FHIRError) else f"{type(error).__name__}: {error}"
+        after = await self.outbox.set_aside(job["_id"], detail, owner)
+        communication = job.get("communication_id")
+        log.warning(
+            "fax %s (Communication/%s): %s: %s; retry after %s",
+            job["_id"], communication, what, detail, after.isoformat(),
+            extra={"fax": job["_id"], "communication": communication, "retry_at": after.isoformat()},
+            exc_info=not isinstance(error, FHIRError),
+        )  # fmt: skip

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -71,7 +72,7 @@ class Worker:
         if job is None:
             job = await self.outbox.claim_due(self.owner, self.lease)
         if job is not None:
-            await self.attempt(job)
+            await self.isolated(job, "the attempt could not be made", lambda: self.attempt(job), hold=True)
             return True
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_reconcile >= RECONCILE_EVERY:
@@ -150,21 +151,55 @@ class Worker:
         await self.outbox.collection.update_one({"_id": job["_id"]}, {"$set": {"rendered": str(target)}})
         return tiff
 
+    async def isolated(
+        self, job: dict[str, Any], what: str, work: Callable[[], Awaitable[object]], *, hold: bool = False
+    ) -> None:
+        """Run ``work`` for one job; a failure is logged and the job set aside with back-off, never raised.
+
+        ``hold``: this worker holds the job's lease and keeps it until the back-off ends.
+        """
+        try:
+            await work()
+        except Exception as error:
+            stop_if_cancelled()
+            await self.tracker.set_aside(job, what, error, self.owner if hold else None)
+
     async def reconcile(self) -> None:
-        """Poll the carrier for quiet faxes, finish interrupted Communication updates, enforce kill time."""
+        """Poll the carrier for quiet faxes, enforce kill time, finish interrupted Communication updates.
+
+        Each job is handled on its own (``isolated``): one that fails is set aside with back-off and
+        the pass goes on, so kill time and repairs keep working for every other fax. Kill time comes
+        before repairs so that a job whose Communication cannot be repaired is still stopped on time.
+        """
         moment = now()
         quiet_since = moment - timedelta(seconds=self.settings.stuck_after_seconds)
         for job in await self.outbox.quiet_submissions(quiet_since):
-            carrier_id = job["carrier_ids"].get(str(job["attempt"]))
-            if carrier_id:
-                for event in await self.transport.poll(carrier_id):
-                    await self.tracker.apply(event)
-            await self.outbox.touch(job["_id"])
-        for job in await self.outbox.unsynced(moment - timedelta(seconds=5)):
-            await self.tracker.sync(job)
+            await self.isolated(job, "the carrier could not be polled", lambda job=job: self.poll_one(job))
+        failure = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
         for job in await self.outbox.past_kill_time(moment):
-            failure = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
-            await self.tracker.fail(job["_id"], job["attempt"], failure, moment, final=True)
+            await self.isolated(
+                job,
+                "it could not be stopped at its kill time",
+                lambda job=job: self.tracker.fail(job["_id"], job["attempt"], failure, moment, final=True),
+            )
+        for job in await self.outbox.unsynced(moment - timedelta(seconds=5)):
+            await self.isolated(job, "its Communication could not be updated", lambda job=job: self.tracker.sync(job))
+
+    async def poll_one(self, job: dict[str, Any]) -> None:
+        """Ask the carrier about the job's current attempt; only news about that very attempt is applied."""
+        attempt = job["attempt"]
+        carrier_id = job["carrier_ids"].get(str(attempt))
+        if carrier_id:
+            expected = reference_for(job["_id"], attempt)
+            for event in await self.transport.poll(carrier_id):
+                if event.reference == expected:
+                    await self.tracker.apply(event)
+                else:
+                    log.warning(
+                        "fax %s attempt %s: the carrier's fax %s reports %r; ignored",
+                        job["_id"], attempt, carrier_id, event.reference, extra={"fax": job["_id"]},
+                    )  # fmt: skip
+        await self.outbox.touch(job["_id"])
 
 
 def create_worker(settings: Settings, database: Any, store: Any | None = None) -> Worker:

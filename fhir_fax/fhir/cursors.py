@@ -20,7 +20,7 @@ def decode_cursor(token: str) -> dict[str, Any]:
         value, direction = data["after"], data["dir"]
         if direction not in ("next", "prev") or not isinstance(value, str):
             raise ValueError(direction)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deeply nested JSON
         raise InvalidRequest(
             "_cursor is not a cursor this server issued; follow the Bundle's next/previous links as given.",
             expression=["_cursor"],

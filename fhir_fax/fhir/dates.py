@@ -11,9 +11,10 @@ from .errors import InvalidRequest
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
 _DATE = re.compile(
-    r"^(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
+    r"(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
     r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?P<fraction>\.\d{1,9})?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?",
+    re.ASCII,  # matched whole (fullmatch) and with ASCII digits only
 )
 
 
@@ -31,7 +32,7 @@ def parse_date_value(parameter: str, raw: str) -> DateRange:
     prefix, text = "eq", raw
     if len(raw) >= 2 and raw[:2] in PREFIXES:
         prefix, text = raw[:2], raw[2:]
-    match = _DATE.match(text)
+    match = _DATE.fullmatch(text)
     if match is None:
         raise InvalidRequest(
             f"Search parameter {parameter!r} has the value {raw!r}, which is not a FHIR date; use "

@@ -13,6 +13,12 @@ from .errors import InvalidRequest
 
 FHIR_VERSION = "4.3.0"
 
+# How deeply JSON objects and arrays may nest in a resource. The deepest element the supported
+# types use in practice (a nested extension in an attachment of a Communication payload) is under
+# 20 levels; past a few hundred, model validation and the search indexer recurse until Python
+# gives up, which was a 500. The bound is checked first, without recursion.
+MAX_DEPTH = 64
+
 # Resource types this server stores. Everything else answers 404.
 SUPPORTED_TYPES: tuple[str, ...] = (
     "AuditEvent",
@@ -57,6 +63,13 @@ def validate_resource(data: Any, expected_type: str) -> dict[str, Any]:
             f"send it to the {actual} endpoint or fix resourceType.",
             expression=["resourceType"],
         )
+    too_deep = _first_too_deep(data, expected_type)
+    if too_deep is not None:
+        raise InvalidRequest(
+            f"{too_deep} is nested more than {MAX_DEPTH} levels deep; this server stores resources whose "
+            "elements (extensions included) nest at most that deep. Flatten the nesting and send it again.",
+            expression=[too_deep],
+        )
     try:
         model = model_class(expected_type).model_validate(data)
     except ValidationError as error:
@@ -67,6 +80,26 @@ def validate_resource(data: Any, expected_type: str) -> dict[str, Any]:
     except (ValueError, TypeError) as error:  # some model validators raise plain errors
         raise InvalidRequest(f"The {expected_type} is not valid: {error}") from None
     return keep_lexical_forms(model.model_dump(mode="json", exclude_none=True), data)
+
+
+def _first_too_deep(data: Any, resource_type: str) -> str | None:
+    """The path of the first element nested deeper than MAX_DEPTH, or None (a loop: no recursion)."""
+    # Each entry: (value, depth, parent entry, step from the parent); the path is only built when needed.
+    stack: list[tuple[Any, int, Any, str]] = [(data, 1, None, resource_type)]
+    while stack:
+        entry = stack.pop()
+        value, depth = entry[0], entry[1]
+        if depth > MAX_DEPTH:
+            steps = []
+            while entry is not None:
+                steps.append(entry[3])
+                entry = entry[2]
+            return "".join(reversed(steps))
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1, entry, f".{k}") for k, v in value.items() if isinstance(v, dict | list))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1, entry, f"[{i}]") for i, v in enumerate(value) if isinstance(v, dict | list))
+    return None
 
 
 def keep_lexical_forms(dumped: Any, original: Any) -> Any:

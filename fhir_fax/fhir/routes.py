@@ -12,6 +12,7 @@ from .compartments import PATIENT_COMPARTMENT, compartment_filter, in_compartmen
 from .context import FHIRContext
 from .errors import Forbidden, InvalidRequest, PreconditionFailed, ResourceNotFound
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
+from .inputs import ascii_int
 from .models import format_instant, is_supported, validate_resource
 from .search import parse_search
 from .search_results import execute_search
@@ -219,9 +220,10 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:History", f"FHIR:{resource_type}:{resource_id}")
         count = request.query_params.get("_count", str(settings.search_max_count))
-        if not count.isdigit() or int(count) < 1:
-            raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.")
-        versions = await context.store.history(resource_type, resource_id, min(int(count), settings.search_max_count))
+        limit = ascii_int(count)
+        if limit is None or limit < 1:
+            raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.", expression=["_count"])
+        versions = await context.store.history(resource_type, resource_id, min(limit, settings.search_max_count))
         total = await context.store.count_versions(resource_type, resource_id)
         await keep_to_patient(request, "FHIR:History", *(v.resource for v in versions))
         await context.was_read(request, "history-instance", [v.resource for v in versions if v.resource][:1])

@@ -18,11 +18,12 @@ from pymongo import ASCENDING, DESCENDING
 from .cursors import decode_cursor, encode_cursor
 from .dates import parse_date_value, point_filter
 from .errors import InvalidRequest
+from .inputs import ascii_int
 from .models import now
 from .search_types import KEYS, SORT_KEYS, Kind, SearchContext, split_escaped, unescape
 from .store import RESERVED
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 RESULT_PARAMETERS = ("_count", "_sort", "_total", "_summary", "_elements", "_include", "_revinclude")
 IGNORED_PARAMETERS = ("_format", "_pretty")
 
@@ -71,7 +72,7 @@ def indexed_parameter(
 
 def id_filter(values: list[str], modifier: str | None, context: SearchContext) -> dict[str, Any]:
     for value in values:
-        if not ID_PATTERN.match(value):
+        if not ID_PATTERN.fullmatch(value):
             raise InvalidRequest(
                 f"Search parameter '_id' has the value {value!r}, which is not a FHIR id "
                 "(1-64 letters, digits, '-' or '.').",
@@ -321,9 +322,10 @@ def _parse_include(name: str, value: str, resource_type: str, registry: SearchRe
 
 
 def _parse_count(value: str, max_count: int) -> int:
-    if not value.isdigit():
+    count = ascii_int(value)
+    if count is None:
         raise InvalidRequest(f"_count must be a whole number from 0 to {max_count}, got {value!r}.")
-    return min(int(value), max_count)
+    return min(count, max_count)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:

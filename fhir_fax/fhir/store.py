@@ -27,6 +27,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from .errors import InvalidRequest, PreconditionFailed, ResourceGone, ResourceNotFound
+from .inputs import ascii_int
 from .models import format_instant, now, validate_resource
 
 RESERVED = "_fhirfax"
@@ -265,9 +266,9 @@ class ResourceStore:
         return await self.collection(resource_type).find_one({"_id": resource_id})
 
     async def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]:
-        if not version_id.isdigit():
+        version = ascii_int(version_id)
+        if version is None:
             raise ResourceNotFound(f"{resource_type}/{resource_id} has no version {version_id!r}.")
-        version = int(version_id)
         document = await self.collection(resource_type).find_one({"_id": resource_id, f"{RESERVED}.version": version})
         if document is None:
             document = await self.database[history_collection(resource_type)].find_one(
@@ -331,12 +332,12 @@ def parse_if_match(value: str | None) -> int | None:
     text = value.strip()
     if text.startswith("W/"):
         text = text[2:]
-    text = text.strip('"')
-    if not text.isdigit():
+    version = ascii_int(text.strip('"'))
+    if version is None:
         raise InvalidRequest(
             f'If-Match must name a version as W/"<versionId>", got {value!r}.', expression=["If-Match"]
         )
-    return int(text)
+    return version
 
 
 def version_conflict(resource_type: str, resource_id: str, wanted: int, actual: int) -> PreconditionFailed:

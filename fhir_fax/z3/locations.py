@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")  # matched whole (fullmatch)
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def parse_z3_url(url: str, project_api_bases: tuple[str, ...]) -> Z3Location:
         raise Z3UrlError(f"{url!r} has a query or fragment; send the plain Z3 object URL.")
     bucket, _, raw_key = path.partition("/")
     key = unquote(raw_key)
-    if not BUCKET.match(bucket):
+    if not BUCKET.fullmatch(bucket):
         raise Z3UrlError(f"{url!r} names the bucket {bucket!r}, which is not a valid bucket name.")
     segments = key.split("/")
     if not key or any(s in ("", ".", "..") for s in segments) or any(ord(c) < 32 or c == "\x7f" for c in key):

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..fhir.context import FHIRContext, ServiceUnavailable
 from ..fhir.errors import Conflict, Forbidden, InvalidRequest, PayloadTooLarge, ResourceNotFound, Unauthorized
+from ..fhir.inputs import ascii_int
 from ..sdk_http import SDKRoute
 from ..settings import Settings
 from .locations import Z3Location, Z3UrlError, parse_z3_url
@@ -162,9 +163,9 @@ class Z3API:
             store = self.require_store()
             location = self.location(bucket, key)
             await self.check_signature(request, location, "upload")
-            declared = request.headers.get("content-length", "")
+            declared = ascii_int(request.headers.get("content-length"))
             limit = self.settings.z3_max_object_bytes
-            if declared.isdigit() and int(declared) > limit:
+            if declared is not None and declared > limit:
                 raise PayloadTooLarge(f"Objects may be at most {limit} bytes.")
             nonce = request.query_params[NONCE]
             if not await claim_upload(self.database, nonce, request.query_params[EXPIRES]):

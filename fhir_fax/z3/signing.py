@@ -26,13 +26,13 @@ from urllib.parse import quote
 
 from pymongo.errors import DuplicateKeyError
 
+from ..fhir.inputs import ascii_int
 from .locations import Z3Location
 
 SECRETS = "server_secrets"
 KEY_ID = "z3-url-signing"
 EXPIRES, SIGNATURE, ACTION, NONCE, VERSION = "expires", "signature", "action", "nonce", "version"
 USED_UPLOAD_URLS = "z3_used_upload_urls"
-DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() also accepts "²", which int() refuses
 TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
@@ -89,9 +89,10 @@ def verify(
     version: str | None = None,
 ) -> str | None:
     """None when the signature is valid and current, else why not."""
-    if not DIGITS.fullmatch(expires):
+    moment = ascii_int(expires)
+    if moment is None:
         return "The signed URL is malformed (expires)."
-    if int(expires) < time.time():
+    if moment < time.time():
         return "The signed URL has expired; ask for a new one."
     bound = ""
     if action == "upload":
@@ -102,7 +103,7 @@ def verify(
         if not TOKEN.fullmatch(version):
             return "The signed URL is malformed (version)."
         bound = f"{VERSION}={version}"
-    expected = _signature(key, action, location, int(expires), bound)
+    expected = _signature(key, action, location, moment, bound)
     if not hmac.compare_digest(expected, signature):
         return "The signed URL's signature does not match this object and action."
     return None

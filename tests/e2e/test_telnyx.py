@@ -191,7 +191,8 @@ async def test_webhooks_that_are_unsigned_tampered_stale_or_foreign_are_refused(
     state = base64.b64encode(f"{job['_id']}:1".encode()).decode()
     body = json.dumps(
         {"data": {"event_type": "fax.failed", "id": str(uuid.uuid4()), "occurred_at": "2026-11-24T10:00:00Z",
-                  "payload": {"client_state": state, "status": "failed", "failure_reason": "user_busy"}}}
+                  "payload": {"fax_id": job["carrier_ids"]["1"], "client_state": state, "status": "failed",
+                              "failure_reason": "user_busy"}}}
     ).encode()  # fmt: skip
     url = f"{telnyx.server.url}/fax/webhooks/telnyx"
     tampered = body.replace(b"user_busy", b"destination_invalid")
