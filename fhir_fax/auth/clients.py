@@ -1,14 +1,20 @@
 """Machine clients (client id + secret), each with an access policy (collection ``auth_clients``).
 
-Secrets are shown once and stored only as a salted scrypt hash.
+Secrets are shown once and stored only as a salted scrypt hash. scrypt is meant to be slow (about 50 ms and
+16 MB a hash), so it runs in a small thread pool of its own, never on the event loop: a burst of token
+requests then waits for a hashing thread instead of stalling every other request, and cannot take more
+than ``HASHING_THREADS`` cores or the default pool other work uses.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import os
 import secrets
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jwt
@@ -20,8 +26,18 @@ COLLECTION = "auth_clients"
 ALLOW_EVERYTHING = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
 
 
+HASHING_THREADS = max(1, min(4, os.cpu_count() or 1))
+_hashing = ThreadPoolExecutor(max_workers=HASHING_THREADS, thread_name_prefix="fhir-fax-hash")
+
+
 def hash_secret(secret: str, salt: bytes) -> bytes:
+    """The scrypt hash (blocking; call ``hashed`` from async code)."""
     return hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+
+
+async def hashed(secret: str, salt: bytes) -> bytes:
+    """``hash_secret`` in the hashing pool (hashlib releases the GIL, so the loop keeps running meanwhile)."""
+    return await asyncio.get_running_loop().run_in_executor(_hashing, hash_secret, secret, salt)
 
 
 def check_jwks(jwks: Any) -> dict[str, Any]:
@@ -82,7 +98,7 @@ class Clients:
             "description": description,
             "accessPolicy": policy,
             "salt": salt,
-            "secretHash": hash_secret(secret, salt),
+            "secretHash": await hashed(secret, salt),
             "created": now(),
         }
         if jwks:
@@ -95,7 +111,7 @@ class Clients:
         record = await self.collection.find_one({"clientId": client_id})
         salt = bytes(record["salt"]) if record else b"\x00" * 16
         expected = bytes(record["secretHash"]) if record else b"\x00" * 32
-        return record if hmac.compare_digest(hash_secret(secret, salt), expected) and record else None
+        return record if hmac.compare_digest(await hashed(secret, salt), expected) and record else None
 
     async def by_client_id(self, client_id: str) -> dict[str, Any] | None:
         return await self.collection.find_one({"clientId": client_id})
@@ -107,7 +123,7 @@ class Clients:
         secret = new_secret()
         salt = secrets.token_bytes(16)
         result = await self.collection.update_one(
-            {"_id": record_id}, {"$set": {"salt": salt, "secretHash": hash_secret(secret, salt), "updated": now()}}
+            {"_id": record_id}, {"$set": {"salt": salt, "secretHash": await hashed(secret, salt), "updated": now()}}
         )
         return secret if result.matched_count else None
 
@@ -136,5 +152,5 @@ class Clients:
             salt = secrets.token_bytes(16)
             await self.collection.update_one(
                 {"_id": record["_id"]},
-                {"$set": {"salt": salt, "secretHash": hash_secret(secret, salt), "accessPolicy": ALLOW_EVERYTHING}},
+                {"$set": {"salt": salt, "secretHash": await hashed(secret, salt), "accessPolicy": ALLOW_EVERYTHING}},
             )

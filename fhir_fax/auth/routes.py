@@ -2,8 +2,9 @@
 
 ``POST /oauth/token`` takes ``grant_type=client_credentials`` with the client's id and secret (form
 fields or HTTP Basic) and an optional ``scope`` that can only narrow the client's access policy.
-Failed attempts are limited per client id and per address (429, counted in the database so all
-server processes share the count), so secrets cannot be guessed.
+Failed attempts are limited per client id and caller address (429, counted in the database so all
+server processes share the count; see ``limiter.py``), so secrets cannot be guessed and a guesser cannot
+lock the real client out. Refused requests are audited in aggregate (``audit.RefusalAggregator``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from ..audit import ANONYMOUS
 from ..settings import Settings
-from .assertions import ALGORITHMS, ASSERTION_TYPE, AssertionError_, authenticate_assertion
+from .addresses import TrustedProxies, caller_address
+from .assertions import ALGORITHMS, ASSERTION_TYPE, AssertionError_, authenticate_assertion, claimed_client
 from .clients import Clients
 from .limiter import FailureLimiter
 from .scopes import ScopeError, parse_scopes
 from .tokens import issue_token, signing_key
 
 GRANT_TYPES = ["client_credentials"]
+WRONG_SECRET = "wrong secret, or no such client"
+LOCKED_OUT = "locked out after too many failed attempts from this address"
 
 
 def oauth_error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -39,6 +44,14 @@ class AuthAPI:
         self.settings = settings
         self.database: Any = None
         self.limiter = FailureLimiter(settings.token_failures_per_minute)
+        self.proxies = TrustedProxies.of(settings.trusted_proxies)
+        self.auditor: Any = None  # fhir_fax.audit.Auditor, set when the module starts
+
+    async def _refused(self, client_id: str | None, address: str | None, reason: str) -> None:
+        """Audit a refused token request (aggregated: a flood of them is a few writes, not one each)."""
+        if self.auditor is not None:
+            resource = f"Client/{(client_id or '-')[:100]}"
+            await self.auditor.refused("token", resource, ANONYMOUS, address, reason)
 
     def issuer(self, request: Request) -> str:
         return self.settings.public_base(str(request.base_url))
@@ -61,34 +74,37 @@ class AuthAPI:
                     return oauth_error(400, "invalid_request", "The Basic authorization header is malformed.")
             if self.database is None:
                 return oauth_error(503, "temporarily_unavailable", "The server is starting; retry in a moment.")
-            address = request.client.host if request.client else "unknown"
-            keys = (f"ip:{address}", f"client:{client_id}")
-            if await self.limiter.blocked(self.database, *keys):
-                return oauth_error(429, "slow_down", "Too many failed attempts; wait a minute.", {"retry-after": "60"})
             if form.get("grant_type") not in GRANT_TYPES:
                 return oauth_error(
                     400, "unsupported_grant_type", f"grant_type must be one of {', '.join(GRANT_TYPES)}."
                 )
-            if form.get("client_assertion_type") == ASSERTION_TYPE and form.get("client_assertion"):
+            assertion = form.get("client_assertion") if form.get("client_assertion_type") == ASSERTION_TYPE else None
+            if assertion:
+                client_id = claimed_client(assertion) or client_id  # the one it must prove, whatever the form says
+            elif not client_id or not secret:
+                return oauth_error(
+                    400, "invalid_request", "Send client_id and client_secret (form or Basic), or a client_assertion."
+                )
+            address = caller_address(request, self.proxies)
+            attempt = await self.limiter.attempt(self.database, client_id, address)
+            if not attempt.allowed:
+                await self._refused(client_id, address, LOCKED_OUT)
+                return oauth_error(429, "slow_down", "Too many failed attempts; wait a minute.", {"retry-after": "60"})
+            if assertion:
                 try:
                     token_endpoint = f"{self.issuer(request)}/oauth/token"
-                    record = await authenticate_assertion(self.database, form["client_assertion"], token_endpoint)
+                    record = await authenticate_assertion(self.database, assertion, token_endpoint)
                 except AssertionError_ as error:
-                    await self.limiter.failed(self.database, *keys)
+                    await self._refused(client_id, address, f"client_assertion refused: {error}")
                     return oauth_error(401, "invalid_client", str(error))
             else:
-                if not client_id or not secret:
-                    return oauth_error(
-                        400,
-                        "invalid_request",
-                        "Send client_id and client_secret (form or Basic), or a client_assertion.",
-                    )
-                record = await Clients(self.database).authenticate(client_id, secret)
+                record = await Clients(self.database).authenticate(client_id or "", secret or "")
                 if record is None:
-                    await self.limiter.failed(self.database, *keys)
+                    await self._refused(client_id, address, WRONG_SECRET)
                     return oauth_error(
                         401, "invalid_client", "Unknown client or wrong secret.", {"www-authenticate": "Basic"}
                     )
+            await self.limiter.succeeded(self.database, attempt)
             try:
                 scopes = parse_scopes(form.get("scope", ""))
             except ScopeError as error:
