@@ -29,6 +29,13 @@ async def started(settings: Settings, database: Any) -> AsyncIterator[FastAPI]:
         yield app
 
 
+async def counts(database: Any) -> tuple[set[str], int, int]:
+    """The pairs counted, and their failures and checks in flight (summed over minutes)."""
+    stored = await database["token_failures"].find({}).to_list(None)
+    pairs = {d["_id"].rsplit("|", 1)[0] for d in stored}
+    return pairs, sum(d.get("failed", 0) for d in stored), sum(d.get("pending", 0) for d in stored)
+
+
 def caller(app: FastAPI, address: str) -> httpx.AsyncClient:
     """An HTTP client whose connections come from ``address`` (the ASGI peer the server sees)."""
     transport = httpx.ASGITransport(app=app, client=(address, 40_000))
@@ -84,7 +91,7 @@ async def test_every_server_process_shares_the_pair_count(settings: Settings, da
             assert (refused.status_code, refused.headers["retry-after"]) == (429, "60")
             async with caller(second_app, REAL_CLIENT) as real:
                 assert (await guess(real, ADMIN_SECRET)).status_code == 200
-    keys = {d["_id"].rsplit("|", 1)[0] async for d in database["token_failures"].find({"count": {"$gt": 0}})}
+    keys = {d["_id"].rsplit("|", 1)[0] async for d in database["token_failures"].find({"failed": {"$gt": 0}})}
     assert keys == {f"{ADMIN_ID}@{ATTACKER}"}, "only the guessing pair is counted; a success is not a failure"
 
 
@@ -93,8 +100,37 @@ async def test_guessing_goes_on_counting_while_locked(settings: Settings, databa
     async with started(settings, database) as app, caller(app, ATTACKER) as attacker:
         for n in range(25):
             await guess(attacker, f"guess-{n}")
-    [stored] = await database["token_failures"].find({}).to_list(None)
-    assert stored["count"] == 25
+    assert await counts(database) == ({f"{ADMIN_ID}@{ATTACKER}"}, 25, 0)
+
+
+async def test_an_honest_burst_is_slowed_not_refused(settings: Settings, database: Any) -> None:
+    """16 concurrent requests with the right secret: those beyond the limit wait for the checks in flight."""
+    async with started(settings, database) as app, caller(app, REAL_CLIENT) as real:
+        responses = await asyncio.gather(*(guess(real, ADMIN_SECRET) for _ in range(16)))
+    assert [r.status_code for r in responses] == [200] * 16
+    assert await counts(database) == ({f"{ADMIN_ID}@{REAL_CLIENT}"}, 0, 0)
+
+
+async def test_a_burst_of_wrong_and_right_secrets_keeps_the_limit(settings: Settings, database: Any) -> None:
+    """The right secret in a burst of guesses from the same address: at most the limit is checked in all."""
+    checked: list[str] = []
+    original = clients_module.hash_secret
+
+    def counting(secret: str, salt: bytes) -> bytes:
+        checked.append(secret)
+        return original(secret, salt)
+
+    async with started(settings, database) as app, caller(app, ATTACKER) as attacker:
+        clients_module.hash_secret = counting
+        try:
+            secrets = [f"guess-{n}" for n in range(20)] + [ADMIN_SECRET] * 5
+            responses = await asyncio.gather(*(guess(attacker, secret) for secret in secrets))
+        finally:
+            clients_module.hash_secret = original
+    wrong = [r.status_code for r in responses[:20]]
+    assert wrong.count(401) <= 10 and set(wrong) <= {401, 429}
+    assert checked.count(ADMIN_SECRET) == sum(r.status_code == 200 for r in responses[20:])
+    assert len([s for s in checked if s != ADMIN_SECRET]) == wrong.count(401) <= 10
 
 
 async def test_ipv6_guessers_are_counted_per_64_prefix(settings: Settings, database: Any) -> None:
@@ -168,7 +204,36 @@ async def test_creating_and_rotating_secrets_hash_off_the_event_loop(database: A
 async def test_the_count_key_names_client_and_address(settings: Settings, database: Any, address: str) -> None:
     async with started(settings, database) as app, caller(app, address) as attacker:
         assert (await guess(attacker, "wrong")).status_code == 401
-    [stored] = await database["token_failures"].find({}).to_list(None)
     expected = ATTACKER if address == ATTACKER else "2001:db8::/64"
-    assert stored["_id"].rsplit("|", 1)[0] == f"{ADMIN_ID}@{expected}"
-    assert stored["count"] == 1
+    assert await counts(database) == ({f"{ADMIN_ID}@{expected}"}, 1, 0)
+
+
+async def test_a_burst_that_cannot_wait_is_told_to_retry_without_a_failure(settings: Settings, database: Any) -> None:
+    """Beyond the limit of checks in flight, an attempt that waited its longest gets 429, Retry-After 1, uncounted."""
+    original = clients_module.hash_secret
+    release = threading.Event()
+
+    def held(secret: str, salt: bytes) -> bytes:
+        release.wait(timeout=20)  # every admitted check stays in flight until the busy ones are answered
+        return original(secret, salt)
+
+    async with started(settings, database) as app, caller(app, REAL_CLIENT) as real:
+        app.state.fax_module.auth.limiter.MAX_WAIT_SECONDS = 0.0
+        clients_module.hash_secret = held
+        try:
+            tasks = [asyncio.create_task(guess(real, ADMIN_SECRET)) for _ in range(16)]
+            answered: set[asyncio.Task[httpx.Response]] = set()
+            while len(answered) < 6:
+                done, _ = await asyncio.wait(set(tasks) - answered, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+                assert done, "the attempts beyond the limit were never answered"
+                answered |= done
+            busy = [task.result() for task in answered]
+            release.set()
+            admitted = [await task for task in tasks if task not in answered]
+        finally:
+            clients_module.hash_secret = original
+            release.set()
+    assert [(r.status_code, r.headers["retry-after"]) for r in busy] == [(429, "1")] * 6
+    assert all("at once" in r.json()["error_description"] for r in busy)
+    assert [r.status_code for r in admitted] == [200] * 10
+    assert await counts(database) == ({f"{ADMIN_ID}@{REAL_CLIENT}"}, 0, 0)

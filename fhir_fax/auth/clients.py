@@ -26,7 +26,7 @@ COLLECTION = "auth_clients"
 ALLOW_EVERYTHING = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
 
 
-HASHING_THREADS = max(1, min(4, os.cpu_count() or 1))
+HASHING_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
 _hashing = ThreadPoolExecutor(max_workers=HASHING_THREADS, thread_name_prefix="fhir-fax-hash")
 
 

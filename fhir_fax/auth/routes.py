@@ -28,6 +28,8 @@ from .tokens import issue_token, signing_key
 
 GRANT_TYPES = ["client_credentials"]
 WRONG_SECRET = "wrong secret, or no such client"
+BUSY = "too many attempts at once from this address (not counted as failures)"
+UNKNOWN_OR_WRONG = "Unknown client or wrong secret."
 LOCKED_OUT = "locked out after too many failed attempts from this address"
 
 
@@ -46,6 +48,19 @@ class AuthAPI:
         self.limiter = FailureLimiter(settings.token_failures_per_minute)
         self.proxies = TrustedProxies.of(settings.trusted_proxies)
         self.auditor: Any = None  # fhir_fax.audit.Auditor, set when the module starts
+
+    async def _authenticate(
+        self, request: Request, client_id: str | None, secret: str | None, assertion: str | None
+    ) -> tuple[dict[str, Any] | None, str]:
+        """The client the request proves it is, or None and why not."""
+        if assertion:
+            try:
+                token_endpoint = f"{self.issuer(request)}/oauth/token"
+                return await authenticate_assertion(self.database, assertion, token_endpoint), ""
+            except AssertionError_ as error:
+                return None, str(error)
+        record = await Clients(self.database).authenticate(client_id or "", secret or "")
+        return record, WRONG_SECRET
 
     async def _refused(self, client_id: str | None, address: str | None, reason: str) -> None:
         """Audit a refused token request (aggregated: a flood of them is a few writes, not one each)."""
@@ -87,24 +102,24 @@ class AuthAPI:
                 )
             address = caller_address(request, self.proxies)
             attempt = await self.limiter.attempt(self.database, client_id, address)
+            if attempt.busy:
+                await self._refused(client_id, address, BUSY)
+                message = "Too many token requests for this client from this address at once; retry in a second."
+                return oauth_error(429, "slow_down", message, {"retry-after": "1"})
             if not attempt.allowed:
                 await self._refused(client_id, address, LOCKED_OUT)
                 return oauth_error(429, "slow_down", "Too many failed attempts; wait a minute.", {"retry-after": "60"})
-            if assertion:
-                try:
-                    token_endpoint = f"{self.issuer(request)}/oauth/token"
-                    record = await authenticate_assertion(self.database, assertion, token_endpoint)
-                except AssertionError_ as error:
-                    await self._refused(client_id, address, f"client_assertion refused: {error}")
-                    return oauth_error(401, "invalid_client", str(error))
-            else:
-                record = await Clients(self.database).authenticate(client_id or "", secret or "")
-                if record is None:
-                    await self._refused(client_id, address, WRONG_SECRET)
-                    return oauth_error(
-                        401, "invalid_client", "Unknown client or wrong secret.", {"www-authenticate": "Basic"}
-                    )
-            await self.limiter.succeeded(self.database, attempt)
+            try:
+                record, refusal = await self._authenticate(request, client_id, secret, assertion)
+            except BaseException:
+                await self.limiter.release(self.database, attempt)  # no verdict on the secret
+                raise
+            if record is None:
+                await self.limiter.failed(self.database, attempt)
+                await self._refused(client_id, address, refusal)
+                headers = None if assertion else {"www-authenticate": "Basic"}
+                return oauth_error(401, "invalid_client", refusal if assertion else UNKNOWN_OR_WRONG, headers)
+            await self.limiter.release(self.database, attempt)
             try:
                 scopes = parse_scopes(form.get("scope", ""))
             except ScopeError as error:
