@@ -107,6 +107,10 @@ def test_a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Pat
         assert statuses == [401] * 10 + [429] * 2, "a new spoofed address each time does not reset the count"
         anonymous = httpx.get(f"{server.url}/fhir/Communication", headers={"x-forwarded-for": "203.0.113.9"})
         assert anonymous.status_code == 401
+        config = httpx.get(
+            f"{server.url}/fhir/.well-known/smart-configuration", headers={"x-forwarded-proto": "https"}
+        ).json()
+        assert config["token_endpoint"].startswith("http://"), "X-Forwarded-Proto is not believed either"
     finally:
         server.stop()  # a graceful stop: the counted refusals are written on the way down
     restarted = FaxServer(tmp_path / "data")
@@ -134,6 +138,8 @@ def test_a_configured_proxy_is_believed(tmp_path: Path) -> None:
         headers = {"x-forwarded-for": "6.6.6.6, 203.0.113.9", "x-forwarded-proto": "https"}
         anonymous = httpx.get(f"{server.url}/fhir/Communication", headers=headers)
         assert anonymous.status_code == 401
+        config = httpx.get(f"{server.url}/fhir/.well-known/smart-configuration", headers=headers).json()
+        assert config["token_endpoint"].startswith("https://"), "the proxy's X-Forwarded-Proto is believed"
     finally:
         server.stop()  # a graceful stop: the counted refusals are written on the way down
     restarted = FaxServer(tmp_path / "data", env=env)

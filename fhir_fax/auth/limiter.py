@@ -4,8 +4,8 @@ The count is per pair, so a guesser locks out only its own (client, address): th
 from its own address, is never refused because someone elsewhere guessed its secret. An IPv6 caller counts
 by its /64, the block one subscriber is given, so rotating the low bits of the address starts no new count.
 
-An attempt first takes its place (an atomic ``$inc`` of the pair's ``pending`` count, which returns the
-whole count) and is only then judged, so concurrent guesses cannot all pass one check before any of them is
+An attempt first takes its place (an atomic ``$inc`` of the pair's ``pending`` count), reads the count
+back and is only then judged, so concurrent guesses cannot all pass one check before any of them is
 counted: the secret is checked only while failures plus checks in flight stay within the limit. An attempt
 that would pass that limit only because of checks still in flight waits a moment and tries again (a
 client's honest burst of concurrent requests is slowed, not refused); once the failures alone reach it,
@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from ..fhir.models import now
@@ -85,8 +84,12 @@ class FailureLimiter:
         while True:
             minute, elapsed = divmod(time.time(), 60)
             current, previous = f"{key}|{int(minute)}", f"{key}|{int(minute) - 1}"
-            counts = await self._change(database, current, pending=1)
-            before = await database[FAILURES].find_one({"_id": previous}) or {}
+            await self._change(database, current, pending=1)
+            # Read after the increment: the counts then include this attempt and every one before it (and
+            # perhaps later ones too, which only makes the judgement stricter), so no two attempts can both
+            # take the last place. (Not findAndModify: the embedded database answers None to concurrent upserts.)
+            found = await self._counts(database, current, previous)
+            counts, before = found.get(current, {}), found.get(previous, {})
             weight = 1 - elapsed / 60
             failures = counts.get("failed", 0) + before.get("failed", 0) * weight
             in_flight = counts.get("pending", 0) + before.get("pending", 0)
@@ -109,15 +112,17 @@ class FailureLimiter:
         await self._change(database, attempt.document_id, pending=-1)
 
     @staticmethod
-    async def _change(database: Any, document_id: str, **increments: int) -> dict[str, Any]:
-        """Add ``increments`` to the counts of one pair and minute, atomically; the counts after."""
+    async def _change(database: Any, document_id: str, **increments: int) -> None:
+        """Add ``increments`` to the counts of one pair and minute (atomic ``$inc``)."""
         update = {"$inc": increments, "$setOnInsert": {"expires": now() + timedelta(minutes=3)}}
-        for _ in range(3):  # two first attempts may both try to insert; the loser then updates
+        for _ in range(3):  # two first attempts may both try to insert; the loser's update did not happen
             try:
-                document = await database[FAILURES].find_one_and_update(
-                    {"_id": document_id}, update, upsert=True, return_document=ReturnDocument.AFTER
-                )
-                return dict(document)
+                await database[FAILURES].update_one({"_id": document_id}, update, upsert=True)
+                return
             except DuplicateKeyError:
                 continue
         raise RuntimeError(f"could not count a token attempt for {document_id}")
+
+    @staticmethod
+    async def _counts(database: Any, *document_ids: str) -> dict[str, dict[str, Any]]:
+        return {d["_id"]: d async for d in database[FAILURES].find({"_id": {"$in": list(document_ids)}})}
