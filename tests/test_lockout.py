@@ -237,3 +237,41 @@ async def test_a_burst_that_cannot_wait_is_told_to_retry_without_a_failure(setti
     assert all("at once" in r.json()["error_description"] for r in busy)
     assert [r.status_code for r in admitted] == [200] * 10
     assert await counts(database) == ({f"{ADMIN_ID}@{REAL_CLIENT}"}, 0, 0)
+
+
+async def test_a_flood_of_secret_checks_is_shed_not_queued(
+    settings: Settings, database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond ``max_waiting`` secret checks queued for a hashing thread, token requests get 503 at once."""
+    original = clients_module.hash_secret
+    release = threading.Event()
+
+    def held(secret: str, salt: bytes) -> bytes:
+        release.wait(timeout=20)
+        return original(secret, salt)
+
+    monkeypatch.setattr(clients_module.HASHING, "max_waiting", 2)
+    async with started(settings, database) as app, caller(app, ATTACKER) as attacker:
+        clients_module.hash_secret = held
+        try:
+            forms = [{**FORM, "client_id": f"client-{n}", "client_secret": "x"} for n in range(5)]
+            tasks = [asyncio.create_task(attacker.post("/oauth/token", data=form)) for form in forms]
+            answered: set[asyncio.Task[httpx.Response]] = set()
+            while len(answered) < 3:
+                done, _ = await asyncio.wait(set(tasks) - answered, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+                assert done, "the requests beyond the queue were not answered while the hashes were held"
+                answered |= done
+            shed = [task.result() for task in answered]
+            release.set()
+            checked = [await task for task in tasks if task not in answered]
+        finally:
+            clients_module.hash_secret = original
+            release.set()
+    assert [(r.status_code, r.json()["error"], r.headers["retry-after"]) for r in shed] == [
+        (503, "temporarily_unavailable", "1")
+    ] * 3
+    assert all("retry in a moment" in r.json()["error_description"] for r in shed)
+    assert [r.status_code for r in checked] == [401, 401]
+    pairs, failed, pending = await counts(database)
+    assert (len(pairs), failed, pending) == (5, 2, 0), "a shed request is not counted as a failure"
+    assert clients_module.HASHING.waiting == 0

@@ -3,7 +3,7 @@
 Secrets are shown once and stored only as a salted scrypt hash. scrypt is meant to be slow (about 50 ms and
 16 MB a hash), so it runs in a small thread pool of its own, never on the event loop: a burst of token
 requests then waits for a hashing thread instead of stalling every other request, and cannot take more
-than ``HASHING_THREADS`` cores or the default pool other work uses.
+than ``HASHING_THREADS`` cores or the default pool other work uses (see ``HashingPool``).
 """
 
 from __future__ import annotations
@@ -26,18 +26,44 @@ COLLECTION = "auth_clients"
 ALLOW_EVERYTHING = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
 
 
-HASHING_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
-_hashing = ThreadPoolExecutor(max_workers=HASHING_THREADS, thread_name_prefix="fhir-fax-hash")
-
-
 def hash_secret(secret: str, salt: bytes) -> bytes:
-    """The scrypt hash (blocking; call ``hashed`` from async code)."""
+    """The scrypt hash (blocking; async code uses ``HASHING``)."""
     return hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
 
 
-async def hashed(secret: str, salt: bytes) -> bytes:
-    """``hash_secret`` in the hashing pool (hashlib releases the GIL, so the loop keeps running meanwhile)."""
-    return await asyncio.get_running_loop().run_in_executor(_hashing, hash_secret, secret, salt)
+class HashingBusy(Exception):
+    """Too many secret checks are already waiting for a hashing thread; retry in a moment."""
+
+
+class HashingPool:
+    """scrypt off the event loop, in threads of its own (hashlib releases the GIL while it hashes).
+
+    Secret checks of token requests, which anyone can send, may only queue up to ``max_waiting``: beyond
+    that they are refused at once (``HashingBusy``), so a flood costs neither unbounded memory nor an
+    unbounded wait for the real clients behind it. Hashing a new secret (creating, rotating) always waits.
+    """
+
+    def __init__(self, threads: int, max_waiting: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fhir-fax-hash")
+        self.max_waiting = max_waiting
+        self.waiting = 0
+
+    async def hash(self, secret: str, salt: bytes, *, shed: bool = False) -> bytes:
+        if shed and self.waiting >= self.max_waiting:
+            raise HashingBusy("The server is busy checking other secrets; retry in a moment.")
+        self.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, _hash, secret, salt)
+        finally:
+            self.waiting -= 1
+
+
+def _hash(secret: str, salt: bytes) -> bytes:
+    return hash_secret(secret, salt)  # looked up when called, so the tests can watch which thread runs it
+
+
+HASHING_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))  # half the cores: the loop and database keep some
+HASHING = HashingPool(HASHING_THREADS, max_waiting=64)
 
 
 def check_jwks(jwks: Any) -> dict[str, Any]:
@@ -98,7 +124,7 @@ class Clients:
             "description": description,
             "accessPolicy": policy,
             "salt": salt,
-            "secretHash": await hashed(secret, salt),
+            "secretHash": await HASHING.hash(secret, salt),
             "created": now(),
         }
         if jwks:
@@ -107,11 +133,12 @@ class Clients:
         return record, secret
 
     async def authenticate(self, client_id: str, secret: str) -> dict[str, Any] | None:
-        """The client if ``secret`` is its secret, else None (same work either way)."""
+        """The client if ``secret`` is its secret, else None (same work either way); HashingBusy under a flood."""
         record = await self.collection.find_one({"clientId": client_id})
         salt = bytes(record["salt"]) if record else b"\x00" * 16
         expected = bytes(record["secretHash"]) if record else b"\x00" * 32
-        return record if hmac.compare_digest(await hashed(secret, salt), expected) and record else None
+        matches = hmac.compare_digest(await HASHING.hash(secret, salt, shed=True), expected)
+        return record if matches and record else None
 
     async def by_client_id(self, client_id: str) -> dict[str, Any] | None:
         return await self.collection.find_one({"clientId": client_id})
@@ -122,8 +149,9 @@ class Clients:
     async def rotate_secret(self, record_id: str) -> str | None:
         secret = new_secret()
         salt = secrets.token_bytes(16)
+        hashed = await HASHING.hash(secret, salt)
         result = await self.collection.update_one(
-            {"_id": record_id}, {"$set": {"salt": salt, "secretHash": await hashed(secret, salt), "updated": now()}}
+            {"_id": record_id}, {"$set": {"salt": salt, "secretHash": hashed, "updated": now()}}
         )
         return secret if result.matched_count else None
 
@@ -150,7 +178,8 @@ class Clients:
             await self.create("bootstrap admin", ALLOW_EVERYTHING, client_id=client_id, secret=secret)
         elif await self.authenticate(client_id, secret) is None or record["accessPolicy"] != ALLOW_EVERYTHING:
             salt = secrets.token_bytes(16)
+            hashed = await HASHING.hash(secret, salt)
             await self.collection.update_one(
                 {"_id": record["_id"]},
-                {"$set": {"salt": salt, "secretHash": await hashed(secret, salt), "accessPolicy": ALLOW_EVERYTHING}},
+                {"$set": {"salt": salt, "secretHash": hashed, "accessPolicy": ALLOW_EVERYTHING}},
             )

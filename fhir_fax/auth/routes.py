@@ -21,7 +21,7 @@ from ..audit import ANONYMOUS
 from ..settings import Settings
 from .addresses import TrustedProxies, caller_address
 from .assertions import ALGORITHMS, ASSERTION_TYPE, AssertionError_, authenticate_assertion, claimed_client
-from .clients import Clients
+from .clients import Clients, HashingBusy
 from .limiter import FailureLimiter
 from .scopes import ScopeError, parse_scopes
 from .tokens import issue_token, signing_key
@@ -111,6 +111,9 @@ class AuthAPI:
                 return oauth_error(429, "slow_down", "Too many failed attempts; wait a minute.", {"retry-after": "60"})
             try:
                 record, refusal = await self._authenticate(request, client_id, secret, assertion)
+            except HashingBusy as busy:
+                await self.limiter.release(self.database, attempt)
+                return oauth_error(503, "temporarily_unavailable", str(busy), {"retry-after": "1"})
             except BaseException:
                 await self.limiter.release(self.database, attempt)  # no verdict on the secret
                 raise
