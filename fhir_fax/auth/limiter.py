@@ -88,7 +88,11 @@ class FailureLimiter:
             # Read after the increment: the counts then include this attempt and every one before it (and
             # perhaps later ones too, which only makes the judgement stricter), so no two attempts can both
             # take the last place. (Not findAndModify: the embedded database answers None to concurrent upserts.)
-            found = await self._counts(database, current, previous)
+            try:
+                found = await self._counts(database, current, previous)
+            except BaseException:  # cancelled or failed: do not hold the place for the rest of the minute
+                await self._change(database, current, pending=-1)
+                raise
             counts, before = found.get(current, {}), found.get(previous, {})
             weight = 1 - elapsed / 60
             failures = counts.get("failed", 0) + before.get("failed", 0) * weight
