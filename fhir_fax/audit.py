@@ -8,12 +8,20 @@ Events are written with group commit: a request waits until its event is stored 
 is always on record), but events of concurrent requests that arrive while a write is in flight go
 together in the next ``insert_many``. One request alone is written at once; under load, dozens share one
 round trip. The event of a sent fax is written in the send's own transaction instead (``fax_sent_event``).
+
+Refusals of unauthenticated requests (no token, a bad token, a wrong client secret) are not written one by
+one: anyone can send them, as fast as they like, and each would cost a durable write. They are counted in
+memory instead, per (address, action, resource, reason), and written as one AuditEvent per count and
+minute, with how many there were and when the first and last came (``RefusalAggregator``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from .fhir.models import format_instant, now
@@ -26,6 +34,8 @@ INTERACTIONS = "http://hl7.org/fhir/restful-interaction"
 FAX_EVENTS = "urn:fhir-fax:audit-event"
 CLIENTS = "urn:fhir-fax:client"
 SUCCESS, MINOR_FAILURE = "0", "4"
+ANONYMOUS = "anonymous"  # the caller of a request that did not authenticate
+REFUSAL_COUNT = "urn:fhir-fax:refusal-count"  # extension: how many refusals an aggregated event stands for
 
 
 def audit_event(
@@ -95,10 +105,95 @@ class GroupWriter:
                         done.set_result(None)
 
 
+@dataclass
+class _Tally:
+    count: int
+    first: datetime
+    last: datetime
+
+
+class RefusalAggregator:
+    """Unauthenticated refusals, counted in memory and written as one AuditEvent per kind and window.
+
+    A kind is (address, action, resource, reason). At most ``max_keys`` kinds are kept per window; the
+    rest (an attacker inventing a new reason or address for every request) are counted together in one
+    overflow event, so a window costs at most ``max_keys + 1`` writes however the refusals vary. Counts are
+    written when the window ends and when the server stops; a crash loses at most one window of counts,
+    which is the price of not writing each refusal of a flood.
+    """
+
+    def __init__(self, store: ResourceStore, *, window_seconds: float = 60.0, max_keys: int = 1000) -> None:
+        self.store = store
+        self.window_seconds = window_seconds
+        self.max_keys = max_keys
+        self._tallies: dict[tuple[str | None, str, str, str], _Tally] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+
+    def add(self, *, address: str | None, action: str, resource: str, reason: str) -> None:
+        """Count one refusal (no I/O: this is what a flood of bad requests costs)."""
+        key = (address, action, resource[:200], reason[:300])
+        if key not in self._tallies and len(self._tallies) >= self.max_keys:
+            reason = f"other refusals (more than {self.max_keys} distinct addresses and reasons in one window)"
+            key = (None, "*", "-", reason)
+        moment = now()
+        tally = self._tallies.get(key)
+        if tally is None:
+            self._tallies[key] = _Tally(1, moment, moment)
+        else:
+            tally.count += 1
+            tally.last = moment
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later(), name="fhir-fax-refusal-audit")
+
+    async def _flush_later(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), self.window_seconds)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write one event per kind counted so far (a failure is logged: the requests were answered long ago)."""
+        tallies, self._tallies = self._tallies, {}
+        if not tallies:
+            return
+        events = [self._event(key, tally) for key, tally in tallies.items()]
+        try:
+            await self.store.create_many(events, validated=True)
+        except Exception:
+            log.exception("could not record %d aggregated refusal events", len(events))
+
+    async def close(self) -> None:
+        """Write what is counted (the server is stopping)."""
+        self._closing.set()
+        if self._flusher is not None:
+            await self._flusher
+            self._flusher = None
+        await self.flush()
+
+    @staticmethod
+    def _event(key: tuple[str | None, str, str, str], tally: _Tally) -> dict[str, Any]:
+        address, action, resource, reason = key
+        first, last = format_instant(tally.first), format_instant(tally.last)
+        times = "1 time" if tally.count == 1 else f"{tally.count} times"
+        description = f"{action} on {resource} refused: {reason} ({times} from {first} to {last})"
+        event = audit_event(
+            subtype=(FAX_EVENTS, "access-refused"), action="E", outcome=MINOR_FAILURE, who=ANONYMOUS,
+            address=address, entities=[], description=description,
+        )  # fmt: skip
+        event["period"] = {"start": first, "end": last}
+        event["extension"] = [{"url": REFUSAL_COUNT, "valueInteger": tally.count}]
+        return event
+
+
 class Auditor:
     def __init__(self, store: ResourceStore) -> None:
         self.store = store
         self.writer = GroupWriter(store)
+        self.refusals = RefusalAggregator(store)
+
+    async def close(self) -> None:
+        """Write the refusals still being counted (call when the server stops)."""
+        await self.refusals.close()
 
     async def record(self, **fields: Any) -> None:
         try:
@@ -133,6 +228,10 @@ class Auditor:
         )  # fmt: skip
 
     async def refused(self, action: str, resource: str, who: str, address: str | None, reason: str) -> None:
+        """An authenticated client's refusal is written at once; an anonymous one is counted (see above)."""
+        if who == ANONYMOUS:
+            self.refusals.add(address=address, action=action, resource=resource, reason=reason)
+            return
         await self.record(
             subtype=(FAX_EVENTS, "access-refused"), action="E", outcome=MINOR_FAILURE, who=who, address=address,
             entities=[], description=f"{action} on {resource} refused: {reason}",

@@ -36,6 +36,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .auth.addresses import TrustedProxies
 
     settings = _settings(args)
     base = settings.base_url or f"http://{settings.host}:{settings.port}"
@@ -51,7 +52,15 @@ def serve(args: argparse.Namespace) -> int:
         )
     else:
         print("fhir-fax: no client configured; create one with `fhir-fax clients create`", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    # X-Forwarded-For/-Proto are believed from FHIR_FAX_TRUSTED_PROXIES only (uvicorn's own default trusts loopback).
+    proxies = TrustedProxies.of(settings.trusted_proxies)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        **proxies.uvicorn_options(),
+    )
     return 0
 
 

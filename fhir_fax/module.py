@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .audit import Auditor
+from .auth.addresses import TrustedProxies, caller_address
 from .auth.assertions import ensure_indexes as assertion_indexes
 from .auth.clients import Clients
 from .auth.guard import Guard
@@ -64,6 +65,7 @@ class FaxModule:
         self._database: Database | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._auditor: Auditor | None = None
 
     def install(self, app: FastAPI) -> None:
         """Add the routers to ``app`` and run this module's start-up and shut-down around the app's own."""
@@ -125,6 +127,8 @@ class FaxModule:
         auditor = Auditor(store)
         service.auditor = auditor
         self.guard.auditor = auditor
+        self.auth.auditor = auditor
+        self._auditor = auditor
         self.fhir.on_read = self._audit_reads(auditor)
         self.fax.tracker = Tracker(self.settings, store, service.outbox, auditor)
         await database[RECEIPTS].create_index("received", name="expiry", expireAfterSeconds=7 * 86_400)
@@ -138,16 +142,16 @@ class FaxModule:
             self._supervisor = asyncio.create_task(embedded.supervise(), name="fhir-fax-db-supervisor")
         log.info("fhir-fax started (FHIR API at %s)", self.settings.fhir_path)
 
-    @staticmethod
-    def _audit_reads(auditor: Auditor) -> Any:
+    def _audit_reads(self, auditor: Auditor) -> Any:
         """Reads of Communications (faxes carry health information) are audited; other reads are not."""
+        proxies = TrustedProxies.of(self.settings.trusted_proxies)
 
         async def on_read(request: Any, interaction: str, resources: list[dict[str, Any]]) -> None:
             faxes = [r for r in resources if r.get("resourceType") == "Communication"]
             if faxes:
                 principal = getattr(request.state, "principal", None)
                 who = principal.client_id if principal else "anonymous"
-                address = request.client.host if request.client else None
+                address = caller_address(request, proxies)
                 await auditor.read(interaction, faxes, who, address)
 
         return on_read
@@ -172,6 +176,9 @@ class FaxModule:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+        if self._auditor is not None:
+            await self._auditor.close()  # counted refusals are written before the database goes
+            self._auditor = None
         self.fhir.detach()
         self.fax.service = None
         self.z3.database = None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .auth.issuers import ExternalIssuer
 
@@ -105,7 +108,16 @@ class Settings(BaseSettings):
     bootstrap_client_secret: str | None = Field(default=None, description="Its secret.")
     token_lifetime_seconds: int = Field(default=900, ge=60, description="How long issued access tokens last.")
     token_failures_per_minute: int = Field(
-        default=10, ge=1, description="Failed token requests allowed per client id and per address each minute (429)."
+        default=10,
+        ge=1,
+        description="Failed token requests allowed per client id and caller address each minute (429).",
+    )
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDRs, commas or a JSON list). "
+            "Unset: nobody's; the connecting peer is the caller."
+        ),
     )
     external_issuers: list[ExternalIssuer] = Field(
         default_factory=list,
@@ -120,6 +132,26 @@ class Settings(BaseSettings):
         default=None, description="Bearer token for that server; unset: forward the caller's Authorization."
     )
     reference_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        """``10.0.0.0/8, 192.0.2.1`` or ``["10.0.0.0/8"]``; a host address with a prefix (10.0.0.1/8) is refused."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, list):
+            networks = []
+            for item in value:
+                try:
+                    networks.append(ip_network(item) if isinstance(item, str) else item)
+                except ValueError as error:
+                    raise ValueError(f"{item!r} is not an IP address or network ({error})") from None
+            return networks
+        return value
 
     def public_base(self, request_base: str) -> str:
         """The base URL links are built from: the configured one, else the request's own."""

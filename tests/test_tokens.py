@@ -115,7 +115,7 @@ async def test_every_server_process_shares_the_failure_count(
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "60"
     counted = {d["_id"].rsplit("|", 1)[0] async for d in database["token_failures"].find({})}
-    assert counted == {"client:admin", "ip:127.0.0.1"}
+    assert counted == {"admin@127.0.0.1"}, "one count per client and caller address"
 
 
 async def test_smart_configuration(auth_api: httpx.AsyncClient) -> None:

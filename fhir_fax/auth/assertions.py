@@ -30,6 +30,15 @@ async def ensure_indexes(database: Any) -> None:
     await database[JTIS].create_index("expires", name="expiry", expireAfterSeconds=0)
 
 
+def claimed_client(assertion: str) -> str | None:
+    """The client an assertion claims to come from (unverified: it only names whose failure count applies)."""
+    try:
+        issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError:
+        return None
+    return issuer if isinstance(issuer, str) else None
+
+
 async def authenticate_assertion(database: Any, assertion: str, token_endpoint: str) -> dict[str, Any]:
     """The client the assertion proves, or AssertionError_ with the reason."""
     try:

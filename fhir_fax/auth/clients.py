@@ -1,14 +1,20 @@
 """Machine clients (client id + secret), each with an access policy (collection ``auth_clients``).
 
-Secrets are shown once and stored only as a salted scrypt hash.
+Secrets are shown once and stored only as a salted scrypt hash. scrypt is meant to be slow (about 50 ms and
+16 MB a hash), so it runs in a small thread pool of its own, never on the event loop: a burst of token
+requests then waits for a hashing thread instead of stalling every other request, and cannot take more
+than ``HASHING_THREADS`` cores or the default pool other work uses (see ``HashingPool``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import os
 import secrets
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jwt
@@ -21,7 +27,43 @@ ALLOW_EVERYTHING = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}
 
 
 def hash_secret(secret: str, salt: bytes) -> bytes:
+    """The scrypt hash (blocking; async code uses ``HASHING``)."""
     return hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+
+
+class HashingBusy(Exception):
+    """Too many secret checks are already waiting for a hashing thread; retry in a moment."""
+
+
+class HashingPool:
+    """scrypt off the event loop, in threads of its own (hashlib releases the GIL while it hashes).
+
+    Secret checks of token requests, which anyone can send, may only queue up to ``max_waiting``: beyond
+    that they are refused at once (``HashingBusy``), so a flood costs neither unbounded memory nor an
+    unbounded wait for the real clients behind it. Hashing a new secret (creating, rotating) always waits.
+    """
+
+    def __init__(self, threads: int, max_waiting: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fhir-fax-hash")
+        self.max_waiting = max_waiting
+        self.waiting = 0
+
+    async def hash(self, secret: str, salt: bytes, *, shed: bool = False) -> bytes:
+        if shed and self.waiting >= self.max_waiting:
+            raise HashingBusy("The server is busy checking other secrets; retry in a moment.")
+        self.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, _hash, secret, salt)
+        finally:
+            self.waiting -= 1
+
+
+def _hash(secret: str, salt: bytes) -> bytes:
+    return hash_secret(secret, salt)  # looked up when called, so the tests can watch which thread runs it
+
+
+HASHING_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))  # half the cores: the loop and database keep some
+HASHING = HashingPool(HASHING_THREADS, max_waiting=64)
 
 
 def check_jwks(jwks: Any) -> dict[str, Any]:
@@ -82,7 +124,7 @@ class Clients:
             "description": description,
             "accessPolicy": policy,
             "salt": salt,
-            "secretHash": hash_secret(secret, salt),
+            "secretHash": await HASHING.hash(secret, salt),
             "created": now(),
         }
         if jwks:
@@ -91,11 +133,12 @@ class Clients:
         return record, secret
 
     async def authenticate(self, client_id: str, secret: str) -> dict[str, Any] | None:
-        """The client if ``secret`` is its secret, else None (same work either way)."""
+        """The client if ``secret`` is its secret, else None (same work either way); HashingBusy under a flood."""
         record = await self.collection.find_one({"clientId": client_id})
         salt = bytes(record["salt"]) if record else b"\x00" * 16
         expected = bytes(record["secretHash"]) if record else b"\x00" * 32
-        return record if hmac.compare_digest(hash_secret(secret, salt), expected) and record else None
+        matches = hmac.compare_digest(await HASHING.hash(secret, salt, shed=True), expected)
+        return record if matches and record else None
 
     async def by_client_id(self, client_id: str) -> dict[str, Any] | None:
         return await self.collection.find_one({"clientId": client_id})
@@ -106,8 +149,9 @@ class Clients:
     async def rotate_secret(self, record_id: str) -> str | None:
         secret = new_secret()
         salt = secrets.token_bytes(16)
+        hashed = await HASHING.hash(secret, salt)
         result = await self.collection.update_one(
-            {"_id": record_id}, {"$set": {"salt": salt, "secretHash": hash_secret(secret, salt), "updated": now()}}
+            {"_id": record_id}, {"$set": {"salt": salt, "secretHash": hashed, "updated": now()}}
         )
         return secret if result.matched_count else None
 
@@ -134,7 +178,8 @@ class Clients:
             await self.create("bootstrap admin", ALLOW_EVERYTHING, client_id=client_id, secret=secret)
         elif await self.authenticate(client_id, secret) is None or record["accessPolicy"] != ALLOW_EVERYTHING:
             salt = secrets.token_bytes(16)
+            hashed = await HASHING.hash(secret, salt)
             await self.collection.update_one(
                 {"_id": record["_id"]},
-                {"$set": {"salt": salt, "secretHash": hash_secret(secret, salt), "accessPolicy": ALLOW_EVERYTHING}},
+                {"$set": {"salt": salt, "secretHash": hashed, "accessPolicy": ALLOW_EVERYTHING}},
             )

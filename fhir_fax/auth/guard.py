@@ -22,6 +22,7 @@ from ..fhir.compartments import LIMITED_TYPES
 from ..fhir.context import ServiceUnavailable
 from ..fhir.errors import Forbidden, Unauthorized
 from ..settings import Settings
+from .addresses import TrustedProxies, caller_address
 from .clients import Clients
 from .issuers import ExternalIssuers, IssuerUnavailable
 from .policies import PolicyError, Rule, allows, parse_policy
@@ -153,7 +154,7 @@ class Guard:
         self, request: Request, who: str, reason: str, action: str = "authenticate", resource: str = "-"
     ) -> None:
         if self.auditor is not None:
-            address = request.client.host if request.client else None
+            address = caller_address(request, TrustedProxies.of(self.settings.trusted_proxies))
             await self.auditor.refused(action, resource, who, address, reason)
 
     async def require(self, request: Request, action: str, resource: str) -> Principal:

@@ -2,8 +2,9 @@
 
 ``POST /oauth/token`` takes ``grant_type=client_credentials`` with the client's id and secret (form
 fields or HTTP Basic) and an optional ``scope`` that can only narrow the client's access policy.
-Failed attempts are limited per client id and per address (429, counted in the database so all
-server processes share the count), so secrets cannot be guessed.
+Failed attempts are limited per client id and caller address (429, counted in the database so all
+server processes share the count; see ``limiter.py``), so secrets cannot be guessed and a guesser cannot
+lock the real client out. Refused requests are audited in aggregate (``audit.RefusalAggregator``).
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from ..audit import ANONYMOUS
 from ..settings import Settings
-from .assertions import ALGORITHMS, ASSERTION_TYPE, AssertionError_, authenticate_assertion
-from .clients import Clients
+from .addresses import TrustedProxies, caller_address
+from .assertions import ALGORITHMS, ASSERTION_TYPE, AssertionError_, authenticate_assertion, claimed_client
+from .clients import Clients, HashingBusy
 from .limiter import FailureLimiter
 from .oauth_http import OAuthRoute
 from .scopes import ScopeError, parse_scopes
 from .tokens import issue_token, signing_key
 
 GRANT_TYPES = ["client_credentials"]
+WRONG_SECRET = "wrong secret, or no such client"
+BUSY = "too many attempts at once from this address (not counted as failures)"
+UNKNOWN_OR_WRONG = "Unknown client or wrong secret."
+LOCKED_OUT = "locked out after too many failed attempts from this address"
 
 
 def oauth_error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -40,6 +47,27 @@ class AuthAPI:
         self.settings = settings
         self.database: Any = None
         self.limiter = FailureLimiter(settings.token_failures_per_minute)
+        self.proxies = TrustedProxies.of(settings.trusted_proxies)
+        self.auditor: Any = None  # fhir_fax.audit.Auditor, set when the module starts
+
+    async def _authenticate(
+        self, request: Request, client_id: str | None, secret: str | None, assertion: str | None
+    ) -> tuple[dict[str, Any] | None, str]:
+        """The client the request proves it is, or None and why not."""
+        if assertion:
+            try:
+                token_endpoint = f"{self.issuer(request)}/oauth/token"
+                return await authenticate_assertion(self.database, assertion, token_endpoint), ""
+            except AssertionError_ as error:
+                return None, str(error)
+        record = await Clients(self.database).authenticate(client_id or "", secret or "")
+        return record, WRONG_SECRET
+
+    async def _refused(self, client_id: str | None, address: str | None, reason: str) -> None:
+        """Audit a refused token request (aggregated: a flood of them is a few writes, not one each)."""
+        if self.auditor is not None:
+            resource = f"Client/{(client_id or '-')[:100]}"
+            await self.auditor.refused("token", resource, ANONYMOUS, address, reason)
 
     def issuer(self, request: Request) -> str:
         return self.settings.public_base(str(request.base_url))
@@ -62,34 +90,40 @@ class AuthAPI:
                     return oauth_error(400, "invalid_request", "The Basic authorization header is malformed.")
             if self.database is None:
                 return oauth_error(503, "temporarily_unavailable", "The server is starting; retry in a moment.")
-            address = request.client.host if request.client else "unknown"
-            keys = (f"ip:{address}", f"client:{client_id}")
-            if await self.limiter.blocked(self.database, *keys):
-                return oauth_error(429, "slow_down", "Too many failed attempts; wait a minute.", {"retry-after": "60"})
             if form.get("grant_type") not in GRANT_TYPES:
                 return oauth_error(
                     400, "unsupported_grant_type", f"grant_type must be one of {', '.join(GRANT_TYPES)}."
                 )
-            if form.get("client_assertion_type") == ASSERTION_TYPE and form.get("client_assertion"):
-                try:
-                    token_endpoint = f"{self.issuer(request)}/oauth/token"
-                    record = await authenticate_assertion(self.database, form["client_assertion"], token_endpoint)
-                except AssertionError_ as error:
-                    await self.limiter.failed(self.database, *keys)
-                    return oauth_error(401, "invalid_client", str(error))
-            else:
-                if not client_id or not secret:
-                    return oauth_error(
-                        400,
-                        "invalid_request",
-                        "Send client_id and client_secret (form or Basic), or a client_assertion.",
-                    )
-                record = await Clients(self.database).authenticate(client_id, secret)
-                if record is None:
-                    await self.limiter.failed(self.database, *keys)
-                    return oauth_error(
-                        401, "invalid_client", "Unknown client or wrong secret.", {"www-authenticate": "Basic"}
-                    )
+            assertion = form.get("client_assertion") if form.get("client_assertion_type") == ASSERTION_TYPE else None
+            if assertion:
+                client_id = claimed_client(assertion) or client_id  # the one it must prove, whatever the form says
+            elif not client_id or not secret:
+                return oauth_error(
+                    400, "invalid_request", "Send client_id and client_secret (form or Basic), or a client_assertion."
+                )
+            address = caller_address(request, self.proxies)
+            attempt = await self.limiter.attempt(self.database, client_id, address)
+            if attempt.busy:
+                await self._refused(client_id, address, BUSY)
+                message = "Too many token requests for this client from this address at once; retry in a second."
+                return oauth_error(429, "slow_down", message, {"retry-after": "1"})
+            if not attempt.allowed:
+                await self._refused(client_id, address, LOCKED_OUT)
+                return oauth_error(429, "slow_down", "Too many failed attempts; wait a minute.", {"retry-after": "60"})
+            try:
+                record, refusal = await self._authenticate(request, client_id, secret, assertion)
+            except HashingBusy as busy:
+                await self.limiter.release(self.database, attempt)
+                return oauth_error(503, "temporarily_unavailable", str(busy), {"retry-after": "1"})
+            except BaseException:
+                await self.limiter.release(self.database, attempt)  # no verdict on the secret
+                raise
+            if record is None:
+                await self.limiter.failed(self.database, attempt)
+                await self._refused(client_id, address, refusal)
+                headers = None if assertion else {"www-authenticate": "Basic"}
+                return oauth_error(401, "invalid_client", refusal if assertion else UNKNOWN_OR_WRONG, headers)
+            await self.limiter.release(self.database, attempt)
             try:
                 scopes = parse_scopes(form.get("scope", ""))
             except ScopeError as error:

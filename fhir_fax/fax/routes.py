@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from ..auth.addresses import TrustedProxies, caller_address
 from ..fhir.context import FHIRContext, ServiceUnavailable
 from ..fhir.errors import InvalidRequest
 from ..fhir.http import FHIRResponse, FHIRRoute, read_json, version_headers
@@ -62,7 +63,7 @@ class FaxAPI:
         return Caller(
             authorize=authorize,
             who=principal.client_id if principal else "anonymous",
-            address=request.client.host if request.client else None,
+            address=caller_address(request, TrustedProxies.of(settings.trusted_proxies)),
             authorization=request.headers.get("authorization"),
             idempotency_key=key,
             fhir_bases=fhir_bases,
