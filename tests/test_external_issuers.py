@@ -447,7 +447,7 @@ async def test_a_patient_token_gets_only_documents_its_patients_faxes_carry(
 ) -> None:
     await _james_only_document(api, database)
     await Z3Store(database).put(Z3Location("my-bucket", "loose.pdf"), b"%PDF-1.4", "application/pdf")
-    headers = maria_token(issuer_site[0], realm_access={"roles": ["admin"]})
+    headers = maria_token(issuer_site[0], scope="patient/*.cruds", realm_access={"roles": ["admin"]})
     for key, action, message in (
         ("james/letter.pdf", "download", "carried by no fax in Patient/maria-lopez's compartment"),
         ("loose.pdf", "download", "carried by no fax in Patient/maria-lopez's compartment"),

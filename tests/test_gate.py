@@ -185,7 +185,8 @@ async def test_previews_need_the_document_as_well(fax_api: httpx.AsyncClient, da
 
 async def test_history_entries_pass_the_gate(fax_api: httpx.AsyncClient, database: Any) -> None:
     fax = await communication(fax_api)
-    moved = {"resourceType": "Communication", "status": "completed", "subject": {"reference": "Patient/james-oneil"}}
+    moved = {"resourceType": "Communication", "id": fax, "status": "completed",
+             "subject": {"reference": "Patient/james-oneil"}}  # fmt: skip
     assert (await fax_api.put(f"/fhir/Communication/{fax}", json=moved)).status_code == 200
     policy = {
         "rule": [

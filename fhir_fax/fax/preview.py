@@ -1,18 +1,28 @@
-"""``GET /fax/v1/faxes/{communication-id}/preview?page=N``: a page as the recipient will see it (PNG)."""
+"""``GET /fax/v1/faxes/{communication-id}/preview?page=N``: a page as the recipient will see it (PNG).
+
+A preview shows the document, so the route lets the access gate judge the Communication (read, patient
+compartment) and ``check_document`` judge the document (``Z3:GetObject``) before anything is read.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..fhir.errors import InvalidRequest, ResourceNotFound, UnprocessableEntity
-from ..z3.locations import parse_z3_url
+from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, run_pdfium
 from .outbox import Outbox
 from .render import preview_png, render_fax, rendering_location, tiff_pages
 
 
-async def preview(database: Any, communication_id: str, page: str | None) -> bytes:
+async def preview(
+    database: Any,
+    communication_id: str,
+    page: str | None,
+    check_document: Callable[[Z3Location], Awaitable[None]],
+) -> bytes:
     if page is None or not page.isdigit() or int(page) < 1:
         raise InvalidRequest("page must be a page number from 1 up, e.g. ?page=1.", expression=["page"])
     job = await Outbox(database).for_communication(communication_id)
@@ -20,6 +30,7 @@ async def preview(database: Any, communication_id: str, page: str | None) -> byt
         raise ResourceNotFound(f"There is no fax for Communication/{communication_id}.")
     z3 = Z3Store(database)
     original = parse_z3_url(job["media"], ())
+    await check_document(original)
     target = rendering_location(original, job["quality"])
     tiff = await z3.read(target)
     if tiff is None:

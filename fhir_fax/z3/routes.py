@@ -73,12 +73,16 @@ class Z3API:
             if action not in ACTIONS:
                 raise InvalidRequest('action must be "upload" or "download".')
             permission = "Z3:PutObject" if action == "upload" else "Z3:GetObject"
-            await self.fhir.authorize(request, permission, f"Z3:{location.bucket}/{location.key}")
+            resource = f"Z3:{location.bucket}/{location.key}"
+            await self.fhir.document(request, permission, resource)
             if action == "download" and await store.stat(location) is None:
                 raise ResourceNotFound(f"There is no object at {location}.")
             key_bytes = await signing_key(self.database)
             ttl = self.settings.z3_url_ttl_seconds
-            return {"signedUrl": presign(key_bytes, self.project_api(request), location, action, ttl)}
+            signed = presign(key_bytes, self.project_api(request), location, action, ttl)
+            if action == "download":  # handing out the URL is the disclosure: it is on record
+                await self.fhir.document_was_read(request, resource)
+            return {"signedUrl": signed}
 
         @router.get("/z3", summary="List buckets")
         async def list_buckets(request: Request) -> list[dict[str, str]]:
@@ -119,7 +123,7 @@ class Z3API:
         async def download_or_list(request: Request, bucket: str, key: str) -> Response:
             store = self.require_store()
             if SIGNATURE not in request.query_params:
-                await self.fhir.authorize(request, "Z3:ListObjects", f"Z3:{bucket}/{key}")
+                await self.fhir.document(request, "Z3:ListObjects", f"Z3:{bucket}/{key}")
                 if not await store.bucket_exists(bucket):
                     raise ResourceNotFound(f"There is no bucket {bucket!r}.")
                 objects = await store.list_objects(bucket, key)
@@ -139,7 +143,7 @@ class Z3API:
         async def delete_object(request: Request, bucket: str, key: str) -> Response:
             await self.fhir.authenticate(request)
             location = self.location(bucket, key)
-            await self.fhir.authorize(request, "Z3:DeleteObject", f"Z3:{location.bucket}/{location.key}")
+            await self.fhir.document(request, "Z3:DeleteObject", f"Z3:{location.bucket}/{location.key}")
             if not await self.require_store().delete_object(location):
                 raise ResourceNotFound(f"There is no object at {location}.")
             return Response(status_code=204)

@@ -1,0 +1,33 @@
+"""Which faxes carry a document: what the access gate asks when a token limited to one patient reaches Z3.
+
+A document belongs to the Communications of the faxes sent with it (``fax_jobs.media``) and so does its
+rendering (``fax_jobs.rendered``). Only the send path writes these fields, after checking that the
+caller may read the document, so a client cannot attach someone else's document to its own patient's
+record by writing a Communication by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .outbox import COLLECTION
+
+FIELDS = ("media", "rendered")
+
+
+async def ensure_indexes(database: Any) -> None:
+    for name in FIELDS:
+        await database[COLLECTION].create_index(name, name=f"carries_{name}")
+
+
+def carriers_of(database: Any) -> Any:
+    """``carriers(url)``: the Communication ids of the faxes whose document (or its rendering) is ``url``."""
+
+    async def carriers(url: str) -> list[str]:
+        found: list[str] = []
+        for name in FIELDS:  # one indexed equality each (no $or: some servers scan for it)
+            async for job in database[COLLECTION].find({name: url}, {"communication_id": 1}):
+                found.append(job["communication_id"])
+        return list(dict.fromkeys(found))
+
+    return carriers
