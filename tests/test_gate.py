@@ -7,8 +7,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 
 from fhir_fax.auth.clients import Clients
+from fhir_fax.auth.policies import Rule, beyond, id_scope, parse_policy
+from fhir_fax.auth.scopes import parse_scopes, permits_action
 
 from helpers import seed_request, stored_counts
 
@@ -199,3 +202,71 @@ async def test_history_entries_pass_the_gate(fax_api: httpx.AsyncClient, databas
         assert refused.status_code == 403
         assert f"FHIR:Read on FHIR:Communication:{fax}" in refused.json()["issue"][0]["diagnostics"]
     assert await database["AuditEvent"].count_documents({"subtype.code": "history-instance"}) == 0
+
+
+# -- the decisions the gate is built on ------------------------------------------------------------------
+
+
+def _rules(*rules: tuple[str | list[str], str | list[str], str]) -> tuple[Rule, ...]:
+    return parse_policy({"rule": [{"resource": r, "action": a, "effect": e} for r, a, e in rules]})
+
+
+@pytest.mark.parametrize(
+    ("own", "granted", "reported"),
+    [
+        ([("*", "*", "Allow")], [("FHIR:Patient:1", "FHIR:Read", "Allow")], None),
+        ([("FHIR:*", "FHIR:Read", "Allow")], [("FHIR:Patient:1", "FHIR:Read", "Allow")], None),
+        ([("FHIR:*", "FHIR:Read", "Allow")], [("FHIR:Patient", "FHIR:*", "Allow")], "Allow FHIR:* on FHIR:Patient"),
+        ([("FHIR:Patient", "FHIR:*", "Allow")], [("FHIR", "FHIR:Read", "Allow")], "Allow FHIR:Read on FHIR"),
+        ([("Z3:letters/**", "Z3:GetObject", "Allow")], [("Z3:letters/2026/*", "Z3:GetObject", "Allow")], None),
+        ([("Z3:letters/**", "Z3:GetObject", "Allow")], [("Z3:**", "Z3:GetObject", "Allow")], "on Z3:**"),
+        ([("Z3:letters/**", "Z3:GetObject", "Allow")], [("Z3:letters-x/a", "Z3:GetObject", "Allow")], "letters-x"),
+        ([("Fax:Fax:*", "Fax:Send", "Allow")], [("*", "Fax:Send", "Allow")], "Allow Fax:Send on *"),
+        ([("*", "*", "Allow"), ("FHIR:Communication:x", "FHIR:Read", "Deny")], [("FHIR", "FHIR:*", "Allow")],
+         "your policy denies FHIR:Read on FHIR:Communication:x"),
+        ([("*", "*", "Allow"), ("FHIR:Communication:x", "FHIR:Read", "Deny")],
+         [("FHIR", "FHIR:*", "Allow"), ("FHIR:Communication:x", "FHIR:*", "Deny")], None),
+        ([("*", "*", "Allow"), ("Z3:a/*/x.pdf", "Z3:GetObject", "Deny")], [("Z3:a/b/*", "Z3:GetObject", "Allow")],
+         "overlaps your Deny"),
+        ([("Fax:Configuration", "Fax:GetConfiguration", "Allow")], [("*", "*", "Deny")], None),
+    ],
+)  # fmt: skip
+def test_a_policy_within_another(
+    own: list[tuple[str, str, str]], granted: list[tuple[str, str, str]], reported: str | None
+) -> None:
+    found = beyond(_rules(*granted), _rules(*own))
+    if reported is None:
+        assert found is None
+    else:
+        assert found is not None and reported in found
+
+
+def test_per_id_rules_become_a_query_filter() -> None:
+    rules = _rules(("FHIR:Communication", "FHIR:Search", "Allow"), ("FHIR:Communication:x", "FHIR:*", "Deny"))
+    assert id_scope(rules, "FHIR:Search", "Communication").mongo_filter() == {"_id": {"$nin": ["x"]}}
+    assert id_scope(rules, "FHIR:Search", "Patient").empty
+    only = _rules((["FHIR:Communication:b", "FHIR:Communication:a"], "FHIR:Search", "Allow"))
+    assert id_scope(only, "FHIR:Search", "Communication").mongo_filter() == {"_id": {"$in": ["a", "b"]}}
+    denied = _rules(("*", "*", "Allow"), ("FHIR:Communication", "FHIR:Read", "Deny"))
+    assert id_scope(denied, "FHIR:Read", "Communication").empty
+    assert not id_scope(denied, "FHIR:Search", "Communication").empty
+
+
+@pytest.mark.parametrize(
+    ("scope", "action", "resource", "expected"),
+    [
+        ("system/Patient.rs", "Z3:GetObject", "Z3:b/k.pdf", False),
+        ("system/Communication.r", "Z3:GetObject", "Z3:b/k.pdf", True),
+        ("patient/Communication.r", "Z3:GetObject", "Z3:b/k.pdf", True),
+        ("system/Communication.r", "Z3:PutObject", "Z3:b/k.pdf", False),
+        ("system/Communication.c", "Fax:Send", "Fax:Fax", True),
+        ("system/Communication.cruds", "Fax:GetConfiguration", "Fax:Configuration", False),
+        ("user/*.r", "Fax:GetConfiguration", "Fax:Configuration", True),
+        ("patient/*.cruds", "App:ListAllM2MClients", "App:M2MClient", False),
+        ("system/*.s", "App:ListAllM2MClients", "App:M2MClient", True),
+        ("system/*.crud", "Unknown:Thing", "Unknown", False),
+        ("system/*.cruds", "Unknown:Thing", "Unknown", True),
+    ],
+)
+def test_scopes_narrow_every_action(scope: str, action: str, resource: str, expected: bool) -> None:
+    assert permits_action(parse_scopes(scope), action, resource) is expected

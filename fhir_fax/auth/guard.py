@@ -180,10 +180,6 @@ class Guard:
             raise Forbidden(refusal)
         return principal
 
-    async def patient_limit(self, request: Request, fhir_action: str, resource_type: str) -> str | None:
-        """The patient this request's work on ``resource_type`` is kept to (after ``require`` passed)."""
-        return (await self.principal(request)).patient_limit(fhir_action, resource_type)
-
 
 def unverified_issuer(token: str) -> Any:
     """The ``iss`` a token claims, read without checking anything: it only chooses how to verify the token."""
