@@ -108,6 +108,9 @@ async def test_per_id_allows_narrow_a_search(fax_api: httpx.AsyncClient, databas
         assert found.status_code == 200, found.text
         assert shown(found.json()) == {f"Communication/{mine}"} and found.json()["total"] == 1
         assert other not in found.text
+    [event] = await searches_audited(database)
+    assert {"what": {"reference": f"Communication/{mine}"}} in event["entity"]
+    assert {"what": {"reference": f"Communication/{other}"}} not in event["entity"]
 
 
 async def test_a_search_the_policy_refuses_entirely_is_refused_up_front(
