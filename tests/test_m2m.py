@@ -80,7 +80,8 @@ async def test_bad_updates_change_nothing(api: httpx.AsyncClient) -> None:
 CLIENT_ADMIN = {
     "rule": [
         {"resource": "App:M2MClient", "action": ["App:CreateM2MClient", "App:UpdateM2MClient",
-                                                  "App:RotateM2MClientSecret", "App:GetM2MClient"], "effect": "Allow"},
+                                                  "App:RotateM2MClientSecret", "App:GetM2MClient",
+                                                  "App:DeleteM2MClient"], "effect": "Allow"},
         {"resource": "Fax:Configuration", "action": "Fax:GetConfiguration", "effect": "Allow"},
     ]
 }  # fmt: skip
@@ -126,6 +127,7 @@ async def test_a_client_cannot_widen_itself_or_take_over_a_stronger_client(
             ("POST", f"/v1/m2m/{admin['id']}/rotate-secret", None),
             ("PATCH", f"/v1/m2m/{admin['id']}", {"description": "mine now"}),
             ("PATCH", f"/v1/m2m/{admin['id']}", {"accessPolicy": CONFIG_ONLY}),
+            ("DELETE", f"/v1/m2m/{admin['id']}", None),
         ):
             response = await client_admin.request(method, path, json=body)
             assert response.status_code == 403, (path, response.text)

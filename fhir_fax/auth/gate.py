@@ -212,11 +212,13 @@ class Gate:
 
         A client never creates or grants rights beyond its own: the new policy must be covered by the
         caller's, and a client whose rights exceed the caller's cannot be changed (its keys, secret or policy)
-        by it, since that hands its rights over. A token with SMART scopes must not be narrowed at all
-        (``system/*.cruds``), since the new client would not be.
+        or deleted by it, since that hands its rights over (or takes them from everyone using it). A token
+        with SMART scopes must not be narrowed at all (``system/*.cruds``) to give rights, since the new
+        client would not be.
         """
         principal = await self.authorize(request, action, resource)
-        if principal.scopes and not permits_action(principal.scopes, "*", "*"):
+        giving = action != "App:DeleteM2MClient"  # deleting hands nothing over: the action's own scope is enough
+        if giving and principal.scopes and not permits_action(principal.scopes, "*", "*"):
             granted = " ".join(str(s) for s in principal.scopes)
             reason = (
                 f"The token's scopes ({granted}) narrow the client's rights, and a client it creates or changes "

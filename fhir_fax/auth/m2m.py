@@ -6,7 +6,7 @@ which shows the caller itself.
 
 A client never creates or grants rights beyond its own (the gate's ``grant``): a new or changed policy
 must be covered by the caller's, and a client with more rights than the caller cannot be changed or have
-its secret rotated by it (that would hand its rights over).
+its secret rotated or be deleted by it (that would hand its rights over, or take them from everyone).
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
     @router.delete("/m2m/{record_id}", summary="Delete an M2M client")
     async def delete(request: Request, record_id: str) -> Response:
         await fhir.authorize(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}")
+        target = _policy((await found(record_id))["accessPolicy"])
+        await gate.grant(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}", None, target)
         if not await clients().delete(record_id):
             raise ResourceNotFound(f"There is no M2M client {record_id}.")
         return Response(status_code=204)
