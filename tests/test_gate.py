@@ -204,7 +204,13 @@ async def test_history_entries_pass_the_gate(fax_api: httpx.AsyncClient, databas
         refused = await client.get(f"/fhir/Communication/{fax}/_history")
         assert refused.status_code == 403
         assert f"FHIR:Read on FHIR:Communication:{fax}" in refused.json()["issue"][0]["diagnostics"]
-    assert await database["AuditEvent"].count_documents({"subtype.code": "history-instance"}) == 0
+        assert await database["AuditEvent"].count_documents({"subtype.code": "history-instance"}) == 0
+        # History is its own permission: without a Deny on reading, it needs no FHIR:Read.
+        other = await communication(fax_api)
+        allowed = await client.get(f"/fhir/Communication/{other}/_history")
+        assert allowed.status_code == 200 and allowed.json()["total"] == 1
+    [event] = await database["AuditEvent"].find({"subtype.code": "history-instance"}).to_list(None)
+    assert {"what": {"reference": f"Communication/{other}"}} in event["entity"]
 
 
 # -- the decisions the gate is built on ------------------------------------------------------------------

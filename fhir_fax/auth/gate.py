@@ -29,10 +29,11 @@ from ..fhir.errors import Forbidden
 from ..fhir.search import SearchRegistry, merge_clauses
 from ..fhir.store import RESERVED, public
 from .guard import Guard, Principal
-from .policies import Rule, beyond, id_scope
+from .policies import Rule, beyond, denies, id_scope
 from .scopes import permits_action
 
 READ = "FHIR:Read"
+DIRECT = (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete")  # the others (history) also show the resource
 # Returns the Communication ids of the faxes that carry a document (``z3://bucket/key``).
 Carriers = Callable[[str], Awaitable[list[str]]]
 
@@ -79,11 +80,11 @@ class Gate:
                 continue
             resource_type = resource["resourceType"]
             name = f"FHIR:{resource_type}:{resource['id']}" if resource.get("id") else f"FHIR:{resource_type}"
-            checks = [action] if action in (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete") else [action, READ]
-            for checked in checks:
-                refusal = principal.refusal(checked, name)
-                if refusal is not None:
-                    await self.refuse(request, principal, refusal, checked, name)
+            refusal = principal.refusal(action, name)
+            if refusal is None and action not in DIRECT and denies(principal.rules, READ, name):
+                refusal = f"Client {principal.client_id}'s access policy does not allow {READ} on {name}."
+            if refusal is not None:
+                await self.refuse(request, principal, refusal, action, name)
             patient = principal.patient_limit(action, resource_type)
             if patient is not None and not in_compartment(resource, patient, self.registry):
                 what = f"{resource_type}/{resource['id']}" if resource.get("id") else "This resource"

@@ -122,6 +122,16 @@ def action_matches(pattern: str, action: str) -> bool:
     return name == "*" and action.partition(":")[0] == service
 
 
+def denies(rules: tuple[Rule, ...], action: str, resource: str) -> bool:
+    """Does a Deny rule match (whatever the Allows say)?"""
+    return any(
+        rule.effect == "Deny"
+        and any(action_matches(a, action) for a in rule.actions)
+        and any(resource_matches(r, resource) for r in rule.resources)
+        for rule in rules
+    )
+
+
 def allows(rules: tuple[Rule, ...], action: str, resource: str) -> bool:
     """Default deny; any matching Deny wins over any Allow."""
     allowed = False
