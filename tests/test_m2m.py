@@ -152,3 +152,22 @@ async def test_a_scoped_token_cannot_create_clients(api: httpx.AsyncClient, data
     )
     assert response.status_code == 403 and "The token's scopes" in response.json()["message"]
     assert await database.auth_clients.count_documents({}) == 1
+
+
+async def test_a_per_id_deny_hides_a_client_from_the_list(api: httpx.AsyncClient, database: Any) -> None:
+    admin = next(c for c in (await api.get("/v1/m2m")).json() if c["name"] == "bootstrap admin")
+    policy = {
+        "rule": [
+            {"resource": "App:M2MClient", "action": ["App:ListAllM2MClients", "App:GetM2MClient"], "effect": "Allow"},
+            {"resource": f"App:M2MClient:{admin['id']}", "action": "App:*", "effect": "Deny"},
+        ]
+    }
+    created = (await api.post("/v1/m2m", json={"name": "auditor", "accessPolicy": policy})).json()
+    secret = (await api.post(f"/v1/m2m/{created['id']}/rotate-secret")).json()["secret"]
+    async with httpx.AsyncClient(transport=api._transport, base_url="http://fhir.test") as auditor:
+        await login(auditor, created["clientId"], secret)
+        listed = await auditor.get("/v1/m2m")
+        assert listed.status_code == 200
+        assert [c["name"] for c in listed.json()] == ["auditor"], "GET /m2m/{admin} is refused, so is listing it"
+        refused = await auditor.get(f"/v1/m2m/{admin['id']}")
+        assert refused.status_code == 403 and "does not allow App:GetM2MClient" in refused.json()["message"]

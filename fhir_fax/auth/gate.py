@@ -207,6 +207,16 @@ class Gate:
 
     # -- clients -----------------------------------------------------------------------------------------
 
+    async def listable(self, request: Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The M2M clients a listing may show: the same per-id rules as a search (list on each, no Deny of get)."""
+        principal = await self.identify(request)
+        return [
+            record
+            for record in records
+            if principal.may("App:ListAllM2MClients", f"App:M2MClient:{record['_id']}")
+            and not denies(principal.rules, "App:GetM2MClient", f"App:M2MClient:{record['_id']}")
+        ]
+
     async def grant(self, request: Request, action: str, resource: str, policy: tuple[Rule, ...] | None,
                     target: tuple[Rule, ...] | None = None) -> Principal:  # fmt: skip
         """May the caller give ``policy`` to a client (create/update), or take over ``target``'s client?

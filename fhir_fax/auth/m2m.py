@@ -86,7 +86,7 @@ def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
     @router.get("/m2m", summary="List M2M clients")
     async def list_clients(request: Request) -> list[dict[str, Any]]:
         await fhir.authorize(request, "App:ListAllM2MClients", "App:M2MClient")
-        return [public(record) for record in await clients().list()]
+        return [public(record) for record in await gate.listable(request, await clients().list())]
 
     @router.get("/m2m/me", summary="The calling M2M client")
     async def me(request: Request) -> dict[str, Any]:
