@@ -12,6 +12,8 @@ import pytest
 from fhir_fax.auth.clients import Clients
 from fhir_fax.auth.policies import Rule, beyond, id_scope, parse_policy
 from fhir_fax.auth.scopes import parse_scopes, permits_action
+from fhir_fax.z3.locations import Z3Location
+from fhir_fax.z3.store import Z3Store
 
 from helpers import seed_request, stored_counts
 
@@ -279,3 +281,21 @@ def test_per_id_rules_become_a_query_filter() -> None:
 )
 def test_scopes_narrow_every_action(scope: str, action: str, resource: str, expected: bool) -> None:
     assert permits_action(parse_scopes(scope), action, resource) is expected
+
+
+async def test_a_listing_leaves_out_objects_the_policy_denies(fax_api: httpx.AsyncClient, database: Any) -> None:
+    for key in ("letters/a.pdf", "letters/private/b.pdf"):
+        await Z3Store(database).put(Z3Location("my-bucket", key), b"%PDF-1.4", "application/pdf")
+    policy = {
+        "rule": [
+            {"resource": "Z3:my-bucket/**", "action": "Z3:ListObjects", "effect": "Allow"},
+            {"resource": "Z3:my-bucket/letters/private/**", "action": "Z3:ListObjects", "effect": "Deny"},
+        ]
+    }
+    async with as_client(fax_api, database, policy) as client:
+        listed = await client.get("/v1/z3/my-bucket/letters/")
+        assert listed.status_code == 200, listed.text
+        assert [o["key"] for o in listed.json()] == ["letters/a.pdf"], "the private one was listed before"
+        refused = await client.get("/v1/z3/my-bucket/letters/private/")
+        assert refused.status_code == 403
+        assert "does not allow Z3:ListObjects on Z3:my-bucket/letters/private/" in refused.json()["message"]

@@ -139,6 +139,11 @@ class Gate:
             clauses.append(compartment_filter(resource_type, principal.patient))
         return merge_clauses([c for c in clauses if c])
 
+    async def allowed_among(self, request: Request, action: str, resources: list[str]) -> set[str]:
+        """Which of ``resources`` the policy lets ``action`` reach one by one (listings filter by it)."""
+        principal = await self.identify(request)
+        return {resource for resource in resources if principal.may(action, resource)}
+
     # -- documents ---------------------------------------------------------------------------------------
 
     async def document(self, request: Request, action: str, resource: str, *, attaching: bool = False) -> Principal:

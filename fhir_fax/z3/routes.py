@@ -127,6 +127,9 @@ class Z3API:
                 if not await store.bucket_exists(bucket):
                     raise ResourceNotFound(f"There is no bucket {bucket!r}.")
                 objects = await store.list_objects(bucket, key)
+                names = [f"Z3:{bucket}/{o['key']}" for o in objects]
+                shown = await self.fhir.allowed_among(request, "Z3:ListObjects", names)  # per-key rules too
+                objects = [o for o, name in zip(objects, names, strict=True) if name in shown]
                 return JSONResponse([{"key": o["key"], "lastModified": _iso(o["lastModified"])} for o in objects])
             location = self.location(bucket, key)
             await self.check_signature(request, location, "download")
