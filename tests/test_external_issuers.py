@@ -487,3 +487,32 @@ async def test_a_patient_token_cannot_fax_another_patients_document(
     assert response.status_code == 403, response.text
     assert "carried by a fax outside Patient/maria-lopez's compartment" in response.json()["message"]
     assert await stored_counts(database) == before
+
+
+async def test_a_patient_token_reads_only_the_versions_its_patients_faxes_pinned(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str]
+) -> None:
+    """Documents are frozen at send: one key can hold Maria's faxed version and, later, James's."""
+    key = Z3Location("my-bucket", "shared/letter.pdf")
+    pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
+    media = "z3://my-bucket/shared/letter.pdf"
+    await Z3Store(database).put(key, pdf, "application/pdf")
+    maria = await api.post("/fax/v1/send", json=seed_request(media=media, patient="Patient/maria-lopez"))
+    await Z3Store(database).put(key, pdf + b"\n% a later edition\n", "application/pdf")
+    james = await api.post("/fax/v1/send", json=seed_request(media=media, patient="Patient/james-oneil"))
+    hashes = {
+        name: sent.json()["communicationResource"]["payload"][0]["contentAttachment"]["hash"]
+        for name, sent in (("maria", maria), ("james", james))
+    }
+    assert hashes["maria"] != hashes["james"]
+    headers = maria_token(issuer_site[0])
+    path = "/v1/z3/my-bucket/shared/letter.pdf"
+    for body in ({"action": "download", "hash": hashes["james"]}, {"action": "download"}):
+        refused = await api.post(path, json=body, headers=headers)
+        assert refused.status_code == 403, (body, refused.text)
+        assert "carried by no fax in Patient/maria-lopez's compartment" in refused.json()["message"]
+    assert await _events(database, "document-read") == []
+    own = await api.post(path, json={"action": "download", "hash": hashes["maria"]}, headers=headers)
+    assert own.status_code == 200 and own.json()["signedUrl"]
+    [event] = await _events(database, "document-read")
+    assert {"what": {"reference": f"Communication/{maria.json()['communicationResource']['id']}"}} in event["entity"]

@@ -34,8 +34,8 @@ from .scopes import permits_action
 
 READ = "FHIR:Read"
 DIRECT = (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete")  # the others (history) also show the resource
-# Returns the Communication ids of the faxes that carry a document (``z3://bucket/key``).
-Carriers = Callable[[str], Awaitable[list[str]]]
+# The Communication ids of the faxes that carry a document (``z3://bucket/key``; at a version, when given).
+Carriers = Callable[[str, Any], Awaitable[list[str]]]
 
 
 def caller_address(request: Request) -> str | None:
@@ -146,13 +146,16 @@ class Gate:
 
     # -- documents ---------------------------------------------------------------------------------------
 
-    async def document(self, request: Request, action: str, resource: str, *, attaching: bool = False) -> Principal:
+    async def document(
+        self, request: Request, action: str, resource: str, *, attaching: bool = False, version: Any = None
+    ) -> Principal:
         """May ``action`` (a ``Z3:`` action) reach the document ``resource`` (``Z3:bucket/key``)?
 
         Policy and scopes as for anything; for a token limited to one patient, documents belong to the
         Communications (faxes) that carry them: reading needs a carrier in the patient's compartment,
         changing or deleting needs no carrier outside it, faxing (``attaching``) needs a carrier inside or
         none at all (a new upload), and listing is refused (it would name other patients' documents).
+        ``version`` (the Z3 upload a download hands out) narrows reading to the faxes that pinned it.
         """
         principal = await self.authorize(request, action, resource)
         patient = principal.patient_limit_of(action, resource)
@@ -162,7 +165,7 @@ class Gate:
         if action == "Z3:ListObjects":
             reason = f"This token is limited to Patient/{patient}; listing documents would show other patients'."
             await self.refuse(request, principal, reason, action, resource)
-        carriers = await self.carrying(url)
+        carriers = await self.carrying(url, version if action == "Z3:GetObject" and not attaching else None)
         inside = [c for c in carriers if in_compartment(c, patient, self.registry)]
         if action == "Z3:GetObject" and not attaching:
             if not inside:
@@ -179,11 +182,11 @@ class Gate:
             await self.refuse(request, principal, reason, action, resource)
         return principal
 
-    async def carrying(self, url: str) -> list[dict[str, Any]]:
-        """The current Communications of the faxes that carry the document at ``url``."""
+    async def carrying(self, url: str, version: Any = None) -> list[dict[str, Any]]:
+        """The current Communications of the faxes that carry the document at ``url`` (that ``version``)."""
         if self.carriers is None or self.database is None:
             return []
-        ids = await self.carriers(url)
+        ids = await self.carriers(url, version)
         if not ids:
             return []
         cursor = self.database["Communication"].find({"_id": {"$in": ids}, f"{RESERVED}.deleted": False})
@@ -198,13 +201,13 @@ class Gate:
             principal = await self.identify(request)
             await self.auditor.read(interaction, faxes, principal.client_id, caller_address(request))
 
-    async def document_disclosed(self, request: Request, resource: str) -> None:
+    async def document_disclosed(self, request: Request, resource: str, version: Any = None) -> None:
         """Audit that a document was handed out (a signed download URL): the document and the faxes it is in."""
         if self.auditor is None:
             return
         principal = await self.identify(request)
         url = "z3://" + resource.removeprefix("Z3:")
-        carriers = await self.carrying(url)
+        carriers = await self.carrying(url, version)
         patient = principal.patient_limit_of("Z3:GetObject", resource)
         if patient is not None:
             carriers = [c for c in carriers if in_compartment(c, patient, self.registry)]

@@ -1,7 +1,8 @@
 """Which faxes carry a document: what the access gate asks when a token limited to one patient reaches Z3.
 
-A document belongs to the Communications of the faxes sent with it (``fax_jobs.media``) and so does its
-rendering (``fax_jobs.rendered``). Only the send path writes these fields, after checking that the
+A document belongs to the Communications of the faxes sent with it (``fax_jobs.media``; since documents
+are frozen at send, the version each fax pinned is ``fax_jobs.media_version``) and so does its rendering
+(``fax_jobs.rendered``). Only the send path writes these fields, after checking that the
 caller may read the document, so a client cannot attach someone else's document to its own patient's
 record by writing a Communication by hand.
 """
@@ -21,12 +22,16 @@ async def ensure_indexes(database: Any) -> None:
 
 
 def carriers_of(database: Any) -> Any:
-    """``carriers(url)``: the Communication ids of the faxes whose document (or its rendering) is ``url``."""
+    """``carriers(url, version)``: the Communication ids of the faxes whose document (or its rendering) is
+    ``url``; with a ``version``, only the faxes that pinned that upload (or pinned none: jobs from before)."""
 
-    async def carriers(url: str) -> list[str]:
+    async def carriers(url: str, version: Any = None) -> list[str]:
         found: list[str] = []
         for name in FIELDS:  # one indexed equality each (no $or: some servers scan for it)
-            async for job in database[COLLECTION].find({name: url}, {"communication_id": 1}):
+            query: dict[str, Any] = {name: url}
+            if version is not None and name == "media":
+                query["media_version"] = {"$in": [version, None]}
+            async for job in database[COLLECTION].find(query, {"communication_id": 1}):
                 found.append(job["communication_id"])
         return list(dict.fromkeys(found))
 

@@ -1,12 +1,21 @@
-"""Where a fax document may come from: this project's Z3 storage, and nowhere else.
+"""Where a fax document may come from: this project's Z3 storage, and nowhere else; and which bytes are faxed.
 
-Refusing every other URL means a send can never make the server fetch an arbitrary address.
+Refusing every other URL means a send can never make the server fetch an arbitrary address. The send
+pins the exact upload (version) it inspected, the job records it, and the worker and the preview read
+that version and nothing else (``pinned_document``), so replacing or deleting the key after the send
+never changes what is faxed, and the Communication's hash, size and pages describe what is faxed.
+
+Why the version id rather than a content-addressed copy: every upload is already its own immutable
+GridFS file, so pinning costs one keyed update and no copy of up to 50 MB per send; inspections are
+already remembered per version; and a copy would need the same retention rules anyway.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..z3.locations import Z3Location, Z3UrlError, parse_z3_url
@@ -33,6 +42,7 @@ class MediaInfo:
     size: int
     pages: int | None = None
     sha1: str | None = None
+    version: Any = None  # the Z3 upload (GridFS file id) inspected and pinned: what the fax will carry
 
 
 class MediaChecker(Protocol):
@@ -71,7 +81,7 @@ class Z3MediaChecker:
             self._inspected.move_to_end(info.version)
         if isinstance(found, str):
             raise MediaProblem(f"{location} cannot be faxed: {found}")
-        return found
+        return replace(found, version=info.version)  # the send pins it once every other check has passed
 
     async def _inspect(self, location: Z3Location, version: Any) -> MediaInfo | str:
         data = await self.store.read_version(version)
@@ -82,3 +92,39 @@ class Z3MediaChecker:
         except DocumentProblem as problem:
             return str(problem)
         return MediaInfo(document.content_type, document.size, document.pages, document.sha1)
+
+
+def media_fields(media: MediaInfo) -> dict[str, Any]:
+    """What the job records about the pinned document (the worker checks the bytes against ``media_sha1``)."""
+    return {
+        "media_version": media.version,
+        "media_sha1": media.sha1,
+        "media_size": media.size,
+        "media_pages": media.pages,
+    }
+
+
+async def pinned_document(store: Z3Store, job: dict[str, Any]) -> bytes:
+    """The exact bytes the send checked; DocumentProblem (the fax stops with this reason) when they are gone.
+
+    Jobs queued before versions were pinned have no ``media_version``; they read the key's newest version.
+    """
+    version = job.get("media_version")
+    if version is None:
+        data = await store.read(parse_z3_url(job["media"], ()))
+        if data is None:
+            raise DocumentProblem(f"Document generation error: {job['media']} was deleted before the fax was sent.")
+        return data
+    data = await store.read_version(version)
+    if data is None:
+        raise DocumentProblem(
+            f"Document generation error: {job['media']} was checked when the fax was sent, but that version "
+            "is no longer stored; send the document again."
+        )
+    expected = job.get("media_sha1")
+    if expected and base64.b64encode(hashlib.sha1(data).digest()).decode() != expected:
+        raise DocumentProblem(
+            f"Document generation error: the stored copy of {job['media']} does not match the hash checked when "
+            "the fax was sent; it was not faxed. Send the document again."
+        )
+    return data

@@ -44,6 +44,12 @@ class FaxJob:
     attempt: int = 1
     status: str = "QUEUED"
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # The exact upload the send checked (Z3 version id) and what the Communication says of it: the worker
+    # faxes that version only, and refuses bytes whose SHA-1 differs.
+    media_version: Any = None
+    media_sha1: str | None = None
+    media_size: int | None = None
+    media_pages: int | None = None
 
     def document(self) -> dict[str, Any]:
         data = asdict(self)

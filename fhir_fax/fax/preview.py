@@ -1,11 +1,15 @@
 """``GET /fax/v1/faxes/{communication-id}/preview?page=N``: a page as the recipient will see it (PNG).
 
+The page comes from the version the send pinned (the same bytes the worker faxes), never from whatever
+the key holds now, and its rendering is found by that version, never by name.
+
 A preview shows the document, so the route lets the access gate judge the Communication (read, patient
 compartment) and ``check_document`` judge the document (``Z3:GetObject``) before anything is read.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,8 +17,11 @@ from ..fhir.errors import InvalidRequest, ResourceNotFound, UnprocessableEntity
 from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, run_pdfium
+from .media import pinned_document
 from .outbox import Outbox
 from .render import preview_png, render_fax, rendering_location, tiff_pages
+
+PAGE = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
 
 
 async def preview(
@@ -23,25 +30,29 @@ async def preview(
     page: str | None,
     check_document: Callable[[Z3Location], Awaitable[None]],
 ) -> bytes:
-    if page is None or not page.isdigit() or int(page) < 1:
+    if page is None or not PAGE.fullmatch(page) or int(page) < 1:
         raise InvalidRequest("page must be a page number from 1 up, e.g. ?page=1.", expression=["page"])
     job = await Outbox(database).for_communication(communication_id)
     if job is None:
         raise ResourceNotFound(f"There is no fax for Communication/{communication_id}.")
     z3 = Z3Store(database)
-    original = parse_z3_url(job["media"], ())
-    await check_document(original)
-    target = rendering_location(original, job["quality"])
-    tiff = await z3.read(target)
+    await check_document(parse_z3_url(job["media"], ()))
+    source = job.get("media_version")
+    if source is not None:
+        tiff = await z3.read_rendering(source, job["quality"])
+    else:  # a job queued before versions were pinned
+        tiff = await z3.read(rendering_location(parse_z3_url(job["media"], ()), job["quality"]))
     if tiff is None:
-        document = await z3.read(original)
-        if document is None:
-            raise UnprocessableEntity(f"The document {original} was deleted; there is nothing to preview.")
+        try:
+            document = await pinned_document(z3, job)
+        except DocumentProblem as problem:
+            raise UnprocessableEntity(f"There is nothing to preview: {problem}") from None
         try:
             tiff = await run_pdfium(render_fax, document, job["quality"])
         except DocumentProblem as problem:
             raise UnprocessableEntity(str(problem)) from None
-        await z3.put(target, tiff, "image/tiff")
+        target = rendering_location(parse_z3_url(job["media"], ()), job["quality"])
+        await z3.put_rendering(target, source, job["quality"], tiff)
     pages = await run_pdfium(tiff_pages, tiff)
     if int(page) > pages:
         raise ResourceNotFound(f"The fax has {pages} pages; ask for page 1 to {pages}.", expression=["page"])

@@ -26,7 +26,7 @@ from ..settings import Settings
 from ..z3.locations import Z3Location
 from ..z3.store import Z3Store
 from .idempotency import IdempotencyRecords
-from .media import MediaChecker, MediaInfo, MediaProblem, parse_media_url
+from .media import MediaChecker, MediaInfo, MediaProblem, media_fields, parse_media_url
 from .numbers import FaxNumbers
 from .operation import SendFaxRequest, allowed_types
 from .outbox import FaxJob, Outbox
@@ -323,6 +323,7 @@ class FaxService:
 
     async def record(self, checked: CheckedRequest, found: Lookups, key: str | None, caller: Caller) -> dict[str, Any]:
         """Write the Communication, its job, the idempotency record and the audit event in one transaction."""
+        await self.pin(checked.media, found.media)
         moment = now()
         fax_id = str(uuid.uuid4())
         communication_id = str(uuid.uuid4())
@@ -336,6 +337,7 @@ class FaxService:
             to_number=found.to_number,
             created=moment,
             kill_at=moment + timedelta(seconds=self.settings.kill_time_seconds),
+            **media_fields(found.media),  # the version inspected above, pinned: what the fax will carry
         )
 
         async def write(session: Any) -> dict[str, Any]:
@@ -361,6 +363,19 @@ class FaxService:
                 "The fax could not be recorded because the database did not accept the write; nothing was stored "
                 "or sent. Retry the same request (with the same Idempotency-Key)."
             ) from None
+
+    async def pin(self, location: Z3Location, media: MediaInfo) -> None:
+        """Keep the inspected version for the fax (replacing or deleting the key no longer removes it).
+
+        Done after every check has passed, so a refused request pins nothing, and before the job is written,
+        so the job never names a version that may still be pruned. If the version was pruned between the
+        inspection and now, the request is refused and nothing is stored.
+        """
+        if media.version is not None and not await self.z3.pin(media.version, location, media.sha1):
+            raise UnprocessableEntity(
+                f"media: the Z3 object at {location} was replaced or deleted while it was checked; send again.",
+                expression=["media"],
+            )
 
 
 def contained_practitioner_id(number: str) -> str:

@@ -24,6 +24,7 @@ from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
 from .faults import crash_point
+from .media import pinned_document
 from .outbox import Outbox
 from .render import render_fax, rendering_location
 from .status import Failure, reference_for
@@ -106,15 +107,15 @@ class Worker:
         crash_point("after-record")
 
     async def prepare(self, job: dict[str, Any], reference: str) -> Submission:
+        """The attempt as the carrier gets it, made from the version the send pinned and nothing else."""
         location = parse_z3_url(job["media"], ())
-        document = await self.z3.read(location)
-        if document is None:
-            raise DocumentProblem(f"Document generation error: {job['media']} was deleted before the fax was sent.")
-        pages = await run_pdfium(count_pages, document)
+        document = await pinned_document(self.z3, job)  # DocumentProblem: gone or changed -> STOPPED
+        pages = job.get("media_pages") or await run_pdfium(count_pages, document)
         content_type = sniff_type(document) or "application/octet-stream"
         if getattr(self.transport, "takes_tiff", False):
             document = await self.rendered(job, location, document)
             content_type = "image/tiff"
+        version = job.get("media_version")
         return Submission(
             reference=reference,
             to_number=job["to_number"],
@@ -124,19 +125,27 @@ class Worker:
             document=document,
             content_type=content_type,
             media=job["media"],
+            media_version=None if version is None else str(version),
         )
 
     async def rendered(self, job: dict[str, Any], location: Z3Location, document: bytes) -> bytes:
-        """The fax-line rendering (TIFF Class F), made once and kept in Z3 beside the original."""
+        """The fax-line rendering (TIFF Class F) of the pinned version, made once and kept in Z3 beside the original.
+
+        Found again by the version it renders (never by its name, which any uploader could write to).
+        """
         target = rendering_location(location, job["quality"])
-        existing = await self.z3.read(target) if job.get("rendered") else None
+        source = job.get("media_version")
+        if source is not None:
+            existing = await self.z3.read_rendering(source, job["quality"])
+        else:
+            existing = await self.z3.read(target) if job.get("rendered") else None
         if existing is not None:
             return existing
         try:
             tiff = await run_pdfium(render_fax, document, job["quality"])
         except Exception as error:  # PDFium/Pillow failures on a document that passed the send-time checks
             raise DocumentProblem(f"Document generation error: the document could not be rendered ({error}).") from None
-        await self.z3.put(target, tiff, "image/tiff")
+        await self.z3.put_rendering(target, source, job["quality"], tiff)
         await self.outbox.collection.update_one({"_id": job["_id"]}, {"$set": {"rendered": str(target)}})
         return tiff
 

@@ -23,10 +23,12 @@ class AccessGate(Protocol):
     async def search_filter(self, request: Request, resource_type: str) -> dict[str, Any]: ...
     async def include_filter(self, request: Request, resource_type: str) -> dict[str, Any] | None: ...
     async def patient_limit(self, request: Request, fhir_action: str, resource_type: str) -> str | None: ...
-    async def document(self, request: Request, action: str, resource: str, *, attaching: bool = False) -> Any: ...
+    async def document(
+        self, request: Request, action: str, resource: str, *, attaching: bool = False, version: Any = None
+    ) -> Any: ...
     async def allowed_among(self, request: Request, action: str, resources: list[str]) -> set[str]: ...
     async def disclosed(self, request: Request, interaction: str, resources: list[dict[str, Any]]) -> None: ...
-    async def document_disclosed(self, request: Request, resource: str) -> None: ...
+    async def document_disclosed(self, request: Request, resource: str, version: Any = None) -> None: ...
 
 
 class ServiceUnavailable(FHIRError):
@@ -85,9 +87,11 @@ class FHIRContext:
         """None, or the patient id whose compartment this work must stay in (call after ``authorize``)."""
         return await self.require_gate().patient_limit(request, fhir_action, resource_type)
 
-    async def document(self, request: Request, action: str, resource: str, *, attaching: bool = False) -> None:
-        """401/403 unless ``action`` may reach the document ``resource`` (``Z3:bucket/key``)."""
-        await self.require_gate().document(request, action, resource, attaching=attaching)
+    async def document(
+        self, request: Request, action: str, resource: str, *, attaching: bool = False, version: Any = None
+    ) -> None:
+        """401/403 unless ``action`` may reach the document ``resource`` (``Z3:bucket/key``, at ``version``)."""
+        await self.require_gate().document(request, action, resource, attaching=attaching, version=version)
 
     async def allowed_among(self, request: Request, action: str, resources: list[str]) -> set[str]:
         """Which of ``resources`` ``action`` may reach one by one: a listing shows only those."""
@@ -98,8 +102,8 @@ class FHIRContext:
         if resources:
             await self.require_gate().disclosed(request, interaction, resources)
 
-    async def document_was_read(self, request: Request, resource: str) -> None:
-        await self.require_gate().document_disclosed(request, resource)
+    async def document_was_read(self, request: Request, resource: str, version: Any = None) -> None:
+        await self.require_gate().document_disclosed(request, resource, version)
 
     def attach(self, database: Any, store: ResourceStore) -> None:
         self.database = database

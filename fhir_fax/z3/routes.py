@@ -1,8 +1,10 @@
 """Z3 over HTTP, as the Oystehr SDK calls it at ``{projectApiUrl}/z3``: presigned URLs, signed upload and download.
 
 ``POST /z3/{bucket}/{key}`` with ``{"action": "upload" | "download"}`` answers ``{"signedUrl": ...}``;
-``PUT`` to a signed upload URL stores the body; ``GET`` on a signed download URL returns it. Signed
-URLs need no bearer token, expire, and are bound to one object and one action.
+``PUT`` to a signed upload URL stores the body as a new version (once per URL); ``GET`` on a signed
+download URL returns the key's newest version, or the version the URL names. Signed URLs need no
+bearer token, expire, and are bound to one object and one action. ``{"action": "download", "hash":
+<a Communication's contentAttachment.hash>}`` signs a download of the version that fax pinned.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bson import ObjectId
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -18,8 +21,19 @@ from ..fhir.errors import Conflict, Forbidden, InvalidRequest, PayloadTooLarge, 
 from ..sdk_http import SDKRoute
 from ..settings import Settings
 from .locations import Z3Location, Z3UrlError, parse_z3_url
-from .signing import ACTION, EXPIRES, SIGNATURE, presign, signing_key, verify
-from .store import ObjectTooLarge, Z3Store
+from .signing import (
+    ACTION,
+    EXPIRES,
+    NONCE,
+    SIGNATURE,
+    VERSION,
+    claim_upload,
+    presign,
+    release_upload,
+    signing_key,
+    verify,
+)
+from .store import ObjectInfo, ObjectTooLarge, Z3Store
 
 ACTIONS = ("upload", "download")
 
@@ -53,9 +67,35 @@ class Z3API:
             )
         if params.get(ACTION) != action:
             raise Forbidden(f"This signed URL is not for {action}.")
-        problem = verify(await signing_key(self.database), location, action, params.get(EXPIRES, ""), params[SIGNATURE])
+        problem = verify(
+            await signing_key(self.database),
+            location,
+            action,
+            params.get(EXPIRES, ""),
+            params[SIGNATURE],
+            nonce=params.get(NONCE),
+            version=params.get(VERSION),
+        )
         if problem:
             raise Forbidden(problem)
+
+    async def pinned_version(self, store: Z3Store, location: Z3Location, digest: Any) -> str:
+        """The version a fax pinned, named by the Communication's ``contentAttachment.hash``."""
+        if not isinstance(digest, str) or not digest:
+            raise InvalidRequest("hash must be the base64 SHA-1 of a faxed document (contentAttachment.hash).")
+        version = await store.pinned_version(location, digest)
+        if version is None:
+            raise ResourceNotFound(f"No document with hash {digest} was faxed from {location}.")
+        return str(version)
+
+    async def read_signed(self, store: Z3Store, location: Z3Location, version: str | None) -> ObjectInfo | None:
+        """What a signed download returns: the version it names (only if it belongs to this key), else the newest."""
+        if version is None:
+            return await store.stat(location)
+        if not ObjectId.is_valid(version):
+            return None
+        info = await store.version_info(ObjectId(version))
+        return info if info is not None and info.location == location else None
 
     def router(self) -> APIRouter:
         router = APIRouter(route_class=SDKRoute, tags=["Z3"])
@@ -74,15 +114,23 @@ class Z3API:
                 raise InvalidRequest('action must be "upload" or "download".')
             permission = "Z3:PutObject" if action == "upload" else "Z3:GetObject"
             resource = f"Z3:{location.bucket}/{location.key}"
-            await self.fhir.document(request, permission, resource)
-            if action == "download" and await store.stat(location) is None:
-                raise ResourceNotFound(f"There is no object at {location}.")
+            await self.fhir.authorize(request, permission, resource)  # before anything is looked up
+            version, pinned = None, None
+            if action == "download" and "hash" in body:
+                version = await self.pinned_version(store, location, body["hash"])
+                pinned = ObjectId(version)
+            elif action == "download":
+                newest = await store.stat(location)
+                if newest is None:
+                    raise ResourceNotFound(f"There is no object at {location}.")
+                pinned = newest.version
+            await self.fhir.document(request, permission, resource, version=pinned)
             key_bytes = await signing_key(self.database)
             ttl = self.settings.z3_url_ttl_seconds
-            signed = presign(key_bytes, self.project_api(request), location, action, ttl)
+            url = presign(key_bytes, self.project_api(request), location, action, ttl, version=version)
             if action == "download":  # handing out the URL is the disclosure: it is on record
-                await self.fhir.document_was_read(request, resource)
-            return {"signedUrl": signed}
+                await self.fhir.document_was_read(request, resource, version=pinned)
+            return {"signedUrl": url}
 
         @router.get("/z3", summary="List buckets")
         async def list_buckets(request: Request) -> list[dict[str, str]]:
@@ -113,11 +161,23 @@ class Z3API:
             limit = self.settings.z3_max_object_bytes
             if declared.isdigit() and int(declared) > limit:
                 raise PayloadTooLarge(f"Objects may be at most {limit} bytes.")
+            nonce = request.query_params[NONCE]
+            if not await claim_upload(self.database, nonce, request.query_params[EXPIRES]):
+                raise Forbidden(
+                    "This signed upload URL has already been used (each is good for one upload); ask for a new one "
+                    f"with POST {self.settings.project_api_path}/z3/{location.bucket}/{location.key} "
+                    '{"action": "upload"}.'
+                )
             try:
-                await store.put_stream(location, request.stream(), request.headers.get("content-type"), limit)
+                stored = await store.put_stream(location, request.stream(), request.headers.get("content-type"), limit)
             except ObjectTooLarge as error:
+                await release_upload(self.database, nonce)
                 raise PayloadTooLarge(str(error)) from None
-            return Response(status_code=200)
+            except BaseException:
+                await release_upload(self.database, nonce)
+                raise
+            await store.prune(stored)  # older versions no fax pinned; pinned ones stay (see Z3Store)
+            return Response(status_code=200, headers={"x-z3-version-id": str(stored.version)})
 
         @router.get("/z3/{bucket}/{key:path}", summary="Download from a signed URL, or list objects under a prefix")
         async def download_or_list(request: Request, bucket: str, key: str) -> Response:
@@ -133,8 +193,8 @@ class Z3API:
                 return JSONResponse([{"key": o["key"], "lastModified": _iso(o["lastModified"])} for o in objects])
             location = self.location(bucket, key)
             await self.check_signature(request, location, "download")
-            info = await store.stat(location)
-            chunks = await store.read_chunks(location)
+            info = await self.read_signed(store, location, request.query_params.get(VERSION))
+            chunks = await store.read_chunks(info.version) if info is not None else None
             if info is None or chunks is None:
                 raise ResourceNotFound(f"There is no object at {location}.")
             headers = {"content-length": str(info.size)}

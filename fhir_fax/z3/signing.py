@@ -3,6 +3,12 @@
 A URL is bound to one object and one action and expires (15 minutes by default). The signing
 key is generated once and kept in the database (``server_secrets``), so every server and worker
 process signs and verifies alike, and a restart does not invalidate URLs already handed out.
+
+An upload URL also carries a random ``nonce`` under the signature and is good for one upload: the
+first PUT records the nonce (``claim_upload``, an insert that only one caller can win, kept until
+the URL expires), so a second PUT of a leaked or replayed URL is refused and stores nothing. A
+download URL may carry a ``version`` under the signature: it then returns that upload and nothing
+else, whatever the key holds now (how a carrier fetches, and a client reads, a faxed document).
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import re
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -22,7 +30,10 @@ from .locations import Z3Location
 
 SECRETS = "server_secrets"
 KEY_ID = "z3-url-signing"
-EXPIRES, SIGNATURE, ACTION = "expires", "signature", "action"
+EXPIRES, SIGNATURE, ACTION, NONCE, VERSION = "expires", "signature", "action", "nonce", "version"
+USED_UPLOAD_URLS = "z3_used_upload_urls"
+DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() also accepts "²", which int() refuses
+TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 async def signing_key(database: Any) -> bytes:
@@ -35,27 +46,82 @@ async def signing_key(database: Any) -> bytes:
     return bytes(record["key"])
 
 
-def _signature(key: bytes, action: str, location: Z3Location, expires: int) -> str:
-    message = f"{action}\n{location.bucket}\n{location.key}\n{expires}".encode()
-    digest = hmac.new(key, message, hashlib.sha256).digest()
+def _signature(key: bytes, action: str, location: Z3Location, expires: int, bound: str = "") -> str:
+    """HMAC of the action, object, expiry and what else the URL is bound to (``nonce=..`` or ``version=..``)."""
+    message = f"{action}\n{location.bucket}\n{location.key}\n{expires}" + (f"\n{bound}" if bound else "")
+    digest = hmac.new(key, message.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def presign(key: bytes, project_api_base: str, location: Z3Location, action: str, ttl_seconds: int) -> str:
-    """``{project_api}/z3/{bucket}/{key}?action=..&expires=..&signature=..``."""
+def presign(
+    key: bytes,
+    project_api_base: str,
+    location: Z3Location,
+    action: str,
+    ttl_seconds: int,
+    *,
+    version: str | None = None,
+) -> str:
+    """``{project_api}/z3/{bucket}/{key}?action=..&expires=..[&nonce=..|&version=..]&signature=..``.
+
+    Upload URLs always get a fresh nonce (one upload each); download URLs name a version when given one.
+    """
     expires = int(time.time()) + ttl_seconds
     path = f"{project_api_base.rstrip('/')}/z3/{location.bucket}/{quote(location.key)}"
-    signature = _signature(key, action, location, expires)
-    return f"{path}?{ACTION}={action}&{EXPIRES}={expires}&{SIGNATURE}={signature}"
+    bound = ""
+    if action == "upload":
+        bound = f"{NONCE}={secrets.token_urlsafe(16)}"
+    elif version is not None:
+        bound = f"{VERSION}={version}"
+    signature = _signature(key, action, location, expires, bound)
+    extra = f"&{bound}" if bound else ""
+    return f"{path}?{ACTION}={action}&{EXPIRES}={expires}{extra}&{SIGNATURE}={signature}"
 
 
-def verify(key: bytes, location: Z3Location, action: str, expires: str, signature: str) -> str | None:
+def verify(
+    key: bytes,
+    location: Z3Location,
+    action: str,
+    expires: str,
+    signature: str,
+    *,
+    nonce: str | None = None,
+    version: str | None = None,
+) -> str | None:
     """None when the signature is valid and current, else why not."""
-    if not expires.isdigit():
+    if not DIGITS.fullmatch(expires):
         return "The signed URL is malformed (expires)."
     if int(expires) < time.time():
         return "The signed URL has expired; ask for a new one."
-    expected = _signature(key, action, location, int(expires))
+    bound = ""
+    if action == "upload":
+        if nonce is None or not TOKEN.fullmatch(nonce):
+            return "The signed upload URL is malformed (nonce); ask for a new one."
+        bound = f"{NONCE}={nonce}"
+    elif version is not None:
+        if not TOKEN.fullmatch(version):
+            return "The signed URL is malformed (version)."
+        bound = f"{VERSION}={version}"
+    expected = _signature(key, action, location, int(expires), bound)
     if not hmac.compare_digest(expected, signature):
         return "The signed URL's signature does not match this object and action."
     return None
+
+
+async def claim_upload(database: Any, nonce: str, expires: str) -> bool:
+    """Record the one use of an upload URL; False when it was used already (one insert decides, race-free).
+
+    Kept until the URL expires (a TTL index on ``expires``): after that the signature refuses it anyway.
+    """
+    try:
+        await database[USED_UPLOAD_URLS].insert_one(
+            {"_id": nonce, "expires": datetime.fromtimestamp(int(expires), UTC), "used": datetime.now(UTC)}
+        )
+    except DuplicateKeyError:
+        return False
+    return True
+
+
+async def release_upload(database: Any, nonce: str) -> None:
+    """An upload that stored nothing (too large, or the client went away) gives its URL back for a retry."""
+    await database[USED_UPLOAD_URLS].delete_one({"_id": nonce})

@@ -2,6 +2,16 @@
 
 Existence checks read the GridFS files collection directly (the collection API PyMongo
 and Motor share), so they work on whichever driver the host application handed over.
+
+Versions. Every upload is its own GridFS file (its ``_id`` is the version id) and is never changed; the
+newest one of a name is what the key holds. A fax pins the version it checked (``pin``: ``metadata.pinned``,
+with the version's SHA-1 and its ``bucket/key``), and a pinned version is never removed by this module:
+an upload through a signed URL prunes the older *unpinned* versions of its key (``prune``), and deleting a
+key removes its unpinned versions and moves pinned ones out of the key's name (``~deleted/{version}``), so
+the key is gone for every client while the faxes that use them still read them by version id. Removal is
+one conditional ``delete_one`` per version (``pinned`` not set), so a pin and a removal racing each other
+are decided by the database: either the pin lands first and the version stays, or the removal does and the
+pin finds nothing (the send is then refused and asks to send again).
 """
 
 from __future__ import annotations
@@ -13,15 +23,17 @@ from typing import Any
 
 from bson import Binary, ObjectId
 from gridfs import AsyncGridFSBucket
-from gridfs.errors import NoFile
+from gridfs.errors import CorruptGridFile, NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
 from ..fhir.errors import Conflict, ResourceNotFound
 from ..fhir.models import now
 from .locations import Z3Location
+from .signing import USED_UPLOAD_URLS
 
 GRIDFS_BUCKET = "z3"
 CHUNK_SIZE = 255 * 1024  # GridFS's default chunk size
+DELETED_PREFIX = "~deleted/"  # where pinned versions of a deleted key live; "~" never starts a bucket name
 
 
 class ObjectTooLarge(Exception):
@@ -42,6 +54,11 @@ class ObjectInfo:
     version: Any = None  # the upload's file id: each upload is a new, immutable version
 
 
+def _newest_first() -> list[tuple[str, int]]:
+    """Newest upload first; the id breaks ties between uploads in the same millisecond (ObjectIds grow)."""
+    return [("uploadDate", -1), ("_id", -1)]
+
+
 class Z3Store:
     def __init__(self, database: Any) -> None:
         self.database = database
@@ -49,9 +66,12 @@ class Z3Store:
 
     async def ensure_indexes(self) -> None:
         await self.files.create_index([("filename", 1), ("uploadDate", -1)], name="filename")
+        await self.files.create_index([("metadata.location", 1), ("metadata.sha1", 1)], name="pinned")
+        await self.files.create_index([("metadata.renderingOf", 1), ("metadata.quality", 1)], name="renderings")
         await self.database[f"{GRIDFS_BUCKET}.chunks"].create_index(
             [("files_id", 1), ("n", 1)], name="files_id_1_n_1", unique=True
         )
+        await self.database[USED_UPLOAD_URLS].create_index("expires", name="expiry", expireAfterSeconds=0)
 
     async def create_bucket(self, bucket: str) -> bool:
         """Create ``bucket``; False when it already existed."""
@@ -87,17 +107,84 @@ class Z3Store:
         ]
 
     async def delete_object(self, location: Z3Location) -> bool:
-        """Delete every stored version of ``location``; False when there was none."""
-        gridfs = self.gridfs()
+        """Delete the key ``location``: its unpinned versions go, pinned ones leave its name; False when none.
+
+        A fax already sent keeps reading its pinned version by id, so deleting a key never breaks a fax in
+        flight, and the key is free for a new, unrelated upload.
+        """
         ids = [d["_id"] async for d in self.files.find({"filename": f"{location.bucket}/{location.key}"}, {"_id": 1})]
         for file_id in ids:
-            await gridfs.delete(file_id)
+            if not await self._remove_unpinned(file_id):
+                await self.files.update_one(
+                    {"_id": file_id, "metadata.pinned": True},
+                    {"$set": {"filename": f"{DELETED_PREFIX}{file_id}", "metadata.deleted": now()}},
+                )
         return bool(ids)
 
+    async def prune(self, newest: ObjectInfo) -> int:
+        """Remove the versions of ``newest``'s key uploaded before it that no fax pinned; how many went.
+
+        Only older ones: a concurrent upload that finished later is newer and stays.
+        """
+        location = newest.location
+        older = self.files.find(
+            {
+                "filename": f"{location.bucket}/{location.key}",
+                "$or": [
+                    {"uploadDate": {"$lt": newest.uploaded}},
+                    {"uploadDate": newest.uploaded, "_id": {"$lt": newest.version}},
+                ],
+                "metadata.pinned": {"$ne": True},
+            },
+            {"_id": 1},
+        )
+        removed = 0
+        for file_id in [d["_id"] async for d in older]:
+            removed += await self._remove_unpinned(file_id)
+        return removed
+
+    async def _remove_unpinned(self, file_id: Any) -> bool:
+        """Remove one version unless it is pinned (atomically: the condition and the removal are one command)."""
+        result = await self.files.delete_one({"_id": file_id, "metadata.pinned": {"$ne": True}})
+        if result.deleted_count:
+            await self.database[f"{GRIDFS_BUCKET}.chunks"].delete_many({"files_id": file_id})
+        return bool(result.deleted_count)
+
+    async def pin(self, version: Any, location: Z3Location, sha1: str | None) -> bool:
+        """Keep ``version`` for as long as a fax may need it; False when it is already gone.
+
+        Idempotent: pinning a pinned version changes nothing (and writes nothing), so sending the same
+        document many times costs one keyed update each.
+        """
+        fields = {"metadata.pinned": True, "metadata.location": f"{location.bucket}/{location.key}"}
+        if sha1:
+            fields["metadata.sha1"] = sha1
+        result = await self.files.update_one({"_id": version}, {"$set": fields})
+        return result.matched_count == 1
+
+    async def pinned_version(self, location: Z3Location, sha1: str) -> Any:
+        """The id of a pinned version of ``location`` with this SHA-1 (a faxed document), or None."""
+        document = await self.files.find_one(
+            {"metadata.location": f"{location.bucket}/{location.key}", "metadata.sha1": sha1, "metadata.pinned": True},
+            {"_id": 1},
+            sort=_newest_first(),
+        )
+        return document["_id"] if document else None
+
+    async def version_info(self, version: Any) -> ObjectInfo | None:
+        """What is stored as ``version`` (under its key's name, or moved out of it when the key was deleted)."""
+        document = await self.files.find_one({"_id": version})
+        return self._info(document) if document else None
+
     async def put_stream(
-        self, location: Z3Location, pieces: AsyncIterator[bytes], content_type: str | None, max_bytes: int
-    ) -> int:
-        """Store an upload chunk by chunk, in the GridFS layout; ObjectTooLarge past ``max_bytes``.
+        self,
+        location: Z3Location,
+        pieces: AsyncIterator[bytes],
+        content_type: str | None,
+        max_bytes: int,
+        metadata: dict[str, Any] | None = None,
+    ) -> ObjectInfo:
+        """Store an upload chunk by chunk, in the GridFS layout, as a new version; ObjectTooLarge past ``max_bytes``.
 
         Written by hand rather than through GridIn, which holds up to 48 MB of chunk documents
         (and their encoding) before each insert: here at most one 255 KB chunk is in memory. The
@@ -122,25 +209,24 @@ class Z3Store:
                     number += 1
             if buffer:
                 await chunks.insert_one({"files_id": file_id, "n": number, "data": Binary(bytes(buffer))})
-            await self.files.insert_one(
-                {
-                    "_id": file_id,
-                    "filename": f"{location.bucket}/{location.key}",
-                    "length": size,
-                    "chunkSize": CHUNK_SIZE,
-                    "uploadDate": now(),
-                    "metadata": {"contentType": content_type},
-                }
-            )
+            document = {
+                "_id": file_id,
+                "filename": f"{location.bucket}/{location.key}",
+                "length": size,
+                "chunkSize": CHUNK_SIZE,
+                "uploadDate": now(),
+                "metadata": {**(metadata or {}), "contentType": content_type},
+            }
+            await self.files.insert_one(document)
         except BaseException:
             await chunks.delete_many({"files_id": file_id})
             raise
-        return size
+        return self._info(document)
 
-    async def read_chunks(self, location: Z3Location) -> AsyncIterator[bytes] | None:
-        """The newest content at ``location`` as a stream of chunks, or None."""
+    async def read_chunks(self, version: Any) -> AsyncIterator[bytes] | None:
+        """One version's content as a stream of chunks, or None when it is gone."""
         try:
-            stream = await self.gridfs().open_download_stream_by_name(f"{location.bucket}/{location.key}")
+            stream = await self.gridfs().open_download_stream(version)
         except NoFile:
             return None
 
@@ -161,40 +247,61 @@ class Z3Store:
 
         return AsyncIOMotorGridFSBucket(self.database, bucket_name=GRIDFS_BUCKET)
 
-    async def put(self, location: Z3Location, data: bytes, content_type: str | None = None) -> None:
-        """Store ``data``; the newest upload of a key wins."""
+    async def put(
+        self,
+        location: Z3Location,
+        data: bytes,
+        content_type: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ObjectInfo:
+        """Store ``data`` as a new version; the newest upload of a key is what the key holds."""
 
         async def one_piece() -> AsyncIterator[bytes]:
             yield data
 
-        await self.put_stream(location, one_piece(), content_type, max_bytes=len(data))
+        return await self.put_stream(location, one_piece(), content_type, max_bytes=len(data), metadata=metadata)
 
     async def stat(self, location: Z3Location) -> ObjectInfo | None:
-        document = await self.files.find_one(
-            {"filename": f"{location.bucket}/{location.key}"}, sort=[("uploadDate", -1)]
-        )
-        if document is None:
-            return None
+        """The newest version at ``location``, or None."""
+        document = await self.files.find_one({"filename": f"{location.bucket}/{location.key}"}, sort=_newest_first())
+        return self._info(document) if document else None
+
+    @staticmethod
+    def _info(document: dict[str, Any]) -> ObjectInfo:
+        metadata = document.get("metadata") or {}
+        name = metadata.get("location") if document["filename"].startswith(DELETED_PREFIX) else document["filename"]
+        bucket, _, key = str(name).partition("/")
         return ObjectInfo(
-            location=location,
+            location=Z3Location(bucket, key),
             size=document["length"],
-            content_type=(document.get("metadata") or {}).get("contentType"),
+            content_type=metadata.get("contentType"),
             uploaded=document["uploadDate"],
             version=document["_id"],
         )
 
     async def read_version(self, version: Any) -> bytes | None:
-        """The content of one upload (``ObjectInfo.version``), or None when it has been replaced and removed."""
+        """The content of one upload (``ObjectInfo.version``), or None when it is gone (or lost chunks)."""
         try:
             stream = await self.gridfs().open_download_stream(version)
-        except NoFile:
+            return await stream.read()
+        except (NoFile, CorruptGridFile):
             return None
-        return await stream.read()
 
     async def read(self, location: Z3Location) -> bytes | None:
         """The newest content stored at ``location``, or None."""
-        try:
-            stream = await self.gridfs().open_download_stream_by_name(f"{location.bucket}/{location.key}")
-        except NoFile:
-            return None
-        return await stream.read()
+        info = await self.stat(location)
+        return None if info is None else await self.read_version(info.version)
+
+    async def put_rendering(self, location: Z3Location, source: Any, quality: str, tiff: bytes) -> ObjectInfo:
+        """Keep the fax-line rendering of version ``source`` at ``location``, findable by its source version."""
+        return await self.put(location, tiff, "image/tiff", {"renderingOf": source, "quality": quality})
+
+    async def read_rendering(self, source: Any, quality: str) -> bytes | None:
+        """The rendering of version ``source`` at ``quality``, found by what it renders, never by name.
+
+        A client may upload anything under a rendering's name; only the server writes ``renderingOf``.
+        """
+        document = await self.files.find_one(
+            {"metadata.renderingOf": source, "metadata.quality": quality}, {"_id": 1}, sort=_newest_first()
+        )
+        return None if document is None else await self.read_version(document["_id"])

@@ -39,10 +39,13 @@ def test_a_100_mb_upload_is_streamed_not_buffered(tmp_path: Path, mongo_uri: str
     server = FaxServer(tmp_path / "data", env=env)
     try:
         with httpx.Client(base_url=server.url, timeout=300) as http:
-            url = http.post("/v1/z3/scans/big.pdf", json={"action": "upload"}, headers=server.headers).json()[
-                "signedUrl"
-            ]
-            http.put(url, content=b"warm-up")  # let the server reach its steady state first
+
+            def signed() -> str:  # each signed upload URL is good for one upload
+                answer = http.post("/v1/z3/scans/big.pdf", json={"action": "upload"}, headers=server.headers)
+                return answer.json()["signedUrl"]
+
+            http.put(signed(), content=b"warm-up")  # let the server reach its steady state first
+            url = signed()
             before = peak_rss_mb(server.process.pid)
             response = http.put(url, content=chunks())
             after = peak_rss_mb(server.process.pid)

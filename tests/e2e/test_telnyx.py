@@ -133,6 +133,7 @@ async def test_a_fax_is_delivered_despite_out_of_order_and_duplicate_webhooks(te
     assert submission["media_url"].startswith(
         f"{telnyx.server.url}/v1/z3/fixtures/referral-letter.pdf?action=download&expires="
     )
+    assert "&version=" in submission["media_url"], "the URL names the version checked at send, not the key's newest"
     assert log["media_fetches"][-1]["status"] == 200, "Telnyx fetched the document by its signed URL"
     answers = [json.loads(w["answer"])["status"] for w in log["webhooks"][-10:]]
     assert answers.count("duplicate") >= 4, "each webhook came twice; the second is recognised"

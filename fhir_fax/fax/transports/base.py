@@ -24,6 +24,7 @@ class Submission:
     document: bytes
     content_type: str
     media: str  # the Z3 location (z3://bucket/key); carriers that fetch by URL get a signed one
+    media_version: str | None = None  # the pinned upload: a signed URL names it, so the carrier fetches it only
 
 
 class TransportError(Exception):

@@ -115,17 +115,19 @@ class Telnyx:
     async def stop(self) -> None:
         await self.client.aclose()
 
-    async def media_url(self, media: str) -> str:
+    async def media_url(self, media: str, version: str | None = None) -> str:
+        """A signed download URL of the pinned version (what was checked at send), not of whatever the key holds."""
         base = (self.settings.base_url or "").rstrip("/") + self.settings.project_api_path
         key = await signing_key(self.database)
-        return presign(key, base, parse_z3_url(media, ()), "download", self.settings.z3_url_ttl_seconds)
+        ttl = self.settings.z3_url_ttl_seconds
+        return presign(key, base, parse_z3_url(media, ()), "download", ttl, version=version)
 
     async def submit(self, submission: Submission) -> str:
         body = {
             "connection_id": self.settings.telnyx_connection_id,
             "to": submission.to_number,
             "from": submission.from_number,
-            "media_url": await self.media_url(submission.media),
+            "media_url": await self.media_url(submission.media, submission.media_version),
             "quality": QUALITY[submission.quality],
             "client_state": encode_state(submission.reference),
             "webhook_url": f"{(self.settings.base_url or '').rstrip('/')}/fax/webhooks/telnyx",
