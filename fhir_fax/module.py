@@ -20,7 +20,7 @@ from .auth.limiter import ensure_indexes as limiter_indexes
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
-from .fax.carriers import carriers_of
+from .fax.carriers import carriers_of, newest_of
 from .fax.carriers import ensure_indexes as carrier_indexes
 from .fax.media import Z3MediaChecker
 from .fax.operation import OPERATION_URL, SEND_FAX_DEFINITION
@@ -120,6 +120,7 @@ class FaxModule:
         await carrier_indexes(database)
         self.gate.database = database
         self.gate.carriers = carriers_of(database)
+        self.gate.newest = newest_of(database)
         clients = Clients(database)
         await clients.ensure_indexes()
         await assertion_indexes(database)
@@ -169,6 +170,7 @@ class FaxModule:
         self.guard.database = None
         self.gate.database = None
         self.gate.carriers = None
+        self.gate.newest = None
         if isinstance(self._resolver, HttpResolver):
             await self._resolver.close()
         self._resolver = None

@@ -516,3 +516,12 @@ async def test_a_patient_token_reads_only_the_versions_its_patients_faxes_pinned
     assert own.status_code == 200 and own.json()["signedUrl"]
     [event] = await _events(database, "document-read")
     assert {"what": {"reference": f"Communication/{maria.json()['communicationResource']['id']}"}} in event["entity"]
+    # Faxing the key now would pin James's version: refused; a fresh upload no fax pinned may be faxed.
+    before = await stored_counts(database)
+    about_maria = seed_request(media=media, patient="Patient/maria-lopez")
+    refused = await api.post("/fax/v1/send", json=about_maria, headers=headers)
+    assert refused.status_code == 403, refused.text
+    assert "carried by a fax outside Patient/maria-lopez's compartment" in refused.json()["message"]
+    assert await stored_counts(database) == before
+    await Z3Store(database).put(key, pdf + b"\n% Maria's own edition\n", "application/pdf")
+    assert (await api.post("/fax/v1/send", json=about_maria, headers=headers)).status_code == 200

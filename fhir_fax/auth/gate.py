@@ -36,6 +36,8 @@ READ = "FHIR:Read"
 DIRECT = (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete")  # the others (history) also show the resource
 # The Communication ids of the faxes that carry a document (``z3://bucket/key``; at a version, when given).
 Carriers = Callable[[str, Any], Awaitable[list[str]]]
+# The version of a document a send would pin now (its newest upload), or None.
+Newest = Callable[[str], Awaitable[Any]]
 
 
 def caller_address(request: Request) -> str | None:
@@ -49,6 +51,7 @@ class Gate:
         self.registry = registry
         self.database: Any = None  # set when the module starts
         self.carriers: Carriers | None = None
+        self.newest: Newest | None = None
         self.auditor: Any = None  # fhir_fax.audit.Auditor
 
     # -- who, and may they at all ------------------------------------------------------------------------
@@ -165,9 +168,12 @@ class Gate:
         if action == "Z3:ListObjects":
             reason = f"This token is limited to Patient/{patient}; listing documents would show other patients'."
             await self.refuse(request, principal, reason, action, resource)
-        carriers = await self.carrying(url, version if action == "Z3:GetObject" and not attaching else None)
+        if attaching and self.newest is not None:  # the send pins the newest upload: judge that one
+            version = await self.newest(url)
+        reading = action == "Z3:GetObject"
+        carriers = await self.carrying(url, version if reading else None)
         inside = [c for c in carriers if in_compartment(c, patient, self.registry)]
-        if action == "Z3:GetObject" and not attaching:
+        if reading and not attaching:
             if not inside:
                 reason = (
                     f"This token is limited to Patient/{patient}; {url} is carried by no fax in "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..z3.locations import parse_z3_url
+from ..z3.store import Z3Store
 from .outbox import COLLECTION
 
 FIELDS = ("media", "rendered")
@@ -36,3 +38,13 @@ def carriers_of(database: Any) -> Any:
         return list(dict.fromkeys(found))
 
     return carriers
+
+
+def newest_of(database: Any) -> Any:
+    """``newest(url)``: the version a send would pin now (the key's newest upload), or None."""
+
+    async def newest(url: str) -> Any:
+        info = await Z3Store(database).stat(parse_z3_url(url, ()))
+        return None if info is None else info.version
+
+    return newest
