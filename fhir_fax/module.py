@@ -20,6 +20,7 @@ from .auth.limiter import ensure_indexes as limiter_indexes
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
+from .fax import sandbox
 from .fax.carriers import carriers_of, newest_of
 from .fax.carriers import ensure_indexes as carrier_indexes
 from .fax.media import Z3MediaChecker
@@ -108,6 +109,7 @@ class FaxModule:
         await self.fhir.registry.ensure_indexes(database)
         await store.put_if_changed(SEND_FAX_DEFINITION)
         self._resolver = self._reference_resolver(store)
+        sandbox.configure(sandbox.Limits.of(self.settings))  # documents are read in a process with these limits
         service = FaxService(
             self.settings, database, store, self._resolver, Z3MediaChecker(Z3Store(database), self.settings.max_pages)
         )

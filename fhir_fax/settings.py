@@ -30,7 +30,15 @@ class Settings(BaseSettings):
     port: int = 8080
     fhir_path: str = Field(default="/fhir", description="Where the FHIR REST API is mounted.")
     load_fixtures: bool = Field(default=False, description="Load fixtures/ into the datastore on start.")
-    max_body_bytes: int = Field(default=2_000_000, description="Largest JSON request body accepted (413).")
+    max_body_bytes: int = Field(
+        default=1_000_000, ge=1, description="Largest JSON or form request body accepted (413), read as a stream."
+    )
+    token_max_body_bytes: int = Field(
+        default=65_536, ge=1, description="Largest body of POST /oauth/token (413); it is read before any check."
+    )
+    webhook_max_body_bytes: int = Field(
+        default=262_144, ge=1, description="Largest carrier webhook body (413); it is read before the signature check."
+    )
     search_default_count: int = Field(default=20, ge=1)
     search_max_count: int = Field(default=500, ge=1)
 
@@ -50,6 +58,21 @@ class Settings(BaseSettings):
         description="Other project-API base URLs whose /z3/... URLs name this project's Z3 (JSON list).",
     )
     max_pages: int = Field(default=350, ge=1, description="Most pages one fax may have (Telnyx's limit).")
+    max_page_pixels: int = Field(
+        default=40_000_000,
+        ge=1_000_000,
+        description="Pixel budget of one page: a page bigger than this faxed at full length (or an image bigger "
+        "than this decoded) is refused before it is drawn.",
+    )
+    document_memory_bytes: int = Field(
+        default=1 << 30, ge=128 << 20, description="Address space of the process that reads and renders documents."
+    )
+    document_check_seconds: float = Field(
+        default=30.0, gt=0, description="Longest the send-time check of one document may take (422 past it)."
+    )
+    document_render_seconds: float = Field(
+        default=300.0, gt=0, description="Longest the rendering of one document may take (the fax stops past it)."
+    )
     z3_url_ttl_seconds: int = Field(default=900, ge=1, description="How long presigned Z3 URLs stay valid.")
     z3_max_object_bytes: int = Field(default=50_000_000, ge=1, description="Largest Z3 object accepted (413).")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="How long idempotency keys are kept.")

@@ -202,3 +202,13 @@ async def test_the_worker_renders_beside_the_original_and_preview_shows_the_page
         assert bad.status_code == 400
         unknown = await api.get("/fax/v1/faxes/nope/preview", params={"page": "1"})
         assert unknown.status_code == 404
+
+
+@pytest.mark.parametrize(("kind", "size"), [("PNG", (850, 1100)), ("JPEG", (2550, 3300)), ("PNG", (1100, 850))])
+def test_images_keep_their_shape_on_the_fax_page(kind: str, size: tuple[int, int]) -> None:
+    """An image fills the page's width and keeps its aspect ratio, whatever its pixel count (11 inches here)."""
+    out = io.BytesIO()
+    Image.new("L", size, 255).save(out, format=kind)
+    with Image.open(io.BytesIO(render_fax(out.getvalue(), "fine"))) as tiff:
+        assert tiff.width == FAX_WIDTH
+        assert 10.9 < tiff.height / 196 < 11.1, "letter-shaped, upright"

@@ -33,6 +33,18 @@ async def test_upload_then_download_through_signed_urls(api: httpx.AsyncClient, 
     assert fetched.headers["content-type"] == "application/pdf"
 
 
+async def test_downloads_never_run_as_pages_of_this_origin(api: httpx.AsyncClient) -> None:
+    """An uploader chooses the content type: a download must not let HTML or SVG run scripts on this server's origin."""
+    upload = await signed(api, "letters/page.html", "upload")
+    html = b"<html><script>fetch('/v1/m2m')</script></html>"
+    assert (await api.put(upload, content=html, headers={"content-type": "text/html"})).status_code == 200
+    fetched = await api.get(await signed(api, "letters/page.html", "download"))
+    assert (fetched.status_code, fetched.content) == (200, html)
+    assert fetched.headers["x-content-type-options"] == "nosniff"
+    assert fetched.headers["content-disposition"] == 'attachment; filename="page.html"'
+    assert fetched.headers["content-security-policy"] == "sandbox; default-src 'none'"
+
+
 def tamper(url: str, **changes: str) -> str:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query)) | changes

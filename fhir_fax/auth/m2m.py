@@ -56,7 +56,7 @@ def _policy(value: Any, prefix: str = "") -> tuple[Rule, ...]:
 
 def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
     """``database_of()`` returns the running database (None before start-up)."""
-    router = APIRouter(route_class=SDKRoute, tags=["M2M clients"])
+    router = APIRouter(route_class=SDKRoute.limited(fhir.settings.max_body_bytes), tags=["M2M clients"])
 
     def clients() -> Clients:
         database = database_of()

@@ -20,6 +20,7 @@ from ..settings import Settings
 from .assertions import ALGORITHMS, ASSERTION_TYPE, AssertionError_, authenticate_assertion
 from .clients import Clients
 from .limiter import FailureLimiter
+from .oauth_http import OAuthRoute
 from .scopes import ScopeError, parse_scopes
 from .tokens import issue_token, signing_key
 
@@ -47,7 +48,7 @@ class AuthAPI:
         return self.issuer(request) + self.settings.fhir_path
 
     def router(self) -> APIRouter:
-        router = APIRouter(tags=["Access"])
+        router = APIRouter(route_class=OAuthRoute.limited(self.settings.token_max_body_bytes), tags=["Access"])
 
         @router.post("/oauth/token", summary="OAuth 2.0 token endpoint (client credentials)")
         async def token(request: Request) -> JSONResponse:

@@ -3,7 +3,11 @@
 Pages are exactly 1728 pixels wide (A4 and letter), 204 dpi across and 98 (standard), 196 (fine)
 or 391 (superfine) lines per inch down, 1 bit deep, landscape pages turned upright, other sizes
 scaled to fit, written as one multi-page TIFF with CCITT Group 4 compression (TIFF Class F).
-Run it through ``documents.run_pdfium``: PDFium must not be called from two threads at once.
+
+A PDF page is drawn at the size it is faxed at (its short side across 8.5 inches, at most 14 inches
+long, at the quality's resolution), never bigger, and only after its size passed the pixel budget; an
+image's size is checked from its header before it is decoded. Run it through ``documents.run_pdfium``,
+which runs it in the document sandbox (another process, with memory and time limits).
 """
 
 from __future__ import annotations
@@ -14,23 +18,39 @@ from collections.abc import Iterator
 from PIL import Image, TiffImagePlugin
 
 from ..z3.locations import Z3Location
-from .documents import open_pdf, sniff_type
+from .documents import (
+    FAX_WIDTH,
+    HORIZONTAL_DPI,
+    VERTICAL_DPI,
+    check_image_size,
+    check_page_size,
+    open_image,
+    open_pdf,
+    sniff_type,
+)
 
-FAX_WIDTH = 1728
-HORIZONTAL_DPI = 204
-VERTICAL_DPI = {"standard": 98, "fine": 196, "superfine": 391}
+__all__ = ["FAX_WIDTH", "HORIZONTAL_DPI", "VERTICAL_DPI", "preview_png", "render_fax", "tiff_pages"]
+
 MAX_PAGE_INCHES = 14.0  # legal length; longer pages are scaled down to fit
 THRESHOLD = 160  # grey level below which a pixel is printed black
 
 
-def _pdf_pages(data: bytes) -> Iterator[Image.Image]:
+def render_scale(width: float, height: float, quality: str) -> float:
+    """Pixels per point that draw a page at the size it is faxed at: no bigger than the fax needs."""
+    short, long = sorted((width, height))
+    inches_per_point = FAX_WIDTH / HORIZONTAL_DPI / short  # the short side goes across the page
+    inches_per_point = min(inches_per_point, MAX_PAGE_INCHES / long)  # and the page is at most legal length
+    return inches_per_point * max(HORIZONTAL_DPI, VERTICAL_DPI[quality])
+
+
+def _pdf_pages(data: bytes, quality: str) -> Iterator[Image.Image]:
     document = open_pdf(data)
     try:
         for index in range(len(document)):
+            width, height = document.get_page_size(index)
+            check_page_size(index, width, height, quality)
             page = document[index]
-            width, height = page.get_size()
-            scale = FAX_WIDTH / min(width, height)  # fit the short side (after turning) to the fax width
-            bitmap = page.render(scale=scale, grayscale=True)
+            bitmap = page.render(scale=render_scale(width, height, quality), grayscale=True)
             image = bitmap.to_pil()
             bitmap.close()
             page.close()
@@ -39,10 +59,11 @@ def _pdf_pages(data: bytes) -> Iterator[Image.Image]:
         document.close()
 
 
-def _image_pages(data: bytes) -> Iterator[Image.Image]:
-    with Image.open(io.BytesIO(data)) as image:
+def _image_pages(data: bytes, quality: str) -> Iterator[Image.Image]:
+    with open_image(data) as image:
         for frame in range(getattr(image, "n_frames", 1)):
             image.seek(frame)
+            check_image_size(frame, image.width, image.height)
             yield image.convert("L")
 
 
@@ -51,8 +72,7 @@ def fax_page(image: Image.Image, quality: str) -> Image.Image:
     if image.width > image.height:
         image = image.rotate(90, expand=True)
     vertical = VERTICAL_DPI[quality]
-    inches_wide = image.width / FAX_WIDTH * (FAX_WIDTH / HORIZONTAL_DPI)
-    inches_high = image.height / image.width * inches_wide
+    inches_high = image.height / image.width * (FAX_WIDTH / HORIZONTAL_DPI)  # its width fills the page
     scale = min(1.0, MAX_PAGE_INCHES / inches_high)
     width = round(FAX_WIDTH * scale)
     height = max(1, round(inches_high * scale * vertical))
@@ -72,7 +92,7 @@ def render_fax(data: bytes, quality: str) -> bytes:
     output = io.BytesIO()
     dpi = (HORIZONTAL_DPI, VERTICAL_DPI[quality])
     with TiffImagePlugin.AppendingTiffWriter(output, new=True) as tiff:
-        for image in pages_of(data):
+        for image in pages_of(data, quality):
             page = fax_page(image, quality)
             image.close()
             page.save(tiff, format="TIFF", compression="group4", dpi=dpi)

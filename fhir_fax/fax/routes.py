@@ -75,7 +75,7 @@ class FaxAPI:
         )
 
     def fhir_router(self) -> APIRouter:
-        router = APIRouter(route_class=FHIRRoute, tags=["Fax (FHIR)"])
+        router = APIRouter(route_class=FHIRRoute.limited(self.fhir.settings.max_body_bytes), tags=["Fax (FHIR)"])
 
         @router.post("/Communication/$send-fax", summary="Send a fax (FHIR operation)")
         async def send_fax_operation(request: Request) -> Response:
@@ -90,8 +90,8 @@ class FaxAPI:
         return router
 
     def sdk_router(self) -> APIRouter:
-        router = APIRouter(route_class=SDKRoute, tags=["Fax"])
         settings = self.fhir.settings
+        router = APIRouter(route_class=SDKRoute.limited(settings.max_body_bytes), tags=["Fax"])
 
         @router.post("/send", summary="Send a fax")
         async def send(request: Request) -> Response:

@@ -49,7 +49,8 @@ def telnyx_signature_problem(
 
 def webhook_router(fax: Any) -> APIRouter:
     """``fax`` is the FaxAPI: its service and tracker are set while the module runs."""
-    router = APIRouter(route_class=SDKRoute, tags=["Carrier webhooks"])
+    limit = fax.fhir.settings.webhook_max_body_bytes  # read before the signature is checked: kept small
+    router = APIRouter(route_class=SDKRoute.limited(limit), tags=["Carrier webhooks"])
 
     @router.post("/telnyx", summary="Telnyx fax webhooks (Ed25519-signed)")
     async def telnyx(request: Request) -> dict[str, str]:

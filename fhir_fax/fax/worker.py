@@ -22,6 +22,7 @@ from ..fhir.store import ResourceStore
 from ..settings import Settings
 from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
+from . import sandbox
 from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
 from .faults import crash_point
 from .media import pinned_document
@@ -169,6 +170,7 @@ class Worker:
 def create_worker(settings: Settings, database: Any, store: Any | None = None) -> Worker:
     """A worker on ``database`` with the configured carrier (used by ``serve`` and ``fhir-fax worker``)."""
     store = store or ResourceStore(database, default_registry().indexer)
+    sandbox.configure(sandbox.Limits.of(settings))  # documents are read in a process with these limits
     outbox = Outbox(database)
     tracker = Tracker(settings, store, outbox, Auditor(store))
     return Worker(settings, outbox, tracker, make_transport(settings, database), Z3Store(database))

@@ -59,8 +59,8 @@ async def include_nothing(_resource_type: str) -> None:
 
 def build_fhir_router(context: FHIRContext) -> APIRouter:
     """The generic REST API; fax operations are mounted on their own router before this one."""
-    router = APIRouter(route_class=FHIRRoute, tags=["FHIR"])
     settings = context.settings
+    router = APIRouter(route_class=FHIRRoute.limited(settings.max_body_bytes), tags=["FHIR"])
 
     def version_location(request: Request, resource: dict[str, Any]) -> str:
         return (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from bson import ObjectId
 from fastapi import APIRouter, Request, Response
@@ -36,6 +37,19 @@ from .signing import (
 from .store import ObjectInfo, ObjectTooLarge, Z3Store
 
 ACTIONS = ("upload", "download")
+
+
+# The uploader chose the content type: a download is never a page that could run scripts on this origin.
+DOWNLOAD_HEADERS = {"x-content-type-options": "nosniff", "content-security-policy": "sandbox; default-src 'none'"}
+
+
+def attachment(key: str) -> str:
+    """``Content-Disposition`` for a download, naming the key's last segment (ASCII-safe, RFC 6266)."""
+    name = key.rsplit("/", 1)[-1]
+    plain = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    if plain == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 class Z3API:
@@ -98,7 +112,7 @@ class Z3API:
         return info if info is not None and info.location == location else None
 
     def router(self) -> APIRouter:
-        router = APIRouter(route_class=SDKRoute, tags=["Z3"])
+        router = APIRouter(route_class=SDKRoute.limited(self.settings.max_body_bytes), tags=["Z3"])
 
         @router.post("/z3/{bucket}/{key:path}", summary="Presigned URL for upload or download")
         async def presigned(request: Request, bucket: str, key: str) -> dict[str, str]:
@@ -152,7 +166,6 @@ class Z3API:
             await self.require_store().delete_bucket(bucket)
             return Response(status_code=204)
 
-        @router.put("/z3/{bucket}/{key:path}", summary="Upload to a signed URL")
         async def upload(request: Request, bucket: str, key: str) -> Response:
             store = self.require_store()
             location = self.location(bucket, key)
@@ -179,6 +192,11 @@ class Z3API:
             await store.prune(stored)  # older versions no fax pinned; pinned ones stay (see Z3Store)
             return Response(status_code=200, headers={"x-z3-version-id": str(stored.version)})
 
+        # Uploads alone stream up to the object limit; every other Z3 body is JSON under FHIR_FAX_MAX_BODY_BYTES.
+        upload_route = SDKRoute.limited(self.settings.z3_max_object_bytes)
+        router.add_api_route("/z3/{bucket}/{key:path}", upload, methods=["PUT"], summary="Upload to a signed URL",
+                             route_class_override=upload_route)  # fmt: skip
+
         @router.get("/z3/{bucket}/{key:path}", summary="Download from a signed URL, or list objects under a prefix")
         async def download_or_list(request: Request, bucket: str, key: str) -> Response:
             store = self.require_store()
@@ -197,7 +215,7 @@ class Z3API:
             chunks = await store.read_chunks(info.version) if info is not None else None
             if info is None or chunks is None:
                 raise ResourceNotFound(f"There is no object at {location}.")
-            headers = {"content-length": str(info.size)}
+            headers = {"content-length": str(info.size), **DOWNLOAD_HEADERS, "content-disposition": attachment(key)}
             return StreamingResponse(
                 chunks, media_type=info.content_type or "application/octet-stream", headers=headers
             )

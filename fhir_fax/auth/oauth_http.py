@@ -1,0 +1,25 @@
+"""The route class of the OAuth endpoints: failures answered as RFC 6749 errors, bodies bounded.
+
+The token endpoint reads its form before it knows who is calling, so its body limit is small
+(``FHIR_FAX_TOKEN_MAX_BODY_BYTES``) and applied by the route class, as on every other route.
+"""
+
+from __future__ import annotations
+
+from fastapi import Response
+from fastapi.responses import JSONResponse
+
+from ..fhir.errors import FHIRError
+from ..fhir.http import ErrorRenderingRoute
+
+
+class OAuthRoute(ErrorRenderingRoute):
+    """Errors as ``{"error": ..., "error_description": ...}`` (RFC 6749 section 5.2), never cached."""
+
+    def render_error(self, error: FHIRError) -> Response:
+        code = "server_error" if error.status_code >= 500 else "invalid_request"
+        return JSONResponse(
+            {"error": code, "error_description": error.diagnostics},
+            status_code=error.status_code,
+            headers={"cache-control": "no-store", **error.headers},
+        )
