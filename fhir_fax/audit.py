@@ -1,4 +1,5 @@
-"""The audit trail: an AuditEvent for every fax sent, status change, read of a Communication and refused access.
+"""The audit trail: an AuditEvent for every fax sent, status change, read of a Communication or a document
+(FHIR reads and searches, previews, signed downloads) and refused access.
 
 Stored like any resource and searchable by ``entity`` and ``patient``, so a practice can produce an
 accounting of disclosures (``AuditEvent?patient=Patient/123``). Writing an event never fails the request
@@ -33,6 +34,8 @@ EVENT_TYPES = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 INTERACTIONS = "http://hl7.org/fhir/restful-interaction"
 FAX_EVENTS = "urn:fhir-fax:audit-event"
 CLIENTS = "urn:fhir-fax:client"
+DOCUMENTS = "urn:fhir-fax:z3"
+RESTFUL = {"read", "vread", "history-instance", "search-type"}
 SUCCESS, MINOR_FAILURE = "0", "4"
 ANONYMOUS = "anonymous"  # the caller of a request that did not authenticate
 REFUSAL_COUNT = "urn:fhir-fax:refusal-count"  # extension: how many refusals an aggregated event stands for
@@ -47,6 +50,7 @@ def audit_event(
     address: str | None,
     entities: list[str],
     description: str,
+    documents: list[str] | None = None,
 ) -> dict[str, Any]:
     system, code = subtype
     agent: dict[str, Any] = {
@@ -66,8 +70,10 @@ def audit_event(
         "agent": [agent],
         "source": {"observer": {"display": "fhir-fax"}},
     }
-    if entities:
-        event["entity"] = [{"what": {"reference": reference}} for reference in dict.fromkeys(entities)]
+    described = [{"what": {"identifier": {"system": DOCUMENTS, "value": url}}} for url in documents or ()]
+    described += [{"what": {"reference": reference}} for reference in dict.fromkeys(entities)]
+    if described:
+        event["entity"] = described
     return event
 
 
@@ -217,14 +223,28 @@ class Auditor:
         )  # fmt: skip
 
     async def read(self, interaction: str, resources: list[dict[str, Any]], who: str, address: str | None) -> None:
+        """A disclosure of Communications: a FHIR read/vread/history/search, or a fax's ``preview``."""
         entities = []
         for resource in resources:
             entities.append(f"{resource['resourceType']}/{resource['id']}")
             entities.extend(references_in(resource))
+        system = INTERACTIONS if interaction in RESTFUL else FAX_EVENTS
         await self.record(
-            subtype=(INTERACTIONS, interaction), action="R" if interaction != "search-type" else "E",
+            subtype=(system, interaction), action="E" if interaction == "search-type" else "R",
             outcome=SUCCESS, who=who, address=address, entities=entities,
             description=f"{interaction} returned {len(resources)} Communication(s).",
+        )  # fmt: skip
+
+    async def document_read(self, url: str, carriers: list[dict[str, Any]], who: str, address: str | None) -> None:
+        """A document was handed out (a signed download URL): the document, and the faxes and patients it is in."""
+        entities = []
+        for communication in carriers:
+            entities.append(f"Communication/{communication['id']}")
+            entities.extend(references_in(communication))
+        await self.record(
+            subtype=(FAX_EVENTS, "document-read"), action="R", outcome=SUCCESS, who=who, address=address,
+            entities=entities, documents=[url],
+            description=f"A download of {url} was signed ({len(carriers)} fax(es) carry it).",
         )  # fmt: skip
 
     async def refused(self, action: str, resource: str, who: str, address: str | None, reason: str) -> None:

@@ -12,15 +12,17 @@ from typing import Any
 from fastapi import FastAPI
 
 from .audit import Auditor
-from .auth.addresses import TrustedProxies, caller_address
 from .auth.assertions import ensure_indexes as assertion_indexes
 from .auth.clients import Clients
+from .auth.gate import Gate
 from .auth.guard import Guard
 from .auth.limiter import ensure_indexes as limiter_indexes
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
 from .fax import sandbox
+from .fax.carriers import carriers_of, newest_of
+from .fax.carriers import ensure_indexes as carrier_indexes
 from .fax.media import Z3MediaChecker
 from .fax.operation import OPERATION_URL, SEND_FAX_DEFINITION
 from .fax.references import HttpResolver, LocalResolver, ReferenceResolver
@@ -57,9 +59,8 @@ class FaxModule:
         self.z3 = Z3API(self.settings, self.fhir)
         self.auth = AuthAPI(self.settings)
         self.guard = Guard(self.settings)
-        self.fhir.guard = self.guard.require
-        self.fhir.identify = self.guard.principal
-        self.fhir.limit_to_patient = self.guard.patient_limit
+        self.gate = Gate(self.guard, self.fhir.registry)  # every access decision and read audit goes through it
+        self.fhir.gate = self.gate
         self._resolver: ReferenceResolver | None = None
         self._given_database = database
         self._database: Database | None = None
@@ -76,7 +77,8 @@ class FaxModule:
         app.include_router(build_fallback_router(), prefix=prefix)
         app.include_router(self.fax.sdk_router(), prefix=self.settings.fax_api_path)
         app.include_router(self.z3.router(), prefix=self.settings.project_api_path)
-        app.include_router(m2m_router(self.fhir, lambda: self.guard.database), prefix=self.settings.project_api_path)
+        clients = m2m_router(self.fhir, lambda: self.guard.database, self.gate)
+        app.include_router(clients, prefix=self.settings.project_api_path)
         app.include_router(webhook_router(self.fax), prefix="/fax/webhooks")
         previous = app.router.lifespan_context
 
@@ -118,6 +120,10 @@ class FaxModule:
         self.z3.database = database
         self.auth.database = database
         self.guard.database = database
+        await carrier_indexes(database)
+        self.gate.database = database
+        self.gate.carriers = carriers_of(database)
+        self.gate.newest = newest_of(database)
         clients = Clients(database)
         await clients.ensure_indexes()
         await assertion_indexes(database)
@@ -129,7 +135,7 @@ class FaxModule:
         self.guard.auditor = auditor
         self.auth.auditor = auditor
         self._auditor = auditor
-        self.fhir.on_read = self._audit_reads(auditor)
+        self.gate.auditor = auditor
         self.fax.tracker = Tracker(self.settings, store, service.outbox, auditor)
         await database[RECEIPTS].create_index("received", name="expiry", expireAfterSeconds=7 * 86_400)
         if self.settings.worker_enabled:
@@ -141,20 +147,6 @@ class FaxModule:
         if embedded is not None and embedded.owned:
             self._supervisor = asyncio.create_task(embedded.supervise(), name="fhir-fax-db-supervisor")
         log.info("fhir-fax started (FHIR API at %s)", self.settings.fhir_path)
-
-    def _audit_reads(self, auditor: Auditor) -> Any:
-        """Reads of Communications (faxes carry health information) are audited; other reads are not."""
-        proxies = TrustedProxies.of(self.settings.trusted_proxies)
-
-        async def on_read(request: Any, interaction: str, resources: list[dict[str, Any]]) -> None:
-            faxes = [r for r in resources if r.get("resourceType") == "Communication"]
-            if faxes:
-                principal = getattr(request.state, "principal", None)
-                who = principal.client_id if principal else "anonymous"
-                address = caller_address(request, proxies)
-                await auditor.read(interaction, faxes, who, address)
-
-        return on_read
 
     def _reference_resolver(self, store: ResourceStore) -> ReferenceResolver:
         if self.settings.reference_fhir_base:
@@ -184,6 +176,9 @@ class FaxModule:
         self.z3.database = None
         self.auth.database = None
         self.guard.database = None
+        self.gate.database = None
+        self.gate.carriers = None
+        self.gate.newest = None
         if isinstance(self._resolver, HttpResolver):
             await self._resolver.close()
         self._resolver = None

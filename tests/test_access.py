@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,18 +15,25 @@ from fhir_fax.settings import Settings
 
 from helpers import MEDIA, SEED_RECIPIENT, SEED_SENDER, login, seed_request, serving, stored_counts
 
-# Routes anyone may call: capabilities, well-known documents, the token endpoint, carrier webhooks
-# (signature-verified), and the liveness check.
+# The allow-list of routes anyone may call, and why each is safe without a token.
 PUBLIC = {
-    ("GET", "/fhir/metadata"),
-    ("GET", "/fhir/.well-known/smart-configuration"),
-    ("GET", "/.well-known/jwks.json"),
-    ("POST", "/oauth/token"),
-    ("POST", "/fax/webhooks/telnyx"),
-    ("GET", "/healthz"),
-    ("PUT", "/v1/z3/{bucket}/{key}"),  # upload to a signed URL: its signature is the permission (test_z3_urls)
+    ("GET", "/fhir/metadata"): "the CapabilityStatement",
+    ("GET", "/fhir/.well-known/smart-configuration"): "SMART configuration",
+    ("GET", "/.well-known/jwks.json"): "our public keys",
+    ("POST", "/oauth/token"): "the token endpoint (client credentials are its check)",
+    ("POST", "/fax/webhooks/telnyx"): "carrier webhooks: verified by signature (test_webhooks)",
+    ("GET", "/healthz"): "liveness",
+    ("PUT", "/v1/z3/{bucket}/{key}"): "upload to a signed URL: its signature is the permission (test_z3_urls)",
+    ("GET", "/openapi.json"): "the API description",
+    ("GET", "/docs"): "the API description",
+    ("GET", "/docs/oauth2-redirect"): "the API description",
+    ("GET", "/redoc"): "the API description",
+    **{
+        (method, "/fhir/{path}"): "answers 404 to paths no interaction serves; touches nothing"
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+    },
 }
-# Signed Z3 URLs need no token; without a signature these are the protected list/upload routes.
+# Signed Z3 downloads need no token either: GET /v1/z3/{bucket}/{key} without a signature lists objects.
 EXAMPLE_PATH_VALUES = {
     "resource_type": "Patient",
     "resource_id": "p1",
@@ -41,25 +49,29 @@ EXAMPLE_PATH_VALUES = {
 NOTHING_USEFUL = {"rule": [{"resource": "Nothing:*", "action": "Nothing:Do", "effect": "Allow"}]}
 
 
-def protected_routes() -> list[tuple[str, str]]:
-    """Every operation in the OpenAPI document that is not public, with example path values."""
-    schema = create_app(Settings(_env_file=None)).openapi()
-    routes = []
-    for path, operations in schema["paths"].items():
-        for method in operations:
-            if (method.upper(), path) not in PUBLIC:
-                routes.append((method.upper(), path.format(**EXAMPLE_PATH_VALUES)))
-    return sorted(routes)
+def route_table() -> set[tuple[str, str]]:
+    """Every (method, path template) the application serves, read from ``app.routes`` (included routers
+    expanded, routes hidden from the OpenAPI document included); HEAD is GET's own handler."""
+    app = create_app(Settings(_env_file=None))
+    table = set()
+    for route in app.routes:
+        contexts = list(route.effective_route_contexts()) if hasattr(route, "effective_route_contexts") else [route]
+        for context in contexts:
+            template = re.sub(r"\{(\w+):\w+\}", r"{\1}", context.path)  # {key:path} -> {key}
+            table.update((method, template) for method in context.methods or () if method != "HEAD")
+    return table
 
 
-ROUTES = protected_routes()
+TABLE = route_table()
+ROUTES = sorted((method, path.format(**EXAMPLE_PATH_VALUES)) for method, path in TABLE if (method, path) not in PUBLIC)
 
 
 def test_the_route_list_covers_every_api() -> None:
     prefixes = {path.split("/")[1] for _, path in ROUTES}
     assert prefixes == {"fhir", "fax", "v1"}
-    assert ("POST", "/v1/m2m") in ROUTES
-    assert len(ROUTES) >= 20
+    assert ("POST", "/v1/m2m") in ROUTES and ("GET", "/fax/v1/faxes/c1/preview") in ROUTES
+    assert len(ROUTES) >= 25
+    assert set(PUBLIC) <= TABLE, "the allow-list names only routes that exist"
 
 
 @pytest.fixture
@@ -85,6 +97,19 @@ async def test_every_route_needs_a_token(anonymous: httpx.AsyncClient, database:
 # Routes any valid token may call (they show the caller itself).
 IDENTITY_ONLY = {("GET", "/v1/m2m/me")}
 GUARDED = [route for route in ROUTES if route not in IDENTITY_ONLY]
+EVERYTHING = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
+
+
+def _message(response: httpx.Response) -> str:
+    body = response.json()
+    return body["issue"][0]["diagnostics"] if body.get("resourceType") == "OperationOutcome" else body["message"]
+
+
+async def _nothing_happened(database: Any) -> None:
+    assert await stored_counts(database) == {"Communication": 0, "fax_jobs": 0, "fax_idempotency": 0}
+    successes = await database["AuditEvent"].find({"outcome": "0"}).to_list(None)
+    assert successes == [], "no read or write on record"
+    assert await database["z3_buckets"].count_documents({"_id": "letters"}) == 0, "no bucket made"
 
 
 @pytest.mark.parametrize(("method", "path"), GUARDED, ids=[f"{m} {p}" for m, p in GUARDED])
@@ -95,8 +120,23 @@ async def test_every_route_needs_permission(
     await login(anonymous, record["clientId"], secret)
     response = await anonymous.request(method, path, json={"action": "download"})
     assert response.status_code == 403, (method, path, response.text)
-    message = response.json()["issue"][0]["diagnostics"] if path.startswith("/fhir") else response.json()["message"]
-    assert "access policy does not allow" in message
+    assert "access policy does not allow" in _message(response)
+    await _nothing_happened(database)
+
+
+@pytest.mark.parametrize(("method", "path"), GUARDED, ids=[f"{m} {p}" for m, p in GUARDED])
+async def test_every_route_is_narrowed_by_scopes(
+    anonymous: httpx.AsyncClient, database: Any, method: str, path: str
+) -> None:
+    """Scopes narrow every action: a token whose scopes grant nothing these routes touch gets nothing."""
+    record, secret = await Clients(database).create("allowed everything", EVERYTHING)
+    form = {"grant_type": "client_credentials", "client_id": record["clientId"], "client_secret": secret}
+    token = await anonymous.post("/oauth/token", data={**form, "scope": "system/Basic.r"})
+    anonymous.headers["authorization"] = f"Bearer {token.json()['access_token']}"
+    response = await anonymous.request(method, path, json={"action": "download"})
+    assert response.status_code == 403, (method, path, response.text)
+    assert "The token's scopes (system/Basic.r) do not allow" in _message(response)
+    await _nothing_happened(database)
 
 
 async def policy_client(api: httpx.AsyncClient, database: Any, policy: dict[str, Any], scope: str = "") -> None:

@@ -403,3 +403,125 @@ async def test_a_patient_token_sees_only_its_patients_audit_events(
         assert "Patient/maria-lopez" in patients, entry
     everything = await api.get("/fhir/AuditEvent", params={"_count": "200", "_summary": "count"})
     assert everything.json()["total"] > len(entries)
+
+
+# -- documents and previews of a patient-limited token (one gate for every read) ---------------------------
+
+
+async def _james_only_document(api: httpx.AsyncClient, database: Any) -> str:
+    """A fax about James with a document no other fax carries; returns its Communication id."""
+    pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
+    await Z3Store(database).put(Z3Location("my-bucket", "james/letter.pdf"), pdf, "application/pdf")
+    sent = await api.post(
+        "/fax/v1/send", json=seed_request(media="z3://my-bucket/james/letter.pdf", patient="Patient/james-oneil")
+    )
+    assert sent.status_code == 200, sent.text
+    return sent.json()["communicationResource"]["id"]
+
+
+async def _events(database: Any, code: str) -> list[dict[str, Any]]:
+    return await database["AuditEvent"].find({"subtype.code": code}).to_list(None)
+
+
+async def test_a_patient_token_previews_only_its_patients_faxes(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str], two_patients: dict[str, str]
+) -> None:
+    headers = maria_token(issuer_site[0])
+    refused = await api.get(f"/fax/v1/faxes/{two_patients['james']}/preview", params={"page": "1"}, headers=headers)
+    assert refused.status_code == 403, "a 200 with James's page image before"
+    assert refused.headers["content-type"].startswith("application/json")
+    assert "limited to Patient/maria-lopez" in refused.json()["message"]
+    assert await _events(database, "preview") == []
+    assert await database["fax_jobs"].count_documents({"rendered": {"$exists": True}}) == 0
+    own = await api.get(f"/fax/v1/faxes/{two_patients['maria']}/preview", params={"page": "1"}, headers=headers)
+    assert own.status_code == 200 and own.headers["content-type"] == "image/png"
+    [event] = await _events(database, "preview")
+    assert event["agent"][0]["who"]["identifier"]["value"] == f"alice@{ISSUER}"
+    entities = {e["what"].get("reference") for e in event["entity"]}
+    assert {f"Communication/{two_patients['maria']}", "Patient/maria-lopez"} <= entities
+    assert event["outcome"] == "0" and event["action"] == "R"
+
+
+async def test_a_patient_token_gets_only_documents_its_patients_faxes_carry(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str], two_patients: dict[str, str]
+) -> None:
+    await _james_only_document(api, database)
+    await Z3Store(database).put(Z3Location("my-bucket", "loose.pdf"), b"%PDF-1.4", "application/pdf")
+    headers = maria_token(issuer_site[0], scope="patient/*.cruds", realm_access={"roles": ["admin"]})
+    for key, action, message in (
+        ("james/letter.pdf", "download", "carried by no fax in Patient/maria-lopez's compartment"),
+        ("loose.pdf", "download", "carried by no fax in Patient/maria-lopez's compartment"),
+        ("james/letter.pdf", "upload", "carried by a fax outside Patient/maria-lopez's compartment"),
+    ):
+        response = await api.post(f"/v1/z3/my-bucket/{key}", json={"action": action}, headers=headers)
+        assert response.status_code == 403, (key, action, response.text)
+        assert message in response.json()["message"], (key, response.text)
+        assert "signedUrl" not in response.json()
+    deleted = await api.delete("/v1/z3/my-bucket/james/letter.pdf", headers=headers)
+    assert deleted.status_code == 403 and "outside Patient/maria-lopez's compartment" in deleted.json()["message"]
+    assert await Z3Store(database).read(Z3Location("my-bucket", "james/letter.pdf")) is not None
+    listed = await api.get("/v1/z3/my-bucket/james", headers=headers)
+    assert listed.status_code == 403 and "limited to Patient/maria-lopez" in listed.json()["message"]
+    assert await _events(database, "document-read") == []
+    # The seed document is carried by Maria's fax: she may read it, and the read is on record.
+    allowed = await api.post("/v1/z3/my-bucket/path/to/document.pdf", json={"action": "download"}, headers=headers)
+    assert allowed.status_code == 200 and allowed.json()["signedUrl"]
+    [event] = await _events(database, "document-read")
+    entities = {e["what"].get("reference") for e in event["entity"]}
+    assert {f"Communication/{two_patients['maria']}", "Patient/maria-lopez"} <= entities
+    assert f"Communication/{two_patients['james']}" not in entities, "the disclosure is of Maria's fax"
+    assert event["agent"][0]["who"]["identifier"]["value"] == f"alice@{ISSUER}"
+    # A new document (no fax carries it yet) may be uploaded, and then faxed about Maria.
+    fresh = await api.post("/v1/z3/my-bucket/maria/new.pdf", json={"action": "upload"}, headers=headers)
+    assert fresh.status_code == 200, fresh.text
+
+
+async def test_a_patient_token_cannot_fax_another_patients_document(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str]
+) -> None:
+    await _james_only_document(api, database)
+    before = await stored_counts(database)
+    headers = maria_token(issuer_site[0])
+    request = seed_request(media="z3://my-bucket/james/letter.pdf", patient="Patient/maria-lopez")
+    response = await api.post("/fax/v1/send", json=request, headers=headers)
+    assert response.status_code == 403, response.text
+    assert "carried by a fax outside Patient/maria-lopez's compartment" in response.json()["message"]
+    assert await stored_counts(database) == before
+
+
+async def test_a_patient_token_reads_only_the_versions_its_patients_faxes_pinned(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str]
+) -> None:
+    """Documents are frozen at send: one key can hold Maria's faxed version and, later, James's."""
+    key = Z3Location("my-bucket", "shared/letter.pdf")
+    pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
+    media = "z3://my-bucket/shared/letter.pdf"
+    await Z3Store(database).put(key, pdf, "application/pdf")
+    maria = await api.post("/fax/v1/send", json=seed_request(media=media, patient="Patient/maria-lopez"))
+    await Z3Store(database).put(key, pdf + b"\n% a later edition\n", "application/pdf")
+    james = await api.post("/fax/v1/send", json=seed_request(media=media, patient="Patient/james-oneil"))
+    hashes = {
+        name: sent.json()["communicationResource"]["payload"][0]["contentAttachment"]["hash"]
+        for name, sent in (("maria", maria), ("james", james))
+    }
+    assert hashes["maria"] != hashes["james"]
+    headers = maria_token(issuer_site[0])
+    path = "/v1/z3/my-bucket/shared/letter.pdf"
+    for body in ({"action": "download", "hash": hashes["james"]}, {"action": "download"}):
+        refused = await api.post(path, json=body, headers=headers)
+        assert refused.status_code == 403, (body, refused.text)
+        assert "carried by no fax in Patient/maria-lopez's compartment" in refused.json()["message"]
+    assert await _events(database, "document-read") == []
+    own = await api.post(path, json={"action": "download", "hash": hashes["maria"]}, headers=headers)
+    assert own.status_code == 200 and own.json()["signedUrl"]
+    [event] = await _events(database, "document-read")
+    assert {"what": {"reference": f"Communication/{maria.json()['communicationResource']['id']}"}} in event["entity"]
+    # Faxing the key now would pin James's version: refused; a fresh upload no fax pinned may be faxed.
+    before = await stored_counts(database)
+    about_maria = seed_request(media=media, patient="Patient/maria-lopez")
+    refused = await api.post("/fax/v1/send", json=about_maria, headers=headers)
+    assert refused.status_code == 403, refused.text
+    assert "carried by a fax outside Patient/maria-lopez's compartment" in refused.json()["message"]
+    assert await stored_counts(database) == before
+    await Z3Store(database).put(key, pdf + b"\n% Maria's own edition\n", "application/pdf")
+    assert (await api.post("/fax/v1/send", json=about_maria, headers=headers)).status_code == 200

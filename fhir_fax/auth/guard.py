@@ -1,8 +1,9 @@
 """Who is calling, and may they: bearer token -> client -> access policy (and scopes) -> decision.
 
 Every route except the public ones (capabilities, well-known documents, the token endpoint, signed Z3
-URLs, signature-verified webhooks) calls ``require(request, action, resource)`` before doing anything.
-A missing or bad token is 401 with ``WWW-Authenticate``; a valid token without permission is 403.
+URLs, signature-verified webhooks) reaches this through the gate (``gate.py``), which calls
+``require(request, action, resource)`` before anything is done. A missing or bad token is 401 with
+``WWW-Authenticate``; a valid token without permission is 403.
 
 Tokens are ours (issued by ``/oauth/token``, policy from the client record) or an external issuer's
 (policy from a claim, see ``issuers.py``); the unverified ``iss`` only picks which verification applies.
@@ -26,17 +27,17 @@ from .addresses import TrustedProxies, caller_address
 from .clients import Clients
 from .issuers import ExternalIssuers, IssuerUnavailable
 from .policies import PolicyError, Rule, allows, parse_policy
-from .scopes import LETTER_OF_ACTION, Scope, ScopeError, parse_scopes, permits
+from .scopes import (
+    ADMINISTRATION,
+    LETTER_OF_ACTION,
+    Scope,
+    ScopeError,
+    granting,
+    parse_scopes,
+    permits_action,
+    scope_terms,
+)
 from .tokens import SigningKey, TokenError, signing_key, verify_token
-
-
-def fhir_terms(action: str, resource: str) -> tuple[str, str] | None:
-    """The FHIR interaction and resource type that scopes judge ``action`` by (None: scopes do not apply)."""
-    if action.startswith("FHIR:"):
-        return action, resource.split(":")[1] if resource.count(":") else "*"
-    if action == "Fax:Send":  # sending a fax creates a Communication
-        return "FHIR:Create", "Communication"
-    return None
 
 
 @dataclass(frozen=True)
@@ -52,40 +53,55 @@ class Principal:
     def refusal(self, action: str, resource: str) -> str | None:
         """Why ``action`` on ``resource`` is not allowed, or None when it is.
 
-        The policy must allow it; a token with SMART scopes must also cover FHIR work by its scopes; a
-        token limited to one patient may only name that patient.
+        The policy must allow it; a token with SMART scopes must also cover it by its scopes (every action,
+        see ``scopes.SCOPE_OF_ACTION``); a token limited to one patient may only name that patient.
         """
         if not allows(self.rules, action, resource):
             return f"Client {self.client_id}'s access policy does not allow {action} on {resource}."
-        terms = fhir_terms(action, resource) if self.scopes else None
-        if terms is None:
+        return self.scope_refusal(action, resource)
+
+    def scope_refusal(self, action: str, resource: str) -> str | None:
+        """Why the token's scopes (and patient in context) do not allow it, or None (no scopes: None)."""
+        if not self.scopes:
             return None
-        fhir_action, resource_type = terms
-        if not permits(self.scopes, fhir_action, resource_type):
+        resource_type, letters = scope_terms(action, resource)
+        if not permits_action(self.scopes, action, resource):
             granted = " ".join(str(s) for s in self.scopes)
-            return f"The token's scopes ({granted}) do not allow {action} on {resource}; ask for a scope that does."
-        if self.limited(fhir_action, resource_type):
+            needed = (
+                f"a system/* or user/* scope with {letters!r}"
+                if resource_type == ADMINISTRATION
+                else f"a scope with {letters!r} on {resource_type}"
+            )
+            return f"The token's scopes ({granted}) do not allow {action} on {resource}; it needs {needed}."
+        if self.limited_terms(resource_type, letters):
             if self.patient is None:
                 return (
                     f"The token's scopes for {resource_type} are patient/ scopes but it names no patient in context; "
                     "use system/ or user/ scopes, or a token with a patient."
                 )
-            parts = resource.split(":")
-            if resource_type == "Patient" and len(parts) > 2 and parts[2] not in ("*", self.patient):
-                return f"This token is limited to Patient/{self.patient}; {action} on Patient/{parts[2]} is not."
+            named = resource.split(":")[2] if action.startswith("FHIR:") and resource.count(":") >= 2 else "*"
+            if resource_type == "Patient" and named not in ("*", self.patient):
+                return f"This token is limited to Patient/{self.patient}; {action} on Patient/{named} is not."
         return None
 
-    def limited(self, fhir_action: str, resource_type: str) -> bool:
+    def limited_terms(self, resource_type: str, letters: str) -> bool:
         """Do only ``patient/`` scopes grant this work (so it is kept to the patient's compartment)?"""
-        letter = LETTER_OF_ACTION.get(fhir_action.partition(":")[2])
-        if not self.scopes or letter is None or resource_type not in LIMITED_TYPES:
+        if not self.scopes or resource_type not in LIMITED_TYPES:
             return False
-        granting = [s for s in self.scopes if s.resource_type in ("*", resource_type) and letter in s.letters]
-        return bool(granting) and all(s.context == "patient" for s in granting)
+        found = [s for letter in letters for s in granting(self.scopes, resource_type, letter)]
+        return bool(found) and all(s.context == "patient" for s in found)
+
+    def limited(self, fhir_action: str, resource_type: str) -> bool:
+        letter = LETTER_OF_ACTION.get(fhir_action.partition(":")[2])
+        return letter is not None and self.limited_terms(resource_type, letter)
 
     def patient_limit(self, fhir_action: str, resource_type: str) -> str | None:
         """The patient whose compartment this work is kept to, or None when it is not limited."""
         return self.patient if self.limited(fhir_action, resource_type) else None
+
+    def patient_limit_of(self, action: str, resource: str) -> str | None:
+        """The same for any action (documents: their Communications' compartment)."""
+        return self.patient if self.limited_terms(*scope_terms(action, resource)) else None
 
 
 def _unauthorized(message: str, error: str = "invalid_token") -> Unauthorized:
@@ -100,6 +116,7 @@ class Guard:
         self.database: Any = None
         self.auditor: Any = None  # fhir_fax.audit.Auditor, set when the module starts
         self.issuers = ExternalIssuers(settings.external_issuers)
+        self.proxies = TrustedProxies.of(settings.trusted_proxies)
         self._key: SigningKey | None = None
 
     async def principal(self, request: Request) -> Principal:
@@ -150,12 +167,15 @@ class Guard:
             client["clientId"], parse_policy(client["accessPolicy"]), parse_scopes(claims.get("scope", ""))
         )
 
+    def address(self, request: Request) -> str | None:
+        """The caller's address as the audit trail records it (proxy headers only from trusted proxies)."""
+        return caller_address(request, self.proxies)
+
     async def _audit_refusal(
         self, request: Request, who: str, reason: str, action: str = "authenticate", resource: str = "-"
     ) -> None:
         if self.auditor is not None:
-            address = caller_address(request, TrustedProxies.of(self.settings.trusted_proxies))
-            await self.auditor.refused(action, resource, who, address, reason)
+            await self.auditor.refused(action, resource, who, self.address(request), reason)
 
     async def require(self, request: Request, action: str, resource: str) -> Principal:
         principal = await self.principal(request)
@@ -164,10 +184,6 @@ class Guard:
             await self._audit_refusal(request, principal.client_id, refusal, action, resource)
             raise Forbidden(refusal)
         return principal
-
-    async def patient_limit(self, request: Request, fhir_action: str, resource_type: str) -> str | None:
-        """The patient this request's work on ``resource_type`` is kept to (after ``require`` passed)."""
-        return (await self.principal(request)).patient_limit(fhir_action, resource_type)
 
 
 def unverified_issuer(token: str) -> Any:

@@ -3,6 +3,10 @@
 Responses never include the secret or its hash; ``POST /m2m/{id}/rotate-secret`` is the only way to
 see a secret. Every call needs an ``App:`` action on ``App:M2MClient[:id]``, except ``GET /m2m/me``,
 which shows the caller itself.
+
+A client never creates or grants rights beyond its own (the gate's ``grant``): a new or changed policy
+must be covered by the caller's, and a client with more rights than the caller cannot be changed or have
+its secret rotated or be deleted by it (that would hand its rights over, or take them from everyone).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from ..fhir.errors import InvalidRequest, ResourceNotFound
 from ..fhir.http import read_json
 from ..sdk_http import SDKRoute
 from .clients import Clients, public
-from .policies import PolicyError
+from .gate import Gate
+from .policies import PolicyError, Rule, parse_policy
 
 EDITABLE = {"name", "description", "accessPolicy", "jwks"}
 
@@ -42,7 +47,14 @@ def _fields(body: Any, *, creating: bool) -> dict[str, Any]:
     return body
 
 
-def m2m_router(fhir: FHIRContext, database_of: Any) -> APIRouter:
+def _policy(value: Any, prefix: str = "") -> tuple[Rule, ...]:
+    try:
+        return parse_policy(value)
+    except PolicyError as error:
+        raise InvalidRequest(f"{prefix}{error}") from None
+
+
+def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
     """``database_of()`` returns the running database (None before start-up)."""
     router = APIRouter(route_class=SDKRoute.limited(fhir.settings.max_body_bytes), tags=["M2M clients"])
 
@@ -62,6 +74,7 @@ def m2m_router(fhir: FHIRContext, database_of: Any) -> APIRouter:
     async def create(request: Request) -> JSONResponse:
         await fhir.authorize(request, "App:CreateM2MClient", "App:M2MClient")
         body = _fields(await read_json(request, fhir.settings.max_body_bytes), creating=True)
+        await gate.grant(request, "App:CreateM2MClient", "App:M2MClient", _policy(body["accessPolicy"]))
         try:
             record, _ = await clients().create(
                 body["name"], body["accessPolicy"], description=body.get("description"), jwks=body.get("jwks")
@@ -73,7 +86,7 @@ def m2m_router(fhir: FHIRContext, database_of: Any) -> APIRouter:
     @router.get("/m2m", summary="List M2M clients")
     async def list_clients(request: Request) -> list[dict[str, Any]]:
         await fhir.authorize(request, "App:ListAllM2MClients", "App:M2MClient")
-        return [public(record) for record in await clients().list()]
+        return [public(record) for record in await gate.listable(request, await clients().list())]
 
     @router.get("/m2m/me", summary="The calling M2M client")
     async def me(request: Request) -> dict[str, Any]:
@@ -92,7 +105,10 @@ def m2m_router(fhir: FHIRContext, database_of: Any) -> APIRouter:
     async def update(request: Request, record_id: str) -> dict[str, Any]:
         await fhir.authorize(request, "App:UpdateM2MClient", f"App:M2MClient:{record_id}")
         body = _fields(await read_json(request, fhir.settings.max_body_bytes), creating=False)
-        await found(record_id)
+        current = await found(record_id)
+        granted = _policy(body["accessPolicy"], "accessPolicy: ") if "accessPolicy" in body else None
+        target = _policy(current["accessPolicy"])
+        await gate.grant(request, "App:UpdateM2MClient", f"App:M2MClient:{record_id}", granted, target)
         try:
             record = await clients().update(record_id, body)
         except PolicyError as error:
@@ -103,6 +119,8 @@ def m2m_router(fhir: FHIRContext, database_of: Any) -> APIRouter:
     @router.delete("/m2m/{record_id}", summary="Delete an M2M client")
     async def delete(request: Request, record_id: str) -> Response:
         await fhir.authorize(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}")
+        target = _policy((await found(record_id))["accessPolicy"])
+        await gate.grant(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}", None, target)
         if not await clients().delete(record_id):
             raise ResourceNotFound(f"There is no M2M client {record_id}.")
         return Response(status_code=204)
@@ -110,6 +128,8 @@ def m2m_router(fhir: FHIRContext, database_of: Any) -> APIRouter:
     @router.post("/m2m/{record_id}/rotate-secret", summary="Give an M2M client a new secret")
     async def rotate(request: Request, record_id: str) -> dict[str, str]:
         await fhir.authorize(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}")
+        target = _policy((await found(record_id))["accessPolicy"])
+        await gate.grant(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}", None, target)
         secret = await clients().rotate_secret(record_id)
         if secret is None:
             raise ResourceNotFound(f"There is no M2M client {record_id}.")

@@ -122,6 +122,16 @@ def action_matches(pattern: str, action: str) -> bool:
     return name == "*" and action.partition(":")[0] == service
 
 
+def denies(rules: tuple[Rule, ...], action: str, resource: str) -> bool:
+    """Does a Deny rule match (whatever the Allows say)?"""
+    return any(
+        rule.effect == "Deny"
+        and any(action_matches(a, action) for a in rule.actions)
+        and any(resource_matches(r, resource) for r in rule.resources)
+        for rule in rules
+    )
+
+
 def allows(rules: tuple[Rule, ...], action: str, resource: str) -> bool:
     """Default deny; any matching Deny wins over any Allow."""
     allowed = False
@@ -133,3 +143,165 @@ def allows(rules: tuple[Rule, ...], action: str, resource: str) -> bool:
                 return False
             allowed = True
     return allowed
+
+
+# -- per-id rules as a search filter ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdScope:
+    """The ids of one FHIR type that rules let an action reach: every id but ``denied``, or only ``allowed``.
+
+    ``type_denied``: a Deny covers the whole type. Search turns this into a query filter, so that pages
+    and totals only ever count what may be shown.
+    """
+
+    every: bool
+    allowed: frozenset[str]
+    denied: frozenset[str]
+    type_denied: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return self.type_denied or (not self.every and not (self.allowed - self.denied))
+
+    def narrowed(self, other: IdScope) -> IdScope:
+        """Only what both reach."""
+        if self.every and other.every:
+            return IdScope(True, frozenset(), self.denied | other.denied, self.type_denied or other.type_denied)
+        allowed = (
+            (self.allowed if not self.every else other.allowed)
+            if self.every != other.every
+            else (self.allowed & other.allowed)
+        )
+        return IdScope(False, allowed, self.denied | other.denied, self.type_denied or other.type_denied)
+
+    def without(self, other: IdScope) -> IdScope:
+        """What this reaches except what ``other`` denies."""
+        return IdScope(self.every, self.allowed, self.denied | other.denied, self.type_denied or other.type_denied)
+
+    def mongo_filter(self) -> dict[str, Any]:
+        if self.every:
+            return {"_id": {"$nin": sorted(self.denied)}} if self.denied else {}
+        return {"_id": {"$in": sorted(self.allowed - self.denied)}}
+
+
+def id_scope(rules: tuple[Rule, ...], action: str, resource_type: str) -> IdScope:
+    """Which ids of ``resource_type`` the rules let ``action`` reach (FHIR resources ``FHIR:Type:id``)."""
+    whole = f"FHIR:{resource_type}"
+    every, type_denied = False, False
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    for rule in rules:
+        if not any(action_matches(a, action) for a in rule.actions):
+            continue
+        for pattern in rule.resources:
+            if resource_matches(pattern, whole):
+                if rule.effect == "Deny":
+                    type_denied = True
+                else:
+                    every = True
+                continue
+            parts = pattern.split(":")
+            if len(parts) == 3 and parts[0] == "FHIR" and parts[1] == resource_type and parts[2] != "*":
+                (denied if rule.effect == "Deny" else allowed).add(parts[2])
+    return IdScope(every, frozenset(allowed), frozenset(denied), type_denied)
+
+
+# -- one policy within another (a client never grants more than it has) -------------------------------------
+
+
+def _action_covers(wide: str, narrow: str) -> bool:
+    if wide == "*" or wide == narrow:
+        return True
+    service, _, name = wide.partition(":")
+    return name == "*" and narrow != "*" and narrow.partition(":")[0] == service
+
+
+def _z3_everything(rest: str) -> bool:
+    return rest in ("", "*", "**")
+
+
+def _resource_covers(wide: str, narrow: str) -> bool:
+    """Does every resource ``narrow`` (a pattern) can match also match ``wide``? (False when unsure.)"""
+    if wide == "*":
+        return True
+    if narrow == "*":
+        return False
+    w_service, _, w_rest = wide.partition(":")
+    n_service, _, n_rest = narrow.partition(":")
+    if w_service != n_service:
+        return False
+    if w_service == "Z3":
+        if _z3_everything(w_rest) or w_rest == n_rest:
+            return True
+        if _z3_everything(n_rest):
+            return False
+        if "*" not in n_rest:
+            return _z3_pattern(w_rest).fullmatch(n_rest) is not None
+        prefix = w_rest[:-2]
+        return w_rest.endswith("/**") and "*" not in prefix and n_rest.startswith(prefix)
+    wanted, actual = (w_rest.split(":") if w_rest else []), (n_rest.split(":") if n_rest else [])
+    for index, part in enumerate(wanted):
+        if part == "*":
+            return True
+        if index >= len(actual) or actual[index] in ("*", "") or actual[index] != part:
+            return False
+    return True
+
+
+def _resource_overlap(one: str, other: str) -> bool:
+    """Could some resource match both patterns? (True when unsure.)"""
+    if _resource_covers(one, other) or _resource_covers(other, one):
+        return True
+    one_service, _, one_rest = one.partition(":")
+    other_service, _, other_rest = other.partition(":")
+    if one_service != other_service or one_service != "Z3":
+        return False  # service:type:id patterns are nested or disjoint
+    one_fixed, other_fixed = one_rest.split("*")[0], other_rest.split("*")[0]
+    if "*" not in one_rest and "*" not in other_rest:
+        return one_rest == other_rest
+    return one_fixed.startswith(other_fixed) or other_fixed.startswith(one_fixed)
+
+
+def _grants(rules: tuple[Rule, ...], effect: str, action: str, resource: str) -> bool:
+    return any(
+        rule.effect == effect
+        and any(_action_covers(a, action) for a in rule.actions)
+        and any(_resource_covers(r, resource) for r in rule.resources)
+        for rule in rules
+    )
+
+
+def beyond(policy: tuple[Rule, ...], own: tuple[Rule, ...]) -> str | None:
+    """The first grant of ``policy`` that ``own`` does not cover (``"Allow A on R"``), or None when none.
+
+    Each Allow of ``policy`` must be covered by one Allow of ``own``, and wherever it reaches into a Deny
+    of ``own``, ``policy`` must deny that too. The comparison is of patterns, so it errs on the side of
+    refusing (a grant covered only by the union of several rules is reported; narrow it to fit).
+    """
+    for rule in policy:
+        if rule.effect != "Allow":
+            continue
+        for action in rule.actions:
+            for resource in rule.resources:
+                grant = f"Allow {action} on {resource}"
+                if not _grants(own, "Allow", action, resource):
+                    return grant
+                for deny in (r for r in own if r.effect == "Deny"):
+                    for denied_action in deny.actions:
+                        if not (_action_covers(denied_action, action) or _action_covers(action, denied_action)):
+                            continue
+                        for denied in deny.resources:
+                            if not _resource_overlap(denied, resource):
+                                continue
+                            both_action = action if _action_covers(denied_action, action) else denied_action
+                            if _resource_covers(resource, denied):
+                                both_resource = denied
+                            elif _resource_covers(denied, resource):
+                                both_resource = resource
+                            else:
+                                return f"{grant} (it overlaps your Deny of {denied_action} on {denied})"
+                            if not _grants(policy, "Deny", both_action, both_resource):
+                                return f"{grant} (your policy denies {denied_action} on {denied})"
+    return None

@@ -2,15 +2,19 @@
 
 The page comes from the version the send pinned (the same bytes the worker faxes), never from whatever
 the key holds now, and its rendering is found by that version, never by name.
+
+A preview shows the document, so the route lets the access gate judge the Communication (read, patient
+compartment) and ``check_document`` judge the document (``Z3:GetObject``) before anything is read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..fhir.errors import InvalidRequest, ResourceNotFound, UnprocessableEntity
 from ..fhir.inputs import ascii_int
-from ..z3.locations import parse_z3_url
+from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, run_pdfium
 from .media import pinned_document
@@ -18,7 +22,12 @@ from .outbox import Outbox
 from .render import preview_png, render_fax, rendering_location, tiff_pages
 
 
-async def preview(database: Any, communication_id: str, page: str | None) -> bytes:
+async def preview(
+    database: Any,
+    communication_id: str,
+    page: str | None,
+    check_document: Callable[[Z3Location], Awaitable[None]],
+) -> bytes:
     number = ascii_int(page)
     if number is None or number < 1:
         raise InvalidRequest("page must be a page number from 1 up, e.g. ?page=1.", expression=["page"])
@@ -26,6 +35,7 @@ async def preview(database: Any, communication_id: str, page: str | None) -> byt
     if job is None:
         raise ResourceNotFound(f"There is no fax for Communication/{communication_id}.")
     z3 = Z3Store(database)
+    await check_document(parse_z3_url(job["media"], ()))
     source = job.get("media_version")
     if source is not None:
         tiff = await z3.read_rendering(source, job["quality"])

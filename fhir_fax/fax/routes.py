@@ -19,6 +19,7 @@ from ..fhir.context import FHIRContext, ServiceUnavailable
 from ..fhir.errors import InvalidRequest
 from ..fhir.http import FHIRResponse, FHIRRoute, read_json, version_headers
 from ..sdk_http import SDKRoute
+from ..z3.locations import Z3Location
 from .operation import parse_parameters, parse_sdk_body
 from .phone import NumberProblem, check_fax_number
 from .preview import preview
@@ -57,7 +58,10 @@ class FaxAPI:
             fhir_bases += (settings.reference_fhir_base,)
 
         async def authorize(action: str, resource: str) -> None:
-            await self.fhir.authorize(request, action, resource)
+            if action.startswith("Z3:"):  # the document the fax will carry (patient context: not another's)
+                await self.fhir.document(request, action, resource, attaching=True)
+            else:
+                await self.fhir.authorize(request, action, resource)
 
         principal = getattr(request.state, "principal", None)
         return Caller(
@@ -113,8 +117,15 @@ class FaxAPI:
         @router.get("/faxes/{communication_id}/preview", summary="A page as the recipient will see it (PNG)")
         async def fax_preview(request: Request, communication_id: str) -> Response:
             await self.fhir.authorize(request, "FHIR:Read", f"FHIR:Communication:{communication_id}")
+            communication = await self.fhir.store.read("Communication", communication_id)
+            await self.fhir.admit(request, "FHIR:Read", communication)  # its id's rules, the patient in context
             service = self.require_service()
-            image = await preview(service.database, communication_id, request.query_params.get("page"))
+
+            async def may_read(document: Z3Location) -> None:
+                await self.fhir.document(request, "Z3:GetObject", f"Z3:{document.bucket}/{document.key}")
+
+            image = await preview(service.database, communication_id, request.query_params.get("page"), may_read)
+            await self.fhir.was_read(request, "preview", [communication])
             return Response(image, media_type="image/png")
 
         @router.get("/config", summary="Fax configuration")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 
@@ -13,6 +12,23 @@ from .errors import FHIRError
 from .search import SearchRegistry
 from .search_params import default_registry
 from .store import ResourceStore
+
+
+class AccessGate(Protocol):
+    """The access layer every handler asks (implemented by ``fhir_fax.auth.gate.Gate``; see there)."""
+
+    async def identify(self, request: Request) -> Any: ...
+    async def authorize(self, request: Request, action: str, resource: str) -> Any: ...
+    async def admit(self, request: Request, action: str, resources: list[dict[str, Any] | None]) -> None: ...
+    async def search_filter(self, request: Request, resource_type: str) -> dict[str, Any]: ...
+    async def include_filter(self, request: Request, resource_type: str) -> dict[str, Any] | None: ...
+    async def patient_limit(self, request: Request, fhir_action: str, resource_type: str) -> str | None: ...
+    async def document(
+        self, request: Request, action: str, resource: str, *, attaching: bool = False, version: Any = None
+    ) -> Any: ...
+    async def allowed_among(self, request: Request, action: str, resources: list[str]) -> set[str]: ...
+    async def disclosed(self, request: Request, interaction: str, resources: list[dict[str, Any]]) -> None: ...
+    async def document_disclosed(self, request: Request, resource: str, version: Any = None) -> None: ...
 
 
 class ServiceUnavailable(FHIRError):
@@ -38,35 +54,56 @@ class FHIRContext:
     operations: list[OperationSummary] = field(default_factory=list)
     database: Any = None
     _store: ResourceStore | None = None
-    # Set by whoever installs access control: raises 401/403 unless the caller may do ``action`` on ``resource``.
-    guard: Callable[[Request, str, str], Awaitable[Any]] | None = None
+    # The one access layer (``fhir_fax.auth.gate.Gate``), set by whoever installs access control. Without
+    # it every protected route answers 503: nothing is served unchecked.
+    gate: AccessGate | None = None
 
-    identify: Callable[[Request], Awaitable[Any]] | None = None
-    # The patient whose compartment (request, FHIR action, type) is kept to, for tokens limited to one patient.
-    limit_to_patient: Callable[[Request, str, str], Awaitable[str | None]] | None = None
-    # Called after resources were read or searched: (request, interaction, resources); the audit trail.
-    on_read: Callable[[Request, str, list[dict[str, Any]]], Awaitable[None]] | None = None
-
-    async def was_read(self, request: Request, interaction: str, resources: list[dict[str, Any]]) -> None:
-        if self.on_read is not None and resources:
-            await self.on_read(request, interaction, resources)
+    def require_gate(self) -> AccessGate:
+        if self.gate is None:
+            raise ServiceUnavailable("Access control is not configured; refusing to serve unauthenticated requests.")
+        return self.gate
 
     async def authenticate(self, request: Request) -> None:
         """Only that the caller has a valid token (401 otherwise); permissions are checked by ``authorize``."""
-        if self.identify is None:
-            raise ServiceUnavailable("Access control is not configured; refusing to serve unauthenticated requests.")
-        await self.identify(request)
+        await self.require_gate().identify(request)
 
     async def authorize(self, request: Request, action: str, resource: str) -> None:
-        if self.guard is None:
-            raise ServiceUnavailable("Access control is not configured; refusing to serve unauthenticated requests.")
-        await self.guard(request, action, resource)
+        """401/403 unless the caller may do ``action`` on ``resource`` (policy and scopes), before any work."""
+        await self.require_gate().authorize(request, action, resource)
+
+    async def admit(self, request: Request, action: str, *resources: dict[str, Any] | None) -> None:
+        """403 unless ``action`` may touch each loaded resource (its id's rules, the patient's compartment)."""
+        await self.require_gate().admit(request, action, list(resources))
+
+    async def search_filter(self, request: Request, resource_type: str) -> dict[str, Any]:
+        """What a search of ``resource_type`` is narrowed to (403 when nothing could be shown)."""
+        return await self.require_gate().search_filter(request, resource_type)
+
+    async def include_filter(self, request: Request, resource_type: str) -> dict[str, Any] | None:
+        """What ``_include``d resources of ``resource_type`` are narrowed to (None: leave them all out)."""
+        return await self.require_gate().include_filter(request, resource_type)
 
     async def patient_limit(self, request: Request, fhir_action: str, resource_type: str) -> str | None:
         """None, or the patient id whose compartment this work must stay in (call after ``authorize``)."""
-        if self.limit_to_patient is None:
-            return None
-        return await self.limit_to_patient(request, fhir_action, resource_type)
+        return await self.require_gate().patient_limit(request, fhir_action, resource_type)
+
+    async def document(
+        self, request: Request, action: str, resource: str, *, attaching: bool = False, version: Any = None
+    ) -> None:
+        """401/403 unless ``action`` may reach the document ``resource`` (``Z3:bucket/key``, at ``version``)."""
+        await self.require_gate().document(request, action, resource, attaching=attaching, version=version)
+
+    async def allowed_among(self, request: Request, action: str, resources: list[str]) -> set[str]:
+        """Which of ``resources`` ``action`` may reach one by one: a listing shows only those."""
+        return await self.require_gate().allowed_among(request, action, resources)
+
+    async def was_read(self, request: Request, interaction: str, resources: list[dict[str, Any]]) -> None:
+        """Resources were disclosed: the gate writes the audit record."""
+        if resources:
+            await self.require_gate().disclosed(request, interaction, resources)
+
+    async def document_was_read(self, request: Request, resource: str, version: Any = None) -> None:
+        await self.require_gate().document_disclosed(request, resource, version)
 
     def attach(self, database: Any, store: ResourceStore) -> None:
         self.database = database

@@ -8,13 +8,13 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, Response
 
 from .capability import capability_statement
-from .compartments import PATIENT_COMPARTMENT, compartment_filter, in_compartment
+from .compartments import PATIENT_COMPARTMENT, compartment_filter
 from .context import FHIRContext
-from .errors import Forbidden, InvalidRequest, PreconditionFailed, ResourceNotFound
+from .errors import InvalidRequest, PreconditionFailed, ResourceNotFound
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
 from .inputs import ascii_int
 from .models import format_instant, is_supported, validate_resource
-from .search import parse_search
+from .search import merge_clauses, parse_search
 from .search_results import execute_search
 from .store import RESERVED, Version, public
 
@@ -53,6 +53,11 @@ def written_response(request: Request, resource: dict[str, Any], status: int, lo
     return FHIRResponse(resource, status_code=status, headers=headers)
 
 
+async def include_nothing(_resource_type: str) -> None:
+    """For searches whose results are only looked at, never returned (conditional create)."""
+    return None
+
+
 def build_fhir_router(context: FHIRContext) -> APIRouter:
     """The generic REST API; fax operations are mounted on their own router before this one."""
     settings = context.settings
@@ -72,14 +77,12 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         compartment: tuple[str, str] | None = None,
     ) -> Response:
         require_type(resource_type)
-        await context.authorize(request, "FHIR:Search", f"FHIR:{resource_type}")
-        extra_filter, path = None, resource_type
+        clauses = [await context.search_filter(request, resource_type)]  # the gate's: policy, scopes, patient
+        path = resource_type
         if compartment is not None:
-            extra_filter = await owner_filter(compartment, resource_type)
+            clauses.append(await owner_filter(compartment, resource_type))
             path = f"{compartment[0]}/{compartment[1]}/{resource_type}"
-        patient = await context.patient_limit(request, "FHIR:Search", resource_type)
-        if patient is not None and compartment != ("Patient", patient):
-            extra_filter = compartment_filter(resource_type, patient)
+        unique = [c for i, c in enumerate(clauses) if c and c not in clauses[:i]]
         query = parse_search(
             resource_type,
             params,
@@ -88,18 +91,16 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             max_count=settings.search_max_count,
             base_url=context.base_url(request),
             lenient=prefer(request, "handling") == "lenient",
-            extra_filter=extra_filter,
+            extra_filter=merge_clauses(unique) if unique else None,
         )
         query.path = path
-        bundle = await execute_search(context.store.database, query, context.base_url(request))
-        if patient is not None and "entry" in bundle:  # included resources stay inside the compartment too
-            bundle["entry"] = [
-                e
-                for e in bundle["entry"]
-                if e["search"]["mode"] == "match" or in_compartment(e["resource"], patient, context.registry)
-            ]
-        matches = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
-        await context.was_read(request, "search-type", matches)
+
+        async def included(included_type: str) -> dict[str, Any] | None:
+            return await context.include_filter(request, included_type)
+
+        bundle = await execute_search(context.store.database, query, context.base_url(request), included)
+        shown = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] in ("match", "include")]
+        await context.was_read(request, "search-type", shown)
         return FHIRResponse(bundle)
 
     async def owner_filter(compartment: tuple[str, str], resource_type: str) -> dict[str, Any]:
@@ -119,19 +120,6 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         document = await context.store.find_current(resource_type, resource_id)
         return None if document is None or document[RESERVED]["deleted"] else public(document)
 
-    async def keep_to_patient(request: Request, fhir_action: str, *resources: dict[str, Any] | None) -> None:
-        """403 when a token limited to one patient touches a resource outside that patient's compartment."""
-        for resource in resources:
-            if resource is None:
-                continue
-            patient = await context.patient_limit(request, fhir_action, resource["resourceType"])
-            if patient is not None and not in_compartment(resource, patient, context.registry):
-                what = f"{resource['resourceType']}/{resource['id']}" if resource.get("id") else "This resource"
-                raise Forbidden(
-                    f"This token is limited to Patient/{patient}'s compartment; {what} is outside it "
-                    f"({fhir_action} refused)."
-                )
-
     @router.get("/metadata", summary="CapabilityStatement")
     async def metadata(request: Request) -> Response:
         return FHIRResponse(capability_statement(context, context.base_url(request)))
@@ -143,7 +131,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     @router.post("/{resource_type}/_search", summary="Search with a form body")
     async def search_post(request: Request, resource_type: str) -> Response:
         require_type(resource_type)
-        await context.authorize(request, "FHIR:Search", f"FHIR:{resource_type}")
+        await context.search_filter(request, resource_type)  # refused before the body is read
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in ("application/x-www-form-urlencoded", ""):
             raise InvalidRequest(
@@ -158,11 +146,11 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Create", f"FHIR:{resource_type}")
         resource = validate_resource(await read_json(request, settings.max_body_bytes), resource_type)
-        await keep_to_patient(request, "FHIR:Create", resource)
+        await context.admit(request, "FHIR:Create", resource)
         condition = request.headers.get("if-none-exist")
         if condition:
             existing = await conditional_match(request, resource_type, condition)
-            await keep_to_patient(request, "FHIR:Read", existing)
+            await context.admit(request, "FHIR:Read", existing)  # answering with it discloses it
             if existing is not None:
                 return written_response(request, existing, 200, None)
         stored = await context.store.create(resource, validated=True)  # validated above
@@ -173,7 +161,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         if not params:
             raise InvalidRequest("If-None-Exist must hold search parameters, e.g. identifier=system|value.")
         query = parse_search(resource_type, [*params, ("_count", "2")], context.registry, default_count=2, max_count=2)
-        bundle = await execute_search(context.store.database, query, context.base_url(request))
+        bundle = await execute_search(context.store.database, query, context.base_url(request), include_nothing)
         matches = [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
         if len(matches) > 1:
             raise PreconditionFailed(
@@ -186,7 +174,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
         resource = await context.store.read(resource_type, resource_id)
-        await keep_to_patient(request, "FHIR:Read", resource)
+        await context.admit(request, "FHIR:Read", resource)
         await context.was_read(request, "read", [resource])
         return FHIRResponse(resource, headers=version_headers(resource))
 
@@ -195,9 +183,9 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Update", f"FHIR:{resource_type}:{resource_id}")
         body = await read_json(request, settings.max_body_bytes)
-        if isinstance(body, dict) and await context.patient_limit(request, "FHIR:Update", resource_type) is not None:
+        if isinstance(body, dict):  # both what it was and what it becomes must be the caller's to change
             replacement = {**body, "resourceType": resource_type, "id": resource_id}
-            await keep_to_patient(request, "FHIR:Update", replacement, await current(resource_type, resource_id))
+            await context.admit(request, "FHIR:Update", replacement, await current(resource_type, resource_id))
         stored, created = await context.store.update(
             resource_type, resource_id, body, if_match=request.headers.get("if-match")
         )
@@ -209,8 +197,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Delete", f"FHIR:{resource_type}:{resource_id}")
-        if await context.patient_limit(request, "FHIR:Delete", resource_type) is not None:
-            await keep_to_patient(request, "FHIR:Delete", await current(resource_type, resource_id))
+        await context.admit(request, "FHIR:Delete", await current(resource_type, resource_id))
         version = await context.store.delete(resource_type, resource_id)
         headers = {"ETag": f'W/"{version}"'} if version is not None else {}
         return Response(status_code=204, headers=headers)
@@ -225,8 +212,8 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.", expression=["_count"])
         versions = await context.store.history(resource_type, resource_id, min(limit, settings.search_max_count))
         total = await context.store.count_versions(resource_type, resource_id)
-        await keep_to_patient(request, "FHIR:History", *(v.resource for v in versions))
-        await context.was_read(request, "history-instance", [v.resource for v in versions if v.resource][:1])
+        await context.admit(request, "FHIR:History", *(v.resource for v in versions))
+        await context.was_read(request, "history-instance", [v.resource for v in versions if v.resource])
         base = context.base_url(request)
         bundle = {
             "resourceType": "Bundle",
@@ -251,7 +238,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
         resource = await context.store.vread(resource_type, resource_id, version_id)
-        await keep_to_patient(request, "FHIR:Read", resource)
+        await context.admit(request, "FHIR:Read", resource)
         await context.was_read(request, "vread", [resource])
         return FHIRResponse(resource, headers=version_headers(resource))
 

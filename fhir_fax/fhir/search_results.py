@@ -9,14 +9,20 @@ from pymongo import ASCENDING
 
 from .cursors import encode_cursor, sort_value
 from .search import SearchQuery, merge_clauses
-from .search_include import included_entries
+from .search_include import IncludeFilter, included_entries
 from .store import public
 
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
 
 
-async def execute_search(database: Any, query: SearchQuery, base_url: str) -> dict[str, Any]:
-    """Run ``query`` and return a searchset Bundle with self/next/previous links."""
+async def execute_search(
+    database: Any, query: SearchQuery, base_url: str, include_filter: IncludeFilter
+) -> dict[str, Any]:
+    """Run ``query`` and return a searchset Bundle with self/next/previous links.
+
+    ``query.filter`` already holds the access gate's filter (so totals and pages count only what may be
+    shown); ``include_filter`` narrows the ``_include``d and ``_revinclude``d resources of each type.
+    """
     collection = database[query.resource_type]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if query.total in ("accurate", "estimate") or query.summary_count or query.count == 0:
@@ -55,7 +61,7 @@ async def execute_search(database: Any, query: SearchQuery, base_url: str) -> di
             }
             for doc in documents
         ]
-        entries += await included_entries(database, query, documents, base_url)
+        entries += await included_entries(database, query, documents, base_url, include_filter)
     bundle["link"] = links
     if entries:
         bundle["entry"] = entries

@@ -128,15 +128,23 @@ class Z3API:
             if action not in ACTIONS:
                 raise InvalidRequest('action must be "upload" or "download".')
             permission = "Z3:PutObject" if action == "upload" else "Z3:GetObject"
-            await self.fhir.authorize(request, permission, f"Z3:{location.bucket}/{location.key}")
-            version = None
+            resource = f"Z3:{location.bucket}/{location.key}"
+            await self.fhir.authorize(request, permission, resource)  # before anything is looked up
+            version, pinned = None, None
             if action == "download" and "hash" in body:
                 version = await self.pinned_version(store, location, body["hash"])
-            elif action == "download" and await store.stat(location) is None:
-                raise ResourceNotFound(f"There is no object at {location}.")
+                pinned = ObjectId(version)
+            elif action == "download":
+                newest = await store.stat(location)
+                if newest is None:
+                    raise ResourceNotFound(f"There is no object at {location}.")
+                pinned = newest.version
+            await self.fhir.document(request, permission, resource, version=pinned)
             key_bytes = await signing_key(self.database)
             ttl = self.settings.z3_url_ttl_seconds
             url = presign(key_bytes, self.project_api(request), location, action, ttl, version=version)
+            if action == "download":  # handing out the URL is the disclosure: it is on record
+                await self.fhir.document_was_read(request, resource, version=pinned)
             return {"signedUrl": url}
 
         @router.get("/z3", summary="List buckets")
@@ -194,10 +202,13 @@ class Z3API:
         async def download_or_list(request: Request, bucket: str, key: str) -> Response:
             store = self.require_store()
             if SIGNATURE not in request.query_params:
-                await self.fhir.authorize(request, "Z3:ListObjects", f"Z3:{bucket}/{key}")
+                await self.fhir.document(request, "Z3:ListObjects", f"Z3:{bucket}/{key}")
                 if not await store.bucket_exists(bucket):
                     raise ResourceNotFound(f"There is no bucket {bucket!r}.")
                 objects = await store.list_objects(bucket, key)
+                names = [f"Z3:{bucket}/{o['key']}" for o in objects]
+                shown = await self.fhir.allowed_among(request, "Z3:ListObjects", names)  # per-key rules too
+                objects = [o for o, name in zip(objects, names, strict=True) if name in shown]
                 return JSONResponse([{"key": o["key"], "lastModified": _iso(o["lastModified"])} for o in objects])
             location = self.location(bucket, key)
             await self.check_signature(request, location, "download")
@@ -214,7 +225,7 @@ class Z3API:
         async def delete_object(request: Request, bucket: str, key: str) -> Response:
             await self.fhir.authenticate(request)
             location = self.location(bucket, key)
-            await self.fhir.authorize(request, "Z3:DeleteObject", f"Z3:{location.bucket}/{location.key}")
+            await self.fhir.document(request, "Z3:DeleteObject", f"Z3:{location.bucket}/{location.key}")
             if not await self.require_store().delete_object(location):
                 raise ResourceNotFound(f"There is no object at {location}.")
             return Response(status_code=204)

@@ -1,0 +1,254 @@
+"""The gate: the one access layer every read or write of a resource, document, preview or client goes through.
+
+A decision has three parts, always taken together:
+
+1. the client's **access policy** (``policies.py``), per resource: ``FHIR:Type:id``, ``Z3:bucket/key``,
+   ``App:M2MClient:id`` (per-id Allow and Deny rules included);
+2. the token's **SMART scopes** (``scopes.py``), which narrow every action, FHIR or not;
+3. the **patient in context** of a token limited to one patient: FHIR resources must be in that patient's
+   compartment, and documents must be carried by a fax (Communication) in it.
+
+Handlers never decide: they ask the gate before acting (``authorize``), hand it what they loaded
+(``admit``), let it shape searches (``search_filter``, ``include_filter``: per-id rules become a query
+filter so pages and totals only count what may be shown), and tell it what was disclosed (``disclosed``,
+``document_disclosed``), which writes the AuditEvent. Every refusal is audited by the guard.
+
+A resource that may not be read (a Deny of ``FHIR:Read`` on it) cannot be seen another way either: not
+by search, history, ``_include``/``_revinclude`` or a preview.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+
+from ..fhir.compartments import compartment_filter, in_compartment
+from ..fhir.errors import Forbidden
+from ..fhir.search import SearchRegistry, merge_clauses
+from ..fhir.store import RESERVED, public
+from .guard import Guard, Principal
+from .policies import Rule, beyond, denies, id_scope
+from .scopes import permits_action
+
+READ = "FHIR:Read"
+DIRECT = (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete")  # the others (history) also show the resource
+# The Communication ids of the faxes that carry a document (``z3://bucket/key``; at a version, when given).
+Carriers = Callable[[str, Any], Awaitable[list[str]]]
+# The version of a document a send would pin now (its newest upload), or None.
+Newest = Callable[[str], Awaitable[Any]]
+
+
+class Gate:
+    def __init__(self, guard: Guard, registry: SearchRegistry) -> None:
+        self.guard = guard
+        self.registry = registry
+        self.database: Any = None  # set when the module starts
+        self.carriers: Carriers | None = None
+        self.newest: Newest | None = None
+        self.auditor: Any = None  # fhir_fax.audit.Auditor
+
+    # -- who, and may they at all ------------------------------------------------------------------------
+
+    async def identify(self, request: Request) -> Principal:
+        return await self.guard.principal(request)
+
+    async def authorize(self, request: Request, action: str, resource: str) -> Principal:
+        """Policy and scopes for ``action`` on ``resource`` (before anything is loaded); 401/403 otherwise."""
+        return await self.guard.require(request, action, resource)
+
+    async def refuse(self, request: Request, principal: Principal, reason: str, action: str, resource: str) -> None:
+        await self.guard._audit_refusal(request, principal.client_id, reason, action, resource)
+        raise Forbidden(reason)
+
+    async def patient_limit(self, request: Request, fhir_action: str, resource_type: str) -> str | None:
+        return (await self.identify(request)).patient_limit(fhir_action, resource_type)
+
+    # -- resources that were loaded ----------------------------------------------------------------------
+
+    async def admit(self, request: Request, action: str, resources: list[dict[str, Any] | None]) -> None:
+        """403 unless ``action`` may touch each resource: its own id's rules, and the patient's compartment.
+
+        Reading it another way (history, search) also needs that no Deny of ``FHIR:Read`` covers it.
+        """
+        principal = await self.identify(request)
+        for resource in resources:
+            if resource is None:
+                continue
+            resource_type = resource["resourceType"]
+            name = f"FHIR:{resource_type}:{resource['id']}" if resource.get("id") else f"FHIR:{resource_type}"
+            refusal = principal.refusal(action, name)
+            if refusal is None and action not in DIRECT and denies(principal.rules, READ, name):
+                refusal = f"Client {principal.client_id}'s access policy does not allow {READ} on {name}."
+            if refusal is not None:
+                await self.refuse(request, principal, refusal, action, name)
+            patient = principal.patient_limit(action, resource_type)
+            if patient is not None and not in_compartment(resource, patient, self.registry):
+                what = f"{resource_type}/{resource['id']}" if resource.get("id") else "This resource"
+                reason = (
+                    f"This token is limited to Patient/{patient}'s compartment; {what} is outside it "
+                    f"({action} refused)."
+                )
+                await self.refuse(request, principal, reason, action, name)
+
+    # -- searches ----------------------------------------------------------------------------------------
+
+    async def search_filter(self, request: Request, resource_type: str) -> dict[str, Any]:
+        """The filter every search of ``resource_type`` is narrowed by, or 403 when nothing could be shown.
+
+        Matches need ``FHIR:Search`` on their own id and no Deny of ``FHIR:Read`` on it; a patient-limited
+        token only sees its patient's compartment.
+        """
+        principal = await self.identify(request)
+        whole = f"FHIR:{resource_type}"
+        refusal = principal.scope_refusal("FHIR:Search", whole)
+        if refusal is not None:
+            await self.refuse(request, principal, refusal, "FHIR:Search", whole)
+        searchable = id_scope(principal.rules, "FHIR:Search", resource_type)
+        readable = id_scope(principal.rules, READ, resource_type)
+        scope = searchable.without(readable)
+        if scope.empty:
+            denied = "FHIR:Read" if readable.type_denied and not searchable.empty else "FHIR:Search"
+            reason = f"Client {principal.client_id}'s access policy does not allow {denied} on {whole}."
+            await self.refuse(request, principal, reason, "FHIR:Search", whole)
+        clauses = [scope.mongo_filter()]
+        patient = principal.patient_limit("FHIR:Search", resource_type)
+        if patient is not None:
+            clauses.append(compartment_filter(resource_type, patient))
+        return merge_clauses([c for c in clauses if c])
+
+    async def include_filter(self, request: Request, resource_type: str) -> dict[str, Any] | None:
+        """The filter for ``_include``d/``_revinclude``d resources of a type (None: none may be shown).
+
+        Included resources are reads of other resources: ``FHIR:Read`` on each by the policy (per-id rules
+        too), ``r`` on the type by the scopes, and the patient's compartment.
+        """
+        principal = await self.identify(request)
+        if principal.scopes and not permits_action(principal.scopes, READ, f"FHIR:{resource_type}"):
+            return None
+        scope = id_scope(principal.rules, READ, resource_type)
+        if scope.empty:
+            return None
+        clauses = [scope.mongo_filter()]
+        if principal.limited(READ, resource_type):
+            if principal.patient is None:
+                return None
+            clauses.append(compartment_filter(resource_type, principal.patient))
+        return merge_clauses([c for c in clauses if c])
+
+    async def allowed_among(self, request: Request, action: str, resources: list[str]) -> set[str]:
+        """Which of ``resources`` the policy lets ``action`` reach one by one (listings filter by it)."""
+        principal = await self.identify(request)
+        return {resource for resource in resources if principal.may(action, resource)}
+
+    # -- documents ---------------------------------------------------------------------------------------
+
+    async def document(
+        self, request: Request, action: str, resource: str, *, attaching: bool = False, version: Any = None
+    ) -> Principal:
+        """May ``action`` (a ``Z3:`` action) reach the document ``resource`` (``Z3:bucket/key``)?
+
+        Policy and scopes as for anything; for a token limited to one patient, documents belong to the
+        Communications (faxes) that carry them: reading needs a carrier in the patient's compartment,
+        changing or deleting needs no carrier outside it, faxing (``attaching``) needs a carrier inside or
+        none at all (a new upload), and listing is refused (it would name other patients' documents).
+        ``version`` (the Z3 upload a download hands out) narrows reading to the faxes that pinned it.
+        """
+        principal = await self.authorize(request, action, resource)
+        patient = principal.patient_limit_of(action, resource)
+        if patient is None:
+            return principal
+        url = "z3://" + resource.removeprefix("Z3:")
+        if action == "Z3:ListObjects":
+            reason = f"This token is limited to Patient/{patient}; listing documents would show other patients'."
+            await self.refuse(request, principal, reason, action, resource)
+        if attaching and self.newest is not None:  # the send pins the newest upload: judge that one
+            version = await self.newest(url)
+        reading = action == "Z3:GetObject"
+        carriers = await self.carrying(url, version if reading else None)
+        inside = [c for c in carriers if in_compartment(c, patient, self.registry)]
+        if reading and not attaching:
+            if not inside:
+                reason = (
+                    f"This token is limited to Patient/{patient}; {url} is carried by no fax in "
+                    f"Patient/{patient}'s compartment."
+                )
+                await self.refuse(request, principal, reason, action, resource)
+        elif (attaching and carriers and not inside) or (not attaching and len(inside) < len(carriers)):
+            reason = (
+                f"This token is limited to Patient/{patient}; {url} is carried by a fax outside "
+                f"Patient/{patient}'s compartment."
+            )
+            await self.refuse(request, principal, reason, action, resource)
+        return principal
+
+    async def carrying(self, url: str, version: Any = None) -> list[dict[str, Any]]:
+        """The current Communications of the faxes that carry the document at ``url`` (that ``version``)."""
+        if self.carriers is None or self.database is None:
+            return []
+        ids = await self.carriers(url, version)
+        if not ids:
+            return []
+        cursor = self.database["Communication"].find({"_id": {"$in": ids}, f"{RESERVED}.deleted": False})
+        return [public(doc) async for doc in cursor]
+
+    # -- what was disclosed (the audit trail) ------------------------------------------------------------
+
+    async def disclosed(self, request: Request, interaction: str, resources: list[dict[str, Any]]) -> None:
+        """Audit a read: Communications (faxes carry health information) are recorded; other types are not."""
+        faxes = [r for r in resources if r.get("resourceType") == "Communication"]
+        if faxes and self.auditor is not None:
+            principal = await self.identify(request)
+            await self.auditor.read(interaction, faxes, principal.client_id, self.guard.address(request))
+
+    async def document_disclosed(self, request: Request, resource: str, version: Any = None) -> None:
+        """Audit that a document was handed out (a signed download URL): the document and the faxes it is in."""
+        if self.auditor is None:
+            return
+        principal = await self.identify(request)
+        url = "z3://" + resource.removeprefix("Z3:")
+        carriers = await self.carrying(url, version)
+        patient = principal.patient_limit_of("Z3:GetObject", resource)
+        if patient is not None:
+            carriers = [c for c in carriers if in_compartment(c, patient, self.registry)]
+        await self.auditor.document_read(url, carriers, principal.client_id, self.guard.address(request))
+
+    # -- clients -----------------------------------------------------------------------------------------
+
+    async def listable(self, request: Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The M2M clients a listing may show: the same per-id rules as a search (list on each, no Deny of get)."""
+        principal = await self.identify(request)
+        return [
+            record
+            for record in records
+            if principal.may("App:ListAllM2MClients", f"App:M2MClient:{record['_id']}")
+            and not denies(principal.rules, "App:GetM2MClient", f"App:M2MClient:{record['_id']}")
+        ]
+
+    async def grant(self, request: Request, action: str, resource: str, policy: tuple[Rule, ...] | None,
+                    target: tuple[Rule, ...] | None = None) -> Principal:  # fmt: skip
+        """May the caller give ``policy`` to a client (create/update), or take over ``target``'s client?
+
+        A client never creates or grants rights beyond its own: the new policy must be covered by the
+        caller's, and a client whose rights exceed the caller's cannot be changed (its keys, secret or policy)
+        or deleted by it, since that hands its rights over (or takes them from everyone using it). A token
+        with SMART scopes must not be narrowed at all (``system/*.cruds``) to give rights, since the new
+        client would not be.
+        """
+        principal = await self.authorize(request, action, resource)
+        giving = action != "App:DeleteM2MClient"  # deleting hands nothing over: the action's own scope is enough
+        if giving and principal.scopes and not permits_action(principal.scopes, "*", "*"):
+            granted = " ".join(str(s) for s in principal.scopes)
+            reason = (
+                f"The token's scopes ({granted}) narrow the client's rights, and a client it creates or changes "
+                "would not be narrowed; use a token without scopes (or system/*.cruds)."
+            )
+            await self.refuse(request, principal, reason, action, resource)
+        if target is not None and (extra := beyond(target, principal.rules)) is not None:
+            reason = f"That client has rights your own policy does not ({extra}); you cannot change it."
+            await self.refuse(request, principal, reason, action, resource)
+        if policy is not None and (extra := beyond(policy, principal.rules)) is not None:
+            reason = f"The access policy grants rights your own policy does not: {extra}. Narrow it to fit yours."
+            await self.refuse(request, principal, reason, action, resource)
+        return principal

@@ -1,0 +1,50 @@
+"""Which faxes carry a document: what the access gate asks when a token limited to one patient reaches Z3.
+
+A document belongs to the Communications of the faxes sent with it (``fax_jobs.media``; since documents
+are frozen at send, the version each fax pinned is ``fax_jobs.media_version``) and so does its rendering
+(``fax_jobs.rendered``). Only the send path writes these fields, after checking that the
+caller may read the document, so a client cannot attach someone else's document to its own patient's
+record by writing a Communication by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..z3.locations import parse_z3_url
+from ..z3.store import Z3Store
+from .outbox import COLLECTION
+
+FIELDS = ("media", "rendered")
+
+
+async def ensure_indexes(database: Any) -> None:
+    for name in FIELDS:
+        await database[COLLECTION].create_index(name, name=f"carries_{name}")
+
+
+def carriers_of(database: Any) -> Any:
+    """``carriers(url, version)``: the Communication ids of the faxes whose document (or its rendering) is
+    ``url``; with a ``version``, only the faxes that pinned that upload (or pinned none: jobs from before)."""
+
+    async def carriers(url: str, version: Any = None) -> list[str]:
+        found: list[str] = []
+        for name in FIELDS:  # one indexed equality each (no $or: some servers scan for it)
+            query: dict[str, Any] = {name: url}
+            if version is not None and name == "media":
+                query["media_version"] = {"$in": [version, None]}
+            async for job in database[COLLECTION].find(query, {"communication_id": 1}):
+                found.append(job["communication_id"])
+        return list(dict.fromkeys(found))
+
+    return carriers
+
+
+def newest_of(database: Any) -> Any:
+    """``newest(url)``: the version a send would pin now (the key's newest upload), or None."""
+
+    async def newest(url: str) -> Any:
+        info = await Z3Store(database).stat(parse_z3_url(url, ()))
+        return None if info is None else info.version
+
+    return newest
