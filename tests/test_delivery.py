@@ -257,3 +257,36 @@ async def test_a_cancellation_reported_as_a_database_error_still_stops_the_worke
     running.cancel()
     await asyncio.wait({running}, timeout=10)
     assert running.done() and running.cancelled()
+
+
+async def test_a_worker_whose_lease_ran_out_while_preparing_never_hands_the_fax_over(
+    manual: Any, database: Any
+) -> None:
+    """Preparing took longer than the lease: another worker took the job over, so the first one must stand down.
+
+    Without the check both workers hand the same attempt to the carrier, and the recipient gets the fax twice.
+    """
+    api, _, settings = manual
+    short_lease = settings.model_copy(update={"lease_seconds": 0.3})
+    communication_id = await send_to(api, "+16175550143")
+    slow, quick = create_worker(short_lease, database), create_worker(short_lease, database)
+    preparing, resume = asyncio.Event(), asyncio.Event()
+    original_prepare = slow.prepare
+
+    async def prepare_slowly(job: dict[str, Any], reference: str) -> Any:
+        submission = await original_prepare(job, reference)
+        preparing.set()
+        await resume.wait()  # the lease runs out meanwhile
+        return submission
+
+    slow.prepare = prepare_slowly  # type: ignore[method-assign]
+    first = asyncio.create_task(slow.step())
+    await preparing.wait()
+    await asyncio.sleep(0.4)
+    assert await quick.step() is True, "the second worker takes over the abandoned job"
+    resume.set()
+    assert await first is True
+    job = await job_of(database, communication_id)
+    assert job["state"] == "submitted" and list(job["carrier_ids"]) == ["1"]
+    handed_over = await database.simulator_faxes.count_documents({"reference": f"{job['_id']}:1"})
+    assert handed_over == 1, "the attempt went to the carrier once"

@@ -168,6 +168,18 @@ class Outbox:
             {"$set": {"lease_owner": owner, "lease_expires": moment + lease}},
         )
 
+    async def renew(self, job: dict[str, Any], owner: str, lease: timedelta) -> bool:
+        """Extend this worker's lease on an attempt it still holds; False when another worker took the job over.
+
+        Checked right before the hand-over to the carrier: a worker whose lease ran out while it prepared the
+        document must not submit, because the worker that took over has asked the carrier and submitted itself.
+        """
+        result = await self.collection.update_one(
+            {"_id": job["_id"], "state": "active", "lease_owner": owner, "attempt": job["attempt"]},
+            {"$set": {"lease_expires": now() + lease}},
+        )
+        return result.modified_count == 1
+
     # -- transitions ---------------------------------------------------------------------------------
 
     async def record_submission(self, job: dict[str, Any], owner: str, carrier: str, carrier_id: str) -> bool:

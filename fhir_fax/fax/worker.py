@@ -98,6 +98,9 @@ class Worker:
         except DocumentProblem as problem:
             await self.tracker.fail(job["_id"], attempt, Failure("FAILED", str(problem)), now(), final=True)
             return
+        if not await self.outbox.renew(job, self.owner, self.lease):
+            log.info("fax %s attempt %s: taken over while preparing", job["_id"], attempt, extra=fields)
+            return
         try:
             carrier_id = await self.transport.submit(submission)
         except TransportError as error:
