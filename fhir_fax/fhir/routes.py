@@ -88,6 +88,8 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             base_url=context.base_url(request),
             lenient=prefer(request, "handling") == "lenient",
             extra_filter=extra_filter,
+            snapshot_max=settings.search_snapshot_max,
+            snapshot_seconds=settings.search_snapshot_seconds,
         )
         query.path = path
         bundle = await execute_search(context.store.database, query, context.base_url(request))

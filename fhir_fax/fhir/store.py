@@ -71,6 +71,8 @@ class ResourceStore:
 
     async def ensure_indexes(self, resource_types: tuple[str, ...]) -> None:
         for resource_type in resource_types:
+            await self._add_created_keys(resource_type)
+            await self.collection(resource_type).create_index([(f"{RESERVED}.created", DESCENDING)], name="created")
             await self.collection(resource_type).create_index(f"{RESERVED}.lastUpdated", name="lastUpdated")
             await self.collection(resource_type).create_index(
                 [(f"{RESERVED}.sort._lastUpdated", DESCENDING)], name="sort_lastUpdated"
@@ -79,12 +81,39 @@ class ResourceStore:
                 [(f"{RESERVED}.id", ASCENDING), (f"{RESERVED}.version", DESCENDING)], name="versions"
             )
 
+    async def _add_created_keys(self, resource_type: str) -> None:
+        """Give resources stored before creation keys existed theirs: the time of their first version.
+
+        Runs at start-up and touches only resources that lack the key (none, after the first start).
+        """
+        collection = self.collection(resource_type)
+        async for document in collection.find({f"{RESERVED}.created": {"$exists": False}}, {RESERVED: 1}):
+            first = await self.database[history_collection(resource_type)].find_one(
+                {"_id": f"{document['_id']}/1"}, {f"{RESERVED}.lastUpdated": 1}
+            )
+            moment = (first or document)[RESERVED]["lastUpdated"]
+            key = created_sort_key(as_utc(moment), document["_id"])
+            await collection.update_one(
+                {"_id": document["_id"], f"{RESERVED}.created": {"$exists": False}},
+                {"$set": {f"{RESERVED}.created": key}},
+            )
+
     # -- writes -------------------------------------------------------------------------------
 
     def _document(
-        self, resource: dict[str, Any], resource_id: str, version: int, method: str, moment: datetime
+        self,
+        resource: dict[str, Any],
+        resource_id: str,
+        version: int,
+        method: str,
+        moment: datetime,
+        created: str | None = None,
     ) -> dict[str, Any]:
-        """Stored form of a validated resource: server-owned id and meta, plus reserved fields."""
+        """Stored form of a validated resource: server-owned id and meta, plus reserved fields.
+
+        ``created`` is the creation key of the resource's first version, carried over unchanged by every
+        later version: the default search order, which therefore never moves a resource while it changes.
+        """
         resource_type = resource["resourceType"]
         body = {k: v for k, v in resource.items() if k not in ("id", "meta", "_id", RESERVED)}
         meta = dict(resource.get("meta") or {})
@@ -98,6 +127,7 @@ class ResourceStore:
             "lastUpdated": moment,
             "method": method,
             "deleted": False,
+            "created": created or created_sort_key(moment, resource_id),
             "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id)},
         }
         if indexer is not None:
@@ -167,7 +197,7 @@ class ResourceStore:
             version = current[RESERVED]["version"]
             if wanted is not None and wanted != version:
                 raise version_conflict(resource_type, resource_id, wanted, version)
-            document = self._document(resource, resource_id, version + 1, "PUT", now())
+            document = self._document(resource, resource_id, version + 1, "PUT", now(), created_of(current))
             if await self._replace(resource_type, current, document):
                 return public(document), current[RESERVED]["deleted"]
             if wanted is not None:
@@ -205,7 +235,13 @@ class ResourceStore:
                 "resourceType": resource_type,
                 "id": resource_id,
                 "meta": {"versionId": str(version), "lastUpdated": format_instant(moment)},
-                RESERVED: {"version": version, "lastUpdated": moment, "method": "DELETE", "deleted": True},
+                RESERVED: {
+                    "version": version,
+                    "lastUpdated": moment,
+                    "method": "DELETE",
+                    "deleted": True,
+                    "created": created_of(current),
+                },
             }
             if await self._replace(resource_type, current, tombstone):
                 return version
@@ -245,7 +281,8 @@ class ResourceStore:
             if changed is None:
                 return None
             changed = validate_resource(changed, resource_type)
-            document = self._document(changed, resource_id, current[RESERVED]["version"] + 1, "PUT", now())
+            version = current[RESERVED]["version"] + 1
+            document = self._document(changed, resource_id, version, "PUT", now(), created_of(current))
             if await self._replace(resource_type, current, document):
                 return public(document)
         raise PreconditionFailed(f"{resource_type}/{resource_id} is being changed by many clients at once.")
@@ -313,6 +350,16 @@ class ResourceStore:
 def last_updated_sort_key(moment: datetime, resource_id: str) -> str:
     """``_lastUpdated`` as fixed-width text plus the id: unique, so paging needs one range condition."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "\x01" + resource_id
+
+
+def created_sort_key(moment: datetime, resource_id: str) -> str:
+    """When the resource was first created, as fixed-width text plus the id: unique and never changed."""
+    return last_updated_sort_key(moment, resource_id)
+
+
+def created_of(current: dict[str, Any]) -> str | None:
+    """The creation key of a stored resource (None for one stored before keys existed: the next write sets it)."""
+    return current[RESERVED].get("created")
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:
