@@ -11,6 +11,7 @@ from .capability import capability_statement
 from .compartments import PATIENT_COMPARTMENT, compartment_filter, in_compartment
 from .context import FHIRContext
 from .errors import Forbidden, InvalidRequest, PreconditionFailed, ResourceNotFound
+from .history import HistoryPage, HistoryQuery, history_link, history_page, parse_history
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
 from .models import format_instant, is_supported, validate_resource
 from .search import parse_search
@@ -182,6 +183,20 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             )
         return matches[0] if matches else None
 
+    @router.get("/{resource_type}/_history", summary="Type history")
+    async def type_history(request: Request, resource_type: str) -> Response:
+        require_type(resource_type)
+        await context.authorize(request, "FHIR:History", f"FHIR:{resource_type}")
+        if await context.patient_limit(request, "FHIR:History", resource_type) is not None:
+            raise Forbidden(
+                f"This token is limited to one patient's compartment; the history of every {resource_type} is "
+                "outside it. Read the history of one resource instead (GET /{type}/{id}/_history)."
+            )
+        query = history_query(request, resource_type, None)
+        page = await history_page(context.store.database, query, None)
+        await context.was_read(request, "history-type", [v.resource for v in page.versions if v.resource])
+        return FHIRResponse(history_bundle(request, query, page, None))
+
     @router.get("/{resource_type}/{resource_id}", summary="Read")
     async def read(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
@@ -220,22 +235,41 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     async def history(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
         await context.authorize(request, "FHIR:History", f"FHIR:{resource_type}:{resource_id}")
-        count = request.query_params.get("_count", str(settings.search_max_count))
-        if not count.isdigit() or int(count) < 1:
-            raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.")
-        versions = await context.store.history(resource_type, resource_id, min(int(count), settings.search_max_count))
-        total = await context.store.count_versions(resource_type, resource_id)
-        await keep_to_patient(request, "FHIR:History", *(v.resource for v in versions))
-        await context.was_read(request, "history-instance", [v.resource for v in versions if v.resource][:1])
+        query = history_query(request, resource_type, resource_id)
+        current_version = await context.store.count_versions(resource_type, resource_id)
+        if current_version == 0:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
+        page = await history_page(context.store.database, query, current_version)
+        await keep_to_patient(request, "FHIR:History", *(v.resource for v in page.versions))
+        await context.was_read(request, "history-instance", [v.resource for v in page.versions if v.resource][:1])
+        total = None if query.filtered else current_version
+        return FHIRResponse(history_bundle(request, query, page, total))
+
+    def history_query(request: Request, resource_type: str, resource_id: str | None) -> HistoryQuery:
+        return parse_history(
+            resource_type,
+            resource_id,
+            list(request.query_params.multi_items()),
+            default_count=settings.search_default_count,
+            max_count=settings.search_max_count,
+            lenient=prefer(request, "handling") == "lenient",
+        )
+
+    def history_bundle(request: Request, query: HistoryQuery, page: HistoryPage, total: int | None) -> dict[str, Any]:
         base = context.base_url(request)
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "history",
-            "total": total,
-            "link": [{"relation": "self", "url": str(request.url)}],
-            "entry": [history_entry(base, v) for v in versions],
-        }
-        return FHIRResponse(bundle)
+        instance = f"/{query.resource_id}" if query.resource_id else ""
+        page_url = f"{base}/{query.resource_type}{instance}/_history"
+        links = [{"relation": "self", "url": history_link(page_url, query, query.cursor)}]
+        for relation, cursor in (("next", page.next), ("previous", page.previous)):
+            if cursor is not None:
+                links.append({"relation": relation, "url": history_link(page_url, query, cursor)})
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
+        if total is not None:
+            bundle["total"] = total
+        bundle["link"] = links
+        if page.versions:
+            bundle["entry"] = [history_entry(base, v) for v in page.versions]
+        return bundle
 
     @router.get("/{compartment_type}/{compartment_id}/{resource_type}", summary="Compartment search")
     async def compartment_search(

@@ -80,11 +80,14 @@ class ResourceStore:
             await self.database[history_collection(resource_type)].create_index(
                 [(f"{RESERVED}.id", ASCENDING), (f"{RESERVED}.version", DESCENDING)], name="versions"
             )
+            await self.database[history_collection(resource_type)].create_index(
+                [(f"{RESERVED}.sort._lastUpdated", DESCENDING)], name="sort_lastUpdated"
+            )
 
     async def _add_created_keys(self, resource_type: str) -> None:
         """Give resources stored before creation keys existed theirs: the time of their first version.
 
-        Runs at start-up and touches only resources that lack the key (none, after the first start).
+        Runs at start-up and touches only documents that lack a key (none, after the first start).
         """
         collection = self.collection(resource_type)
         async for document in collection.find({f"{RESERVED}.created": {"$exists": False}}, {RESERVED: 1}):
@@ -97,6 +100,15 @@ class ResourceStore:
                 {"_id": document["_id"], f"{RESERVED}.created": {"$exists": False}},
                 {"$set": {f"{RESERVED}.created": key}},
             )
+        # Deletion markers written before they carried one lack the key history pages by.
+        for name in (resource_type, history_collection(resource_type)):
+            unkeyed = {f"{RESERVED}.sort._lastUpdated": {"$exists": False}}
+            async for document in self.database[name].find(unkeyed, {RESERVED: 1}):
+                resource_id = document[RESERVED].get("id", document["_id"])
+                key = last_updated_sort_key(as_utc(document[RESERVED]["lastUpdated"]), resource_id)
+                await self.database[name].update_one(
+                    {"_id": document["_id"]}, {"$set": {f"{RESERVED}.sort._lastUpdated": key}}
+                )
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -241,6 +253,7 @@ class ResourceStore:
                     "method": "DELETE",
                     "deleted": True,
                     "created": created_of(current),
+                    "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id)},  # history's order
                 },
             }
             if await self._replace(resource_type, current, tombstone):
