@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from .capability import capability_statement
 from .compartments import PATIENT_COMPARTMENT, compartment_filter, in_compartment
@@ -13,6 +13,7 @@ from .context import FHIRContext
 from .errors import Forbidden, InvalidRequest, PreconditionFailed, ResourceNotFound
 from .history import HistoryPage, HistoryQuery, history_link, history_page, parse_history
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
+from .interactions import check_acceptable, fhir_segments, refuse_unoffered
 from .models import format_instant, is_supported, validate_resource
 from .search import parse_search
 from .search_results import execute_search
@@ -53,9 +54,22 @@ def written_response(request: Request, resource: dict[str, Any], status: int, lo
     return FHIRResponse(resource, status_code=status, headers=headers)
 
 
+def offered_interactions(context: FHIRContext) -> Any:
+    """A dependency run before every FHIR route: 406 for formats not served, 405 for interactions not offered."""
+
+    async def check(request: Request) -> None:
+        check_acceptable(request.headers.get("accept"), request.query_params.get("_format"))
+        segments = fhir_segments(request.scope, context.settings.fhir_path)
+        if segments is not None:
+            operations = [(op.resource_type, op.name) for op in context.operations]
+            refuse_unoffered(request.method, segments, operations)
+
+    return Depends(check)
+
+
 def build_fhir_router(context: FHIRContext) -> APIRouter:
     """The generic REST API; fax operations are mounted on their own router before this one."""
-    router = APIRouter(route_class=FHIRRoute, tags=["FHIR"])
+    router = APIRouter(route_class=FHIRRoute, tags=["FHIR"], dependencies=[offered_interactions(context)])
     settings = context.settings
 
     def version_location(request: Request, resource: dict[str, Any]) -> str:
@@ -309,12 +323,14 @@ def history_entry(base: str, version: Version) -> dict[str, Any]:
     return entry
 
 
-def build_fallback_router() -> APIRouter:
-    """Answers paths under the FHIR base that match no interaction with an OperationOutcome."""
-    router = APIRouter(route_class=FHIRRoute, include_in_schema=False)
+def build_fallback_router(context: FHIRContext | None = None) -> APIRouter:
+    """Answers paths under the FHIR base that match no interaction: 405 for one not offered, else 404."""
+    dependencies = [offered_interactions(context)] if context is not None else []
+    router = APIRouter(route_class=FHIRRoute, include_in_schema=False, dependencies=dependencies)
 
+    @router.api_route("", methods=ALL_METHODS)
     @router.api_route("/{path:path}", methods=ALL_METHODS)
-    async def unknown(request: Request, path: str) -> Response:
+    async def unknown(request: Request, path: str = "") -> Response:
         raise ResourceNotFound(
             f"{request.method} {request.url.path} is not an interaction this server supports; "
             "see /metadata for what it offers."
