@@ -202,3 +202,25 @@ async def test_paging_a_patients_faxes_while_they_are_delivered(delivering: http
         }
         if statuses <= {"completed", "stopped"} or walks >= 40:
             break
+
+
+async def test_resources_stored_before_creation_keys_get_them_at_start_up(settings: Any, database: Any) -> None:
+    from helpers import serving
+
+    async with serving(settings, database) as api:
+        made = [(await create(api, n))["id"] for n in range(5)]
+        await touch(api, made[0], 1)
+        assert (await api.delete(f"/fhir/Communication/{made[1]}")).status_code == 204
+    # As an earlier release stored them: no creation key, deletion markers without a sort key.
+    await database["Communication"].update_many({}, {"$unset": {"_fhirfax.created": ""}})
+    await database["Communication"].update_many({"_fhirfax.deleted": True}, {"$unset": {"_fhirfax.sort": ""}})
+    async with serving(settings, database) as api:
+        bundle = (await api.get("/fhir/Communication", params={"_count": "2"})).json()
+        walked = ids(bundle)
+        while (following := link(bundle, "next")) is not None:
+            bundle = (await api.get(following)).json()
+            walked += ids(bundle)
+        assert walked == [i for i in made[::-1] if i != made[1]]
+        history = (await api.get("/fhir/Communication/_history")).json()
+        assert history["entry"][0]["request"]["method"] == "DELETE"
+        assert len(history["entry"]) == 7

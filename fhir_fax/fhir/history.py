@@ -168,8 +168,11 @@ async def _batch(
     found: list[dict[str, Any]] = []
     for name, where in ((query.resource_type, current_filter), (history_collection(query.resource_type), prior_filter)):
         found += await database[name].find(where).sort(KEY, order).limit(limit).to_list(None)
-    unique = {document[RESERVED]["sort"]["_lastUpdated"]: document for document in found}
-    return [unique[key] for key in sorted(unique, reverse=forward)][:limit]
+    unique = {
+        (document[RESERVED].get("id", document["_id"]), document[RESERVED]["version"]): document for document in found
+    }
+    ordered = sorted(unique.values(), key=lambda d: (d[RESERVED]["sort"]["_lastUpdated"], d[RESERVED]["version"]))
+    return (ordered[::-1] if forward else ordered)[:limit]
 
 
 async def _current_during(database: Any, query: HistoryQuery, document: dict[str, Any]) -> bool:

@@ -105,7 +105,8 @@ class ResourceStore:
             unkeyed = {f"{RESERVED}.sort._lastUpdated": {"$exists": False}}
             async for document in self.database[name].find(unkeyed, {RESERVED: 1}):
                 resource_id = document[RESERVED].get("id", document["_id"])
-                key = last_updated_sort_key(as_utc(document[RESERVED]["lastUpdated"]), resource_id)
+                moment = as_utc(document[RESERVED]["lastUpdated"])
+                key = last_updated_sort_key(moment, resource_id, document[RESERVED]["version"])
                 await self.database[name].update_one(
                     {"_id": document["_id"]}, {"$set": {f"{RESERVED}.sort._lastUpdated": key}}
                 )
@@ -140,7 +141,7 @@ class ResourceStore:
             "method": method,
             "deleted": False,
             "created": created or created_sort_key(moment, resource_id),
-            "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id)},
+            "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id, version)},
         }
         if indexer is not None:
             computed = indexer(public(document))
@@ -253,7 +254,7 @@ class ResourceStore:
                     "method": "DELETE",
                     "deleted": True,
                     "created": created_of(current),
-                    "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id)},  # history's order
+                    "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id, version)},  # history's order
                 },
             }
             if await self._replace(resource_type, current, tombstone):
@@ -360,14 +361,19 @@ class ResourceStore:
         return 0 if current is None else current[RESERVED]["version"]
 
 
-def last_updated_sort_key(moment: datetime, resource_id: str) -> str:
-    """``_lastUpdated`` as fixed-width text plus the id: unique, so paging needs one range condition."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "\x01" + resource_id
+def last_updated_sort_key(moment: datetime, resource_id: str, version: int) -> str:
+    """``_lastUpdated`` as fixed-width text, the id and the version: unique even among one resource's versions
+    (times are kept to the millisecond), so search and history pages need one range condition."""
+    return f"{_time_text(moment)}\x01{resource_id}\x01{version:010d}"
 
 
 def created_sort_key(moment: datetime, resource_id: str) -> str:
     """When the resource was first created, as fixed-width text plus the id: unique and never changed."""
-    return last_updated_sort_key(moment, resource_id)
+    return f"{_time_text(moment)}\x01{resource_id}"
+
+
+def _time_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
 def created_of(current: dict[str, Any]) -> str | None:
