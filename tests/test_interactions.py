@@ -161,3 +161,26 @@ async def test_the_capability_statement_says_what_is_offered_and_what_is_read_on
     assert patient["conditionalUpdate"] is False and patient["conditionalDelete"] == "not-supported"
     assert "patchFormat" not in statement
     assert "405" in rest["documentation"] and "first page" in rest["documentation"]
+
+
+# -- a create with a query string ----------------------------------------------------------------------
+
+
+async def test_a_create_with_search_parameters_in_the_query_creates_once(api: httpx.AsyncClient, database: Any) -> None:
+    identifier = [{"system": "urn:test", "value": "42"}]
+    body = {"resourceType": "Communication", "status": "completed", "identifier": identifier}
+    first = await api.post("/fhir/Communication", params={"identifier": "urn:test|42"}, json=body, headers=FHIR_JSON)
+    second = await api.post("/fhir/Communication", params={"identifier": "urn:test|42"}, json=body, headers=FHIR_JSON)
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert second.json()["id"] == first.json()["id"]
+    assert await database["Communication"].count_documents({}) == 1
+    both = await api.post(
+        "/fhir/Communication",
+        params={"identifier": "urn:test|42"},
+        json=body,
+        headers={**FHIR_JSON, "if-none-exist": "identifier=urn:test|42"},
+    )
+    assert both.status_code == 400 and "Give the create condition once" in both.json()["issue"][0]["diagnostics"]
+    unknown = await api.post("/fhir/Communication", params={"shoe": "9"}, json=body, headers=FHIR_JSON)
+    assert unknown.status_code == 400 and "Unknown search parameter 'shoe'" in unknown.json()["issue"][0]["diagnostics"]
+    assert await database["Communication"].count_documents({}) == 1

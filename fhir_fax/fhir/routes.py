@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 
@@ -175,7 +175,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         await context.authorize(request, "FHIR:Create", f"FHIR:{resource_type}")
         resource = validate_resource(await read_json(request, settings.max_body_bytes), resource_type)
         await keep_to_patient(request, "FHIR:Create", resource)
-        condition = request.headers.get("if-none-exist")
+        condition = create_condition(request)
         if condition:
             existing = await conditional_match(request, resource_type, condition)
             await keep_to_patient(request, "FHIR:Read", existing)
@@ -183,6 +183,21 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
                 return written_response(request, existing, 200, None)
         stored = await context.store.create(resource, validated=True)  # validated above
         return written_response(request, stored, 201, version_location(request, stored))
+
+    def create_condition(request: Request) -> str | None:
+        """If-None-Exist, or search parameters in the POST's query string (as fhirpy's get_or_create sends them).
+
+        A query string on a create used to be ignored, so a client asking "create unless it exists" got a
+        duplicate; it is now the same condition as If-None-Exist.
+        """
+        header = request.headers.get("if-none-exist")
+        query = [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
+        if header and query:
+            raise InvalidRequest(
+                "Give the create condition once: as If-None-Exist or as the query string, not both.",
+                expression=["If-None-Exist"],
+            )
+        return header or (urlencode(query) if query else None)
 
     async def conditional_match(request: Request, resource_type: str, condition: str) -> dict[str, Any] | None:
         params = parse_qsl(condition.lstrip("?"), keep_blank_values=True)

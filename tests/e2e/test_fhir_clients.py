@@ -105,3 +105,16 @@ async def test_fhirpy_and_fhir_kit_client_get_every_fax_once_while_faxes_are_del
                 assert len(got) == len(set(got)), f"run {run}: {name} got {len(got) - len(set(got))} faxes twice"
                 assert set(got) == set(sent), f"run {run}: {name} missed {len(set(sent) - set(got))} of {FAXES}"
             assert by_fhirpy == sent[::-1], "newest created first, whatever the deliveries did"
+
+
+async def test_fhirpy_get_or_create_creates_once(server: FaxServer) -> None:
+    client = AsyncFHIRClient(f"{server.url}/fhir", authorization=server.headers["authorization"])
+    wanted = client.resource("Communication", status="completed", identifier=[{"system": "urn:test", "value": "42"}])
+    outcomes = []
+    search = client.resources("Communication").search(identifier="urn:test|42")
+    for _ in range(2):
+        fax, created = await search.get_or_create(wanted)
+        outcomes.append((fax.id, created))
+    assert [created for _, created in outcomes] == [True, False]
+    assert outcomes[0][0] == outcomes[1][0]
+    assert len(await client.resources("Communication").search(identifier="urn:test|42").fetch_all()) == 1
