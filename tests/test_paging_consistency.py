@@ -224,3 +224,14 @@ async def test_resources_stored_before_creation_keys_get_them_at_start_up(settin
         history = (await api.get("/fhir/Communication/_history")).json()
         assert history["entry"][0]["request"]["method"] == "DELETE"
         assert len(history["entry"]) == 7
+
+
+async def test_the_per_patient_index_of_earlier_releases_is_dropped(settings: Any, database: Any) -> None:
+    from helpers import serving
+
+    await database["Communication"].create_index(
+        [("_fhirfax.keys.patient.r", 1), ("_fhirfax.sort._lastUpdated", -1)], name="patient_lastUpdated"
+    )
+    async with serving(settings, database):
+        names = {index["name"] async for index in await database["Communication"].list_indexes()}
+    assert "patient_lastUpdated" not in names and "patient_created" in names

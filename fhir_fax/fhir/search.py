@@ -10,12 +10,14 @@ the first page (see ``search_results``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import OperationFailure
 
 from .cursors import Cursor, decode_cursor, search_binding
 from .dates import parse_date_value, point_filter
@@ -33,6 +35,8 @@ SNAPSHOT_MAX = 10_000
 SNAPSHOT_SECONDS = 1800
 # Ordered ids of a search's matches, kept for later pages of sorts on values that change (TTL on ``expires``).
 SNAPSHOTS = "search_snapshots"
+# Indexes earlier releases created that nothing reads any more (each would still be rewritten at every write).
+OBSOLETE_INDEXES = (("Communication", "patient_lastUpdated"),)
 RESULT_PARAMETERS = ("_count", "_sort", "_total", "_summary", "_elements", "_include", "_revinclude")
 IGNORED_PARAMETERS = ("_format", "_pretty")
 
@@ -164,6 +168,9 @@ class SearchRegistry:
             for name, keys in indexes.items():
                 await database[resource_type].create_index(keys, name=name)
         await database[SNAPSHOTS].create_index("expires", expireAfterSeconds=0, name="expires")
+        for resource_type, name in OBSOLETE_INDEXES:
+            with contextlib.suppress(OperationFailure):  # absent: nothing to drop
+                await database[resource_type].drop_index(name)
 
 
 @dataclass
