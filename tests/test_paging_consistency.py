@@ -235,3 +235,45 @@ async def test_the_per_patient_index_of_earlier_releases_is_dropped(settings: An
     async with serving(settings, database):
         names = {index["name"] async for index in await database["Communication"].list_indexes()}
     assert "patient_lastUpdated" not in names and "patient_created" in names
+
+
+async def test_snapshot_pages_keep_includes_and_totals(api: httpx.AsyncClient) -> None:
+    await api.put("/fhir/Patient/pat-x", json={"resourceType": "Patient", "id": "pat-x"}, headers=FHIR_JSON)
+    made = [(await create(api, n))["id"] for n in range(5)]
+    params = {"_sort": "status", "_count": "2", "_total": "accurate", "_include": "Communication:subject"}
+    bundle = (await api.get("/fhir/Communication", params=params)).json()
+    walked = []
+    while True:
+        assert bundle["total"] == 5
+        assert [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "include"] == ["pat-x"]
+        walked += ids(bundle)
+        following = link(bundle, "next")
+        if following is None:
+            break
+        bundle = (await api.get(following)).json()
+    assert sorted(walked) == sorted(made)
+
+
+async def test_too_many_matches_for_a_snapshot_is_400_and_an_expired_one_410(settings: Any, database: Any) -> None:
+    from helpers import serving
+
+    async with serving(settings.model_copy(update={"search_snapshot_max": 3}), database) as api:
+        for n in range(4):
+            await create(api, n)
+        refused = await api.get("/fhir/Communication", params={"_sort": "status", "_count": "2"})
+        assert refused.status_code == 400
+        issue = refused.json()["issue"][0]
+        assert "More than 3 resources match" in issue["diagnostics"] and issue["expression"] == ["_sort"]
+        assert await database["search_snapshots"].count_documents({}) == 0
+        assert len(ids((await api.get("/fhir/Communication", params={"_count": "5"})).json())) == 4  # keyset: no cap
+        first = (await api.get("/fhir/Communication", params={"_sort": "status", "status": "completed,stopped"})).json()
+        assert link(first, "next") is None  # fits one page: no snapshot kept
+        paged = (
+            await api.get(
+                "/fhir/Communication", params={"_sort": "status", "_count": "1", "status": "preparation,in-progress"}
+            )
+        ).json()
+        await database["search_snapshots"].delete_many({})  # as the TTL index does once it has expired
+        gone = await api.get(link(paged, "next"))
+        assert gone.status_code == 410
+        assert "run the search again from its first page" in gone.json()["issue"][0]["diagnostics"]
