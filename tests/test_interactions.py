@@ -90,6 +90,7 @@ async def test_formats_or_versions_not_served_are_406(
         "*/*",
         "text/html,application/xhtml+xml,*/*;q=0.8",
         "application/fhir+xml;q=0.9, application/fhir+json",
+        "application/json+fhir",
     ],
 )
 async def test_json_accept_headers_are_served(api: httpx.AsyncClient, accept: str) -> None:

@@ -105,7 +105,8 @@ def _explain(method: str, segments: list[str], allowed: list[str]) -> str:
     return f"{method} {path} is not offered.{also} See /metadata."
 
 
-ACCEPTED_TYPES = ("*/*", "application/*", "application/fhir+json", "application/json")
+# application/json+fhir is the DSTU2 spelling some older clients still send.
+ACCEPTED_TYPES = ("*/*", "application/*", "application/fhir+json", "application/json", "application/json+fhir")
 FORMATS = ("json", "application/json", "application/fhir+json")
 FHIR_MIME_VERSIONS = (FHIR_VERSION, FHIR_VERSION.rsplit(".", 1)[0])
 
