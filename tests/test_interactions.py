@@ -185,3 +185,17 @@ async def test_a_create_with_search_parameters_in_the_query_creates_once(api: ht
     unknown = await api.post("/fhir/Communication", params={"shoe": "9"}, json=body, headers=FHIR_JSON)
     assert unknown.status_code == 400 and "Unknown search parameter 'shoe'" in unknown.json()["issue"][0]["diagnostics"]
     assert await database["Communication"].count_documents({}) == 1
+
+
+async def test_send_fax_asking_for_xml_is_406_and_sends_nothing(fax_api: httpx.AsyncClient, database: Any) -> None:
+    from helpers import as_parameters, seed_request, stored_counts
+
+    before = await stored_counts(database)
+    response = await fax_api.post(
+        "/fhir/Communication/$send-fax",
+        json=as_parameters(seed_request()),
+        headers={**FHIR_JSON, "accept": "application/fhir+xml"},
+    )
+    assert response.status_code == 406
+    assert "names no format this server produces" in response.json()["issue"][0]["diagnostics"]
+    assert await stored_counts(database) == before

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from ..fhir.context import FHIRContext, ServiceUnavailable
 from ..fhir.errors import InvalidRequest
 from ..fhir.http import FHIRResponse, FHIRRoute, read_json, version_headers
+from ..fhir.routes import offered_interactions
 from ..sdk_http import SDKRoute
 from .operation import parse_parameters, parse_sdk_body
 from .phone import NumberProblem, check_fax_number
@@ -71,7 +72,8 @@ class FaxAPI:
         )
 
     def fhir_router(self) -> APIRouter:
-        router = APIRouter(route_class=FHIRRoute, tags=["Fax (FHIR)"])
+        # The same 406 (Accept) and 405 checks as every other path under the FHIR base.
+        router = APIRouter(route_class=FHIRRoute, tags=["Fax (FHIR)"], dependencies=[offered_interactions(self.fhir)])
 
         @router.post("/Communication/$send-fax", summary="Send a fax (FHIR operation)")
         async def send_fax_operation(request: Request) -> Response:
