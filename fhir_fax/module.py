@@ -74,7 +74,7 @@ class FaxModule:
         app.include_router(self.auth.router())  # token endpoint, JWKS, SMART configuration
         app.include_router(self.fax.fhir_router(), prefix=prefix)  # before the generic /{type}/{id} routes
         app.include_router(build_fhir_router(self.fhir), prefix=prefix)
-        app.include_router(build_fallback_router(), prefix=prefix)
+        app.include_router(build_fallback_router(self.fhir), prefix=prefix)
         app.include_router(self.fax.sdk_router(), prefix=self.settings.fax_api_path)
         app.include_router(self.z3.router(), prefix=self.settings.project_api_path)
         clients = m2m_router(self.fhir, lambda: self.guard.database, self.gate)

@@ -18,6 +18,7 @@ from ..auth.addresses import TrustedProxies, caller_address
 from ..fhir.context import FHIRContext, ServiceUnavailable
 from ..fhir.errors import InvalidRequest
 from ..fhir.http import FHIRResponse, FHIRRoute, read_json, version_headers
+from ..fhir.routes import offered_interactions
 from ..sdk_http import SDKRoute
 from ..z3.locations import Z3Location
 from .operation import parse_parameters, parse_sdk_body
@@ -76,7 +77,9 @@ class FaxAPI:
         )
 
     def fhir_router(self) -> APIRouter:
-        router = APIRouter(route_class=FHIRRoute.limited(self.fhir.settings.max_body_bytes), tags=["Fax (FHIR)"])
+        # The same 406 (Accept) and 405 checks as every other path under the FHIR base.
+        route_class = FHIRRoute.limited(self.fhir.settings.max_body_bytes)
+        router = APIRouter(route_class=route_class, tags=["Fax (FHIR)"], dependencies=[offered_interactions(self.fhir)])
 
         @router.post("/Communication/$send-fax", summary="Send a fax (FHIR operation)")
         async def send_fax_operation(request: Request) -> Response:
