@@ -29,8 +29,9 @@ PUBLIC = {
     ("GET", "/docs/oauth2-redirect"): "the API description",
     ("GET", "/redoc"): "the API description",
     **{
-        (method, "/fhir/{path}"): "answers 404 to paths no interaction serves; touches nothing"
+        (method, path): "answers 405 (not offered) or 404 (no such path); touches nothing"
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        for path in ("/fhir", "/fhir/{path}")
     },
 }
 # Signed Z3 downloads need no token either: GET /v1/z3/{bucket}/{key} without a signature lists objects.
