@@ -191,7 +191,7 @@ class Outbox:
         document must not submit, because the worker that took over has asked the carrier and submitted itself.
         """
         result = await self.collection.update_one(_held(job, owner), {"$set": {"lease_expires": now() + lease}})
-        return result.modified_count == 1
+        return bool(result.modified_count == 1)
 
     # -- transitions ---------------------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class Outbox:
                 }
             },
         )
-        return result.modified_count == 1
+        return bool(result.modified_count == 1)
 
     async def advance(self, fax_id: str, attempt: int, status: OutboundStatus, extra: dict[str, Any]) -> Job | None:
         """Move to ``status`` of ``attempt`` if that is forward; returns the job after, or None."""
@@ -275,7 +275,8 @@ class Outbox:
         """
         stored = await self.collection.find_one({"_id": fax_id}, {"repair": 1})
         previous = (stored or {}).get("repair") or {}
-        failures = (previous.get("failures") if isinstance(previous.get("failures"), int) else 0) + 1
+        count = previous.get("failures")
+        failures = (count if isinstance(count, int) else 0) + 1
         moment = now()
         after = moment + repair_delay(failures)
         repair = {"failures": failures, "error": error[:1000], "at": moment, "after": after}

@@ -30,12 +30,19 @@ log = logging.getLogger("fhir_fax.tracking")
 
 
 class Tracker:
-    def __init__(self, settings: Settings, store: ResourceStore, outbox: Outbox, auditor: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ResourceStore,
+        outbox: Outbox,
+        auditor: Any = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.outbox = outbox
         self.auditor = auditor  # fhir_fax.audit.Auditor
-        self.retry = RetryPolicy.of(settings)
+        self.retry = retry or RetryPolicy.of(settings)  # the one retry policy (``FHIR_FAX_RETRY_*``)
 
     async def apply(self, event: StatusEvent) -> bool:
         """Apply carrier (or worker) news; False when it was stale, duplicated or for an unknown fax."""

@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from ..audit import Auditor
@@ -121,7 +122,7 @@ class Worker:
         """The attempt as the carrier gets it, made from the version the send pinned and nothing else."""
         location = parse_z3_url(job.media, ())
         document = await pinned_document(self.z3, job)  # DocumentProblem: gone or changed -> STOPPED
-        pages = job.media_pages or await run_pdfium(count_pages, document)
+        pages = job.media_pages if job.media_pages else await run_pdfium(count_pages, document)
         content_type = sniff_type(document) or "application/octet-stream"
         if self.transport.capabilities.takes_tiff:
             document = await self.rendered(job, location, document)
@@ -180,16 +181,16 @@ class Worker:
         moment = now()
         quiet_since = moment - timedelta(seconds=self.settings.stuck_after_seconds)
         for job in await self.outbox.quiet_submissions(quiet_since):
-            await self.isolated(job, "the carrier could not be polled", lambda job=job: self.poll_one(job))
+            await self.isolated(job, "the carrier could not be polled", partial(self.poll_one, job))
         failure = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
         for job in await self.outbox.past_kill_time(moment):
             await self.isolated(
                 job,
                 "it could not be stopped at its kill time",
-                lambda job=job: self.tracker.fail(job.id, job.attempt, failure, moment, final=True),
+                partial(self.tracker.fail, job.id, job.attempt, failure, moment, final=True),
             )
         for job in await self.outbox.unsynced(moment - timedelta(seconds=5)):
-            await self.isolated(job, "its Communication could not be updated", lambda job=job: self.tracker.sync(job))
+            await self.isolated(job, "its Communication could not be updated", partial(self.tracker.sync, job))
 
     async def poll_one(self, job: Job) -> None:
         """Ask the carrier about the job's current attempt; only news about that very attempt is applied."""

@@ -62,10 +62,15 @@ class TransportError(Exception):
 
 
 class Transport(Protocol):
-    """One carrier's outbound side. ``name`` is its registered name, ``capabilities`` what it declares."""
+    """One carrier's outbound side (a class attribute or a property satisfies each of the first two)."""
 
-    name: str
-    capabilities: Capabilities
+    @property
+    def name(self) -> str:
+        """Its registered name (recorded on each job it takes)."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What it declares; the worker reads this and never probes the transport."""
 
     async def start(self, sink: EventSink) -> None:
         """Begin delivering carrier news to ``sink`` (webhook carriers deliver through a route instead)."""

@@ -78,7 +78,7 @@ class Simulator:
         attempt = int(submission.reference.rsplit(":", 1)[1])
         failure = planned_outcome(submission.to_number, attempt)
         result_after = SENDING_AFTER + submission.pages * SECONDS_PER_PAGE[submission.quality]
-        timeline = [
+        timeline: list[dict[str, Any]] = [
             {"after": PROCESSING_AFTER, "status": "PROCESSING"},
             {"after": SENDING_AFTER, "status": "SENDING"},
             {"after": result_after, "status": "FAILED" if failure else "DELIVERED", "failure": failure},

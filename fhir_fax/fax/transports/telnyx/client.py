@@ -67,7 +67,7 @@ class Telnyx:
         }
         response = await self._request("POST", "/faxes", json=body)
         if response.status_code in (200, 201, 202):
-            return response.json()["data"]["id"]
+            return str(response.json()["data"]["id"])
         detail = _error_detail(response)
         if response.status_code in (408, 429) or response.status_code >= 500:
             raise TransportError("CARRIER_UNAVAILABLE", f"Telnyx is unavailable ({response.status_code}): {detail}")
@@ -89,7 +89,7 @@ class Telnyx:
             faxes = response.json().get("data", [])
             for fax in faxes:
                 if fax.get("client_state") == state:
-                    return fax["id"]
+                    return str(fax["id"])
             if len(faxes) < 50:
                 return None
         return None

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ....fhir.models import now
+from ...jobs import Reported
 from ...status import Failure, StatusEvent
 from ..base import WebhookUnreadable
 
@@ -123,13 +124,14 @@ def parse_time(text: object) -> datetime:
     return received
 
 
-def status_of(state: object, source: str) -> str | None:
+def status_of(state: object, source: str) -> Reported | None:
     """Our status for a webhook's event type or a polled fax's status; None for news we do not track."""
     if not isinstance(state, str):
         return None
     if state == ("fax.failed" if source == "webhook" else "failed"):
-        return "FAILED"
-    return (EVENT_STATUS if source == "webhook" else STATUS).get(state)
+        return Reported.FAILED
+    found = (EVENT_STATUS if source == "webhook" else STATUS).get(state)
+    return None if found is None else Reported(found)
 
 
 def make_event(
@@ -139,10 +141,10 @@ def make_event(
     status = status_of(state, source)
     if status is None:
         return None
-    if status == "FAILED":
+    if status is Reported.FAILED:
         failure = failure_of(payload.get("failure_reason"))
-        return StatusEvent(reference, "FAILED", occurred, failure=failure, source=source, carrier_id=carrier_id)
-    pages = pages_of(payload.get("page_count")) if status == "DELIVERED" else None
+        return StatusEvent(reference, Reported.FAILED, occurred, failure=failure, source=source, carrier_id=carrier_id)
+    pages = pages_of(payload.get("page_count")) if status is Reported.DELIVERED else None
     return StatusEvent(reference, status, occurred, pages=pages, source=source, carrier_id=carrier_id)
 
 
