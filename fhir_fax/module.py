@@ -79,7 +79,7 @@ class FaxModule:
         app.include_router(self.z3.router(), prefix=self.settings.project_api_path)
         clients = m2m_router(self.fhir, lambda: self.guard.database, self.gate)
         app.include_router(clients, prefix=self.settings.project_api_path)
-        app.include_router(webhook_router(self.fax), prefix="/fax/webhooks")
+        app.include_router(webhook_router(self.fax))  # at /fax/webhooks/{carrier}
         previous = app.router.lifespan_context
 
         @asynccontextmanager
