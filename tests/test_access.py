@@ -21,7 +21,7 @@ PUBLIC = {
     ("GET", "/fhir/.well-known/smart-configuration"): "SMART configuration",
     ("GET", "/.well-known/jwks.json"): "our public keys",
     ("POST", "/oauth/token"): "the token endpoint (client credentials are its check)",
-    ("POST", "/fax/webhooks/telnyx"): "carrier webhooks: verified by signature (test_webhooks)",
+    ("POST", "/fax/webhooks/{carrier}"): "carrier webhooks: verified by signature (test_webhooks, test_carriers)",
     ("GET", "/healthz"): "liveness",
     ("PUT", "/v1/z3/{bucket}/{key}"): "upload to a signed URL: its signature is the permission (test_z3_urls)",
     ("GET", "/openapi.json"): "the API description",
@@ -46,6 +46,7 @@ EXAMPLE_PATH_VALUES = {
     "communication_id": "c1",
     "path": "Patient/p1/x/y/z",
     "record_id": "client-1",
+    "carrier": "telnyx",
 }
 NOTHING_USEFUL = {"rule": [{"resource": "Nothing:*", "action": "Nothing:Do", "effect": "Allow"}]}
 
