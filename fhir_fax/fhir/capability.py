@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..auth.discovery import rest_security
 from .context import FHIRContext
 from .interactions import READ_ONLY_TYPES
 from .models import FHIR_VERSION, SUPPORTED_TYPES, now
@@ -86,6 +87,7 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
                 "documentation": REST_DOCUMENTATION.format(
                     minutes=context.settings.search_snapshot_seconds // 60, most=context.settings.search_snapshot_max
                 ),
+                "security": rest_security(base_url.removesuffix(context.settings.fhir_path)),  # the token endpoint
                 "resource": resources,
                 "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
             }
