@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 from ..fhir.models import SUPPORTED_TYPES
 from .policies import PolicyError, Rule, action_matches, id_scope, parse_policy
-from .scopes import ADMINISTRATION, LETTER_OF_ACTION, SCOPE_OF_ACTION, Scope, ScopeError, parse_scopes
+from .scopes import ADMINISTRATION, LETTER_OF_ACTION, SCOPE_OF_ACTION, Scope, ScopeError, granting, parse_scopes
 
 LETTERS = "cruds"
 GRANTED_CONTEXTS = ("system", "user")  # user/ is accepted as before; it acts like system/ in this grant
@@ -101,9 +101,7 @@ def grant(requested: str, rules: tuple[Rule, ...]) -> tuple[Scope, ...]:
     letters = _letters(rules, SUPPORTED_TYPES)
     available = _scopes("system", letters)
     if not requested.split():
-        if not available:
-            raise ScopeNotGranted("This client's access policy allows nothing, so no token is issued.")
-        return available
+        return available  # empty when the policy reaches nothing: scope "", and the policy refuses everything
     asked = parse_scopes(requested)  # ScopeError for a malformed resource scope
     granted = _normalised(
         found for scope in asked if scope.context in GRANTED_CONTEXTS for found in _within(scope, letters)
@@ -125,3 +123,14 @@ def grant_for(requested: str, policy: object) -> tuple[Scope, ...]:
     except PolicyError as error:
         raise ScopeNotGranted(f"This client's access policy cannot be used ({error}), so no token is issued.") from None
     return grant(requested, rules)
+
+
+def narrows(scopes: tuple[Scope, ...], rules: tuple[Rule, ...]) -> bool:
+    """Do ``scopes`` take away anything ``rules`` allow (some type and letter the policy reaches, not granted)?
+
+    A token granted its client's whole reach (no scope asked for) narrows nothing: with it, the client may
+    hand its rights on (``gate.Gate.grant``) as with a token without scopes.
+    """
+    if not scopes:
+        return False
+    return any(not granting(scopes, s.resource_type, letter) for s in reach(rules) for letter in s.letters)
