@@ -1,7 +1,8 @@
 """The token endpoint (OAuth 2.0 client credentials), the JWKS, and the SMART configuration.
 
 ``POST /oauth/token`` takes ``grant_type=client_credentials`` with the client's id and secret (form
-fields or HTTP Basic) and an optional ``scope`` that can only narrow the client's access policy.
+fields or HTTP Basic) and an optional ``scope`` that can only narrow the client's access policy; the
+response's ``scope`` is what was granted (``grants.py``: none granted is ``invalid_scope``, no token).
 Failed attempts are limited per client id and caller address (429, counted in the database so all
 server processes share the count; see ``limiter.py``), so secrets cannot be guessed and a guesser cannot
 lock the real client out. Refused requests are audited in aggregate (``audit.RefusalAggregator``).

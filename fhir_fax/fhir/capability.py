@@ -23,7 +23,9 @@ REST_DOCUMENTATION = (
     "Not offered, answered 405 with an Allow header: batch/transaction, system search, system history, patch, "
     "conditional update, conditional delete, $validate and any other operation not listed. AuditEvent and "
     "OperationDefinition are written by the server only: read, vread, history and search. "
-    "Formats: JSON only (application/fhir+json, FHIR 4.3); other formats or fhirVersion values are 406."
+    "Formats: JSON only (application/fhir+json, FHIR 4.3); other formats or fhirVersion values are 406. "
+    "Read and vread accept _elements (top-level names) or _summary (true, text, data, false); the part returned "
+    "keeps id, meta and the mandatory elements and is tagged SUBSETTED."
 )
 SEARCH_RESULT_PARAMETERS = (
     ("_count", "number", "Page size (default and maximum set by the server)"),
