@@ -40,7 +40,7 @@ async def test_client_credentials_gives_a_verifiable_token(auth_api: httpx.Async
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert (body["token_type"], body["expires_in"], body["scope"]) == ("Bearer", 900, "")
+    assert (body["token_type"], body["expires_in"], body["scope"]) == ("Bearer", 900, "system/*.cruds")
     claims = verify_token(await signing_key(database), body["access_token"], issuer=ISSUER, audience=AUDIENCE)
     assert {"iss", "aud", "sub", "exp", "iat", "jti", "scope", "client_id"} <= set(claims)
     assert (claims["sub"], claims["client_id"]) == ("admin", "admin")
@@ -121,7 +121,7 @@ async def test_every_server_process_shares_the_failure_count(
 async def test_smart_configuration(auth_api: httpx.AsyncClient) -> None:
     config = (await auth_api.get("/fhir/.well-known/smart-configuration")).json()
     assert config["token_endpoint"] == "http://fhir.test/oauth/token"
-    assert config["code_challenge_methods_supported"] == ["S256"]
+    assert "code_challenge_methods_supported" not in config, "no authorization endpoint, so no PKCE"
     assert "permission-v2" in config["capabilities"] and "client_credentials" in config["grant_types_supported"]
 
 

@@ -28,6 +28,7 @@ from ..fhir.compartments import compartment_filter, in_compartment
 from ..fhir.errors import Forbidden
 from ..fhir.search import SearchRegistry, merge_clauses
 from ..fhir.store import RESERVED, public
+from .grants import narrows
 from .guard import Guard, Principal
 from .policies import Rule, beyond, denies, id_scope
 from .scopes import permits_action
@@ -233,16 +234,16 @@ class Gate:
         A client never creates or grants rights beyond its own: the new policy must be covered by the
         caller's, and a client whose rights exceed the caller's cannot be changed (its keys, secret or policy)
         or deleted by it, since that hands its rights over (or takes them from everyone using it). A token
-        with SMART scopes must not be narrowed at all (``system/*.cruds``) to give rights, since the new
-        client would not be.
+        whose SMART scopes leave out anything its policy allows (``grants.narrows``) cannot give rights, since
+        the new client would not be narrowed.
         """
         principal = await self.authorize(request, action, resource)
         giving = action != "App:DeleteM2MClient"  # deleting hands nothing over: the action's own scope is enough
-        if giving and principal.scopes and not permits_action(principal.scopes, "*", "*"):
+        if giving and narrows(principal.scopes, principal.rules):  # scopes narrower than the policy
             granted = " ".join(str(s) for s in principal.scopes)
             reason = (
                 f"The token's scopes ({granted}) narrow the client's rights, and a client it creates or changes "
-                "would not be narrowed; use a token without scopes (or system/*.cruds)."
+                "would not be narrowed; use a token requested without a scope (it gets all that the policy allows)."
             )
             await self.refuse(request, principal, reason, action, resource)
         if target is not None and (extra := beyond(target, principal.rules)) is not None:

@@ -1,7 +1,8 @@
 """The token endpoint (OAuth 2.0 client credentials), the JWKS, and the SMART configuration.
 
 ``POST /oauth/token`` takes ``grant_type=client_credentials`` with the client's id and secret (form
-fields or HTTP Basic) and an optional ``scope`` that can only narrow the client's access policy.
+fields or HTTP Basic) and an optional ``scope`` that can only narrow the client's access policy; the
+response's ``scope`` is what was granted (``grants.py``: none granted is ``invalid_scope``, no token).
 Failed attempts are limited per client id and caller address (429, counted in the database so all
 server processes share the count; see ``limiter.py``), so secrets cannot be guessed and a guesser cannot
 lock the real client out. Refused requests are audited in aggregate (``audit.RefusalAggregator``).
@@ -19,15 +20,17 @@ from fastapi.responses import JSONResponse
 
 from ..audit import ANONYMOUS
 from ..settings import Settings
+from . import discovery
 from .addresses import TrustedProxies, caller_address
-from .assertions import ALGORITHMS, ASSERTION_TYPE, AssertionError_, authenticate_assertion, claimed_client
+from .assertions import ASSERTION_TYPE, AssertionError_, authenticate_assertion, claimed_client
 from .clients import Clients, HashingBusy
+from .grants import grant_for
 from .limiter import FailureLimiter
 from .oauth_http import OAuthRoute
-from .scopes import ScopeError, parse_scopes
+from .scopes import ScopeError
 from .tokens import issue_token, signing_key
 
-GRANT_TYPES = ["client_credentials"]
+GRANT_TYPES = list(discovery.GRANT_TYPES)
 WRONG_SECRET = "wrong secret, or no such client"
 BUSY = "too many attempts at once from this address (not counted as failures)"
 UNKNOWN_OR_WRONG = "Unknown client or wrong secret."
@@ -125,7 +128,7 @@ class AuthAPI:
                 return oauth_error(401, "invalid_client", refusal if assertion else UNKNOWN_OR_WRONG, headers)
             await self.limiter.release(self.database, attempt)
             try:
-                scopes = parse_scopes(form.get("scope", ""))
+                scopes = grant_for(form.get("scope", ""), record["accessPolicy"])
             except ScopeError as error:
                 return oauth_error(400, "invalid_scope", str(error))
             scope = " ".join(str(s) for s in scopes)
@@ -148,28 +151,6 @@ class AuthAPI:
 
         @router.get(f"{self.settings.fhir_path}/.well-known/smart-configuration", summary="SMART configuration")
         async def smart_configuration(request: Request) -> dict[str, Any]:
-            base = self.issuer(request)
-            return {
-                "issuer": base,
-                "jwks_uri": f"{base}/.well-known/jwks.json",
-                "token_endpoint": f"{base}/oauth/token",
-                "token_endpoint_auth_methods_supported": [
-                    "client_secret_basic",
-                    "client_secret_post",
-                    "private_key_jwt",
-                ],
-                "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
-                "grant_types_supported": GRANT_TYPES,
-                "scopes_supported": ["system/*.cruds", "system/Communication.rs", "user/*.cruds", "patient/*.rs"],
-                "response_types_supported": ["token"],
-                "capabilities": [
-                    "client-confidential-symmetric",
-                    "client-confidential-asymmetric",
-                    "permission-v1",
-                    "permission-v2",
-                    "permission-patient",  # patient/ scopes keep to the patient in an external token's context
-                ],
-                "code_challenge_methods_supported": ["S256"],
-            }
+            return discovery.smart_configuration(self.issuer(request))
 
         return router

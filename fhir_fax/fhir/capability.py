@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..auth.discovery import rest_security
 from .context import FHIRContext
 from .interactions import READ_ONLY_TYPES
 from .models import FHIR_VERSION, SUPPORTED_TYPES, now
@@ -22,7 +23,9 @@ REST_DOCUMENTATION = (
     "Not offered, answered 405 with an Allow header: batch/transaction, system search, system history, patch, "
     "conditional update, conditional delete, $validate and any other operation not listed. AuditEvent and "
     "OperationDefinition are written by the server only: read, vread, history and search. "
-    "Formats: JSON only (application/fhir+json, FHIR 4.3); other formats or fhirVersion values are 406."
+    "Formats: JSON only (application/fhir+json, FHIR 4.3); other formats or fhirVersion values are 406. "
+    "Read and vread accept _elements (top-level names) or _summary (true, text, data, false); the part returned "
+    "keeps id, meta and the mandatory elements and is tagged SUBSETTED."
 )
 SEARCH_RESULT_PARAMETERS = (
     ("_count", "number", "Page size (default and maximum set by the server)"),
@@ -86,6 +89,7 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
                 "documentation": REST_DOCUMENTATION.format(
                     minutes=context.settings.search_snapshot_seconds // 60, most=context.settings.search_snapshot_max
                 ),
+                "security": rest_security(base_url.removesuffix(context.settings.fhir_path)),  # the token endpoint
                 "resource": resources,
                 "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
             }

@@ -15,6 +15,7 @@ from .history import HistoryPage, HistoryQuery, history_link, history_page, pars
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
 from .interactions import check_acceptable, fhir_segments, refuse_unoffered
 from .models import format_instant, is_supported, validate_resource
+from .read_shape import parse_read_shape, shape
 from .search import merge_clauses, parse_search
 from .search_results import execute_search
 from .store import RESERVED, Version, public
@@ -221,10 +222,11 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     async def read(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
+        wanted = parse_read_shape(list(request.query_params.multi_items()), resource_type)  # _elements, _summary
         resource = await context.store.read(resource_type, resource_id)
         await context.admit(request, "FHIR:Read", resource)
         await context.was_read(request, "read", [resource])
-        return FHIRResponse(resource, headers=version_headers(resource))
+        return FHIRResponse(shape(resource, wanted), headers=version_headers(resource))
 
     @router.put("/{resource_type}/{resource_id}", summary="Update (or create with this id)")
     async def update(request: Request, resource_type: str, resource_id: str) -> Response:
@@ -303,10 +305,11 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     async def vread(request: Request, resource_type: str, resource_id: str, version_id: str) -> Response:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Read", f"FHIR:{resource_type}:{resource_id}")
+        wanted = parse_read_shape(list(request.query_params.multi_items()), resource_type)  # _elements, _summary
         resource = await context.store.vread(resource_type, resource_id, version_id)
         await context.admit(request, "FHIR:Read", resource)
         await context.was_read(request, "vread", [resource])
-        return FHIRResponse(resource, headers=version_headers(resource))
+        return FHIRResponse(shape(resource, wanted), headers=version_headers(resource))
 
     return router
 
