@@ -45,6 +45,25 @@ async def test_downloads_never_run_as_pages_of_this_origin(api: httpx.AsyncClien
     assert fetched.headers["content-security-policy"] == "sandbox; default-src 'none'"
 
 
+async def test_a_download_url_serves_the_version_that_was_judged_when_it_was_signed(api: httpx.AsyncClient) -> None:
+    """Access to a download is decided (and audited) when the URL is signed, so the URL is bound to that version.
+
+    Otherwise an upload to the same key within the URL's lifetime would be served under a decision taken on
+    other bytes (for a patient-limited token: another patient's document).
+    """
+    first = await signed(api, "letters/judged.pdf", "upload")
+    assert (await api.put(first, content=b"%PDF-1.4 first")).status_code == 200
+    download = await signed(api, "letters/judged.pdf", "download")
+    assert "version=" in download
+    second = await signed(api, "letters/judged.pdf", "upload")
+    assert (await api.put(second, content=b"%PDF-1.4 second")).status_code == 200
+    fetched = await api.get(download)
+    assert fetched.status_code == 404, "the judged version was replaced (and pruned): ask for a new URL"
+    assert "ask for a new download URL" in fetched.json()["message"]
+    fresh = await api.get(await signed(api, "letters/judged.pdf", "download"))
+    assert (fresh.status_code, fresh.content) == (200, b"%PDF-1.4 second")
+
+
 def tamper(url: str, **changes: str) -> str:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query)) | changes

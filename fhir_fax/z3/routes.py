@@ -2,8 +2,9 @@
 
 ``POST /z3/{bucket}/{key}`` with ``{"action": "upload" | "download"}`` answers ``{"signedUrl": ...}``;
 ``PUT`` to a signed upload URL stores the body as a new version (once per URL); ``GET`` on a signed
-download URL returns the key's newest version, or the version the URL names. Signed URLs need no
-bearer token, expire, and are bound to one object and one action. ``{"action": "download", "hash":
+download URL returns the version the URL names: the key's newest when it was signed (what access was judged
+on), or the one a fax pinned. Signed URLs need no bearer token, expire, and are bound to one object and one
+action. ``{"action": "download", "hash":
 <a Communication's contentAttachment.hash>}`` signs a download of the version that fax pinned.
 """
 
@@ -139,6 +140,7 @@ class Z3API:
                 if newest is None:
                     raise ResourceNotFound(f"There is no object at {location}.")
                 pinned = newest.version
+                version = str(pinned)  # the URL serves the version judged (and audited) now, not a later upload
             await self.fhir.document(request, permission, resource, version=pinned)
             key_bytes = await signing_key(self.database)
             ttl = self.settings.z3_url_ttl_seconds
@@ -215,6 +217,11 @@ class Z3API:
             info = await self.read_signed(store, location, request.query_params.get(VERSION))
             chunks = await store.read_chunks(info.version) if info is not None else None
             if info is None or chunks is None:
+                if request.query_params.get(VERSION) is not None:
+                    raise ResourceNotFound(
+                        f"The version of {location} this URL was signed for is no longer stored (the key was replaced "
+                        "or deleted); ask for a new download URL."
+                    )
                 raise ResourceNotFound(f"There is no object at {location}.")
             headers = {"content-length": str(info.size), **DOWNLOAD_HEADERS, "content-disposition": attachment(key)}
             return StreamingResponse(
