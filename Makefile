@@ -31,6 +31,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy fhir_fax
 
 test: lint $(SDK_STAMP)
 	$(BIN)/python -m pytest
