@@ -14,7 +14,7 @@ import httpx
 
 from fhir_fax.fhir.models import model_class
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fhir_fax" / "data" / "fixtures"
 SEED_MEDIA = "https://project-api.zapehr.com/v1/z3/my-bucket/path/to/document.pdf"
 SEED_SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
 SEED_RECIPIENT = "Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c"
