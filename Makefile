@@ -46,4 +46,4 @@ soak: $(STAMP)
 	$(BIN)/python benchmarks/load.py --soak 300
 
 clean:
-	rm -rf $(VENV) fhir-fax-data .pytest_cache tests/sdk/node_modules
+	rm -rf $(VENV) fhir-fax-data .pytest_cache .mypy_cache build dist tests/sdk/node_modules
