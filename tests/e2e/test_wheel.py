@@ -2,8 +2,9 @@
 
 ``fhir-fax demo`` and ``--load-fixtures`` need the demo fixtures; they must travel inside the wheel, not sit
 next to the sources. The fresh virtualenv gets only the wheel; its dependencies come from the test's own
-environment through a path file (no network needed), and the test checks that ``fhir_fax`` is imported from
-the virtualenv, never from the checkout.
+environment through a path file (so installing downloads nothing; the build gets its setuptools as any
+``pip wheel`` does), and the test checks that ``fhir_fax`` is imported from the virtualenv, never from the
+checkout.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
+from pymongo import AsyncMongoClient
+
+from fhir_fax.z3.locations import Z3Location
+from fhir_fax.z3.store import Z3Store
+
+from helpers import BOOTSTRAP, FIXTURES, login
+from processes import ServerProcess
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PACKAGING_INPUTS = ("pyproject.toml", "README.md", "LICENSE")
@@ -117,3 +126,31 @@ def test_an_installed_wheel_runs_the_demo_and_loads_the_fixtures(
     again = outside_the_checkout(venv, workdir, "fhir-fax", "fixtures", "load", **database)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "fixtures: 0 written, 8 unchanged"
+
+
+async def test_an_installed_wheel_serves_with_load_fixtures(installed: tuple[Path, Path, Path], mongo_uri: str) -> None:
+    _, venv, workdir = installed
+    name = f"wheel_{uuid.uuid4().hex[:12]}"
+    env = {
+        "PYTHONPATH": "",  # an empty one adds nothing: the checkout stays out of the server's path
+        "FHIR_FAX_MONGODB_URI": mongo_uri,
+        "FHIR_FAX_DATABASE_NAME": name,
+        "FHIR_FAX_WORKER_ENABLED": "false",
+        **{f"FHIR_FAX_{key.upper()}": value for key, value in BOOTSTRAP.items()},
+    }
+    command = [str(venv / "bin" / "fhir-fax"), "serve", "--port", "{port}", "--load-fixtures"]
+    server = ServerProcess(command, log_dir=workdir.parent, ready_path="/healthz", env=env, cwd=workdir)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            await login(http)
+            patient = await http.get("/fhir/Patient/maria-lopez")
+            assert patient.status_code == 200, patient.text
+            assert patient.json()["name"][0]["family"] == "Lopez"
+    finally:
+        server.stop()
+    mongo: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        letter = await Z3Store(mongo[name]).stat(Z3Location("fixtures", "referral-letter.pdf"))
+    finally:
+        await mongo.close()
+    assert letter is not None and letter.size == (FIXTURES / "referral-letter.pdf").stat().st_size
