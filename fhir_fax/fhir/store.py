@@ -381,7 +381,8 @@ def _time_text(moment: datetime) -> str:
 
 def created_of(current: dict[str, Any]) -> str | None:
     """The creation key of a stored resource (None for one stored before keys existed: the next write sets it)."""
-    return current[RESERVED].get("created")
+    created: str | None = current[RESERVED].get("created")
+    return created
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:
