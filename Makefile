@@ -31,6 +31,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy fhir_fax
 
 test: lint $(SDK_STAMP)
 	$(BIN)/python -m pytest
@@ -45,4 +46,4 @@ soak: $(STAMP)
 	$(BIN)/python benchmarks/load.py --soak 300
 
 clean:
-	rm -rf $(VENV) fhir-fax-data .pytest_cache tests/sdk/node_modules
+	rm -rf $(VENV) fhir-fax-data .pytest_cache .mypy_cache build dist tests/sdk/node_modules

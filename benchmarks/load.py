@@ -52,7 +52,7 @@ from loadgen import SEARCHED, sdk_body
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-PDF = HERE.parent / "fixtures" / "referral-letter.pdf"
+PDF = HERE.parent / "fhir_fax" / "data" / "fixtures" / "referral-letter.pdf"
 ADMIN = ("bench-admin", "bench-admin-secret")
 SENDER_NUMBER = "+12223334444"
 DATABASE = "bench"

@@ -54,7 +54,7 @@ async def main() -> None:
             http.headers["authorization"] = (
                 "Bearer " + (await http.post("/oauth/token", data=form)).json()["access_token"]
             )
-            pdf = (ROOT / "fixtures" / "referral-letter.pdf").read_bytes()
+            pdf = (ROOT / "fhir_fax" / "data" / "fixtures" / "referral-letter.pdf").read_bytes()
             await Z3Store(database).put(Z3Location("letters", "referral.pdf"), pdf, "application/pdf")
             await http.post("/fax/v1/onboard", json={"faxNumber": "+12223334444"})
             body = {"media": "z3://letters/referral.pdf", "quality": "standard", "recipientNumber": "+16175550143"}

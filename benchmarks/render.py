@@ -26,7 +26,9 @@ def letter_pdf(pages: int) -> bytes:
 
     document = pypdfium2.PdfDocument.new()
     out = io.BytesIO()
-    source = (Path(__file__).resolve().parent.parent / "fixtures" / "referral-letter.pdf").read_bytes()
+    source = (
+        Path(__file__).resolve().parent.parent / "fhir_fax" / "data" / "fixtures" / "referral-letter.pdf"
+    ).read_bytes()
     template = pypdfium2.PdfDocument(source)
     for index in range(pages):
         document.import_pages(template, [index % len(template)])

@@ -70,7 +70,9 @@ def audit_event(
         "agent": [agent],
         "source": {"observer": {"display": "fhir-fax"}},
     }
-    described = [{"what": {"identifier": {"system": DOCUMENTS, "value": url}}} for url in documents or ()]
+    described: list[dict[str, Any]] = [
+        {"what": {"identifier": {"system": DOCUMENTS, "value": url}}} for url in documents or ()
+    ]
     described += [{"what": {"reference": reference}} for reference in dict.fromkeys(entities)]
     if described:
         event["entity"] = described

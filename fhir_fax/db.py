@@ -23,7 +23,7 @@ T = TypeVar("T")
 DURABLE = WriteConcern(w="majority", j=True)
 
 
-def open_client(uri: str) -> AsyncMongoClient:
+def open_client(uri: str) -> AsyncMongoClient[dict[str, Any]]:
     return AsyncMongoClient(uri, tz_aware=True, w="majority", journal=True)
 
 
@@ -48,7 +48,8 @@ async def in_transaction(client: Any, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``work(session)`` in a transaction, retried on transient errors, on either driver."""
     session = await maybe_await(client.start_session())
     async with session:
-        return await session.with_transaction(work, write_concern=DURABLE)
+        result: T = await session.with_transaction(work, write_concern=DURABLE)
+        return result
 
 
 class Database:
@@ -57,7 +58,7 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.embedded: EmbeddedDatabase | None = None
-        self.client: AsyncMongoClient | None = None
+        self.client: AsyncMongoClient[dict[str, Any]] | None = None
 
     def connect(self) -> Any:
         """Start what is needed and return the database handle."""

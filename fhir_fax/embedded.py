@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -61,7 +62,8 @@ def find_server_executable() -> str:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -74,7 +76,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def ping(uri: str, timeout_ms: int = 500) -> bool:
     """True when a MongoDB-compatible server answers ``ping`` at ``uri``."""
-    client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
+    )
     try:
         client.admin.command("ping")
         return True
@@ -104,7 +108,7 @@ class EmbeddedDatabase:
         self.process: subprocess.Popen[bytes] | None = None
         self.owned = False
         self._stopping = False
-        self._log_file = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def storage_path(self) -> Path:

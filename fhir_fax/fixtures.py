@@ -1,9 +1,15 @@
-"""Load the FHIR resources in ``fixtures/`` idempotently (same ids, no new version if unchanged)."""
+"""Load the demo fixtures idempotently (same ids, no new version if unchanged).
+
+They ship inside the package (``fhir_fax/data/fixtures``) and are read through ``importlib.resources``, so
+``fhir-fax demo`` and ``--load-fixtures`` work from an installed wheel, not only from a source checkout.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +19,28 @@ from .z3.store import Z3Store
 
 log = logging.getLogger("fhir_fax.fixtures")
 
-FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES_DIR: Traversable = files("fhir_fax") / "data" / "fixtures"
 FIXTURES_BUCKET = "fixtures"
 
 
-def fixture_documents(directory: Path = FIXTURES_DIR) -> list[tuple[str, bytes]]:
-    """Every ``*.pdf`` under ``directory`` as (file name, content)."""
-    return [(path.name, path.read_bytes()) for path in sorted(directory.glob("*.pdf"))]
-
-
-def fixture_resources(directory: Path = FIXTURES_DIR) -> list[dict[str, Any]]:
-    """Every ``*.json`` resource under ``directory``, sorted by file name."""
+def _files(directory: Traversable | Path, suffix: str) -> list[Traversable | Path]:
+    """The files of ``directory`` ending in ``suffix``, by name (a package resource has no ``glob``)."""
     if not directory.is_dir():
         raise FileNotFoundError(f"No fixtures folder at {directory}.")
-    return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
+    return sorted((item for item in directory.iterdir() if item.name.endswith(suffix)), key=lambda item: item.name)
 
 
-async def load_fixtures(store: ResourceStore, directory: Path = FIXTURES_DIR) -> dict[str, int]:
+def fixture_documents(directory: Traversable | Path = FIXTURES_DIR) -> list[tuple[str, bytes]]:
+    """Every ``*.pdf`` under ``directory`` as (file name, content)."""
+    return [(item.name, item.read_bytes()) for item in _files(directory, ".pdf")]
+
+
+def fixture_resources(directory: Traversable | Path = FIXTURES_DIR) -> list[dict[str, Any]]:
+    """Every ``*.json`` resource under ``directory``, sorted by file name."""
+    return [json.loads(item.read_text()) for item in _files(directory, ".json")]
+
+
+async def load_fixtures(store: ResourceStore, directory: Traversable | Path = FIXTURES_DIR) -> dict[str, int]:
     """Create or update each fixture resource, and put each PDF in Z3 at ``z3://fixtures/{name}``.
 
     Returns counts of ``written`` and ``unchanged`` items; nothing is rewritten when unchanged.

@@ -14,10 +14,8 @@ from pymongo import AsyncMongoClient
 
 from fhir_fax.embedded import EmbeddedDatabase
 from fhir_fax.settings import Settings
-from fhir_fax.z3.locations import Z3Location
-from fhir_fax.z3.store import Z3Store
 
-from helpers import BOOTSTRAP, FIXTURES, SENDER_NUMBER, serving
+from helpers import BOOTSTRAP, serving, serving_fax
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +89,5 @@ def fax_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def fax_api(fax_settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The app with fixtures, the sender's number onboarded and the seed's document in Z3 (as the admin)."""
-    async with serving(fax_settings, database) as http:
-        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
-        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
-        response = await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})
-        assert response.status_code == 200
+    async with serving_fax(fax_settings, database) as http:
         yield http

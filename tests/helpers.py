@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from fhir_fax.fax.terminology import OUTBOUND_STATUS_EXTENSION
 from fhir_fax.fhir.models import model_class
+from fhir_fax.z3.locations import Z3Location
+from fhir_fax.z3.store import Z3Store
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+T = TypeVar("T")
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fhir_fax" / "data" / "fixtures"
 SEED_MEDIA = "https://project-api.zapehr.com/v1/z3/my-bucket/path/to/document.pdf"
 SEED_SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
 SEED_RECIPIENT = "Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c"
@@ -37,18 +44,87 @@ async def login(http: httpx.AsyncClient, client_id: str = ADMIN_ID, secret: str 
 
 
 @asynccontextmanager
-async def serving(settings: Any, database: Any, *, authenticated: bool = True) -> AsyncIterator[httpx.AsyncClient]:
-    """The app on ``database``, started, with an HTTP client logged in as the bootstrap admin."""
+async def serving(
+    settings: Any, database: Any, *, authenticated: bool = True, peer: tuple[str, int] = ("127.0.0.1", 123)
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The tests' one way to run the app in-process: started (lifespan) on ``database``, called over ASGI.
+
+    The client is logged in as the bootstrap admin unless ``authenticated`` is False; ``peer`` is the address
+    the app sees the calls come from.
+    """
     from fhir_fax.app import create_app
 
     app = create_app(settings, database=database)
+    transport = httpx.ASGITransport(app=app, client=peer)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
+        httpx.AsyncClient(transport=transport, base_url="http://fhir.test") as http,
     ):
         if authenticated:
             await login(http)
         yield http
+
+
+@asynccontextmanager
+async def serving_fax(settings: Any, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """``serving``, ready to send the seed's fax: its document in Z3 and the sender's number onboarded."""
+    async with serving(settings, database) as http:
+        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
+        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
+        response = await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})
+        assert response.status_code == 200, response.text
+        yield http
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, within: float, failure: Callable[[], str]) -> T:
+    """The tests' one polling loop: call ``probe`` until it gives something other than None, and return that.
+
+    ``within`` (seconds) only keeps a broken build from hanging; ``failure()`` then says what was seen last.
+    No test asserts on how long anything took.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        found = await probe()
+        if found is not None:
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(failure())
+        await asyncio.sleep(0.05)
+
+
+FINAL_STATUSES = ("DELIVERED", "STOPPED")
+
+
+def outbound_status(communication: dict[str, Any]) -> str:
+    """The fax's own status (QUEUED ... DELIVERED/STOPPED), from its Communication's extension."""
+    extension = next(e for e in communication["extension"] if e["url"] == OUTBOUND_STATUS_EXTENSION)
+    code: str = extension["valueCodeableConcept"]["coding"][0]["code"]
+    return code
+
+
+async def wait_final(http: httpx.AsyncClient, communication_id: str, within: float = 30) -> dict[str, Any]:
+    """The fax's Communication once it is DELIVERED or STOPPED: the one way tests wait for a fax to end.
+
+    ``http`` is an in-process client (``serving``) or one on a server process's URL, with a token.
+    """
+    seen: list[str] = []
+
+    async def probe() -> dict[str, Any] | None:
+        communication: dict[str, Any] = (await http.get(f"/fhir/Communication/{communication_id}")).json()
+        seen.append(outbound_status(communication))
+        return communication if seen[-1] in FINAL_STATUSES else None
+
+    return await eventually(probe, within=within, failure=lambda: f"fax {communication_id} is still {seen[-1]}")
+
+
+def wait_final_at(url: str, headers: dict[str, str], communication_ids: list[str], within: float = 60) -> list[Any]:
+    """``wait_final`` of each fax, for synchronous tests of a server process at ``url``."""
+
+    async def every() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as http:
+            return [await wait_final(http, communication_id, within) for communication_id in communication_ids]
+
+    return asyncio.run(every())
 
 
 def seed_request(**changes: Any) -> dict[str, Any]:

@@ -20,7 +20,15 @@ CLI = [sys.executable, "-m", "fhir_fax.cli"]
 class ServerProcess:
     """A child process serving HTTP on a free loopback port, with its output in a log file."""
 
-    def __init__(self, command: list[str], *, log_dir: Path, ready_path: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        log_dir: Path,
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / f"server-{self.port}.log"
@@ -32,6 +40,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=environment,
+                cwd=cwd,
             )
         self.wait_ready(ready_path)
 

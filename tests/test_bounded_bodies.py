@@ -21,6 +21,8 @@ from pymongo import MongoClient
 
 from processes import FaxServer
 
+pytestmark = pytest.mark.e2e  # every test talks to a real server process
+
 TOKEN_LIMIT, WEBHOOK_LIMIT, JSON_LIMIT = 65_536, 262_144, 1_000_000  # the defaults
 DECLARED = 300 * 1024 * 1024  # what the review sent to /oauth/token
 

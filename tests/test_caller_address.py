@@ -91,6 +91,7 @@ def audit_addresses(server: FaxServer) -> list[str]:
     )
 
 
+@pytest.mark.e2e
 def test_a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
     """``fhir-fax serve`` without FHIR_FAX_TRUSTED_PROXIES: uvicorn and the app both ignore the header."""
     server = FaxServer(tmp_path / "data")
@@ -121,6 +122,7 @@ def test_a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Pat
     assert addresses and set(addresses) == {"127.0.0.1"}, addresses
 
 
+@pytest.mark.e2e
 def test_a_configured_proxy_is_believed(tmp_path: Path) -> None:
     """With the loopback proxy configured, the forwarded address is the caller: for the lock-out and the audit."""
     env = {"FHIR_FAX_TRUSTED_PROXIES": "127.0.0.1, ::1"}

@@ -31,10 +31,8 @@ from fhir_fax.fax.transports.base import (
 from fhir_fax.fax.transports.telnyx import Telnyx
 from fhir_fax.fax.worker import create_worker
 from fhir_fax.settings import Settings
-from fhir_fax.z3.locations import Z3Location
-from fhir_fax.z3.store import Z3Store
 
-from helpers import FIXTURES, MEDIA, SEED_SENDER, SENDER_NUMBER, serving
+from helpers import MEDIA, SEED_SENDER, serving_fax
 
 SECRET = "pigeon-secret"
 
@@ -102,10 +100,7 @@ async def pigeon_app(
     pigeon_registered: None, fax_settings: Settings, database: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
     settings = fax_settings.model_copy(update={"carrier": "pigeon", "worker_enabled": False})
-    async with serving(settings, database) as http:
-        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
-        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
-        assert (await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})).status_code == 200
+    async with serving_fax(settings, database) as http:
         yield http, settings
 
 

@@ -12,14 +12,12 @@ import pytest
 from pymongo.errors import AutoReconnect
 
 from fhir_fax.fax.status import ATTEMPT_EXTENSION, Failure, StatusEvent
-from fhir_fax.fax.terminology import FAILURE_REASON_SYSTEM, OUTBOUND_STATUS_EXTENSION, PAGES_EXTENSION
+from fhir_fax.fax.terminology import FAILURE_REASON_SYSTEM, PAGES_EXTENSION
 from fhir_fax.fax.worker import Worker, create_worker
 from fhir_fax.fhir.models import model_class
 from fhir_fax.settings import Settings
-from fhir_fax.z3.locations import Z3Location
-from fhir_fax.z3.store import Z3Store
 
-from helpers import FIXTURES, MEDIA, SEED_SENDER, SENDER_NUMBER, serving
+from helpers import MEDIA, SEED_SENDER, outbound_status, serving_fax, wait_final
 
 FAST = {
     "simulator_speed": 1000.0,
@@ -29,17 +27,9 @@ FAST = {
 }
 
 
-async def running_app(settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(settings, database) as http:
-        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
-        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
-        await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})
-        yield http
-
-
 @pytest.fixture
 async def delivering(fax_settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async for http in running_app(fax_settings.model_copy(update=FAST), database):
+    async with serving_fax(fax_settings.model_copy(update=FAST), database) as http:
         yield http
 
 
@@ -50,23 +40,8 @@ async def send_to(api: httpx.AsyncClient, number: str, quality: str = "standard"
     return response.json()["communicationResource"]["id"]
 
 
-def outbound_status(communication: dict[str, Any]) -> str:
-    extension = next(e for e in communication["extension"] if e["url"] == OUTBOUND_STATUS_EXTENSION)
-    return extension["valueCodeableConcept"]["coding"][0]["code"]
-
-
 def extension_value(communication: dict[str, Any], url: str) -> Any:
     return next((e["valueInteger"] for e in communication["extension"] if e["url"] == url), None)
-
-
-async def wait_final(api: httpx.AsyncClient, communication_id: str, within_seconds: float = 20) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + within_seconds
-    while True:
-        communication = (await api.get(f"/fhir/Communication/{communication_id}")).json()
-        if outbound_status(communication) in ("DELIVERED", "STOPPED"):
-            return communication
-        assert asyncio.get_running_loop().time() < deadline, f"still {outbound_status(communication)}"
-        await asyncio.sleep(0.05)
 
 
 async def steps(api: httpx.AsyncClient, communication_id: str) -> list[tuple[str, str]]:
@@ -146,7 +121,7 @@ async def test_quality_lengthens_the_simulated_call(delivering: httpx.AsyncClien
 async def manual(fax_settings: Settings, database: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Worker, Settings]]:
     """The app without its own worker, and a worker the test steps by hand."""
     settings = fax_settings.model_copy(update={**FAST, "worker_enabled": False, "stuck_after_seconds": 0.05})
-    async for http in running_app(settings, database):
+    async with serving_fax(settings, database) as http:
         yield http, create_worker(settings, database), settings
 
 
@@ -188,7 +163,7 @@ async def test_a_lost_webhook_is_reconciled_by_polling_the_carrier(manual: Any, 
 
 async def test_a_fax_past_its_kill_time_is_stopped(fax_settings: Settings, database: Any) -> None:
     settings = fax_settings.model_copy(update={**FAST, "worker_enabled": False, "kill_time_seconds": 0.1})
-    async for api in running_app(settings, database):
+    async with serving_fax(settings, database) as api:
         communication_id = await send_to(api, "+16175550143")
         await asyncio.sleep(0.2)
         await create_worker(settings, database).reconcile()

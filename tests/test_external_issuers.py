@@ -25,8 +25,10 @@ from fhir_fax.settings import Settings
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
-from helpers import BOOTSTRAP, FIXTURES, SENDER_NUMBER, seed_request, serving, stored_counts
+from helpers import BOOTSTRAP, FIXTURES, seed_request, serving, serving_fax, stored_counts
 from processes import ServerProcess
+
+pytestmark = pytest.mark.e2e  # the issuer's JWKS site is a server process (module-scoped)
 
 ISSUER = "https://login.example.org/realms/clinic"
 AUDIENCE = "http://fhir.test/fhir"
@@ -113,10 +115,7 @@ def external_settings(tmp_path: Path, jwks_url: str, **issuer: Any) -> Settings:
 @pytest.fixture
 async def api(tmp_path: Path, database: Any, issuer_site: tuple[Signer, str]) -> AsyncIterator[httpx.AsyncClient]:
     """The app trusting the issuer, with fixtures, a sender number and the seed document (admin logged in)."""
-    async with serving(external_settings(tmp_path, issuer_site[1]), database) as http:
-        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
-        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
-        assert (await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})).status_code == 200
+    async with serving_fax(external_settings(tmp_path, issuer_site[1]), database) as http:
         yield http
 
 

@@ -18,10 +18,8 @@ import pytest
 from fhir_fax.fax.worker import Worker, create_worker
 from fhir_fax.fhir.models import now
 from fhir_fax.settings import Settings
-from fhir_fax.z3.locations import Z3Location
-from fhir_fax.z3.store import Z3Store
 
-from helpers import FIXTURES, MEDIA, SEED_SENDER, SENDER_NUMBER, serving
+from helpers import MEDIA, SEED_SENDER, serving_fax
 
 FAST = {"simulator_speed": 1000.0, "worker_poll_seconds": 0.02, "retry_delay_seconds": 0.05, "retry_backoff": 1.0}
 
@@ -30,10 +28,7 @@ FAST = {"simulator_speed": 1000.0, "worker_poll_seconds": 0.02, "retry_delay_sec
 async def manual(fax_settings: Settings, database: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Worker]]:
     """The app without its own worker, and a worker the test steps by hand."""
     settings = fax_settings.model_copy(update={**FAST, "worker_enabled": False})
-    async with serving(settings, database) as http:
-        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
-        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
-        assert (await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})).status_code == 200
+    async with serving_fax(settings, database) as http:
         yield http, create_worker(settings, database)
 
 

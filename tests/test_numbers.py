@@ -92,6 +92,7 @@ def run_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.e2e  # each call is a command-line process that starts its own embedded database
 def test_the_numbers_command_line(tmp_path: Path) -> None:
     assert run_cli("list", data_dir=tmp_path).stdout.strip() == "no numbers onboarded"
     assert run_cli("onboard", data_dir=tmp_path).stdout.strip() == "onboarded +12025550100"

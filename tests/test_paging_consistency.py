@@ -160,15 +160,9 @@ FAST = {"simulator_speed": 200.0, "worker_poll_seconds": 0.02, "retry_delay_seco
 
 @pytest.fixture
 async def delivering(fax_settings: Any, database: Any) -> Any:
-    from fhir_fax.z3.locations import Z3Location
-    from fhir_fax.z3.store import Z3Store
+    from helpers import serving_fax
 
-    from helpers import FIXTURES, SENDER_NUMBER, serving
-
-    async with serving(fax_settings.model_copy(update=FAST), database) as http:
-        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
-        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
-        assert (await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})).status_code == 200
+    async with serving_fax(fax_settings.model_copy(update=FAST), database) as http:
         yield http
 
 

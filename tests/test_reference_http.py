@@ -14,19 +14,15 @@ import pytest
 from fhir_fax.auth.clients import Clients
 from fhir_fax.embedded import free_port
 from fhir_fax.settings import Settings
-from fhir_fax.z3.locations import Z3Location
-from fhir_fax.z3.store import Z3Store
 
 from helpers import (
     BOOTSTRAP,
     FHIR_JSON,
-    FIXTURES,
     MEDIA,
     SEED_RECIPIENT,
-    SENDER_NUMBER,
     login,
     seed_request,
-    serving,
+    serving_fax,
     stored_counts,
 )
 from processes import FaxServer, ServerProcess
@@ -64,11 +60,7 @@ async def app_with_reference_base(
         **BOOTSTRAP,
         **settings,
     )
-    async with serving(config, database) as api:
-        await Z3Store(database).put(
-            Z3Location("my-bucket", "path/to/document.pdf"), (FIXTURES / "referral-letter.pdf").read_bytes()
-        )
-        await api.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})
+    async with serving_fax(config, database) as api:
         yield api
 
 
@@ -81,6 +73,7 @@ async def remote_api(tmp_path: Path, database: Any, reference_server: FaxServer)
         yield api
 
 
+@pytest.mark.e2e
 async def test_references_resolve_on_the_other_server(
     remote_api: httpx.AsyncClient, database: Any, reference_server: FaxServer
 ) -> None:
@@ -93,6 +86,7 @@ async def test_references_resolve_on_the_other_server(
     assert job["to_number"] == "+16175550143"  # the number held by the other server
 
 
+@pytest.mark.e2e
 async def test_a_resource_missing_or_deleted_on_the_other_server_is_422(
     remote_api: httpx.AsyncClient, database: Any, reference_server: FaxServer
 ) -> None:
@@ -116,6 +110,7 @@ async def test_a_resource_missing_or_deleted_on_the_other_server_is_422(
     assert await stored_counts(database) == NOTHING
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("prefix", "status", "message"),
     [
@@ -160,6 +155,7 @@ async def test_an_unreachable_server_is_502(tmp_path: Path, database: Any) -> No
     assert await stored_counts(database) == NOTHING
 
 
+@pytest.mark.e2e
 async def test_the_callers_token_is_forwarded_unless_a_service_token_is_set(
     tmp_path: Path, database: Any, odd_server: ServerProcess
 ) -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
-
-from fhir_fax.app import create_app
 from fhir_fax.audit import REFUSAL_COUNT, RefusalAggregator
 from fhir_fax.auth.clients import Clients
 from fhir_fax.fhir.models import validate_resource
@@ -29,12 +26,8 @@ async def refusals(database: Any) -> list[dict[str, Any]]:
 
 
 async def test_a_flood_of_unauthenticated_requests_is_one_event_per_reason(settings: Settings, database: Any) -> None:
-    app = create_app(settings.model_copy(update={"worker_enabled": False}), database=database)
-    transport = httpx.ASGITransport(app=app, client=(ATTACKER, 5000))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://fhir.test") as anonymous,
-    ):
+    quiet = settings.model_copy(update={"worker_enabled": False})
+    async with serving(quiet, database, authenticated=False, peer=(ATTACKER, 5000)) as anonymous:
         no_token = await asyncio.gather(*(anonymous.get("/fhir/Communication") for _ in range(60)))
         bad_token = [
             await anonymous.get("/fhir/Patient", headers={"authorization": "Bearer not-a-jwt"}) for _ in range(25)
@@ -67,12 +60,8 @@ async def test_aggregated_refusals_are_valid_and_searchable(settings: Settings, 
 
 
 async def test_failed_token_requests_are_audited_in_aggregate(settings: Settings, database: Any) -> None:
-    app = create_app(settings.model_copy(update={"worker_enabled": False}), database=database)
-    transport = httpx.ASGITransport(app=app, client=(ATTACKER, 5000))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://fhir.test") as attacker,
-    ):
+    quiet = settings.model_copy(update={"worker_enabled": False})
+    async with serving(quiet, database, authenticated=False, peer=(ATTACKER, 5000)) as attacker:
         form = {"grant_type": "client_credentials", "client_id": ADMIN_ID}
         for n in range(13):
             await attacker.post("/oauth/token", data={**form, "client_secret": f"guess-{n}"})

@@ -13,10 +13,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from fhir_fax.app import create_app
 from fhir_fax.auth.clients import Clients
 from fhir_fax.auth.tokens import TokenError, issue_token, signing_key, verify_token
 from fhir_fax.settings import Settings
+
+from helpers import serving
 
 ISSUER, AUDIENCE = "http://fhir.test", "http://fhir.test/fhir"
 
@@ -26,11 +27,7 @@ async def auth_api(settings: Settings, database: Any) -> AsyncIterator[httpx.Asy
     configured = settings.model_copy(
         update={"bootstrap_client_id": "admin", "bootstrap_client_secret": "admin-secret", "worker_enabled": False}
     )
-    app = create_app(configured, database=database)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fhir.test") as http,
-    ):
+    async with serving(configured, database, authenticated=False) as http:
         yield http
 
 
@@ -106,11 +103,7 @@ async def test_every_server_process_shares_the_failure_count(
     form = {"grant_type": "client_credentials", "client_id": "admin"}
     for n in range(10):
         assert (await auth_api.post("/oauth/token", data={**form, "client_secret": f"guess-{n}"})).status_code == 401
-    other = create_app(settings.model_copy(update={"worker_enabled": False}), database=database)
-    async with (
-        other.router.lifespan_context(other),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url="http://fhir.test") as second,
-    ):
+    async with serving(settings.model_copy(update={"worker_enabled": False}), database, authenticated=False) as second:
         refused = await second.post("/oauth/token", data={**form, "client_secret": "guess-10"})
     assert refused.status_code == 429
     assert refused.headers["retry-after"] == "60"

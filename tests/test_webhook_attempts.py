@@ -24,10 +24,8 @@ from fhir_fax.fax.terminology import PAGES_EXTENSION
 from fhir_fax.fax.worker import create_worker
 from fhir_fax.fhir.models import format_instant, now
 from fhir_fax.settings import Settings
-from fhir_fax.z3.locations import Z3Location
-from fhir_fax.z3.store import Z3Store
 
-from helpers import FIXTURES, MEDIA, SEED_SENDER, SENDER_NUMBER, serving
+from helpers import MEDIA, SEED_SENDER, serving_fax
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = base64.b64encode(KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
@@ -71,10 +69,7 @@ async def sent(fax_settings: Settings, database: Any) -> AsyncIterator[Sent]:
     settings = fax_settings.model_copy(
         update={"telnyx_public_key": PUBLIC, "worker_enabled": False, "simulator_speed": 1000.0}
     )
-    async with serving(settings, database) as http:
-        pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
-        await Z3Store(database).put(Z3Location("my-bucket", "path/to/document.pdf"), pdf, "application/pdf")
-        await http.post("/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER})
+    async with serving_fax(settings, database) as http:
         body = {"media": MEDIA, "quality": "standard", "recipientNumber": "+16175550143", "sender": SEED_SENDER}
         communication_id = (await http.post("/fax/v1/send", json=body)).json()["communicationResource"]["id"]
         assert await create_worker(settings, database).step() is True  # attempt 1 handed to the carrier

@@ -59,7 +59,7 @@ def parse_address(value: str) -> IPAddress | None:
 
 def caller_address(request: Any, trusted: TrustedProxies) -> str | None:
     """Who is calling: the peer, or (only when the peer is a trusted proxy) the address it forwarded for."""
-    peer = request.client.host if request.client else None
+    peer: str | None = request.client.host if request.client else None
     if peer is None or not trusted:
         return peer
     hop = parse_address(peer)

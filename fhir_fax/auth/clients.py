@@ -141,10 +141,12 @@ class Clients:
         return record if matches and record else None
 
     async def by_client_id(self, client_id: str) -> dict[str, Any] | None:
-        return await self.collection.find_one({"clientId": client_id})
+        record: dict[str, Any] | None = await self.collection.find_one({"clientId": client_id})
+        return record
 
     async def list(self) -> list[dict[str, Any]]:
-        return await self.collection.find({}).sort("created", 1).to_list(None)
+        records: list[dict[str, Any]] = await self.collection.find({}).sort("created", 1).to_list(None)
+        return records
 
     async def rotate_secret(self, record_id: str) -> str | None:
         secret = new_secret()
@@ -156,7 +158,8 @@ class Clients:
         return secret if result.matched_count else None
 
     async def get(self, record_id: str) -> dict[str, Any] | None:
-        return await self.collection.find_one({"_id": record_id})
+        record: dict[str, Any] | None = await self.collection.find_one({"_id": record_id})
+        return record
 
     async def update(self, record_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
         """Change name, description or access policy; the new policy applies to the next request."""
@@ -169,7 +172,8 @@ class Clients:
         return await self.get(record_id)
 
     async def delete(self, record_id: str) -> bool:
-        return (await self.collection.delete_one({"_id": record_id})).deleted_count == 1
+        deleted: int = (await self.collection.delete_one({"_id": record_id})).deleted_count
+        return deleted == 1
 
     async def ensure_bootstrap(self, client_id: str, secret: str) -> None:
         """The admin client of FHIR_FAX_BOOTSTRAP_CLIENT_ID/_SECRET: created, or reset to the configured secret."""

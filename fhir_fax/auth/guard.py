@@ -121,7 +121,7 @@ class Guard:
 
     async def principal(self, request: Request) -> Principal:
         cached = getattr(request.state, "principal", None)
-        if cached is not None:
+        if isinstance(cached, Principal):
             return cached
         if self.database is None:
             raise ServiceUnavailable("The server is starting; retry in a moment.")

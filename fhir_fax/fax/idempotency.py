@@ -35,7 +35,8 @@ class IdempotencyRecords:
                 "new fax, or repeat the original request unchanged.",
                 expression=["Idempotency-Key"],
             )
-        return record["response"]
+        response: dict[str, Any] = record["response"]
+        return response
 
     async def remember(self, key: str, fingerprint: str, response: dict[str, Any], *, session: Any) -> None:
         await self.collection.insert_one(

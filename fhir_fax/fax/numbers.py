@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -28,7 +29,8 @@ class FaxNumbers:
         return [doc["_id"] async for doc in self.collection.find({}, {"_id": 1}).sort("onboarded", 1)]
 
     async def is_onboarded(self, number: str) -> bool:
-        return await self.collection.count_documents({"_id": number}, limit=1) == 1
+        found: int = await self.collection.count_documents({"_id": number}, limit=1)
+        return found == 1
 
     async def onboard(self, number: str, carrier: str) -> bool:
         """Register ``number``; False when it was already onboarded."""
@@ -71,7 +73,7 @@ class FaxNumbers:
         await self.onboard(carrier_number, carrier)
         return carrier_number
 
-    async def offboard(self, number: str | None) -> list[str]:
+    async def offboard(self, number: str | None) -> builtins.list[str]:  # ``list`` here is the method above
         """Release ``number`` (or every number when None); returns what was released."""
         if number is None:
             released = await self.list()

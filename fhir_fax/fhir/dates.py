@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 from .errors import InvalidRequest
 
@@ -93,7 +94,7 @@ def _add(start: datetime, step: str) -> datetime:
     )
 
 
-def point_filter(field: str, value: DateRange, now: datetime) -> dict:
+def point_filter(field: str, value: DateRange, now: datetime) -> dict[str, Any]:
     """Mongo filter for an instant stored at ``field`` (a point in time, millisecond precision)."""
     start, end = value.start, value.end
     within = {field: {"$gte": start, "$lt": end}}

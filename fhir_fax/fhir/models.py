@@ -82,7 +82,8 @@ def validate_resource(data: Any, expected_type: str) -> dict[str, Any]:
         raise InvalidRequest(f"The {expected_type} is not valid: {error}") from None
     dumped = model.model_dump(mode="json", exclude_none=True)
     check_resource(expected_type, dumped)  # required bindings and the id format, which the models leave out
-    return keep_lexical_forms(dumped, data)
+    kept: dict[str, Any] = keep_lexical_forms(dumped, data)
+    return kept
 
 
 def _first_too_deep(data: Any, resource_type: str) -> str | None:

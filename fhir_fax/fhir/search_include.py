@@ -23,7 +23,8 @@ REVINCLUDE_LIMIT = 1000  # per _revinclude, so one page can never pull a whole c
 
 
 def _keys(document: dict[str, Any], parameter: str) -> list[dict[str, str]]:
-    return document.get(RESERVED, {}).get("keys", {}).get(parameter, [])
+    keys: list[dict[str, str]] = document.get(RESERVED, {}).get("keys", {}).get(parameter, [])
+    return keys
 
 
 async def _narrowed(include_filter: IncludeFilter, resource_type: str, clause: dict[str, Any]) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ index matching the default sort, so ``Communication?patient=X`` reads only what 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pymongo import DESCENDING
@@ -30,7 +31,7 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def references(element: str, only_type: str | None = None):
+def references(element: str, only_type: str | None = None) -> Callable[[dict[str, Any]], list[str]]:
     def extract(resource: dict[str, Any]) -> list[str]:
         found = [r.get("reference") for r in _list(resource.get(element)) if isinstance(r, dict)]
         return [r for r in found if r and (only_type is None or r.startswith(f"{only_type}/"))]
@@ -38,7 +39,7 @@ def references(element: str, only_type: str | None = None):
     return extract
 
 
-def codings(element: str):
+def codings(element: str) -> Callable[[dict[str, Any]], list[tuple[str | None, str | None]]]:
     def extract(resource: dict[str, Any]) -> list[tuple[str | None, str | None]]:
         return [
             (coding.get("system"), coding.get("code"))
@@ -57,7 +58,7 @@ def status(resource: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(EVENT_STATUS, resource.get("status"))]
 
 
-def date_of(element: str):
+def date_of(element: str) -> Callable[[dict[str, Any]], list[str]]:
     def extract(resource: dict[str, Any]) -> list[str]:
         return [resource[element]] if resource.get(element) else []
 
@@ -121,7 +122,7 @@ COMMUNICATION: tuple[SearchParameter, ...] = (
 )  # fmt: skip
 
 
-def entities(only_type: str | None = None):
+def entities(only_type: str | None = None) -> Callable[[dict[str, Any]], list[str]]:
     def extract(resource: dict[str, Any]) -> list[str]:
         found = [(e.get("what") or {}).get("reference") for e in _list(resource.get("entity"))]
         return [r for r in found if r and (only_type is None or r.startswith(f"{only_type}/"))]

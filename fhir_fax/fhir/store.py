@@ -242,7 +242,7 @@ class ResourceStore:
                 raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
             if current[RESERVED]["deleted"]:
                 return None
-            version = current[RESERVED]["version"] + 1
+            version: int = current[RESERVED]["version"] + 1
             moment = now()
             tombstone = {
                 "_id": resource_id,
@@ -273,7 +273,8 @@ class ResourceStore:
         result = await self.collection(resource_type).replace_one(
             {"_id": current["_id"], f"{RESERVED}.version": version}, document
         )
-        return result.matched_count == 1
+        matched: int = result.matched_count
+        return matched == 1
 
     async def modify(
         self,
@@ -314,7 +315,8 @@ class ResourceStore:
 
     async def find_current(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """The current stored document (including deleted markers), or None."""
-        return await self.collection(resource_type).find_one({"_id": resource_id})
+        document: dict[str, Any] | None = await self.collection(resource_type).find_one({"_id": resource_id})
+        return document
 
     async def vread(self, resource_type: str, resource_id: str, version_id: str) -> dict[str, Any]:
         version = ascii_int(version_id)
@@ -379,7 +381,8 @@ def _time_text(moment: datetime) -> str:
 
 def created_of(current: dict[str, Any]) -> str | None:
     """The creation key of a stored resource (None for one stored before keys existed: the next write sets it)."""
-    return current[RESERVED].get("created")
+    created: str | None = current[RESERVED].get("created")
+    return created
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:

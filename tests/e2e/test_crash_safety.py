@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pymongo import AsyncMongoClient
 
 from fhir_fax.fax.faults import CRASH_EXIT_CODE
 
+from helpers import eventually
 from processes import CLI, FaxServer
 
 SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
@@ -50,16 +50,18 @@ class Deployment:
         return subprocess.Popen([*CLI, "worker"], stdout=log, stderr=subprocess.STDOUT, env=env)
 
     async def wait_all_final(self, count: int, within: float = 60) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            jobs = await self.database.fax_jobs.find({}).to_list(None)
-            if len(jobs) == count and all(j["state"] == "done" for j in jobs):
-                unsynced = [j for j in jobs if not j.get("synced")]
-                if not unsynced:
-                    return jobs
-            await asyncio.sleep(0.1)
-        states = [(j["_id"], j["state"], j["status"]) for j in await self.database.fax_jobs.find({}).to_list(None)]
-        raise AssertionError(f"not all faxes finished: {states}")
+        """Every job done and its Communication written: read from the jobs, which outlive the crashed processes."""
+        seen: list[dict[str, Any]] = []
+
+        async def probe() -> list[dict[str, Any]] | None:
+            seen[:] = await self.database.fax_jobs.find({}).to_list(None)
+            finished = all(j["state"] == "done" and j.get("synced") for j in seen)
+            return seen if len(seen) == count and finished else None
+
+        def failure() -> str:
+            return f"not all faxes finished: {[(j['_id'], j['state'], j['status']) for j in seen]}"
+
+        return await eventually(probe, within=within, failure=failure)
 
     async def assert_each_attempt_submitted_once(self, jobs: list[dict[str, Any]]) -> None:
         for job in jobs:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import wait_final_at
 from processes import FaxServer
 
 SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
@@ -62,14 +62,7 @@ def test_faxes_reach_their_end_over_a_real_server(server: FaxServer) -> None:
                 "sender": SENDER,
             }
             sent[number] = http.post("/fax/v1/send", json=body).json()["communicationResource"]["id"]
-        deadline = time.monotonic() + 60
-        finals = {}
-        while len(finals) < len(sent) and time.monotonic() < deadline:
-            for number, communication_id in sent.items():
-                communication = http.get(f"/fhir/Communication/{communication_id}").json()
-                if communication["status"] in ("completed", "stopped"):
-                    finals[number] = communication
-            time.sleep(0.1)
+        finals = dict(zip(sent, wait_final_at(server.url, server.headers, list(sent.values())), strict=True))
         assert set(finals) == set(NUMBERS), "every fax finished"
         for number, (status, code) in NUMBERS.items():
             assert finals[number]["status"] == status, number

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import sys
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pymongo import AsyncMongoClient
 
+from helpers import eventually, wait_final
 from processes import FaxServer, ServerProcess
 
 EMULATOR = Path(__file__).resolve().parent.parent / "servers" / "telnyx_emulator.py"
@@ -65,15 +65,9 @@ class Setup:
             assert response.status_code == 200, response.text
             return response.json()["communicationResource"]["id"]
 
-    async def final(self, communication_id: str, within: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + within
+    async def final(self, communication_id: str) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=self.server.url, headers=self.server.headers) as http:
-            while time.monotonic() < deadline:
-                communication = (await http.get(f"/fhir/Communication/{communication_id}")).json()
-                if communication["status"] in ("completed", "stopped"):
-                    return communication
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"fax {communication_id} did not finish")
+            return await wait_final(http, communication_id)
 
     async def statuses(self, communication_id: str) -> list[str]:
         async with httpx.AsyncClient(base_url=self.server.url, headers=self.server.headers) as http:
@@ -184,10 +178,12 @@ def signed(body: bytes, *, key: Ed25519PrivateKey = PRIVATE, timestamp: int | No
 async def test_webhooks_that_are_unsigned_tampered_stale_or_foreign_are_refused(telnyx: Setup) -> None:
     await telnyx.control(drop_webhooks=True)
     communication_id = await telnyx.send("+16175550152")
-    job = None
-    while job is None or not job.get("carrier_ids"):
-        job = await telnyx.database.fax_jobs.find_one({"communication_id": communication_id})
-        await asyncio.sleep(0.05)
+
+    async def submitted() -> dict[str, Any] | None:
+        job: dict[str, Any] | None = await telnyx.database.fax_jobs.find_one({"communication_id": communication_id})
+        return job if job is not None and job.get("carrier_ids") else None
+
+    job = await eventually(submitted, within=30, failure=lambda: f"fax {communication_id} never reached Telnyx")
     state = base64.b64encode(f"{job['_id']}:1".encode()).decode()
     body = json.dumps(
         {"data": {"event_type": "fax.failed", "id": str(uuid.uuid4()), "occurred_at": "2026-11-24T10:00:00Z",
