@@ -9,6 +9,7 @@ from ..auth.discovery import rest_security
 from .context import FHIRContext
 from .interactions import READ_ONLY_TYPES
 from .models import FHIR_VERSION, SUPPORTED_TYPES, now
+from .search_types import Kind, ReferenceKind
 
 INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
 READ_INTERACTIONS = ("read", "vread", "history-instance", "history-type", "search-type")
@@ -65,7 +66,7 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
             f"{source}:{p.name}"
             for source in SUPPORTED_TYPES
             for p in context.registry.parameters(source).values()
-            if p.type == "reference" and (not getattr(p.kind, "targets", ()) or resource_type in p.kind.targets)
+            if p.type == "reference" and (not (targets := reference_targets(p.kind)) or resource_type in targets)
         ]
         if revincludes:
             entry["searchRevInclude"] = revincludes
@@ -95,3 +96,8 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def reference_targets(kind: Kind | None) -> tuple[str, ...]:
+    """The types a reference parameter may point at (empty: any)."""
+    return kind.targets if isinstance(kind, ReferenceKind) else ()

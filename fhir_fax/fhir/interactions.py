@@ -13,7 +13,7 @@ work is done) and the CapabilityStatement, so what the server says it offers and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import FHIRError, MethodNotAllowed
@@ -111,7 +111,7 @@ FORMATS = ("json", "application/json", "application/fhir+json")
 FHIR_MIME_VERSIONS = (FHIR_VERSION, FHIR_VERSION.rsplit(".", 1)[0])
 
 
-def fhir_segments(scope: dict[str, Any], fhir_path: str) -> list[str] | None:
+def fhir_segments(scope: Mapping[str, Any], fhir_path: str) -> list[str] | None:
     """The path segments after the FHIR base (``[]`` for the base itself), or None outside it."""
     path: str = scope.get("path", "")
     root = scope.get("root_path", "")
