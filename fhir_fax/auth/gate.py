@@ -41,13 +41,23 @@ Newest = Callable[[str], Awaitable[Any]]
 
 
 class Gate:
-    def __init__(self, guard: Guard, registry: SearchRegistry) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        registry: SearchRegistry,
+        *,
+        database: Any = None,
+        carriers: Carriers | None = None,
+        newest: Newest | None = None,
+        auditor: Any = None,
+    ) -> None:
+        """Built whole by the runtime (``fhir_fax.runtime``); without a database nothing is served."""
         self.guard = guard
         self.registry = registry
-        self.database: Any = None  # set when the module starts
-        self.carriers: Carriers | None = None
-        self.newest: Newest | None = None
-        self.auditor: Any = None  # fhir_fax.audit.Auditor
+        self.database = database
+        self.carriers = carriers
+        self.newest = newest
+        self.auditor = auditor  # fhir_fax.audit.Auditor
 
     # -- who, and may they at all ------------------------------------------------------------------------
 

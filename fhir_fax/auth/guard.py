@@ -111,10 +111,10 @@ def _unauthorized(message: str, error: str = "invalid_token") -> Unauthorized:
 
 
 class Guard:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, database: Any = None, auditor: Any = None) -> None:
         self.settings = settings
-        self.database: Any = None
-        self.auditor: Any = None  # fhir_fax.audit.Auditor, set when the module starts
+        self.database = database
+        self.auditor = auditor  # fhir_fax.audit.Auditor
         self.issuers = ExternalIssuers(settings.external_issuers)
         self.proxies = TrustedProxies.of(settings.trusted_proxies)
         self._key: SigningKey | None = None

@@ -11,12 +11,13 @@ its secret rotated or be deleted by it (that would hand its rights over, or take
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from ..fhir.context import FHIRContext, ServiceUnavailable
+from ..fhir.context import FHIRContext
 from ..fhir.errors import InvalidRequest, ResourceNotFound
 from ..fhir.http import read_json
 from ..sdk_http import SDKRoute
@@ -54,15 +55,16 @@ def _policy(value: Any, prefix: str = "") -> tuple[Rule, ...]:
         raise InvalidRequest(f"{prefix}{error}") from None
 
 
-def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
-    """``database_of()`` returns the running database (None before start-up)."""
+def m2m_router(fhir: FHIRContext, runtime: Callable[[], Any]) -> APIRouter:
+    """``runtime()`` is the running ``fhir_fax.runtime.Runtime`` (Unavailable, so 503, before start-up)."""
     router = APIRouter(route_class=SDKRoute.limited(fhir.settings.max_body_bytes), tags=["M2M clients"])
 
     def clients() -> Clients:
-        database = database_of()
-        if database is None:
-            raise ServiceUnavailable("The server is starting; retry in a moment.")
-        return Clients(database)
+        return Clients(runtime().database)
+
+    def gate() -> Gate:
+        found: Gate = runtime().gate
+        return found
 
     async def found(record_id: str) -> dict[str, Any]:
         record = await clients().get(record_id)
@@ -74,7 +76,7 @@ def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
     async def create(request: Request) -> JSONResponse:
         await fhir.authorize(request, "App:CreateM2MClient", "App:M2MClient")
         body = _fields(await read_json(request, fhir.settings.max_body_bytes), creating=True)
-        await gate.grant(request, "App:CreateM2MClient", "App:M2MClient", _policy(body["accessPolicy"]))
+        await gate().grant(request, "App:CreateM2MClient", "App:M2MClient", _policy(body["accessPolicy"]))
         try:
             record, _ = await clients().create(
                 body["name"], body["accessPolicy"], description=body.get("description"), jwks=body.get("jwks")
@@ -86,7 +88,7 @@ def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
     @router.get("/m2m", summary="List M2M clients")
     async def list_clients(request: Request) -> list[dict[str, Any]]:
         await fhir.authorize(request, "App:ListAllM2MClients", "App:M2MClient")
-        return [public(record) for record in await gate.listable(request, await clients().list())]
+        return [public(record) for record in await gate().listable(request, await clients().list())]
 
     @router.get("/m2m/me", summary="The calling M2M client")
     async def me(request: Request) -> dict[str, Any]:
@@ -108,7 +110,7 @@ def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
         current = await found(record_id)
         granted = _policy(body["accessPolicy"], "accessPolicy: ") if "accessPolicy" in body else None
         target = _policy(current["accessPolicy"])
-        await gate.grant(request, "App:UpdateM2MClient", f"App:M2MClient:{record_id}", granted, target)
+        await gate().grant(request, "App:UpdateM2MClient", f"App:M2MClient:{record_id}", granted, target)
         try:
             record = await clients().update(record_id, body)
         except PolicyError as error:
@@ -120,7 +122,7 @@ def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
     async def delete(request: Request, record_id: str) -> Response:
         await fhir.authorize(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}")
         target = _policy((await found(record_id))["accessPolicy"])
-        await gate.grant(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}", None, target)
+        await gate().grant(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}", None, target)
         if not await clients().delete(record_id):
             raise ResourceNotFound(f"There is no M2M client {record_id}.")
         return Response(status_code=204)
@@ -129,7 +131,7 @@ def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
     async def rotate(request: Request, record_id: str) -> dict[str, str]:
         await fhir.authorize(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}")
         target = _policy((await found(record_id))["accessPolicy"])
-        await gate.grant(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}", None, target)
+        await gate().grant(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}", None, target)
         secret = await clients().rotate_secret(record_id)
         if secret is None:
             raise ResourceNotFound(f"There is no M2M client {record_id}.")

@@ -6,7 +6,8 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from ..fhir.errors import FHIRError, ResourceNotFound, UnprocessableEntity
+from ..errors import Conflict
+from ..fhir.errors import ResourceNotFound, UnprocessableEntity
 from ..fhir.models import now
 from .phone import NumberProblem, check_fax_number
 
@@ -15,9 +16,8 @@ COLLECTION = "fax_numbers"
 SIMULATOR_RANGE = tuple(f"+1202555{n:04d}" for n in range(100, 200))
 
 
-class NoNumberAvailable(FHIRError):
-    status_code = 409
-    issue_code = "conflict"
+class NoNumberAvailable(Conflict):
+    """Every number the carrier offers is taken."""
 
 
 class FaxNumbers:

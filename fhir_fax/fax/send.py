@@ -19,7 +19,8 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..db import in_transaction
-from ..fhir.errors import FHIRError, Forbidden, InvalidRequest, UnprocessableEntity
+from ..errors import BadGateway, GatewayTimeout, Unavailable
+from ..fhir.errors import Forbidden, InvalidRequest, UnprocessableEntity
 from ..fhir.models import format_instant, now
 from ..fhir.store import ResourceStore
 from ..settings import Settings
@@ -36,19 +37,8 @@ from .telecom import fax_entries
 from .terminology import PAGES_EXTENSION, QUALITIES, fax_identifier, fax_medium, outbound_status_extension
 
 
-class BadGateway(FHIRError):
-    status_code = 502
-    issue_code = "transient"
-
-
-class GatewayTimeout(FHIRError):
-    status_code = 504
-    issue_code = "timeout"
-
-
-class StorageUnavailable(FHIRError):
-    status_code = 503
-    issue_code = "transient"
+class StorageUnavailable(Unavailable):
+    """The database could not take the write; retrying later may succeed."""
 
 
 @dataclass(frozen=True)

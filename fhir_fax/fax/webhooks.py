@@ -81,13 +81,13 @@ async def unmatched_attempt(outbox: Outbox, event: StatusEvent) -> str | None:
 
 def webhook_router(fax: Any) -> APIRouter:
     """``fax`` is the FaxAPI: its service and tracker are set while the module runs."""
-    limit = fax.fhir.settings.webhook_max_body_bytes  # read before the signature is checked: kept small
+    limit = fax.settings.webhook_max_body_bytes  # read before the signature is checked: kept small
     router = APIRouter(route_class=SDKRoute.limited(limit), tags=["Carrier webhooks"])
 
     @router.post("/telnyx", summary="Telnyx fax webhooks (Ed25519-signed)")
     async def telnyx(request: Request) -> dict[str, str]:
         raw = await request.body()
-        settings = fax.fhir.settings
+        settings = fax.settings
         problem = telnyx_signature_problem(
             settings.telnyx_public_key,
             raw,

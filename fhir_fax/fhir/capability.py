@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import __version__
 from .context import FHIRContext
 from .models import FHIR_VERSION, SUPPORTED_TYPES, now
 
@@ -47,9 +46,9 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
         ]
         if revincludes:
             entry["searchRevInclude"] = revincludes
-        operations = [op for op in context.operations if op.resource_type == resource_type]
+        operations = context.operations.capability_entries(resource_type)
         if operations:
-            entry["operation"] = [{"name": op.name, "definition": op.definition} for op in operations]
+            entry["operation"] = operations
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",
@@ -57,7 +56,7 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
         "date": now().date().isoformat(),
         "publisher": "fhir-fax",
         "kind": "instance",
-        "software": {"name": "fhir-fax", "version": __version__},
+        "software": {"name": context.settings.software_name, "version": context.settings.software_version},
         "implementation": {"description": "fhir-fax FHIR server", "url": base_url},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],

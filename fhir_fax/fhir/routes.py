@@ -14,6 +14,7 @@ from .errors import InvalidRequest, PreconditionFailed, ResourceNotFound
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
 from .inputs import ascii_int
 from .models import format_instant, is_supported, validate_resource
+from .operations import build_operation_router
 from .search import merge_clauses, parse_search
 from .search_results import execute_search
 from .store import RESERVED, Version, public
@@ -59,9 +60,10 @@ async def include_nothing(_resource_type: str) -> None:
 
 
 def build_fhir_router(context: FHIRContext) -> APIRouter:
-    """The generic REST API; fax operations are mounted on their own router before this one."""
+    """The generic REST API and every operation registered on ``context.operations``."""
     settings = context.settings
     router = APIRouter(route_class=FHIRRoute.limited(settings.max_body_bytes), tags=["FHIR"])
+    router.include_router(build_operation_router(context))  # POST .../$name: no route of the REST API matches
 
     def version_location(request: Request, resource: dict[str, Any]) -> str:
         return (

@@ -10,6 +10,7 @@ bearer token, expire, and are bound to one object and one action. ``{"action": "
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -17,7 +18,7 @@ from bson import ObjectId
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..fhir.context import FHIRContext, ServiceUnavailable
+from ..fhir.context import FHIRContext
 from ..fhir.errors import Conflict, Forbidden, InvalidRequest, PayloadTooLarge, ResourceNotFound, Unauthorized
 from ..fhir.inputs import ascii_int
 from ..sdk_http import SDKRoute
@@ -54,15 +55,20 @@ def attachment(key: str) -> str:
 
 
 class Z3API:
-    def __init__(self, settings: Settings, fhir: FHIRContext) -> None:
+    """The Z3 routes; storage is the running runtime's (``runtime()`` answers 503 before start-up)."""
+
+    def __init__(self, settings: Settings, fhir: FHIRContext, runtime: Callable[[], Any]) -> None:
         self.settings = settings
         self.fhir = fhir  # for access control
-        self.database: Any = None
+        self.runtime = runtime
+
+    @property
+    def database(self) -> Any:
+        return self.runtime().database
 
     def require_store(self) -> Z3Store:
-        if self.database is None:
-            raise ServiceUnavailable("Z3 storage is not running yet; retry in a moment.")
-        return Z3Store(self.database)
+        store: Z3Store = self.runtime().z3
+        return store
 
     def project_api(self, request: Request) -> str:
         return self.settings.public_base(str(request.base_url)) + self.settings.project_api_path

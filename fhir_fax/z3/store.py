@@ -26,7 +26,7 @@ from gridfs import AsyncGridFSBucket
 from gridfs.errors import CorruptGridFile, NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
-from ..fhir.errors import Conflict, ResourceNotFound
+from ..errors import Conflict, NotFound
 from ..fhir.models import now
 from .locations import Z3Location
 from .signing import USED_UPLOAD_URLS
@@ -86,7 +86,7 @@ class Z3Store:
     async def delete_bucket(self, bucket: str) -> None:
         """Delete an empty bucket; 404 when unknown, 409 when it still holds objects."""
         if not await self.bucket_exists(bucket):
-            raise ResourceNotFound(f"There is no bucket {bucket!r}.")
+            raise NotFound(f"There is no bucket {bucket!r}.")
         if await self.files.count_documents({"filename": {"$gte": f"{bucket}/", "$lt": f"{bucket}0"}}, limit=1):
             raise Conflict(f"The bucket {bucket!r} is not empty; delete its objects first.")
         await self.database[BUCKETS].delete_one({"_id": bucket})
