@@ -15,16 +15,18 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..fixtures import FIXTURES_DIR, load_fixtures
-from ..runtime import Runtime
 from ..z3.locations import Z3Location
 from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
 from .operation import SendFaxRequest
 from .send import Caller
 from .status import ATTEMPT_EXTENSION
 from .terminology import OUTBOUND_STATUS_EXTENSION
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 Printer = Callable[[str], None]
 FIXTURE_SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
