@@ -84,7 +84,7 @@ class Z3Store:
         return await self.database[BUCKETS].find({}).sort("_id", 1).to_list(None)
 
     async def delete_bucket(self, bucket: str) -> None:
-        """Delete an empty bucket; 404 when unknown, 409 when it still holds objects."""
+        """Delete an empty bucket; NotFound when unknown, Conflict when it still holds objects."""
         if not await self.bucket_exists(bucket):
             raise NotFound(f"There is no bucket {bucket!r}.")
         if await self.files.count_documents({"filename": {"$gte": f"{bucket}/", "$lt": f"{bucket}0"}}, limit=1):
