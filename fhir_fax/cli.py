@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from .fhir.errors import FHIRError
+from .errors import DomainError
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def numbers(args: argparse.Namespace) -> int:
 
     try:
         result = _with_runtime(settings, work)
-    except FHIRError as error:
+    except DomainError as error:
         print(f"fhir-fax: {error.diagnostics}", file=sys.stderr)
         return 1
     verb = {"onboard": "onboarded", "offboard": "offboarded", "list": "onboarded"}[args.action]
@@ -265,7 +265,7 @@ def send(args: argparse.Namespace) -> int:
 
     try:
         final = _with_runtime(settings, work)
-    except (FHIRError, DocumentProblem, OSError) as error:
+    except (DomainError, DocumentProblem, OSError) as error:
         print(f"fhir-fax: {getattr(error, 'diagnostics', error)}", file=sys.stderr)
         return 2
     return 0 if final == "DELIVERED" else 1

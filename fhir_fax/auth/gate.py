@@ -24,8 +24,8 @@ from typing import Any
 
 from fastapi import Request
 
+from ..errors import Forbidden
 from ..fhir.compartments import compartment_filter, in_compartment
-from ..fhir.errors import Forbidden
 from ..fhir.search import SearchRegistry, merge_clauses
 from ..fhir.store import RESERVED, public
 from .guard import Guard, Principal

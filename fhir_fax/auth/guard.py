@@ -19,9 +19,8 @@ from typing import Any
 import jwt
 from fastapi import Request
 
+from ..errors import Forbidden, Unauthorized, Unavailable
 from ..fhir.compartments import LIMITED_TYPES
-from ..fhir.context import ServiceUnavailable
-from ..fhir.errors import Forbidden, Unauthorized
 from ..settings import Settings
 from .addresses import TrustedProxies, caller_address
 from .clients import Clients
@@ -124,7 +123,7 @@ class Guard:
         if cached is not None:
             return cached
         if self.database is None:
-            raise ServiceUnavailable("The server is starting; retry in a moment.")
+            raise Unavailable("The server is starting; retry in a moment.")
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer ") or not header[7:].strip():
             await self._audit_refusal(request, "anonymous", "no bearer token")
@@ -148,7 +147,7 @@ class Guard:
                     "get a token from POST /oauth/token or from a configured issuer."
                 )
         except IssuerUnavailable as error:
-            raise ServiceUnavailable(str(error)) from None
+            raise Unavailable(str(error)) from None
         except (TokenError, PolicyError, ScopeError, KeyError) as error:
             await self._audit_refusal(request, "anonymous", str(error) or "invalid token")
             raise _unauthorized(str(error) or "The bearer token is not valid.") from None

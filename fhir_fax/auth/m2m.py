@@ -17,8 +17,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from ..errors import Invalid, NotFound
 from ..fhir.context import FHIRContext
-from ..fhir.errors import InvalidRequest, ResourceNotFound
 from ..fhir.http import read_json
 from ..sdk_http import SDKRoute
 from .clients import Clients, public
@@ -30,21 +30,19 @@ EDITABLE = {"name", "description", "accessPolicy", "jwks"}
 
 def _fields(body: Any, *, creating: bool) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object with name, description and accessPolicy.")
+        raise Invalid("The body must be a JSON object with name, description and accessPolicy.")
     unknown = set(body) - EDITABLE
     if unknown:
-        raise InvalidRequest(
-            f"Unknown fields: {', '.join(sorted(unknown))}; a client has {', '.join(sorted(EDITABLE))}."
-        )
+        raise Invalid(f"Unknown fields: {', '.join(sorted(unknown))}; a client has {', '.join(sorted(EDITABLE))}.")
     if creating and not body.get("name"):
-        raise InvalidRequest("name is required.")
+        raise Invalid("name is required.")
     if creating and "accessPolicy" not in body:
-        raise InvalidRequest(
+        raise Invalid(
             "accessPolicy is required, e.g. "
             '{"rule": [{"resource": "Fax:Fax:*", "action": "Fax:Send", "effect": "Allow"}]}.'
         )
     if "name" in body and not isinstance(body["name"], str):
-        raise InvalidRequest("name must be a string.")
+        raise Invalid("name must be a string.")
     return body
 
 
@@ -52,7 +50,7 @@ def _policy(value: Any, prefix: str = "") -> tuple[Rule, ...]:
     try:
         return parse_policy(value)
     except PolicyError as error:
-        raise InvalidRequest(f"{prefix}{error}") from None
+        raise Invalid(f"{prefix}{error}") from None
 
 
 def m2m_router(fhir: FHIRContext, runtime: Callable[[], Any]) -> APIRouter:
@@ -69,7 +67,7 @@ def m2m_router(fhir: FHIRContext, runtime: Callable[[], Any]) -> APIRouter:
     async def found(record_id: str) -> dict[str, Any]:
         record = await clients().get(record_id)
         if record is None:
-            raise ResourceNotFound(f"There is no M2M client {record_id}.")
+            raise NotFound(f"There is no M2M client {record_id}.")
         return record
 
     @router.post("/m2m", summary="Create an M2M client", status_code=201)
@@ -82,7 +80,7 @@ def m2m_router(fhir: FHIRContext, runtime: Callable[[], Any]) -> APIRouter:
                 body["name"], body["accessPolicy"], description=body.get("description"), jwks=body.get("jwks")
             )
         except PolicyError as error:
-            raise InvalidRequest(str(error)) from None
+            raise Invalid(str(error)) from None
         return JSONResponse(public(record), status_code=201)
 
     @router.get("/m2m", summary="List M2M clients")
@@ -95,7 +93,7 @@ def m2m_router(fhir: FHIRContext, runtime: Callable[[], Any]) -> APIRouter:
         await fhir.authenticate(request)
         record = await clients().by_client_id(request.state.principal.client_id)
         if record is None:
-            raise ResourceNotFound("The calling client no longer exists.")
+            raise NotFound("The calling client no longer exists.")
         return public(record)
 
     @router.get("/m2m/{record_id}", summary="Get an M2M client")
@@ -114,7 +112,7 @@ def m2m_router(fhir: FHIRContext, runtime: Callable[[], Any]) -> APIRouter:
         try:
             record = await clients().update(record_id, body)
         except PolicyError as error:
-            raise InvalidRequest(f"accessPolicy: {error}") from None
+            raise Invalid(f"accessPolicy: {error}") from None
         assert record is not None
         return public(record)
 
@@ -124,7 +122,7 @@ def m2m_router(fhir: FHIRContext, runtime: Callable[[], Any]) -> APIRouter:
         target = _policy((await found(record_id))["accessPolicy"])
         await gate().grant(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}", None, target)
         if not await clients().delete(record_id):
-            raise ResourceNotFound(f"There is no M2M client {record_id}.")
+            raise NotFound(f"There is no M2M client {record_id}.")
         return Response(status_code=204)
 
     @router.post("/m2m/{record_id}/rotate-secret", summary="Give an M2M client a new secret")
@@ -134,7 +132,7 @@ def m2m_router(fhir: FHIRContext, runtime: Callable[[], Any]) -> APIRouter:
         await gate().grant(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}", None, target)
         secret = await clients().rotate_secret(record_id)
         if secret is None:
-            raise ResourceNotFound(f"There is no M2M client {record_id}.")
+            raise NotFound(f"There is no M2M client {record_id}.")
         return {"secret": secret}
 
     return router

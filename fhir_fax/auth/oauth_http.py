@@ -9,14 +9,15 @@ from __future__ import annotations
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
-from ..fhir.errors import FHIRError, oauth_of, status_of
+from ..errors import DomainError
+from ..fhir.errors import oauth_of, status_of
 from ..fhir.http import ErrorRenderingRoute
 
 
 class OAuthRoute(ErrorRenderingRoute):
     """Errors as ``{"error": ..., "error_description": ...}`` (RFC 6749 section 5.2), never cached."""
 
-    def render_error(self, error: FHIRError) -> Response:
+    def render_error(self, error: DomainError) -> Response:
         return JSONResponse(
             {"error": oauth_of(error), "error_description": error.diagnostics},
             status_code=status_of(error),

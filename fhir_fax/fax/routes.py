@@ -16,8 +16,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..auth.addresses import TrustedProxies, caller_address
+from ..errors import Invalid
 from ..fhir.context import FHIRContext
-from ..fhir.errors import InvalidRequest
 from ..fhir.http import read_json
 from ..sdk_http import SDKRoute
 from ..settings import Settings
@@ -55,7 +55,7 @@ class FaxAPI:
         settings = self.settings
         key = request.headers.get("idempotency-key", request.headers.get("x-oystehr-request-id"))
         if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable()):
-            raise InvalidRequest(
+            raise Invalid(
                 f"The idempotency key must be 1-{MAX_KEY_LENGTH} printable characters (a UUID is ideal).",
                 expression=["Idempotency-Key"],
             )
@@ -136,13 +136,13 @@ class FaxAPI:
         try:
             body = json.loads(raw)
         except ValueError:
-            raise InvalidRequest('The body must be JSON: {} or {"faxNumber": "+12223334444"}.') from None
+            raise Invalid('The body must be JSON: {} or {"faxNumber": "+12223334444"}.') from None
         if not isinstance(body, dict) or set(body) - {"faxNumber"}:
-            raise InvalidRequest('The body may only hold "faxNumber", e.g. {"faxNumber": "+12223334444"}.')
+            raise Invalid('The body may only hold "faxNumber", e.g. {"faxNumber": "+12223334444"}.')
         number = body.get("faxNumber")
         if number is None:
             return None
         try:
             return check_fax_number(number, require_valid=self.settings.require_valid_numbers)
         except NumberProblem as problem:
-            raise InvalidRequest(f"faxNumber: {problem}", expression=["faxNumber"]) from None
+            raise Invalid(f"faxNumber: {problem}", expression=["faxNumber"]) from None
