@@ -31,7 +31,7 @@ ECHO_DEFINITION: dict[str, Any] = {
     "kind": "operation",
     "code": "echo",
     "resource": ["Communication"],
-    "system": False,
+    "system": True,
     "type": True,
     "instance": True,
     "parameter": [
@@ -78,7 +78,7 @@ def parameters(*items: dict[str, Any]) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": list(items)}
 
 
-async def test_a_registered_operation_is_routed_at_the_type_and_instance_levels(api: httpx.AsyncClient) -> None:
+async def test_a_registered_operation_is_routed_at_every_level_it_declares(api: httpx.AsyncClient) -> None:
     body = parameters(
         {"name": "message", "valueString": "hello"},
         {"name": "times", "valueInteger": 3},
@@ -100,12 +100,19 @@ async def test_a_registered_operation_is_routed_at_the_type_and_instance_levels(
     assert response.status_code == 200, response.text
     assert (calls[1].resource_id, calls[1].inputs["tag"], calls[1].inputs["times"]) == ("c-1", [], None)
 
+    response = await api.post("/fhir/$echo", json=parameters(body["parameter"][0]), headers=FHIR_JSON)
+    assert response.status_code == 200, response.text
+    assert (calls[2].resource_type, calls[2].resource_id) == (None, None)
+
 
 async def test_a_registered_operation_is_listed_and_stored(api: httpx.AsyncClient) -> None:
     statement = (await api.get("/fhir/metadata")).json()
     communication = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Communication")
     assert {"name": "echo", "definition": "urn:test:OperationDefinition:echo"} in communication["operation"]
     assert {"name": "send-fax", "definition": "urn:fhir-fax:OperationDefinition:send-fax"} in communication["operation"]
+    assert statement["rest"][0]["operation"] == [{"name": "echo", "definition": "urn:test:OperationDefinition:echo"}]
+    patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+    assert "operation" not in patient
     stored = await api.get("/fhir/OperationDefinition/echo")
     assert stored.status_code == 200
     assert stored.json()["url"] == "urn:test:OperationDefinition:echo"

@@ -65,6 +65,7 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
                 "mode": "server",
                 "resource": resources,
                 "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
+                **({"operation": system} if (system := context.operations.capability_entries(None)) else {}),
             }
         ],
     }
