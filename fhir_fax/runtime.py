@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from . import __version__
@@ -82,7 +83,6 @@ class Runtime:
     gate: Gate
     z3: Z3Store
     resolver: ReferenceResolver
-    transport: Transport
     service: FaxService
     tracker: Tracker
     definitions: list[dict[str, Any]] = field(default_factory=list)  # OperationDefinitions stored at start
@@ -123,11 +123,15 @@ class Runtime:
             gate=gate,
             z3=z3,
             resolver=resolver,
-            transport=make_transport(settings, database),  # the one place a carrier is made
             service=service,
             tracker=tracker,
             definitions=list(definitions),
         )
+
+    @cached_property
+    def transport(self) -> Transport:
+        """The carrier, made on first use (a server without a worker needs no carrier credentials)."""
+        return make_transport(self.settings, self.database)  # the one place a carrier is made
 
     @property
     def outbox(self) -> Outbox:

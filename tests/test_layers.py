@@ -46,7 +46,7 @@ def package_imports(folder: str) -> dict[str, set[str]]:
 
 
 def test_the_scan_sees_relative_and_absolute_imports() -> None:
-    assert "fhir_fax.fhir.errors" in package_imports("z3")["fhir_fax.z3.routes"]
+    assert "fhir_fax.fhir.context" in package_imports("z3")["fhir_fax.z3.routes"]
     assert "fhir_fax.settings" in package_imports("fax")["fhir_fax.fax.send"]
     assert "fhir_fax.__version__" in package_imports("runtime")["fhir_fax.runtime"]
 
