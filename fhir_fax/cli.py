@@ -8,7 +8,7 @@ import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import DomainError
 from .settings import Settings
@@ -155,9 +155,9 @@ def z3(args: argparse.Namespace) -> int:
         if args.action == "put":
             from .fax.documents import sniff_type
 
-            data = await asyncio.to_thread(path.read_bytes)
-            await store.put(location, data, sniff_type(data) or "application/octet-stream")
-            return f"stored {path} ({len(data)} bytes) at {location}"
+            upload = await asyncio.to_thread(path.read_bytes)
+            await store.put(location, upload, sniff_type(upload) or "application/octet-stream")
+            return f"stored {path} ({len(upload)} bytes) at {location}"
         data = await store.read(location)
         if data is None:
             raise FileNotFoundError(f"there is no object at {location}")
@@ -180,7 +180,7 @@ def clients(args: argparse.Namespace) -> int:
     from .auth.policies import PolicyError
 
     settings = _settings(args)
-    policy = None
+    policy: Any = None
     if args.action == "create":
         try:
             policy = json_module.loads(Path(args.policy).read_text())
@@ -192,8 +192,8 @@ def clients(args: argparse.Namespace) -> int:
         registry = Clients(runtime.database)
         await registry.ensure_indexes()
         if args.action == "create":
-            record, secret = await registry.create(args.name, policy, description=args.description)
-            return [json_module.dumps({**public(record), "secret": secret}, indent=2)]
+            record, created_secret = await registry.create(args.name, policy, description=args.description)
+            return [json_module.dumps({**public(record), "secret": created_secret}, indent=2)]
         if args.action == "list":
             return [f"{r['_id']}  {r['clientId']}  {r['name']}" for r in await registry.list()] or ["no clients"]
         if args.action == "rotate-secret":
@@ -372,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(Settings().log_format)
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
 
 
 if __name__ == "__main__":

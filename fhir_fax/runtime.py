@@ -110,8 +110,8 @@ class Runtime:
         )
         z3 = Z3Store(database)
         resolver = reference_resolver(settings, store)
-        service = FaxService(settings, database, store, resolver, Z3MediaChecker(z3, settings.max_pages))
-        service.auditor = auditor
+        media = Z3MediaChecker(z3, settings.max_pages)
+        service = FaxService(settings, database, store, resolver, media, auditor=auditor)
         tracker = Tracker(settings, store, service.outbox, auditor)
         return cls(
             settings=settings,

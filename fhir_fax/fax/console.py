@@ -35,7 +35,7 @@ FIXTURE_SENDER_NUMBER = "+12223334444"
 
 def _status(communication: dict[str, Any]) -> str:
     extension = next(e for e in communication["extension"] if e["url"] == OUTBOUND_STATUS_EXTENSION)
-    return extension["valueCodeableConcept"]["coding"][0]["code"]
+    return str(extension["valueCodeableConcept"]["coding"][0]["code"])
 
 
 def _attempt(communication: dict[str, Any]) -> int:

@@ -60,7 +60,7 @@ class FaxAPI:
                 expression=["Idempotency-Key"],
             )
         public = settings.public_base(str(request.base_url))
-        fhir_bases = (self.fhir.base_url(request),)
+        fhir_bases: tuple[str, ...] = (self.fhir.base_url(request),)
         if settings.reference_fhir_base:
             fhir_bases += (settings.reference_fhir_base,)
 

@@ -93,6 +93,8 @@ class FaxService:
         store: ResourceStore,
         resolver: ReferenceResolver,
         media: MediaChecker,
+        *,
+        auditor: Any = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -103,7 +105,7 @@ class FaxService:
         self.outbox = Outbox(database)
         self.idempotency = IdempotencyRecords(database, settings.idempotency_ttl_seconds)
         self.z3 = Z3Store(database)
-        self.auditor: Any = None  # fhir_fax.audit.Auditor, when the module runs one
+        self.auditor = auditor  # fhir_fax.audit.Auditor: every runtime has one (see fhir_fax.runtime)
 
     async def ensure_indexes(self) -> None:
         await self.outbox.ensure_indexes()
