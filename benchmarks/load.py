@@ -44,8 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pymongo import AsyncMongoClient
 
 from fhir_fax.embedded import EmbeddedDatabase, free_port
-from fhir_fax.fax.outbox import position
-from fhir_fax.fax.status import RANK
+from fhir_fax.fax.jobs import OutboundStatus, Position
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
@@ -57,7 +56,7 @@ PDF = HERE.parent / "fixtures" / "referral-letter.pdf"
 ADMIN = ("bench-admin", "bench-admin-secret")
 SENDER_NUMBER = "+12223334444"
 DATABASE = "bench"
-QUEUED_FIRST_ATTEMPT = position(1, RANK["QUEUED"])  # jobs whose carrier events have not come yet
+QUEUED_FIRST_ATTEMPT = Position.of(1, OutboundStatus.QUEUED).key  # jobs whose carrier events have not come yet
 
 # name, what it measures, the baseline it is compared with
 SCENARIOS: list[tuple[str, str, str | None]] = [

@@ -62,11 +62,11 @@ class FaxModule:
         prefix = self.settings.fhir_path
         app.include_router(self.auth.router())  # token endpoint, JWKS, SMART configuration
         app.include_router(build_fhir_router(self.fhir), prefix=prefix)  # REST interactions and operations
-        app.include_router(build_fallback_router(), prefix=prefix)
+        app.include_router(build_fallback_router(self.fhir), prefix=prefix)
         app.include_router(self.fax.sdk_router(), prefix=self.settings.fax_api_path)
         app.include_router(self.z3.router(), prefix=self.settings.project_api_path)
         app.include_router(m2m_router(self.fhir, self.slot), prefix=self.settings.project_api_path)
-        app.include_router(webhook_router(self.fax), prefix="/fax/webhooks")
+        app.include_router(webhook_router(self.fax))  # at /fax/webhooks/{carrier}
         previous = app.router.lifespan_context
 
         @asynccontextmanager

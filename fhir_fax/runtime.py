@@ -51,6 +51,8 @@ def fhir_settings(settings: Settings) -> FHIRSettings:
         max_body_bytes=settings.max_body_bytes,
         search_default_count=settings.search_default_count,
         search_max_count=settings.search_max_count,
+        search_snapshot_max=settings.search_snapshot_max,
+        search_snapshot_seconds=settings.search_snapshot_seconds,
         software_version=__version__,
     )
 

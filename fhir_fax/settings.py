@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     )
     search_default_count: int = Field(default=20, ge=1)
     search_max_count: int = Field(default=500, ge=1)
+    search_snapshot_max: int = Field(
+        default=10_000, ge=1, description="Most matches a search sorted on a changing value (e.g. status) can page."
+    )
+    search_snapshot_seconds: int = Field(
+        default=1800, ge=60, description="How long the pages of such a search stay available after its first page."
+    )
 
     # Fax API
     fax_api_path: str = Field(default="/fax/v1", description="Where the SDK-compatible fax API is mounted.")

@@ -21,7 +21,7 @@ PUBLIC = {
     ("GET", "/fhir/.well-known/smart-configuration"): "SMART configuration",
     ("GET", "/.well-known/jwks.json"): "our public keys",
     ("POST", "/oauth/token"): "the token endpoint (client credentials are its check)",
-    ("POST", "/fax/webhooks/telnyx"): "carrier webhooks: verified by signature (test_webhooks)",
+    ("POST", "/fax/webhooks/{carrier}"): "carrier webhooks: verified by signature (test_webhooks, test_carriers)",
     ("GET", "/healthz"): "liveness",
     ("PUT", "/v1/z3/{bucket}/{key}"): "upload to a signed URL: its signature is the permission (test_z3_urls)",
     ("GET", "/openapi.json"): "the API description",
@@ -29,8 +29,9 @@ PUBLIC = {
     ("GET", "/docs/oauth2-redirect"): "the API description",
     ("GET", "/redoc"): "the API description",
     **{
-        (method, "/fhir/{path}"): "answers 404 to paths no interaction serves; touches nothing"
+        (method, path): "answers 405 (not offered) or 404 (no such path); touches nothing"
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        for path in ("/fhir", "/fhir/{path}")
     },
 }
 # Signed Z3 downloads need no token either: GET /v1/z3/{bucket}/{key} without a signature lists objects.
@@ -45,6 +46,7 @@ EXAMPLE_PATH_VALUES = {
     "communication_id": "c1",
     "path": "Patient/p1/x/y/z",
     "record_id": "client-1",
+    "carrier": "telnyx",
 }
 NOTHING_USEFUL = {"rule": [{"resource": "Nothing:*", "action": "Nothing:Do", "effect": "Allow"}]}
 

@@ -14,7 +14,7 @@ import io
 import struct
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from fhir_fax.fax.render import render_fax
-from fhir_fax.fax.transports.base import Submission
+from fhir_fax.fax.transports.base import Capabilities, Submission
 from fhir_fax.fax.worker import Worker, create_worker
 from fhir_fax.settings import Settings
 from fhir_fax.z3.locations import Z3Location
@@ -84,6 +84,11 @@ class Recording:
     @property
     def name(self) -> str:
         return self.inner.name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The carrier's own, except whether it takes the fax-line rendering (the test chooses)."""
+        return replace(self.inner.capabilities, takes_tiff=self.takes_tiff)
 
     async def start(self, sink: Any) -> None:
         await self.inner.start(sink)

@@ -104,6 +104,12 @@ async def test_a_registered_operation_is_routed_at_every_level_it_declares(api: 
     assert response.status_code == 200, response.text
     assert (calls[2].resource_type, calls[2].resource_id) == (None, None)
 
+    for path in ("/fhir/Communication/$echo", "/fhir/Communication/c-1/$echo"):  # offered with POST only
+        refused = await api.get(path)
+        assert (refused.status_code, refused.headers["allow"]) == (405, "POST"), path
+    assert (await api.post("/fhir/Patient/p-1/$echo", json=parameters(), headers=FHIR_JSON)).status_code == 405
+    assert len(calls) == 3
+
 
 async def test_a_registered_operation_is_listed_and_stored(api: httpx.AsyncClient) -> None:
     statement = (await api.get("/fhir/metadata")).json()

@@ -13,14 +13,14 @@ from typing import Any
 
 from ..z3.locations import parse_z3_url
 from ..z3.store import Z3Store
-from .outbox import COLLECTION
+from .outbox import COLLECTION, Outbox
 
 FIELDS = ("media", "rendered")
 
 
 async def ensure_indexes(database: Any) -> None:
-    for name in FIELDS:
-        await database[COLLECTION].create_index(name, name=f"carries_{name}")
+    """The indexes the queries below use; the outbox owns every index and write of its collection."""
+    await Outbox(database).ensure_indexes()
 
 
 def carriers_of(database: Any) -> Any:

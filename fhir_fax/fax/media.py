@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from ..z3.locations import Z3Location, Z3UrlError, parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, inspect, run_pdfium
+from .jobs import Job
 
 
 class MediaProblem(ValueError):
@@ -104,27 +105,27 @@ def media_fields(media: MediaInfo) -> dict[str, Any]:
     }
 
 
-async def pinned_document(store: Z3Store, job: dict[str, Any]) -> bytes:
+async def pinned_document(store: Z3Store, job: Job) -> bytes:
     """The exact bytes the send checked; DocumentProblem (the fax stops with this reason) when they are gone.
 
     Jobs queued before versions were pinned have no ``media_version``; they read the key's newest version.
     """
-    version = job.get("media_version")
+    version = job.media_version
     if version is None:
-        data = await store.read(parse_z3_url(job["media"], ()))
+        data = await store.read(parse_z3_url(job.media, ()))
         if data is None:
-            raise DocumentProblem(f"Document generation error: {job['media']} was deleted before the fax was sent.")
+            raise DocumentProblem(f"Document generation error: {job.media} was deleted before the fax was sent.")
         return data
     data = await store.read_version(version)
     if data is None:
         raise DocumentProblem(
-            f"Document generation error: {job['media']} was checked when the fax was sent, but that version "
+            f"Document generation error: {job.media} was checked when the fax was sent, but that version "
             "is no longer stored; send the document again."
         )
-    expected = job.get("media_sha1")
+    expected = job.media_sha1
     if expected and base64.b64encode(hashlib.sha1(data).digest()).decode() != expected:
         raise DocumentProblem(
-            f"Document generation error: the stored copy of {job['media']} does not match the hash checked when "
+            f"Document generation error: the stored copy of {job.media} does not match the hash checked when "
             "the fax was sent; it was not faxed. Send the document again."
         )
     return data

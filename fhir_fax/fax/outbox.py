@@ -10,8 +10,10 @@ A job is the promise to deliver one Communication's fax. Its ``state`` says whos
   by webhook, or by polling when none has arrived for a while.
 - ``done``: delivered or stopped for good.
 
-Every transition is a compare-and-set on the job document (the only coordination between
-workers, wherever they run, is the database), and only ever moves ``(attempt, rank)`` forward.
+The Outbox is the only writer of ``fax_jobs`` (creation, every transition, the rendering it made, the
+back-off) and hands out jobs as ``jobs.Job`` read models, never as raw documents. Every transition is a
+compare-and-set on the job document (the only coordination between workers, wherever they run, is the
+database), and only ever moves ``(attempt, rank)`` (``jobs.Position``) forward.
 
 A job that could not be handled (its Communication no longer validates, a field is missing, the
 carrier's poll failed) is set aside: ``repair`` records the error, how many times it happened and
@@ -21,6 +23,8 @@ job before its ``repair.after``, so one bad record is retried slowly and never c
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,16 +32,17 @@ from typing import Any
 from pymongo import ASCENDING
 
 from ..fhir.models import now
-from .status import RANK
+from .jobs import Job, JobState, OutboundStatus, Position, UnreadableJob
 
 COLLECTION = "fax_jobs"
 REPAIR_FIRST_DELAY = 5.0  # seconds before a job set aside is tried again; doubles each time
 REPAIR_MAX_DELAY = 600.0
+log = logging.getLogger("fhir_fax.outbox")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FaxJob:
-    """A new outbound fax; ``fax_id`` is the value written in ``Communication.identifier``."""
+    """A new outbound fax as the send path enqueues it; ``fax_id`` is what ``Communication.identifier`` says."""
 
     fax_id: str
     communication_id: str
@@ -47,9 +52,9 @@ class FaxJob:
     to_number: str
     created: datetime
     kill_at: datetime
-    state: str = "queued"
+    state: JobState = JobState.QUEUED
     attempt: int = 1
-    status: str = "QUEUED"
+    status: OutboundStatus = OutboundStatus.QUEUED
     failures: list[dict[str, Any]] = field(default_factory=list)
     # The exact upload the send checked (Z3 version id) and what the Communication says of it: the worker
     # faxes that version only, and refuses bytes whose SHA-1 differs.
@@ -62,8 +67,10 @@ class FaxJob:
         data = asdict(self)
         data["_id"] = data.pop("fax_id")
         data.update(
-            rank=0,
-            position=position(self.attempt, 0),
+            state=self.state.value,
+            status=self.status.value,
+            rank=self.status.rank,
+            position=Position.of(self.attempt, self.status).key,
             next_attempt_at=self.created,
             lease_owner=None,
             lease_expires=None,
@@ -72,11 +79,6 @@ class FaxJob:
             synced=True,
         )
         return data
-
-
-def position(attempt: int, rank: int) -> int:
-    """(attempt, rank) as one number, so "is this forward?" is a single flat range condition."""
-    return attempt * 10 + rank
 
 
 def _not_set_aside(moment: datetime) -> dict[str, Any]:
@@ -89,9 +91,18 @@ def repair_delay(failures: int) -> timedelta:
     return timedelta(seconds=min(REPAIR_FIRST_DELAY * 2 ** min(failures - 1, 20), REPAIR_MAX_DELAY))
 
 
-def _forward_of(attempt: int, rank: int) -> dict[str, Any]:
-    """Filter: jobs whose (attempt, rank) is before the given one and that are not finished."""
-    return {"state": {"$ne": "done"}, "position": {"$lt": position(attempt, rank)}}
+def _forward_of(target: Position) -> dict[str, Any]:
+    """Filter: jobs whose position is before ``target`` and that are not finished."""
+    return {"state": {"$ne": JobState.DONE.value}, "position": {"$lt": target.key}}
+
+
+def _job(document: Mapping[str, Any] | None) -> Job | None:
+    return None if document is None else Job.of(document)
+
+
+def _held(job: Job, owner: str) -> dict[str, Any]:
+    """Filter: ``job``'s attempt, still active and leased by ``owner``."""
+    return {"_id": job.id, "state": JobState.ACTIVE.value, "lease_owner": owner, "attempt": job.attempt}
 
 
 class Outbox:
@@ -103,19 +114,21 @@ class Outbox:
         await self.collection.create_index("communication_id", name="communication", unique=True)
         await self.collection.create_index([("state", ASCENDING), ("lease_expires", ASCENDING)], name="leases")
         await self.collection.create_index([("state", ASCENDING), ("last_news_at", ASCENDING)], name="news")
+        for name in ("media", "rendered"):  # the access gate asks which faxes carry a document (fax/carriers.py)
+            await self.collection.create_index(name, name=f"carries_{name}")
 
     async def enqueue(self, job: FaxJob, *, session: Any = None) -> None:
         await self.collection.insert_one(job.document(), session=session)
 
-    async def get(self, fax_id: str) -> dict[str, Any] | None:
-        return await self.collection.find_one({"_id": fax_id})
+    async def get(self, fax_id: str) -> Job | None:
+        return _job(await self.collection.find_one({"_id": fax_id}))
 
-    async def for_communication(self, communication_id: str) -> dict[str, Any] | None:
-        return await self.collection.find_one({"communication_id": communication_id})
+    async def for_communication(self, communication_id: str) -> Job | None:
+        return _job(await self.collection.find_one({"communication_id": communication_id}))
 
     # -- claiming ------------------------------------------------------------------------------------
 
-    async def _change(self, where: dict[str, Any], update: dict[str, Any]) -> dict[str, Any] | None:
+    async def _change(self, where: dict[str, Any], update: dict[str, Any]) -> Job | None:
         """Compare-and-set one job named by ``_id``; the job afterwards, or None when ``where`` did not match.
 
         This is ``find_one_and_update(..., AFTER)`` done as a keyed update and a keyed read: the embedded
@@ -126,110 +139,114 @@ class Outbox:
         result = await self.collection.update_one(where, update)
         if result.matched_count != 1:
             return None
-        return await self.collection.find_one({"_id": where["_id"]})
+        return _job(await self.collection.find_one({"_id": where["_id"]}))
 
     async def _take(
         self, candidates: dict[str, Any], update: dict[str, Any], sort: list[tuple[str, int]] | None = None
-    ) -> dict[str, Any] | None:
+    ) -> Job | None:
         """Claim one job matching ``candidates``: pick one, then compare-and-set it (another taker may win)."""
         for _ in range(10):
             candidate = await self.collection.find_one(candidates, {"_id": 1}, sort=sort)
             if candidate is None:
                 return None
-            job = await self._change({"_id": candidate["_id"], **candidates}, update)
+            try:
+                job = await self._change({"_id": candidate["_id"], **candidates}, update)
+            except UnreadableJob as problem:  # taken, but not a job: held (lease) until its back-off ends
+                await self.put_aside_unreadable(problem, owner=update["$set"].get("lease_owner"))
+                raise
             if job is not None:
                 return job
         return None
 
-    async def claim_due(self, owner: str, lease: timedelta) -> dict[str, Any] | None:
+    async def claim_due(self, owner: str, lease: timedelta) -> Job | None:
         """Take the next queued job that is due: it becomes PROCESSING for its attempt."""
         moment = now()
+        processing = OutboundStatus.PROCESSING
         return await self._take(
-            {"state": "queued", "next_attempt_at": {"$lte": moment}, **_not_set_aside(moment)},
+            {"state": JobState.QUEUED.value, "next_attempt_at": {"$lte": moment}, **_not_set_aside(moment)},
             {
                 "$set": {
-                    "state": "active",
-                    "status": "PROCESSING",
-                    "rank": RANK["PROCESSING"],
+                    "state": JobState.ACTIVE.value,
+                    "status": processing.value,
+                    "rank": processing.rank,
                     "lease_owner": owner,
                     "lease_expires": moment + lease,
                     "synced": False,
                 },
-                "$inc": {"position": RANK["PROCESSING"]},
+                "$inc": {"position": processing.rank - OutboundStatus.QUEUED.rank},  # (attempt, QUEUED) -> PROCESSING
             },
             sort=[("next_attempt_at", ASCENDING)],
         )
 
-    async def claim_abandoned(self, owner: str, lease: timedelta) -> dict[str, Any] | None:
+    async def claim_abandoned(self, owner: str, lease: timedelta) -> Job | None:
         """Take over an active job whose worker stopped renewing its lease (it probably died)."""
         moment = now()
         return await self._take(
-            {"state": "active", "lease_expires": {"$lt": moment}, **_not_set_aside(moment)},
+            {"state": JobState.ACTIVE.value, "lease_expires": {"$lt": moment}, **_not_set_aside(moment)},
             {"$set": {"lease_owner": owner, "lease_expires": moment + lease}},
         )
 
-    async def renew(self, job: dict[str, Any], owner: str, lease: timedelta) -> bool:
+    async def renew(self, job: Job, owner: str, lease: timedelta) -> bool:
         """Extend this worker's lease on an attempt it still holds; False when another worker took the job over.
 
         Checked right before the hand-over to the carrier: a worker whose lease ran out while it prepared the
         document must not submit, because the worker that took over has asked the carrier and submitted itself.
         """
-        result = await self.collection.update_one(
-            {"_id": job["_id"], "state": "active", "lease_owner": owner, "attempt": job["attempt"]},
-            {"$set": {"lease_expires": now() + lease}},
-        )
-        return result.modified_count == 1
+        result = await self.collection.update_one(_held(job, owner), {"$set": {"lease_expires": now() + lease}})
+        return bool(result.modified_count == 1)
 
     # -- transitions ---------------------------------------------------------------------------------
 
-    async def record_submission(self, job: dict[str, Any], owner: str, carrier: str, carrier_id: str) -> bool:
+    async def record_submission(self, job: Job, owner: str, carrier: str, carrier_id: str) -> bool:
         """The carrier accepted the attempt: remember its id before anything else happens."""
         result = await self.collection.update_one(
-            {"_id": job["_id"], "state": "active", "lease_owner": owner, "attempt": job["attempt"]},
+            _held(job, owner),
             {
                 "$set": {
-                    "state": "submitted",
+                    "state": JobState.SUBMITTED.value,
                     "carrier": carrier,
-                    f"carrier_ids.{job['attempt']}": carrier_id,
+                    f"carrier_ids.{job.attempt}": carrier_id,
                     "lease_owner": None,
                     "lease_expires": None,
                     "last_news_at": now(),
                 }
             },
         )
-        return result.modified_count == 1
+        return bool(result.modified_count == 1)
 
-    async def advance(self, fax_id: str, attempt: int, status: str, extra: dict[str, Any]) -> dict[str, Any] | None:
+    async def advance(self, fax_id: str, attempt: int, status: OutboundStatus, extra: dict[str, Any]) -> Job | None:
         """Move to ``status`` of ``attempt`` if that is forward; returns the job after, or None."""
-        rank = RANK[status]
+        target = Position.of(attempt, status)
         changes = {
             "attempt": attempt,
-            "status": status,
-            "rank": rank,
-            "position": position(attempt, rank),
+            "status": status.value,
+            "rank": target.rank,
+            "position": target.key,
             "synced": False,
             "last_news_at": now(),
             **extra,
         }
-        return await self._change({"_id": fax_id, **_forward_of(attempt, rank)}, {"$set": changes})
+        return await self._change({"_id": fax_id, **_forward_of(target)}, {"$set": changes})
 
     async def fail_attempt(
         self, fax_id: str, attempt: int, failure: dict[str, Any], retry_at: datetime | None
-    ) -> dict[str, Any] | None:
+    ) -> Job | None:
         """Attempt ``attempt`` failed: queue the next one at ``retry_at``, or stop for good if None."""
         if retry_at is None:
-            target = {"attempt": attempt, "status": "STOPPED", "rank": RANK["STOPPED"], "state": "done"}
+            status, state = OutboundStatus.STOPPED, JobState.DONE
+            target = Position.of(attempt, status)
+            moves: dict[str, Any] = {}
         else:
-            target = {
-                "attempt": attempt + 1,
-                "status": "QUEUED",
-                "rank": RANK["QUEUED"],
-                "state": "queued",
-                "next_attempt_at": retry_at,
-            }
+            status, state = OutboundStatus.QUEUED, JobState.QUEUED
+            target = Position.of(attempt + 1, status)
+            moves = {"next_attempt_at": retry_at}
         changes = {
-            **target,
-            "position": position(target["attempt"], target["rank"]),
+            "attempt": target.attempt,
+            "status": status.value,
+            "rank": target.rank,
+            "state": state.value,
+            **moves,
+            "position": target.key,
             "synced": False,
             "last_news_at": now(),
             "finished_at": now(),
@@ -237,15 +254,20 @@ class Outbox:
             "lease_expires": None,
         }
         return await self._change(
-            {"_id": fax_id, **_forward_of(target["attempt"], target["rank"])},
+            {"_id": fax_id, **_forward_of(target)},
             {"$set": changes, "$push": {"failures": failure}},
         )
 
-    async def mark_synced(self, job: dict[str, Any]) -> None:
+    async def mark_synced(self, job: Job) -> None:
+        """``job``'s Communication shows its status (unless the job has moved on since)."""
         await self.collection.update_one(
-            {"_id": job["_id"], "attempt": job["attempt"], "rank": job["rank"]},
+            {"_id": job.id, "attempt": job.attempt, "rank": job.position.rank},
             {"$set": {"synced": True}, "$unset": {"repair": ""}},
         )
+
+    async def record_rendering(self, fax_id: str, rendering: str) -> None:
+        """Where the job's fax-line rendering was kept (a Z3 location), so the access gate knows it is the job's."""
+        await self.collection.update_one({"_id": fax_id}, {"$set": {"rendered": rendering}})
 
     async def set_aside(self, fax_id: str, error: str, owner: str | None = None) -> datetime:
         """Record that handling the job failed; returns when it may be tried again.
@@ -253,34 +275,55 @@ class Outbox:
         ``owner``: the worker holding the job's lease keeps it until then, so no other worker
         takes it over earlier.
         """
-        job = await self.collection.find_one({"_id": fax_id}, {"repair": 1})
-        previous = (job or {}).get("repair") or {}
-        failures = (previous.get("failures") if isinstance(previous.get("failures"), int) else 0) + 1
+        stored = await self.collection.find_one({"_id": fax_id}, {"repair": 1})
+        previous = (stored or {}).get("repair") or {}
+        count = previous.get("failures")
+        failures = (count if isinstance(count, int) else 0) + 1
         moment = now()
         after = moment + repair_delay(failures)
         repair = {"failures": failures, "error": error[:1000], "at": moment, "after": after}
         await self.collection.update_one({"_id": fax_id}, {"$set": {"repair": repair}})
         if owner is not None:
-            await self.collection.update_one(
-                {"_id": fax_id, "state": "active", "lease_owner": owner}, {"$set": {"lease_expires": after}}
-            )
+            held = {"_id": fax_id, "state": JobState.ACTIVE.value, "lease_owner": owner}
+            await self.collection.update_one(held, {"$set": {"lease_expires": after}})
         return after
 
     # -- reconciliation ------------------------------------------------------------------------------
 
-    async def quiet_submissions(self, older_than: datetime, limit: int = 50) -> list[dict[str, Any]]:
+    async def quiet_submissions(self, older_than: datetime, limit: int = 50) -> list[Job]:
         """Submitted jobs with no news since ``older_than`` (a lost webhook, perhaps)."""
-        where = {"state": "submitted", "last_news_at": {"$lt": older_than}, **_not_set_aside(now())}
-        return await self.collection.find(where).limit(limit).to_list(None)
+        where = {"state": JobState.SUBMITTED.value, "last_news_at": {"$lt": older_than}, **_not_set_aside(now())}
+        return await self._list(where, limit)
 
     async def touch(self, fax_id: str) -> None:
         await self.collection.update_one({"_id": fax_id}, {"$set": {"last_news_at": now()}})
 
-    async def unsynced(self, older_than: datetime, limit: int = 50) -> list[dict[str, Any]]:
+    async def unsynced(self, older_than: datetime, limit: int = 50) -> list[Job]:
         """Jobs whose Communication may not show their latest status yet (a writer died in between)."""
         where = {"synced": False, "last_news_at": {"$lt": older_than}, **_not_set_aside(now())}
-        return await self.collection.find(where).limit(limit).to_list(None)
+        return await self._list(where, limit)
 
-    async def past_kill_time(self, moment: datetime, limit: int = 50) -> list[dict[str, Any]]:
-        where = {"state": {"$in": ["queued", "submitted"]}, "kill_at": {"$lt": moment}, **_not_set_aside(moment)}
-        return await self.collection.find(where).limit(limit).to_list(None)
+    async def past_kill_time(self, moment: datetime, limit: int = 50) -> list[Job]:
+        """Jobs not with a worker and not finished whose kill time has passed."""
+        waiting = [JobState.QUEUED.value, JobState.SUBMITTED.value]
+        where = {"state": {"$in": waiting}, "kill_at": {"$lt": moment}, **_not_set_aside(moment)}
+        return await self._list(where, limit)
+
+    async def _list(self, where: dict[str, Any], limit: int) -> list[Job]:
+        """The jobs matching ``where``; damaged records among them are set aside (back-off) and left out."""
+        jobs = []
+        for document in await self.collection.find(where).limit(limit).to_list(None):
+            try:
+                jobs.append(Job.of(document))
+            except UnreadableJob as problem:
+                await self.put_aside_unreadable(problem)
+        return jobs
+
+    async def put_aside_unreadable(self, problem: UnreadableJob, owner: str | None = None) -> None:
+        """Set aside a record that is not a job, so it is retried slowly and never crowds out the rest."""
+        after = await self.set_aside(problem.fax_id, str(problem), owner)
+        log.warning(
+            "fax %s (Communication/%s): %s Retry after %s",
+            problem.fax_id, problem.communication_id, problem, after.isoformat(),
+            extra={"fax": problem.fax_id, "communication": problem.communication_id, "retry_at": after.isoformat()},
+        )  # fmt: skip

@@ -35,23 +35,23 @@ async def preview(
     if job is None:
         raise NotFound(f"There is no fax for Communication/{communication_id}.")
     z3 = Z3Store(database)
-    await check_document(parse_z3_url(job["media"], ()))
-    source = job.get("media_version")
+    await check_document(parse_z3_url(job.media, ()))
+    source = job.media_version
     if source is not None:
-        tiff = await z3.read_rendering(source, job["quality"])
+        tiff = await z3.read_rendering(source, job.quality)
     else:  # a job queued before versions were pinned
-        tiff = await z3.read(rendering_location(parse_z3_url(job["media"], ()), job["quality"]))
+        tiff = await z3.read(rendering_location(parse_z3_url(job.media, ()), job.quality))
     if tiff is None:
         try:
             document = await pinned_document(z3, job)
         except DocumentProblem as problem:
             raise Unprocessable(f"There is nothing to preview: {problem}") from None
         try:
-            tiff = await run_pdfium(render_fax, document, job["quality"])
+            tiff = await run_pdfium(render_fax, document, job.quality)
         except DocumentProblem as problem:
             raise Unprocessable(str(problem)) from None
-        target = rendering_location(parse_z3_url(job["media"], ()), job["quality"])
-        await z3.put_rendering(target, source, job["quality"], tiff)
+        target = rendering_location(parse_z3_url(job.media, ()), job.quality)
+        await z3.put_rendering(target, source, job.quality, tiff)
     pages = await run_pdfium(tiff_pages, tiff)
     if number > pages:
         raise NotFound(f"The fax has {pages} pages; ask for page 1 to {pages}.", expression=["page"])

@@ -13,7 +13,7 @@ on with their own work and with every other fax.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from ..db import stop_if_cancelled
@@ -21,33 +21,40 @@ from ..fhir.errors import FHIRError, ResourceNotFound
 from ..fhir.models import now
 from ..fhir.store import ResourceStore
 from ..settings import Settings
+from .jobs import Job, JobState, OutboundStatus, Reported
 from .outbox import Outbox
+from .retry import RetryPolicy
 from .status import Failure, StatusEvent, show_job
 
 log = logging.getLogger("fhir_fax.tracking")
 
 
 class Tracker:
-    def __init__(self, settings: Settings, store: ResourceStore, outbox: Outbox, auditor: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ResourceStore,
+        outbox: Outbox,
+        auditor: Any = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.outbox = outbox
         self.auditor = auditor  # fhir_fax.audit.Auditor
+        self.retry = retry or RetryPolicy.of(settings)  # the one retry policy (``FHIR_FAX_RETRY_*``)
 
     async def apply(self, event: StatusEvent) -> bool:
         """Apply carrier (or worker) news; False when it was stale, duplicated or for an unknown fax."""
         fax_id, attempt = event.fax_id, event.attempt
-        if event.status in ("PROCESSING", "SENDING"):
-            job = await self.outbox.advance(fax_id, attempt, event.status, {})
-        elif event.status == "DELIVERED":
-            extra: dict[str, Any] = {"state": "done", "finished_at": event.occurred_at}
+        if event.status is Reported.FAILED:
+            return await self.fail(fax_id, attempt, event.failure or Failure("UNKNOWN", ""), event.occurred_at)
+        extra: dict[str, Any] = {}
+        if event.status is Reported.DELIVERED:
+            extra = {"state": JobState.DONE.value, "finished_at": event.occurred_at}
             if isinstance(event.pages, int) and not isinstance(event.pages, bool) and event.pages > 0:
                 extra["pages"] = event.pages  # carriers check their values; this keeps a Communication valid anyway
-            job = await self.outbox.advance(fax_id, attempt, "DELIVERED", extra)
-        elif event.status == "FAILED":
-            return await self.fail(fax_id, attempt, event.failure or Failure("UNKNOWN", ""), event.occurred_at)
-        else:
-            raise ValueError(f"unknown status {event.status!r}")
+        job = await self.outbox.advance(fax_id, attempt, OutboundStatus(event.status.value), extra)
         if job is None:
             log.info(
                 "ignored %s for fax %s attempt %s (%s): not forward",
@@ -68,7 +75,7 @@ class Tracker:
         job = await self.outbox.get(fax_id)
         if job is None:
             return False
-        retry_at = None if final else self.retry_at(job, attempt, failure)
+        retry_at = None if final else self.retry.retry_at(attempt, failure, now(), job.kill_at)
         message = failure.message or "The carrier reported a failure without a reason."
         record = {"attempt": attempt, "code": failure.code, "message": message, "at": at, "retry_at": retry_at}
         updated = await self.outbox.fail_attempt(fax_id, attempt, record, retry_at)
@@ -84,40 +91,31 @@ class Tracker:
         await self.sync(updated)
         return True
 
-    def retry_at(self, job: dict[str, Any], attempt: int, failure: Failure) -> datetime | None:
-        """When to try again (HylaFAX-style: transient only, limited attempts, growing delay, kill time)."""
-        if not failure.transient or attempt >= self.settings.retry_max_attempts:
-            return None
-        delay = self.settings.retry_delay_seconds * self.settings.retry_backoff ** (attempt - 1)
-        moment = now() + timedelta(seconds=delay)
-        kill_at = job["kill_at"] if job["kill_at"].tzinfo else job["kill_at"].replace(tzinfo=moment.tzinfo)
-        return None if moment > kill_at else moment
-
-    async def sync(self, job: dict[str, Any]) -> None:
+    async def sync(self, job: Job) -> None:
         """Make the Communication show ``job``'s status (no-op if it already does or is further on).
 
         On failure the job stays unsynced and is set aside with back-off; nothing is raised.
         """
         try:
-            updated = await self.store.modify("Communication", job["communication_id"], lambda c: show_job(c, job))
+            updated = await self.store.modify("Communication", job.communication_id, lambda c: show_job(c, job))
             if updated is not None and self.auditor is not None:
-                await self.auditor.fax_status(updated, job["status"])
+                await self.auditor.fax_status(updated, job.status.value)
         except ResourceNotFound:
-            log.warning("fax %s: its Communication %s is gone", job["_id"], job["communication_id"])
+            log.warning("fax %s: its Communication %s is gone", job.id, job.communication_id)
         except Exception as error:
             stop_if_cancelled()
             await self.set_aside(job, "its Communication could not be updated", error)
             return
         await self.outbox.mark_synced(job)
 
-    async def set_aside(self, job: dict[str, Any], what: str, error: BaseException, owner: str | None = None) -> None:
+    async def set_aside(self, job: Job, what: str, error: BaseException, owner: str | None = None) -> None:
         """Log why ``job`` could not be handled and leave it for later (growing back-off), never for good."""
         detail = error.diagnostics if isinstance(error, FHIRError) else f"{type(error).__name__}: {error}"
-        after = await self.outbox.set_aside(job["_id"], detail, owner)
-        communication = job.get("communication_id")
+        after = await self.outbox.set_aside(job.id, detail, owner)
+        communication = job.communication_id
         log.warning(
             "fax %s (Communication/%s): %s: %s; retry after %s",
-            job["_id"], communication, what, detail, after.isoformat(),
-            extra={"fax": job["_id"], "communication": communication, "retry_at": after.isoformat()},
+            job.id, communication, what, detail, after.isoformat(),
+            extra={"fax": job.id, "communication": communication, "retry_at": after.isoformat()},
             exc_info=not isinstance(error, FHIRError),
         )  # fmt: skip

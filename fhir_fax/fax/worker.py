@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from ..db import stop_if_cancelled
@@ -22,10 +23,11 @@ from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
 from .faults import crash_point
+from .jobs import Job, UnreadableJob
 from .media import pinned_document
 from .outbox import Outbox
 from .render import render_fax, rendering_location
-from .status import Failure, reference_for
+from .status import Failure
 from .tracking import Tracker
 from .transports.base import Submission, Transport, TransportError
 
@@ -63,9 +65,10 @@ class Worker:
 
     async def step(self) -> bool:
         """Do one job if there is one (True), else reconcile (False)."""
-        job = await self.outbox.claim_abandoned(self.owner, self.lease)
-        if job is None:
-            job = await self.outbox.claim_due(self.owner, self.lease)
+        try:
+            job = await self.claim()
+        except UnreadableJob:  # taken but not a job: the outbox set it aside, held by this worker until its back-off
+            return True
         if job is not None:
             await self.isolated(job, "the attempt could not be made", lambda: self.attempt(job), hold=True)
             return True
@@ -75,83 +78,84 @@ class Worker:
             await self.reconcile()
         return False
 
-    async def attempt(self, job: dict[str, Any]) -> None:
+    async def claim(self) -> Job | None:
+        """An abandoned attempt first (its worker died), else the next due one."""
+        job = await self.outbox.claim_abandoned(self.owner, self.lease)
+        return job if job is not None else await self.outbox.claim_due(self.owner, self.lease)
+
+    async def attempt(self, job: Job) -> None:
         """Prepare and hand over one attempt; a takeover first asks the carrier whether it has it."""
-        attempt = job["attempt"]
-        reference = reference_for(job["_id"], attempt)
-        fields = {"fax": job["_id"], "attempt": attempt, "worker": self.owner}
-        log.info("fax %s attempt %s claimed by %s", job["_id"], attempt, self.owner, extra=fields)
+        attempt, reference = job.attempt, job.reference
+        fields = {"fax": job.id, "attempt": attempt, "worker": self.owner}
+        log.info("fax %s attempt %s claimed by %s", job.id, attempt, self.owner, extra=fields)
         await self.tracker.sync(job)  # PROCESSING
         crash_point("after-claim")
-        already = await self.transport.find(reference, job["to_number"], job["created"])
+        already = await self.transport.find(reference, job.to_number, job.created)
         if already is not None:
-            log.info("fax %s attempt %s: the carrier already has it as %s", job["_id"], attempt, already, extra=fields)
+            log.info("fax %s attempt %s: the carrier already has it as %s", job.id, attempt, already, extra=fields)
             await self.outbox.record_submission(job, self.owner, self.transport.name, already)
             return
         try:
             submission = await self.prepare(job, reference)
         except DocumentProblem as problem:
-            await self.tracker.fail(job["_id"], attempt, Failure("FAILED", str(problem)), now(), final=True)
+            await self.tracker.fail(job.id, attempt, Failure("FAILED", str(problem)), now(), final=True)
             return
         if not await self.outbox.renew(job, self.owner, self.lease):
-            log.info("fax %s attempt %s: taken over while preparing", job["_id"], attempt, extra=fields)
+            log.info("fax %s attempt %s: taken over while preparing", job.id, attempt, extra=fields)
             return
         try:
             carrier_id = await self.transport.submit(submission)
         except TransportError as error:
-            await self.tracker.fail(job["_id"], attempt, Failure(error.code, error.message), now())
+            await self.tracker.fail(job.id, attempt, Failure(error.code, error.message), now())
             return
         crash_point("after-submit")
         if not await self.outbox.record_submission(job, self.owner, self.transport.name, carrier_id):
-            log.info("fax %s attempt %s: the job moved on while submitting", job["_id"], attempt, extra=fields)
+            log.info("fax %s attempt %s: the job moved on while submitting", job.id, attempt, extra=fields)
         crash_point("after-record")
 
-    async def prepare(self, job: dict[str, Any], reference: str) -> Submission:
+    async def prepare(self, job: Job, reference: str) -> Submission:
         """The attempt as the carrier gets it, made from the version the send pinned and nothing else."""
-        location = parse_z3_url(job["media"], ())
+        location = parse_z3_url(job.media, ())
         document = await pinned_document(self.z3, job)  # DocumentProblem: gone or changed -> STOPPED
-        pages = job.get("media_pages") or await run_pdfium(count_pages, document)
+        pages = job.media_pages if job.media_pages else await run_pdfium(count_pages, document)
         content_type = sniff_type(document) or "application/octet-stream"
-        if getattr(self.transport, "takes_tiff", False):
+        if self.transport.capabilities.takes_tiff:
             document = await self.rendered(job, location, document)
             content_type = "image/tiff"
-        version = job.get("media_version")
         return Submission(
             reference=reference,
-            to_number=job["to_number"],
-            from_number=job["from_number"],
-            quality=job["quality"],
+            to_number=job.to_number,
+            from_number=job.from_number,
+            quality=job.quality,
             pages=pages,
             document=document,
             content_type=content_type,
-            media=job["media"],
-            media_version=None if version is None else str(version),
+            media=job.media,
+            media_version=None if job.media_version is None else str(job.media_version),
         )
 
-    async def rendered(self, job: dict[str, Any], location: Z3Location, document: bytes) -> bytes:
+    async def rendered(self, job: Job, location: Z3Location, document: bytes) -> bytes:
         """The fax-line rendering (TIFF Class F) of the pinned version, made once and kept in Z3 beside the original.
 
         Found again by the version it renders (never by its name, which any uploader could write to).
         """
-        target = rendering_location(location, job["quality"])
-        source = job.get("media_version")
+        target = rendering_location(location, job.quality)
+        source = job.media_version
         if source is not None:
-            existing = await self.z3.read_rendering(source, job["quality"])
+            existing = await self.z3.read_rendering(source, job.quality)
         else:
-            existing = await self.z3.read(target) if job.get("rendered") else None
+            existing = await self.z3.read(target) if job.rendered else None
         if existing is not None:
             return existing
         try:
-            tiff = await run_pdfium(render_fax, document, job["quality"])
+            tiff = await run_pdfium(render_fax, document, job.quality)
         except Exception as error:  # PDFium/Pillow failures on a document that passed the send-time checks
             raise DocumentProblem(f"Document generation error: the document could not be rendered ({error}).") from None
-        await self.z3.put_rendering(target, source, job["quality"], tiff)
-        await self.outbox.collection.update_one({"_id": job["_id"]}, {"$set": {"rendered": str(target)}})
+        await self.z3.put_rendering(target, source, job.quality, tiff)
+        await self.outbox.record_rendering(job.id, str(target))
         return tiff
 
-    async def isolated(
-        self, job: dict[str, Any], what: str, work: Callable[[], Awaitable[object]], *, hold: bool = False
-    ) -> None:
+    async def isolated(self, job: Job, what: str, work: Callable[[], Awaitable[object]], *, hold: bool = False) -> None:
         """Run ``work`` for one job; a failure is logged and the job set aside with back-off, never raised.
 
         ``hold``: this worker holds the job's lease and keeps it until the back-off ends.
@@ -172,32 +176,30 @@ class Worker:
         moment = now()
         quiet_since = moment - timedelta(seconds=self.settings.stuck_after_seconds)
         for job in await self.outbox.quiet_submissions(quiet_since):
-            await self.isolated(job, "the carrier could not be polled", lambda job=job: self.poll_one(job))
+            await self.isolated(job, "the carrier could not be polled", partial(self.poll_one, job))
         failure = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
         for job in await self.outbox.past_kill_time(moment):
             await self.isolated(
                 job,
                 "it could not be stopped at its kill time",
-                lambda job=job: self.tracker.fail(job["_id"], job["attempt"], failure, moment, final=True),
+                partial(self.tracker.fail, job.id, job.attempt, failure, moment, final=True),
             )
         for job in await self.outbox.unsynced(moment - timedelta(seconds=5)):
-            await self.isolated(job, "its Communication could not be updated", lambda job=job: self.tracker.sync(job))
+            await self.isolated(job, "its Communication could not be updated", partial(self.tracker.sync, job))
 
-    async def poll_one(self, job: dict[str, Any]) -> None:
+    async def poll_one(self, job: Job) -> None:
         """Ask the carrier about the job's current attempt; only news about that very attempt is applied."""
-        attempt = job["attempt"]
-        carrier_id = job["carrier_ids"].get(str(attempt))
+        carrier_id = job.carrier_id()
         if carrier_id:
-            expected = reference_for(job["_id"], attempt)
             for event in await self.transport.poll(carrier_id):
-                if event.reference == expected:
+                if event.reference == job.reference:
                     await self.tracker.apply(event)
                 else:
                     log.warning(
                         "fax %s attempt %s: the carrier's fax %s reports %r; ignored",
-                        job["_id"], attempt, carrier_id, event.reference, extra={"fax": job["_id"]},
+                        job.id, job.attempt, carrier_id, event.reference, extra={"fax": job.id},
                     )  # fmt: skip
-        await self.outbox.touch(job["_id"])
+        await self.outbox.touch(job.id)
 
 
 def create_worker(settings: Settings, database: Any) -> Worker:

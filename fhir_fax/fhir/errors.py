@@ -122,6 +122,7 @@ __all__ = [
     "InternalError",
     "InvalidRequest",
     "MethodNotAllowed",
+    "NotAcceptable",
     "PayloadTooLarge",
     "PreconditionFailed",
     "ResourceGone",

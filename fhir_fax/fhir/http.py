@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope, Send
 
+from .conformance import unique_keys
 from .errors import (
     FHIRError,
     InternalError,
@@ -153,7 +154,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if not chunks:
         raise InvalidRequest("The request has no body; send a FHIR resource as JSON.")
     try:
-        return json.loads(chunks)
+        return json.loads(chunks, object_pairs_hook=unique_keys)  # a key given twice is a 400, not last-wins
     except json.JSONDecodeError as error:
         raise InvalidRequest(
             f"The body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}."

@@ -9,6 +9,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from .conformance import check_resource
 from .errors import InvalidRequest
 
 FHIR_VERSION = "4.3.0"
@@ -79,7 +80,9 @@ def validate_resource(data: Any, expected_type: str) -> dict[str, Any]:
         ) from None
     except (ValueError, TypeError) as error:  # some model validators raise plain errors
         raise InvalidRequest(f"The {expected_type} is not valid: {error}") from None
-    return keep_lexical_forms(model.model_dump(mode="json", exclude_none=True), data)
+    dumped = model.model_dump(mode="json", exclude_none=True)
+    check_resource(expected_type, dumped)  # required bindings and the id format, which the models leave out
+    return keep_lexical_forms(dumped, data)
 
 
 def _first_too_deep(data: Any, resource_type: str) -> str | None:

@@ -261,6 +261,14 @@ class OperationRegistry:
     def __getitem__(self, code: str) -> Operation:
         return self._operations[code]
 
+    def offered(self) -> list[tuple[str, str]]:
+        """(owner, code) pairs for the 405 check: owner ``Type``, ``Type/{id}`` (instance level) or ``""`` (system)."""
+        return [
+            ((resource_type or "") + ("/{id}" if instance else ""), operation.code)
+            for operation in self
+            for resource_type, instance in operation.levels()
+        ]
+
     def definitions(self) -> list[dict[str, Any]]:
         """The OperationDefinitions to store, so clients can read what ``/metadata`` points at."""
         return [operation.definition for operation in self]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from .capability import capability_statement
 from .compartments import PATIENT_COMPARTMENT, compartment_filter
 from .context import FHIRContext
-from .errors import InvalidRequest, PreconditionFailed, ResourceNotFound
+from .errors import Forbidden, InvalidRequest, PreconditionFailed, ResourceNotFound
+from .history import HistoryPage, HistoryQuery, history_link, history_page, parse_history
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
-from .inputs import ascii_int
+from .interactions import check_acceptable, fhir_segments, refuse_unoffered
 from .models import format_instant, is_supported, validate_resource
 from .operations import build_operation_router
 from .search import merge_clauses, parse_search
@@ -59,10 +60,24 @@ async def include_nothing(_resource_type: str) -> None:
     return None
 
 
+def offered_interactions(context: FHIRContext) -> Any:
+    """A dependency run before every FHIR route: 406 for formats not served, 405 for interactions not offered."""
+
+    async def check(request: Request) -> None:
+        check_acceptable(request.headers.get("accept"), request.query_params.get("_format"))
+        segments = fhir_segments(request.scope, context.settings.fhir_path)
+        if segments is not None:
+            operations = context.operations.offered()
+            refuse_unoffered(request.method, segments, operations)
+
+    return Depends(check)
+
+
 def build_fhir_router(context: FHIRContext) -> APIRouter:
     """The generic REST API and every operation registered on ``context.operations``."""
     settings = context.settings
-    router = APIRouter(route_class=FHIRRoute.limited(settings.max_body_bytes), tags=["FHIR"])
+    route_class = FHIRRoute.limited(settings.max_body_bytes)
+    router = APIRouter(route_class=route_class, tags=["FHIR"], dependencies=[offered_interactions(context)])
     router.include_router(build_operation_router(context))  # POST .../$name: no route of the REST API matches
 
     def version_location(request: Request, resource: dict[str, Any]) -> str:
@@ -94,6 +109,8 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             base_url=context.base_url(request),
             lenient=prefer(request, "handling") == "lenient",
             extra_filter=merge_clauses(unique) if unique else None,
+            snapshot_max=settings.search_snapshot_max,
+            snapshot_seconds=settings.search_snapshot_seconds,
         )
         query.path = path
 
@@ -149,7 +166,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         await context.authorize(request, "FHIR:Create", f"FHIR:{resource_type}")
         resource = validate_resource(await read_json(request, settings.max_body_bytes), resource_type)
         await context.admit(request, "FHIR:Create", resource)
-        condition = request.headers.get("if-none-exist")
+        condition = create_condition(request)
         if condition:
             existing = await conditional_match(request, resource_type, condition)
             await context.admit(request, "FHIR:Read", existing)  # answering with it discloses it
@@ -157,6 +174,21 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
                 return written_response(request, existing, 200, None)
         stored = await context.store.create(resource, validated=True)  # validated above
         return written_response(request, stored, 201, version_location(request, stored))
+
+    def create_condition(request: Request) -> str | None:
+        """If-None-Exist, or search parameters in the POST's query string (as fhirpy's get_or_create sends them).
+
+        A query string on a create used to be ignored, so a client asking "create unless it exists" got a
+        duplicate; it is now the same condition as If-None-Exist.
+        """
+        header = request.headers.get("if-none-exist")
+        query = [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
+        if header and query:
+            raise InvalidRequest(
+                "Give the create condition once: as If-None-Exist or as the query string, not both.",
+                expression=["If-None-Exist"],
+            )
+        return header or (urlencode(query) if query else None)
 
     async def conditional_match(request: Request, resource_type: str, condition: str) -> dict[str, Any] | None:
         params = parse_qsl(condition.lstrip("?"), keep_blank_values=True)
@@ -170,6 +202,22 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
                 f"If-None-Exist ({condition}) matches more than one {resource_type}; make the condition more specific."
             )
         return matches[0] if matches else None
+
+    @router.get("/{resource_type}/_history", summary="Type history")
+    async def type_history(request: Request, resource_type: str) -> Response:
+        require_type(resource_type)
+        await context.authorize(request, "FHIR:History", f"FHIR:{resource_type}")
+        if await context.patient_limit(request, "FHIR:History", resource_type) is not None:
+            raise Forbidden(
+                f"This token is limited to one patient's compartment; the history of every {resource_type} is "
+                "outside it. Read the history of one resource instead (GET /{type}/{id}/_history)."
+            )
+        query = history_query(request, resource_type, None)
+        page = await history_page(context.store.database, query, None)
+        # Each version shown passes the gate like any read: a per-id Deny of reading one refuses the page.
+        await context.admit(request, "FHIR:History", *(v.resource for v in page.versions))
+        await context.was_read(request, "history-type", [v.resource for v in page.versions if v.resource])
+        return FHIRResponse(history_bundle(request, query, page, None))
 
     @router.get("/{resource_type}/{resource_id}", summary="Read")
     async def read(request: Request, resource_type: str, resource_id: str) -> Response:
@@ -208,23 +256,41 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
     async def history(request: Request, resource_type: str, resource_id: str) -> Response:
         require_type(resource_type)
         await context.authorize(request, "FHIR:History", f"FHIR:{resource_type}:{resource_id}")
-        count = request.query_params.get("_count", str(settings.search_max_count))
-        limit = ascii_int(count)
-        if limit is None or limit < 1:
-            raise InvalidRequest(f"_count must be a whole number of at least 1, got {count!r}.", expression=["_count"])
-        versions = await context.store.history(resource_type, resource_id, min(limit, settings.search_max_count))
-        total = await context.store.count_versions(resource_type, resource_id)
-        await context.admit(request, "FHIR:History", *(v.resource for v in versions))
-        await context.was_read(request, "history-instance", [v.resource for v in versions if v.resource])
+        query = history_query(request, resource_type, resource_id)
+        current_version = await context.store.count_versions(resource_type, resource_id)
+        if current_version == 0:
+            raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
+        page = await history_page(context.store.database, query, current_version)
+        await context.admit(request, "FHIR:History", *(v.resource for v in page.versions))
+        await context.was_read(request, "history-instance", [v.resource for v in page.versions if v.resource])
+        total = None if query.filtered else current_version
+        return FHIRResponse(history_bundle(request, query, page, total))
+
+    def history_query(request: Request, resource_type: str, resource_id: str | None) -> HistoryQuery:
+        return parse_history(
+            resource_type,
+            resource_id,
+            list(request.query_params.multi_items()),
+            default_count=settings.search_default_count,
+            max_count=settings.search_max_count,
+            lenient=prefer(request, "handling") == "lenient",
+        )
+
+    def history_bundle(request: Request, query: HistoryQuery, page: HistoryPage, total: int | None) -> dict[str, Any]:
         base = context.base_url(request)
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "history",
-            "total": total,
-            "link": [{"relation": "self", "url": str(request.url)}],
-            "entry": [history_entry(base, v) for v in versions],
-        }
-        return FHIRResponse(bundle)
+        instance = f"/{query.resource_id}" if query.resource_id else ""
+        page_url = f"{base}/{query.resource_type}{instance}/_history"
+        links = [{"relation": "self", "url": history_link(page_url, query, query.cursor)}]
+        for relation, cursor in (("next", page.next), ("previous", page.previous)):
+            if cursor is not None:
+                links.append({"relation": relation, "url": history_link(page_url, query, cursor)})
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history"}
+        if total is not None:
+            bundle["total"] = total
+        bundle["link"] = links
+        if page.versions:
+            bundle["entry"] = [history_entry(base, v) for v in page.versions]
+        return bundle
 
     @router.get("/{compartment_type}/{compartment_id}/{resource_type}", summary="Compartment search")
     async def compartment_search(
@@ -264,12 +330,14 @@ def history_entry(base: str, version: Version) -> dict[str, Any]:
     return entry
 
 
-def build_fallback_router() -> APIRouter:
-    """Answers paths under the FHIR base that match no interaction with an OperationOutcome."""
-    router = APIRouter(route_class=FHIRRoute, include_in_schema=False)
+def build_fallback_router(context: FHIRContext | None = None) -> APIRouter:
+    """Answers paths under the FHIR base that match no interaction: 405 for one not offered, else 404."""
+    dependencies = [offered_interactions(context)] if context is not None else []
+    router = APIRouter(route_class=FHIRRoute, include_in_schema=False, dependencies=dependencies)
 
+    @router.api_route("", methods=ALL_METHODS)
     @router.api_route("/{path:path}", methods=ALL_METHODS)
-    async def unknown(request: Request, path: str) -> Response:
+    async def unknown(request: Request, path: str = "") -> Response:
         raise ResourceNotFound(
             f"{request.method} {request.url.path} is not an interaction this server supports; "
             "see /metadata for what it offers."

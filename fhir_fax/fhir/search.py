@@ -2,20 +2,24 @@
 
 Every value a client sends is parsed into plain strings or datetimes before it becomes part
 of a filter, so no query value can reach MongoDB as an operator, and no value is ever used
-as a regular expression. Paging uses keyset cursors (the sort values of the last entry),
-not skip, so pages stay free of duplicates and gaps while new resources are being written.
+as a regular expression. Paging never loses or repeats a match while resources change: sorts on
+immutable keys (the default creation order, ``_id``) page with keyset cursors; sorts on values that
+change (``_lastUpdated``, ``status``, dates) page through a snapshot of the matching ids taken at
+the first page (see ``search_results``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import OperationFailure
 
-from .cursors import decode_cursor, encode_cursor
+from .cursors import Cursor, decode_cursor, search_binding
 from .dates import parse_date_value, point_filter
 from .errors import InvalidRequest
 from .inputs import ascii_int
@@ -24,6 +28,16 @@ from .search_types import KEYS, SORT_KEYS, Kind, SearchContext, split_escaped, u
 from .store import RESERVED
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+# The default order: newest created first, on a key written once at creation (``store.created_sort_key``).
+CREATED_FIELD = f"{RESERVED}.created"
+# Sort keys that never change once written: paged by keyset. Every other sort pages through a snapshot.
+IMMUTABLE_SORT_FIELDS = frozenset({"_id", CREATED_FIELD})
+SNAPSHOT_MAX = 10_000
+SNAPSHOT_SECONDS = 1800
+# Ordered ids of a search's matches, kept for later pages of sorts on values that change (TTL on ``expires``).
+SNAPSHOTS = "search_snapshots"
+# Indexes earlier releases created that nothing reads any more (each would still be rewritten at every write).
+OBSOLETE_INDEXES = (("Communication", "patient_lastUpdated"),)
 RESULT_PARAMETERS = ("_count", "_sort", "_total", "_summary", "_elements", "_include", "_revinclude")
 IGNORED_PARAMETERS = ("_format", "_pretty")
 
@@ -154,6 +168,10 @@ class SearchRegistry:
         for resource_type, indexes in self.compound_indexes.items():
             for name, keys in indexes.items():
                 await database[resource_type].create_index(keys, name=name)
+        await database[SNAPSHOTS].create_index("expires", expireAfterSeconds=0, name="expires")
+        for resource_type, name in OBSOLETE_INDEXES:
+            with contextlib.suppress(OperationFailure):  # absent: nothing to drop
+                await database[resource_type].drop_index(name)
 
 
 @dataclass
@@ -164,19 +182,25 @@ class SearchQuery:
     sort: tuple[str, int]
     total: str
     summary_count: bool
-    cursor: dict[str, Any] | None
+    cursor: Cursor | None
     echo: list[tuple[str, str]]
     ignored: list[str]
     elements: list[str] = field(default_factory=list)
     includes: list[tuple[str, str, str | None]] = field(default_factory=list)
     revincludes: list[tuple[str, str, str | None]] = field(default_factory=list)
     path: str = ""
+    binding: str = ""  # digest of type, parameters and access filter; every cursor carries it
+    snapshot_max: int = SNAPSHOT_MAX
+    snapshot_seconds: int = SNAPSHOT_SECONDS
+
+    @property
+    def keyset(self) -> bool:
+        """True when the sort key never changes (keyset paging); False when pages come from a snapshot."""
+        return self.sort[0] in IMMUTABLE_SORT_FIELDS
 
     def cursor_token(self) -> str | None:
-        """The cursor this query was called with, re-encoded for the self link."""
-        if self.cursor is None:
-            return None
-        return encode_cursor(self.cursor["value"], self.cursor["direction"])
+        """The cursor this query was called with, for the self link."""
+        return None if self.cursor is None else self.cursor.encode()
 
 
 def parse_search(
@@ -189,6 +213,8 @@ def parse_search(
     base_url: str = "",
     lenient: bool = False,
     extra_filter: dict[str, Any] | None = None,
+    snapshot_max: int = SNAPSHOT_MAX,
+    snapshot_seconds: int = SNAPSHOT_SECONDS,
 ) -> SearchQuery:
     """Turn query parameters into a SearchQuery; unknown or bad parameters are 400 (unless lenient)."""
     known = registry.parameters(resource_type)
@@ -197,14 +223,16 @@ def parse_search(
     if extra_filter:
         clauses.append(extra_filter)
     query = SearchQuery(resource_type, {}, default_count, ("", 0), "none", False, None, [], [])
-    sort_text = "-_lastUpdated"
+    query.snapshot_max, query.snapshot_seconds = snapshot_max, snapshot_seconds
+    sort_texts: list[str] = []
+    cursor_token: str | None = None
     keyed = False  # a positive match on stored search keys, which deleted resources never have
     for raw_name, value in params:
         name, _, modifier = raw_name.partition(":")
         if name == "_count":
             query.count = _parse_count(value, max_count)
         elif name == "_sort":
-            sort_text = value
+            sort_texts.append(value)
         elif name == "_total":
             query.total = _choice("_total", value, ("none", "estimate", "accurate"))
         elif name == "_summary":
@@ -215,7 +243,9 @@ def parse_search(
             target = query.includes if name == "_include" else query.revincludes
             target.append(_parse_include(name, value, resource_type, registry))
         elif name == "_cursor":
-            query.cursor = decode_cursor(value)
+            if cursor_token is not None:
+                raise InvalidRequest("_cursor is given twice; follow one next/previous link.", expression=["_cursor"])
+            cursor_token = value
             continue
         elif name in IGNORED_PARAMETERS:
             continue
@@ -237,8 +267,18 @@ def parse_search(
         query.echo.append((raw_name, value))
     if not keyed:
         clauses.append({f"{RESERVED}.deleted": False})
-    query.sort = _parse_sort(sort_text, known)
+    if len(sort_texts) > 1:
+        raise InvalidRequest(
+            f"_sort is given {len(sort_texts)} times ({', '.join(sort_texts)}); give it once, with one parameter.",
+            expression=["_sort"],
+        )
+    query.sort = _parse_sort(sort_texts[0], known) if sort_texts else (CREATED_FIELD, DESCENDING)
     query.filter = merge_clauses(clauses)
+    query.binding = search_binding(resource_type, query.echo, extra_filter)
+    if cursor_token is not None:
+        query.cursor = decode_cursor(cursor_token, query.binding)
+        if query.cursor.kind != ("key" if query.keyset else "snap"):
+            raise InvalidRequest("_cursor does not fit this search's sort order.", expression=["_cursor"])
     return query
 
 

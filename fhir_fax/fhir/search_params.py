@@ -11,8 +11,8 @@ from typing import Any
 
 from pymongo import DESCENDING
 
-from .search import SearchParameter, SearchRegistry, indexed_parameter
-from .search_types import KEYS, SORT_KEYS, DateKind, ReferenceKind, TokenKind
+from .search import CREATED_FIELD, SearchParameter, SearchRegistry, indexed_parameter
+from .search_types import KEYS, DateKind, ReferenceKind, TokenKind
 
 EVENT_STATUS = "http://hl7.org/fhir/event-status"
 RECIPIENT_TARGETS = (
@@ -153,12 +153,13 @@ AUDIT_EVENT: tuple[SearchParameter, ...] = (
     ),
 )  # fmt: skip
 
-# All of one patient's faxes, newest first: the index gives both the match and the order.
-PER_PATIENT_INDEX = [(f"{KEYS}.patient.r", 1), (f"{SORT_KEYS}._lastUpdated", DESCENDING)]
+# All of one patient's faxes, newest created first: the index gives both the match and the (default) order,
+# and, being on a key written once, it is not rewritten at each status change.
+PER_PATIENT_INDEX = [(f"{KEYS}.patient.r", 1), (CREATED_FIELD, DESCENDING)]
 
 
 def default_registry() -> SearchRegistry:
-    registry = SearchRegistry(compound_indexes={"Communication": {"patient_lastUpdated": PER_PATIENT_INDEX}})
+    registry = SearchRegistry(compound_indexes={"Communication": {"patient_created": PER_PATIENT_INDEX}})
     for parameter in COMMUNICATION:
         registry.register("Communication", parameter)
     for parameter in AUDIT_EVENT:

@@ -17,6 +17,8 @@ class FHIRSettings:
     max_body_bytes: int = 1_000_000
     search_default_count: int = 20
     search_max_count: int = 500
+    search_snapshot_max: int = 10_000
+    search_snapshot_seconds: int = 1800
     software_name: str = "fhir-fax"
     software_version: str = "0"
 

@@ -72,6 +72,8 @@ class ResourceStore:
 
     async def ensure_indexes(self, resource_types: tuple[str, ...]) -> None:
         for resource_type in resource_types:
+            await self._add_created_keys(resource_type)
+            await self.collection(resource_type).create_index([(f"{RESERVED}.created", DESCENDING)], name="created")
             await self.collection(resource_type).create_index(f"{RESERVED}.lastUpdated", name="lastUpdated")
             await self.collection(resource_type).create_index(
                 [(f"{RESERVED}.sort._lastUpdated", DESCENDING)], name="sort_lastUpdated"
@@ -79,13 +81,53 @@ class ResourceStore:
             await self.database[history_collection(resource_type)].create_index(
                 [(f"{RESERVED}.id", ASCENDING), (f"{RESERVED}.version", DESCENDING)], name="versions"
             )
+            await self.database[history_collection(resource_type)].create_index(
+                [(f"{RESERVED}.sort._lastUpdated", DESCENDING)], name="sort_lastUpdated"
+            )
+
+    async def _add_created_keys(self, resource_type: str) -> None:
+        """Give resources stored before creation keys existed theirs: the time of their first version.
+
+        Runs at start-up and touches only documents that lack a key (none, after the first start).
+        """
+        collection = self.collection(resource_type)
+        async for document in collection.find({f"{RESERVED}.created": {"$exists": False}}, {RESERVED: 1}):
+            first = await self.database[history_collection(resource_type)].find_one(
+                {"_id": f"{document['_id']}/1"}, {f"{RESERVED}.lastUpdated": 1}
+            )
+            moment = (first or document)[RESERVED]["lastUpdated"]
+            key = created_sort_key(as_utc(moment), document["_id"])
+            await collection.update_one(
+                {"_id": document["_id"], f"{RESERVED}.created": {"$exists": False}},
+                {"$set": {f"{RESERVED}.created": key}},
+            )
+        # Deletion markers written before they carried one lack the key history pages by.
+        for name in (resource_type, history_collection(resource_type)):
+            unkeyed = {f"{RESERVED}.sort._lastUpdated": {"$exists": False}}
+            async for document in self.database[name].find(unkeyed, {RESERVED: 1}):
+                resource_id = document[RESERVED].get("id", document["_id"])
+                moment = as_utc(document[RESERVED]["lastUpdated"])
+                key = last_updated_sort_key(moment, resource_id, document[RESERVED]["version"])
+                await self.database[name].update_one(
+                    {"_id": document["_id"]}, {"$set": {f"{RESERVED}.sort._lastUpdated": key}}
+                )
 
     # -- writes -------------------------------------------------------------------------------
 
     def _document(
-        self, resource: dict[str, Any], resource_id: str, version: int, method: str, moment: datetime
+        self,
+        resource: dict[str, Any],
+        resource_id: str,
+        version: int,
+        method: str,
+        moment: datetime,
+        created: str | None = None,
     ) -> dict[str, Any]:
-        """Stored form of a validated resource: server-owned id and meta, plus reserved fields."""
+        """Stored form of a validated resource: server-owned id and meta, plus reserved fields.
+
+        ``created`` is the creation key of the resource's first version, carried over unchanged by every
+        later version: the default search order, which therefore never moves a resource while it changes.
+        """
         resource_type = resource["resourceType"]
         body = {k: v for k, v in resource.items() if k not in ("id", "meta", "_id", RESERVED)}
         meta = dict(resource.get("meta") or {})
@@ -99,7 +141,8 @@ class ResourceStore:
             "lastUpdated": moment,
             "method": method,
             "deleted": False,
-            "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id)},
+            "created": created or created_sort_key(moment, resource_id),
+            "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id, version)},
         }
         if indexer is not None:
             computed = indexer(public(document))
@@ -168,7 +211,7 @@ class ResourceStore:
             version = current[RESERVED]["version"]
             if wanted is not None and wanted != version:
                 raise version_conflict(resource_type, resource_id, wanted, version)
-            document = self._document(resource, resource_id, version + 1, "PUT", now())
+            document = self._document(resource, resource_id, version + 1, "PUT", now(), created_of(current))
             if await self._replace(resource_type, current, document):
                 return public(document), current[RESERVED]["deleted"]
             if wanted is not None:
@@ -206,7 +249,14 @@ class ResourceStore:
                 "resourceType": resource_type,
                 "id": resource_id,
                 "meta": {"versionId": str(version), "lastUpdated": format_instant(moment)},
-                RESERVED: {"version": version, "lastUpdated": moment, "method": "DELETE", "deleted": True},
+                RESERVED: {
+                    "version": version,
+                    "lastUpdated": moment,
+                    "method": "DELETE",
+                    "deleted": True,
+                    "created": created_of(current),
+                    "sort": {"_lastUpdated": last_updated_sort_key(moment, resource_id, version)},  # history's order
+                },
             }
             if await self._replace(resource_type, current, tombstone):
                 return version
@@ -246,7 +296,8 @@ class ResourceStore:
             if changed is None:
                 return None
             changed = validate_resource(changed, resource_type)
-            document = self._document(changed, resource_id, current[RESERVED]["version"] + 1, "PUT", now())
+            version = current[RESERVED]["version"] + 1
+            document = self._document(changed, resource_id, version, "PUT", now(), created_of(current))
             if await self._replace(resource_type, current, document):
                 return public(document)
         raise PreconditionFailed(f"{resource_type}/{resource_id} is being changed by many clients at once.")
@@ -311,9 +362,24 @@ class ResourceStore:
         return 0 if current is None else current[RESERVED]["version"]
 
 
-def last_updated_sort_key(moment: datetime, resource_id: str) -> str:
-    """``_lastUpdated`` as fixed-width text plus the id: unique, so paging needs one range condition."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "\x01" + resource_id
+def last_updated_sort_key(moment: datetime, resource_id: str, version: int) -> str:
+    """``_lastUpdated`` as fixed-width text, the id and the version: unique even among one resource's versions
+    (times are kept to the millisecond), so search and history pages need one range condition."""
+    return f"{_time_text(moment)}\x01{resource_id}\x01{version:010d}"
+
+
+def created_sort_key(moment: datetime, resource_id: str) -> str:
+    """When the resource was first created, as fixed-width text plus the id: unique and never changed."""
+    return f"{_time_text(moment)}\x01{resource_id}"
+
+
+def _time_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def created_of(current: dict[str, Any]) -> str | None:
+    """The creation key of a stored resource (None for one stored before keys existed: the next write sets it)."""
+    return current[RESERVED].get("created")
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:

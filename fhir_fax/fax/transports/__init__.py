@@ -1,21 +1,22 @@
-"""Fax carriers behind one small interface (base.Transport)."""
+"""Fax carriers: one package each behind one interface (``base.py``), and one registration line each below."""
 
 from __future__ import annotations
 
-from typing import Any
+from . import simulator, telnyx
+from .base import Capabilities, Carrier, Submission, Transport, TransportError
+from .registry import CARRIERS, carrier_named, make_transport, register
 
-from ...settings import Settings
-from .base import Transport
+register(simulator.CARRIER)
+register(telnyx.CARRIER)
 
-
-def make_transport(settings: Settings, database: Any) -> Transport:
-    """The carrier named by ``FHIR_FAX_CARRIER``."""
-    if settings.carrier == "simulator":
-        from .simulator import Simulator
-
-        return Simulator(database, speed=settings.simulator_speed)
-    if settings.carrier == "telnyx":
-        from .telnyx import Telnyx
-
-        return Telnyx(settings, database)
-    raise ValueError(f"Unknown fax carrier {settings.carrier!r}; FHIR_FAX_CARRIER may be: simulator, telnyx.")
+__all__ = [
+    "CARRIERS",
+    "Capabilities",
+    "Carrier",
+    "Submission",
+    "Transport",
+    "TransportError",
+    "carrier_named",
+    "make_transport",
+    "register",
+]

@@ -1,15 +1,40 @@
-"""The interface every carrier implements, and what it hands over and back."""
+"""The one interface every carrier implements, what it hands over and back, and what it declares about itself.
+
+A carrier is one package under ``fax/transports/`` (``simulator/``, ``telnyx/``) and one registration line
+in ``fax/transports/__init__.py``. Its package holds everything the carrier needs: the transport (submit,
+find, poll), how its webhooks are verified and read, and the capabilities it declares; nothing outside the
+package knows a carrier by name.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from ...settings import Settings
 from ..status import StatusEvent
 
 EventSink = Callable[[StatusEvent], Awaitable[object]]
+
+WEBHOOK_PREFIX = "/fax/webhooks"  # carrier ``name`` reports to WEBHOOK_PREFIX/name (see ``webhook_path``)
+
+
+def webhook_path(name: str) -> str:
+    """The path carrier ``name`` sends its webhooks to: the route and the URL given to the carrier both use this."""
+    return f"{WEBHOOK_PREFIX}/{name}"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a carrier declares about itself; the worker reads these, it never probes a transport."""
+
+    takes_tiff: bool = False  # gets the fax-line rendering (TIFF Class F) rather than the sender's document
+    fetches_by_url: bool = False  # downloads the pinned document from a signed Z3 URL instead of taking bytes
+    inbound: bool = False  # can receive faxes (declared only: receiving is not implemented yet)
+    max_concurrency: int | None = None  # attempts it accepts in flight at once; None: no limit known
+    rate_per_second: float | None = None  # submissions per second it accepts; None: no limit known
 
 
 @dataclass(frozen=True)
@@ -37,7 +62,15 @@ class TransportError(Exception):
 
 
 class Transport(Protocol):
-    name: str
+    """One carrier's outbound side (a class attribute or a property satisfies each of the first two)."""
+
+    @property
+    def name(self) -> str:
+        """Its registered name (recorded on each job it takes)."""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What it declares; the worker reads this and never probes the transport."""
 
     async def start(self, sink: EventSink) -> None:
         """Begin delivering carrier news to ``sink`` (webhook carriers deliver through a route instead)."""
@@ -52,3 +85,49 @@ class Transport(Protocol):
 
     async def poll(self, carrier_id: str) -> list[StatusEvent]:
         """Everything the carrier currently knows about one fax, as events (for reconciliation)."""
+
+
+# -- webhooks --------------------------------------------------------------------------------------
+
+
+class WebhookRefused(Exception):
+    """The webhook is not proven to come from the carrier (unsigned, tampered, stale, not configured): 401."""
+
+
+class WebhookUnreadable(ValueError):
+    """The webhook is the carrier's but cannot be applied (not an event, or a deciding value is wrong): 400."""
+
+
+@dataclass(frozen=True)
+class VerifiedWebhook:
+    """A webhook whose signature checked out: the carrier's id for the delivery (for duplicates) and its body."""
+
+    event_id: str
+    body: Any
+
+
+class WebhookReader(Protocol):
+    """How one carrier's webhooks are verified, then read; the generic route does the rest (duplicates, matching)."""
+
+    def verify(self, raw: bytes, headers: Mapping[str, str]) -> VerifiedWebhook:
+        """Check the signature on the raw bytes, then parse; raises WebhookRefused or WebhookUnreadable."""
+
+    def event(self, webhook: VerifiedWebhook) -> StatusEvent | None:
+        """The news it carries for us, or None (another sender's fax, an event we do not track).
+
+        Raises WebhookUnreadable when it is about one of our attempts but cannot be matched to one.
+        """
+
+
+@dataclass(frozen=True)
+class Carrier:
+    """One carrier as registered: its name, its title in messages, and how to build its two sides.
+
+    The webhook reader is built from the settings alone (a key, a tolerance), without the transport's
+    credentials, so a server verifies a carrier's webhooks whichever carrier it sends through.
+    """
+
+    name: str
+    title: str
+    transport: Callable[[Settings, Any], Transport]
+    webhooks: Callable[[Settings], WebhookReader] | None = None

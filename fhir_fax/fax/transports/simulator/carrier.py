@@ -28,10 +28,10 @@ from typing import Any
 
 from pymongo import ASCENDING
 
-from ...db import stop_if_cancelled
-from ...fhir.models import now
-from ..status import FAILURE_MESSAGES, Failure, StatusEvent
-from .base import EventSink, Submission
+from ....db import stop_if_cancelled
+from ....fhir.models import now
+from ...status import FAILURE_MESSAGES, Failure, StatusEvent
+from ..base import Capabilities, EventSink, Submission
 
 log = logging.getLogger("fhir_fax.simulator")
 
@@ -51,7 +51,7 @@ def planned_outcome(to_number: str, attempt: int) -> str | None:
 
 class Simulator:
     name = "simulator"
-    takes_tiff = True  # it receives the fax-line rendering, as a fax modem would
+    capabilities = Capabilities(takes_tiff=True)  # it receives the fax-line rendering, as a fax modem would
 
     def __init__(self, database: Any, speed: float = 1.0, tick: float = 0.05) -> None:
         self.collection = database[COLLECTION]
@@ -78,7 +78,7 @@ class Simulator:
         attempt = int(submission.reference.rsplit(":", 1)[1])
         failure = planned_outcome(submission.to_number, attempt)
         result_after = SENDING_AFTER + submission.pages * SECONDS_PER_PAGE[submission.quality]
-        timeline = [
+        timeline: list[dict[str, Any]] = [
             {"after": PROCESSING_AFTER, "status": "PROCESSING"},
             {"after": SENDING_AFTER, "status": "SENDING"},
             {"after": result_after, "status": "FAILED" if failure else "DELIVERED", "failure": failure},

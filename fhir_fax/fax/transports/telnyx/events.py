@@ -1,9 +1,4 @@
-"""Telnyx Programmable Fax v2 over httpx: submit by media URL, webhooks for news, polling to reconcile.
-
-Telnyx fetches the document from a short-lived signed Z3 download URL, echoes our attempt
-reference back in ``client_state`` (base64), and reports by webhook (``/fax/webhooks/telnyx``,
-verified in ``fax/webhooks.py``). Telnyx has no idempotency key for sends, so after a worker died
-mid-submit the takeover lists recent faxes to the same number and matches ``client_state``.
+"""Telnyx's news, checked and read: a webhook body or a polled fax becomes a ``StatusEvent`` (or nothing).
 
 Every value Telnyx sends (by webhook or in a poll) is checked here before it can reach a job or a
 Communication. What decides which fax and attempt an event is about (``client_state``, ``fax_id``)
@@ -23,14 +18,10 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
-
-from ...fhir.models import now
-from ...settings import Settings
-from ...z3.locations import parse_z3_url
-from ...z3.signing import presign, signing_key
-from ..status import Failure, StatusEvent
-from .base import EventSink, Submission, TransportError
+from ....fhir.models import now
+from ...jobs import Reported
+from ...status import Failure, StatusEvent
+from ..base import WebhookUnreadable
 
 QUALITY = {"standard": "normal", "fine": "high", "superfine": "very_high"}
 STATUS = {"media.processed": "PROCESSING", "originated": "SENDING", "sending": "SENDING", "delivered": "DELIVERED"}
@@ -68,7 +59,7 @@ TIME_WINDOW = (timedelta(days=30), timedelta(minutes=5))
 NO_REASON = "The carrier reported a failure without a reason."
 
 
-class CarrierEventProblem(ValueError):
+class CarrierEventProblem(WebhookUnreadable):
     """A signed event that cannot be applied; the message says which value is wrong."""
 
 
@@ -98,8 +89,8 @@ def failure_of(reason: object) -> Failure:
     """Why the attempt failed, from Telnyx's ``failure_reason``; anything unexpected becomes UNKNOWN."""
     if reason is None or reason == "":
         return Failure("UNKNOWN", NO_REASON, retry=False)
-    if isinstance(reason, str) and SIP_CODE.fullmatch(reason):
-        return Failure(reason, f"The call failed with SIP {reason}.", retry=reason in ("486", "480", "503"))
+    if isinstance(reason, str) and SIP_CODE.fullmatch(reason):  # the retry policy knows which SIP codes are transient
+        return Failure(reason, f"The call failed with SIP {reason}.")
     if not isinstance(reason, str) or not REASON.fullmatch(reason):
         log.warning("Telnyx failure_reason %.80r is not a reason code; dropped (UNKNOWN)", reason)
         return Failure("UNKNOWN", NO_REASON, retry=False)
@@ -133,13 +124,14 @@ def parse_time(text: object) -> datetime:
     return received
 
 
-def status_of(state: object, source: str) -> str | None:
+def status_of(state: object, source: str) -> Reported | None:
     """Our status for a webhook's event type or a polled fax's status; None for news we do not track."""
     if not isinstance(state, str):
         return None
     if state == ("fax.failed" if source == "webhook" else "failed"):
-        return "FAILED"
-    return (EVENT_STATUS if source == "webhook" else STATUS).get(state)
+        return Reported.FAILED
+    found = (EVENT_STATUS if source == "webhook" else STATUS).get(state)
+    return None if found is None else Reported(found)
 
 
 def make_event(
@@ -149,10 +141,10 @@ def make_event(
     status = status_of(state, source)
     if status is None:
         return None
-    if status == "FAILED":
+    if status is Reported.FAILED:
         failure = failure_of(payload.get("failure_reason"))
-        return StatusEvent(reference, "FAILED", occurred, failure=failure, source=source, carrier_id=carrier_id)
-    pages = pages_of(payload.get("page_count")) if status == "DELIVERED" else None
+        return StatusEvent(reference, Reported.FAILED, occurred, failure=failure, source=source, carrier_id=carrier_id)
+    pages = pages_of(payload.get("page_count")) if status is Reported.DELIVERED else None
     return StatusEvent(reference, status, occurred, pages=pages, source=source, carrier_id=carrier_id)
 
 
@@ -171,104 +163,3 @@ def event_from_webhook(envelope: dict[str, Any]) -> StatusEvent | None:
     carrier_id = carrier_id_of(payload.get("fax_id"))
     occurred = parse_time(data.get("occurred_at"))
     return make_event(reference, data.get("event_type"), occurred, payload, carrier_id, "webhook")
-
-
-class Telnyx:
-    name = "telnyx"
-
-    def __init__(self, settings: Settings, database: Any) -> None:
-        if not (settings.telnyx_api_key and settings.telnyx_connection_id and settings.base_url):
-            raise ValueError(
-                "The telnyx carrier needs FHIR_FAX_TELNYX_API_KEY, FHIR_FAX_TELNYX_CONNECTION_ID and FHIR_FAX_BASE_URL "
-                "(the public address Telnyx fetches documents from and sends webhooks to)."
-            )
-        self.settings = settings
-        self.database = database
-        self.client = httpx.AsyncClient(
-            base_url=settings.telnyx_api_base.rstrip("/"),
-            headers={"authorization": f"Bearer {settings.telnyx_api_key}"},
-            timeout=settings.telnyx_timeout_seconds,
-        )
-
-    async def start(self, sink: EventSink) -> None:
-        """News arrives by webhook (fax/webhooks.py), so there is nothing to start."""
-
-    async def stop(self) -> None:
-        await self.client.aclose()
-
-    async def media_url(self, media: str, version: str | None = None) -> str:
-        """A signed download URL of the pinned version (what was checked at send), not of whatever the key holds."""
-        base = (self.settings.base_url or "").rstrip("/") + self.settings.project_api_path
-        key = await signing_key(self.database)
-        ttl = self.settings.z3_url_ttl_seconds
-        return presign(key, base, parse_z3_url(media, ()), "download", ttl, version=version)
-
-    async def submit(self, submission: Submission) -> str:
-        body = {
-            "connection_id": self.settings.telnyx_connection_id,
-            "to": submission.to_number,
-            "from": submission.from_number,
-            "media_url": await self.media_url(submission.media, submission.media_version),
-            "quality": QUALITY[submission.quality],
-            "client_state": encode_state(submission.reference),
-            "webhook_url": f"{(self.settings.base_url or '').rstrip('/')}/fax/webhooks/telnyx",
-            "store_media": False,
-        }
-        response = await self._request("POST", "/faxes", json=body)
-        if response.status_code in (200, 201, 202):
-            return response.json()["data"]["id"]
-        detail = _error_detail(response)
-        if response.status_code in (408, 429) or response.status_code >= 500:
-            raise TransportError("CARRIER_UNAVAILABLE", f"Telnyx is unavailable ({response.status_code}): {detail}")
-        raise TransportError("FAILED", f"Telnyx refused the fax ({response.status_code}): {detail}")
-
-    async def find(self, reference: str, to_number: str, since: datetime) -> str | None:
-        state = encode_state(reference)
-        for page in range(1, 11):
-            params = {
-                "filter[to][eq]": to_number,
-                "filter[direction][eq]": "outbound",
-                "filter[created_at][gte]": (since - timedelta(minutes=1)).isoformat(),
-                "page[size]": "50",
-                "page[number]": str(page),
-            }
-            response = await self._request("GET", "/faxes", params=params)
-            if response.status_code != 200:
-                raise TransportError("CARRIER_UNAVAILABLE", f"Telnyx could not list faxes ({response.status_code}).")
-            faxes = response.json().get("data", [])
-            for fax in faxes:
-                if fax.get("client_state") == state:
-                    return fax["id"]
-            if len(faxes) < 50:
-                return None
-        return None
-
-    async def poll(self, carrier_id: str) -> list[StatusEvent]:
-        response = await self._request("GET", f"/faxes/{carrier_id}")
-        if response.status_code != 200:
-            return []
-        try:
-            fax = response.json()["data"]
-        except (ValueError, KeyError, TypeError):
-            return []
-        reference = decode_state(fax.get("client_state")) if isinstance(fax, dict) else None
-        if reference is None:
-            return []
-        event = make_event(reference, fax.get("status"), parse_time(fax.get("updated_at")), fax, carrier_id, "poll")
-        return [] if event is None else [event]
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self.client.request(method, path, **kwargs)
-        except httpx.HTTPError as error:
-            raise TransportError(
-                "CARRIER_UNAVAILABLE", f"Telnyx could not be reached ({type(error).__name__})."
-            ) from None
-
-
-def _error_detail(response: httpx.Response) -> str:
-    try:
-        errors = response.json().get("errors") or []
-        return "; ".join(e.get("detail") or e.get("title") or "" for e in errors) or response.text[:200]
-    except ValueError:
-        return response.text[:200]
