@@ -8,10 +8,13 @@ import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .fhir.errors import FHIRError
+from .errors import DomainError
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 T = TypeVar("T")
 
@@ -64,14 +67,23 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_database(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``work(database)`` on the configured database (joining or starting the embedded one)."""
+def _with_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Run ``work(runtime)`` on the one runtime of the configured database (joining or starting the embedded one).
+
+    Every command builds its objects through ``Runtime``, as the server does, so none of them is wired
+    differently (an auditor forgotten, another carrier).
+    """
     from .db import Database
+    from .runtime import Runtime
 
     async def run() -> T:
         database = Database(settings)
         try:
-            return await work(database.connect())
+            runtime = Runtime.build(settings, database.connect())
+            try:
+                return await work(runtime)
+            finally:
+                await runtime.close()
         finally:
             await database.close()
 
@@ -79,19 +91,15 @@ def _with_database(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T
 
 
 def fixtures_load(args: argparse.Namespace) -> int:
-    from .fhir.search_params import default_registry
-    from .fhir.store import ResourceStore
     from .fixtures import FIXTURES_DIR, load_fixtures
 
     directory = Path(args.directory) if args.directory else FIXTURES_DIR
-    indexer = default_registry().indexer
-    counts = _with_database(_settings(args), lambda db: load_fixtures(ResourceStore(db, indexer), directory))
+    counts = _with_runtime(_settings(args), lambda runtime: load_fixtures(runtime.store, directory))
     print(f"fixtures: {counts['written']} written, {counts['unchanged']} unchanged")
     return 0
 
 
 def numbers(args: argparse.Namespace) -> int:
-    from .fax.numbers import FaxNumbers
     from .fax.phone import NumberProblem, check_fax_number
 
     settings = _settings(args)
@@ -106,8 +114,8 @@ def numbers(args: argparse.Namespace) -> int:
             print(f"fhir-fax: {problem}", file=sys.stderr)
             return 2
 
-    async def work(database: Any) -> list[str]:
-        registry = FaxNumbers(database)
+    async def work(runtime: Runtime) -> list[str]:
+        registry = runtime.service.numbers
         if args.action == "onboard":
             return [await registry.onboard_for_project(number, settings.carrier, settings.carrier_fax_number)]
         if args.action == "offboard":
@@ -115,8 +123,8 @@ def numbers(args: argparse.Namespace) -> int:
         return await registry.list()
 
     try:
-        result = _with_database(settings, work)
-    except FHIRError as error:
+        result = _with_runtime(settings, work)
+    except DomainError as error:
         print(f"fhir-fax: {error.diagnostics}", file=sys.stderr)
         return 1
     verb = {"onboard": "onboarded", "offboard": "offboarded", "list": "onboarded"}[args.action]
@@ -130,7 +138,6 @@ def numbers(args: argparse.Namespace) -> int:
 def z3(args: argparse.Namespace) -> int:
     """``fhir-fax z3 put FILE z3://bucket/key`` and ``fhir-fax z3 get z3://bucket/key FILE``."""
     from .z3.locations import Z3UrlError, parse_z3_url
-    from .z3.store import Z3Store
 
     settings = _settings(args)
     url, path = (args.destination, Path(args.file)) if args.action == "put" else (args.source, Path(args.file))
@@ -143,14 +150,14 @@ def z3(args: argparse.Namespace) -> int:
         print(f"fhir-fax: {path} is not a file", file=sys.stderr)
         return 2
 
-    async def work(database: Any) -> str:
-        store = Z3Store(database)
+    async def work(runtime: Runtime) -> str:
+        store = runtime.z3
         if args.action == "put":
             from .fax.documents import sniff_type
 
-            data = await asyncio.to_thread(path.read_bytes)
-            await store.put(location, data, sniff_type(data) or "application/octet-stream")
-            return f"stored {path} ({len(data)} bytes) at {location}"
+            upload = await asyncio.to_thread(path.read_bytes)
+            await store.put(location, upload, sniff_type(upload) or "application/octet-stream")
+            return f"stored {path} ({len(upload)} bytes) at {location}"
         data = await store.read(location)
         if data is None:
             raise FileNotFoundError(f"there is no object at {location}")
@@ -158,7 +165,7 @@ def z3(args: argparse.Namespace) -> int:
         return f"wrote {location} ({len(data)} bytes) to {path}"
 
     try:
-        print(_with_database(settings, work))
+        print(_with_runtime(settings, work))
     except FileNotFoundError as error:
         print(f"fhir-fax: {error}", file=sys.stderr)
         return 1
@@ -173,7 +180,7 @@ def clients(args: argparse.Namespace) -> int:
     from .auth.policies import PolicyError
 
     settings = _settings(args)
-    policy = None
+    policy: Any = None
     if args.action == "create":
         try:
             policy = json_module.loads(Path(args.policy).read_text())
@@ -181,12 +188,12 @@ def clients(args: argparse.Namespace) -> int:
             print(f"fhir-fax: cannot read the policy file: {error}", file=sys.stderr)
             return 2
 
-    async def work(database: Any) -> list[str]:
-        registry = Clients(database)
+    async def work(runtime: Runtime) -> list[str]:
+        registry = Clients(runtime.database)
         await registry.ensure_indexes()
         if args.action == "create":
-            record, secret = await registry.create(args.name, policy, description=args.description)
-            return [json_module.dumps({**public(record), "secret": secret}, indent=2)]
+            record, created_secret = await registry.create(args.name, policy, description=args.description)
+            return [json_module.dumps({**public(record), "secret": created_secret}, indent=2)]
         if args.action == "list":
             return [f"{r['_id']}  {r['clientId']}  {r['name']}" for r in await registry.list()] or ["no clients"]
         if args.action == "rotate-secret":
@@ -199,7 +206,7 @@ def clients(args: argparse.Namespace) -> int:
         return [f"deleted {args.id}"]
 
     try:
-        lines = _with_database(settings, work)
+        lines = _with_runtime(settings, work)
     except PolicyError as error:
         print(f"fhir-fax: the policy is not valid: {error}", file=sys.stderr)
         return 2
@@ -214,31 +221,23 @@ def worker(args: argparse.Namespace) -> int:
     """Run a delivery worker alone until Ctrl-C or SIGTERM (any number may share one database)."""
     import signal
 
-    from .db import Database
-    from .fax.worker import create_worker
-
     settings = _settings(args)
 
-    async def run() -> None:
-        database = Database(settings)
-        try:
-            delivery = create_worker(settings, database.connect())
-            await delivery.outbox.ensure_indexes()
-            task = asyncio.create_task(delivery.run())
-            stopping = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stopping.set)
-            waiter = asyncio.create_task(stopping.wait())
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finally:
-            await database.close()
+    async def work(runtime: Runtime) -> None:
+        await runtime.prepare()
+        task = asyncio.create_task(runtime.worker().run())
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        waiter = asyncio.create_task(stopping.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
-    asyncio.run(run())
+    _with_runtime(settings, work)
     return 0
 
 
@@ -252,8 +251,8 @@ def send(args: argparse.Namespace) -> int:
     to = args.to
     request_fields = {"recipientNumber": to} if to.startswith("+") else {"recipient": to}
 
-    async def work(database: Any) -> str:
-        console = Console(settings, database)
+    async def work(runtime: Runtime) -> str:
+        console = Console(runtime)
         media = await console.upload(Path(args.media))
         request = SendFaxRequest(
             media=media,
@@ -265,8 +264,8 @@ def send(args: argparse.Namespace) -> int:
         return await console.send_and_watch(request)
 
     try:
-        final = _with_database(settings, work)
-    except (FHIRError, DocumentProblem, OSError) as error:
+        final = _with_runtime(settings, work)
+    except (DomainError, DocumentProblem, OSError) as error:
         print(f"fhir-fax: {getattr(error, 'diagnostics', error)}", file=sys.stderr)
         return 2
     return 0 if final == "DELIVERED" else 1
@@ -282,7 +281,7 @@ def demo(args: argparse.Namespace) -> int:
         "retry_delay_seconds": min(settings.retry_delay_seconds, 1.0),
     }
     settings = settings.model_copy(update=fast)
-    return _with_database(settings, lambda database: Console(settings, database).demo())
+    return _with_runtime(settings, lambda runtime: Console(runtime).demo())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(Settings().log_format)
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
 
 
 if __name__ == "__main__":

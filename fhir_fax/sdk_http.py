@@ -5,15 +5,16 @@ from __future__ import annotations
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
-from .fhir.errors import FHIRError
+from .errors import DomainError
+from .fhir.errors import status_of
 from .fhir.http import ErrorRenderingRoute
 
 
 class SDKRoute(ErrorRenderingRoute):
     """SDK-compatible routes answer failures as ``{"message": ..., "code": <status>}``, what the Oystehr SDK reads."""
 
-    def render_error(self, error: FHIRError) -> Response:
-        return sdk_error(error.diagnostics, error.status_code, error.headers)
+    def render_error(self, error: DomainError) -> Response:
+        return sdk_error(error.diagnostics, status_of(error), error.headers)
 
 
 def sdk_error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:

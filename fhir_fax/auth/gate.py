@@ -24,8 +24,8 @@ from typing import Any
 
 from fastapi import Request
 
+from ..errors import Forbidden
 from ..fhir.compartments import compartment_filter, in_compartment
-from ..fhir.errors import Forbidden
 from ..fhir.search import SearchRegistry, merge_clauses
 from ..fhir.store import RESERVED, public
 from .grants import narrows
@@ -42,13 +42,23 @@ Newest = Callable[[str], Awaitable[Any]]
 
 
 class Gate:
-    def __init__(self, guard: Guard, registry: SearchRegistry) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        registry: SearchRegistry,
+        *,
+        database: Any = None,
+        carriers: Carriers | None = None,
+        newest: Newest | None = None,
+        auditor: Any = None,
+    ) -> None:
+        """Built whole by the runtime (``fhir_fax.runtime``); without a database nothing is served."""
         self.guard = guard
         self.registry = registry
-        self.database: Any = None  # set when the module starts
-        self.carriers: Carriers | None = None
-        self.newest: Newest | None = None
-        self.auditor: Any = None  # fhir_fax.audit.Auditor
+        self.database = database
+        self.carriers = carriers
+        self.newest = newest
+        self.auditor = auditor  # fhir_fax.audit.Auditor
 
     # -- who, and may they at all ------------------------------------------------------------------------
 

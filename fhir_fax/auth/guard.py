@@ -19,9 +19,8 @@ from typing import Any
 import jwt
 from fastapi import Request
 
+from ..errors import Forbidden, Unauthorized, Unavailable
 from ..fhir.compartments import LIMITED_TYPES
-from ..fhir.context import ServiceUnavailable
-from ..fhir.errors import Forbidden, Unauthorized
 from ..settings import Settings
 from .addresses import TrustedProxies, caller_address
 from .clients import Clients
@@ -111,10 +110,10 @@ def _unauthorized(message: str, error: str = "invalid_token") -> Unauthorized:
 
 
 class Guard:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, database: Any = None, auditor: Any = None) -> None:
         self.settings = settings
-        self.database: Any = None
-        self.auditor: Any = None  # fhir_fax.audit.Auditor, set when the module starts
+        self.database = database
+        self.auditor = auditor  # fhir_fax.audit.Auditor
         self.issuers = ExternalIssuers(settings.external_issuers)
         self.proxies = TrustedProxies.of(settings.trusted_proxies)
         self._key: SigningKey | None = None
@@ -124,7 +123,7 @@ class Guard:
         if isinstance(cached, Principal):
             return cached
         if self.database is None:
-            raise ServiceUnavailable("The server is starting; retry in a moment.")
+            raise Unavailable("The server is starting; retry in a moment.")
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer ") or not header[7:].strip():
             await self._audit_refusal(request, "anonymous", "no bearer token")
@@ -148,7 +147,7 @@ class Guard:
                     "get a token from POST /oauth/token or from a configured issuer."
                 )
         except IssuerUnavailable as error:
-            raise ServiceUnavailable(str(error)) from None
+            raise Unavailable(str(error)) from None
         except (TokenError, PolicyError, ScopeError, KeyError) as error:
             await self._audit_refusal(request, "anonymous", str(error) or "invalid token")
             raise _unauthorized(str(error) or "The bearer token is not valid.") from None

@@ -11,13 +11,14 @@ its secret rotated or be deleted by it (that would hand its rights over, or take
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from ..fhir.context import FHIRContext, ServiceUnavailable
-from ..fhir.errors import InvalidRequest, ResourceNotFound
+from ..errors import Invalid, NotFound
+from ..fhir.context import FHIRContext
 from ..fhir.http import read_json
 from ..sdk_http import SDKRoute
 from .clients import Clients, public
@@ -29,21 +30,19 @@ EDITABLE = {"name", "description", "accessPolicy", "jwks"}
 
 def _fields(body: Any, *, creating: bool) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object with name, description and accessPolicy.")
+        raise Invalid("The body must be a JSON object with name, description and accessPolicy.")
     unknown = set(body) - EDITABLE
     if unknown:
-        raise InvalidRequest(
-            f"Unknown fields: {', '.join(sorted(unknown))}; a client has {', '.join(sorted(EDITABLE))}."
-        )
+        raise Invalid(f"Unknown fields: {', '.join(sorted(unknown))}; a client has {', '.join(sorted(EDITABLE))}.")
     if creating and not body.get("name"):
-        raise InvalidRequest("name is required.")
+        raise Invalid("name is required.")
     if creating and "accessPolicy" not in body:
-        raise InvalidRequest(
+        raise Invalid(
             "accessPolicy is required, e.g. "
             '{"rule": [{"resource": "Fax:Fax:*", "action": "Fax:Send", "effect": "Allow"}]}.'
         )
     if "name" in body and not isinstance(body["name"], str):
-        raise InvalidRequest("name must be a string.")
+        raise Invalid("name must be a string.")
     return body
 
 
@@ -51,49 +50,50 @@ def _policy(value: Any, prefix: str = "") -> tuple[Rule, ...]:
     try:
         return parse_policy(value)
     except PolicyError as error:
-        raise InvalidRequest(f"{prefix}{error}") from None
+        raise Invalid(f"{prefix}{error}") from None
 
 
-def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
-    """``database_of()`` returns the running database (None before start-up)."""
+def m2m_router(fhir: FHIRContext, runtime: Callable[[], Any]) -> APIRouter:
+    """``runtime()`` is the running ``fhir_fax.runtime.Runtime`` (Unavailable, so 503, before start-up)."""
     router = APIRouter(route_class=SDKRoute.limited(fhir.settings.max_body_bytes), tags=["M2M clients"])
 
     def clients() -> Clients:
-        database = database_of()
-        if database is None:
-            raise ServiceUnavailable("The server is starting; retry in a moment.")
-        return Clients(database)
+        return Clients(runtime().database)
+
+    def gate() -> Gate:
+        found: Gate = runtime().gate
+        return found
 
     async def found(record_id: str) -> dict[str, Any]:
         record = await clients().get(record_id)
         if record is None:
-            raise ResourceNotFound(f"There is no M2M client {record_id}.")
+            raise NotFound(f"There is no M2M client {record_id}.")
         return record
 
     @router.post("/m2m", summary="Create an M2M client", status_code=201)
     async def create(request: Request) -> JSONResponse:
         await fhir.authorize(request, "App:CreateM2MClient", "App:M2MClient")
         body = _fields(await read_json(request, fhir.settings.max_body_bytes), creating=True)
-        await gate.grant(request, "App:CreateM2MClient", "App:M2MClient", _policy(body["accessPolicy"]))
+        await gate().grant(request, "App:CreateM2MClient", "App:M2MClient", _policy(body["accessPolicy"]))
         try:
             record, _ = await clients().create(
                 body["name"], body["accessPolicy"], description=body.get("description"), jwks=body.get("jwks")
             )
         except PolicyError as error:
-            raise InvalidRequest(str(error)) from None
+            raise Invalid(str(error)) from None
         return JSONResponse(public(record), status_code=201)
 
     @router.get("/m2m", summary="List M2M clients")
     async def list_clients(request: Request) -> list[dict[str, Any]]:
         await fhir.authorize(request, "App:ListAllM2MClients", "App:M2MClient")
-        return [public(record) for record in await gate.listable(request, await clients().list())]
+        return [public(record) for record in await gate().listable(request, await clients().list())]
 
     @router.get("/m2m/me", summary="The calling M2M client")
     async def me(request: Request) -> dict[str, Any]:
         await fhir.authenticate(request)
         record = await clients().by_client_id(request.state.principal.client_id)
         if record is None:
-            raise ResourceNotFound("The calling client no longer exists.")
+            raise NotFound("The calling client no longer exists.")
         return public(record)
 
     @router.get("/m2m/{record_id}", summary="Get an M2M client")
@@ -108,11 +108,11 @@ def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
         current = await found(record_id)
         granted = _policy(body["accessPolicy"], "accessPolicy: ") if "accessPolicy" in body else None
         target = _policy(current["accessPolicy"])
-        await gate.grant(request, "App:UpdateM2MClient", f"App:M2MClient:{record_id}", granted, target)
+        await gate().grant(request, "App:UpdateM2MClient", f"App:M2MClient:{record_id}", granted, target)
         try:
             record = await clients().update(record_id, body)
         except PolicyError as error:
-            raise InvalidRequest(f"accessPolicy: {error}") from None
+            raise Invalid(f"accessPolicy: {error}") from None
         assert record is not None
         return public(record)
 
@@ -120,19 +120,19 @@ def m2m_router(fhir: FHIRContext, database_of: Any, gate: Gate) -> APIRouter:
     async def delete(request: Request, record_id: str) -> Response:
         await fhir.authorize(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}")
         target = _policy((await found(record_id))["accessPolicy"])
-        await gate.grant(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}", None, target)
+        await gate().grant(request, "App:DeleteM2MClient", f"App:M2MClient:{record_id}", None, target)
         if not await clients().delete(record_id):
-            raise ResourceNotFound(f"There is no M2M client {record_id}.")
+            raise NotFound(f"There is no M2M client {record_id}.")
         return Response(status_code=204)
 
     @router.post("/m2m/{record_id}/rotate-secret", summary="Give an M2M client a new secret")
     async def rotate(request: Request, record_id: str) -> dict[str, str]:
         await fhir.authorize(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}")
         target = _policy((await found(record_id))["accessPolicy"])
-        await gate.grant(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}", None, target)
+        await gate().grant(request, "App:RotateM2MClientSecret", f"App:M2MClient:{record_id}", None, target)
         secret = await clients().rotate_secret(record_id)
         if secret is None:
-            raise ResourceNotFound(f"There is no M2M client {record_id}.")
+            raise NotFound(f"There is no M2M client {record_id}.")
         return {"secret": secret}
 
     return router

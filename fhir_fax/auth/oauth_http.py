@@ -9,17 +9,17 @@ from __future__ import annotations
 from fastapi import Response
 from fastapi.responses import JSONResponse
 
-from ..fhir.errors import FHIRError
+from ..errors import DomainError
+from ..fhir.errors import oauth_of, status_of
 from ..fhir.http import ErrorRenderingRoute
 
 
 class OAuthRoute(ErrorRenderingRoute):
     """Errors as ``{"error": ..., "error_description": ...}`` (RFC 6749 section 5.2), never cached."""
 
-    def render_error(self, error: FHIRError) -> Response:
-        code = "server_error" if error.status_code >= 500 else "invalid_request"
+    def render_error(self, error: DomainError) -> Response:
         return JSONResponse(
-            {"error": code, "error_description": error.diagnostics},
-            status_code=error.status_code,
+            {"error": oauth_of(error), "error_description": error.diagnostics},
+            status_code=status_of(error),
             headers={"cache-control": "no-store", **error.headers},
         )

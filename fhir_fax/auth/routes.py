@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..audit import ANONYMOUS
+from ..errors import Invalid, TooManyRequests, Unauthorized, Unavailable
 from ..settings import Settings
 from . import discovery
 from .addresses import TrustedProxies, caller_address
@@ -37,21 +39,21 @@ UNKNOWN_OR_WRONG = "Unknown client or wrong secret."
 LOCKED_OUT = "locked out after too many failed attempts from this address"
 
 
-def oauth_error(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": error, "error_description": description},
-        status_code=status,
-        headers={"cache-control": "no-store", **(headers or {})},
-    )
-
-
 class AuthAPI:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, runtime: Callable[[], Any]) -> None:
+        """``runtime()`` is the running ``fhir_fax.runtime.Runtime`` (Unavailable, so 503, before start-up)."""
         self.settings = settings
-        self.database: Any = None
+        self.runtime = runtime
         self.limiter = FailureLimiter(settings.token_failures_per_minute)
         self.proxies = TrustedProxies.of(settings.trusted_proxies)
-        self.auditor: Any = None  # fhir_fax.audit.Auditor, set when the module starts
+
+    @property
+    def database(self) -> Any:
+        return self.runtime().database
+
+    @property
+    def auditor(self) -> Any:
+        return self.runtime().auditor
 
     async def _authenticate(
         self, request: Request, client_id: str | None, secret: str | None, assertion: str | None
@@ -90,34 +92,31 @@ class AuthAPI:
                 try:
                     client_id, _, secret = base64.b64decode(basic[6:]).decode().partition(":")
                 except (binascii.Error, UnicodeDecodeError):
-                    return oauth_error(400, "invalid_request", "The Basic authorization header is malformed.")
-            if self.database is None:
-                return oauth_error(503, "temporarily_unavailable", "The server is starting; retry in a moment.")
+                    raise Invalid("The Basic authorization header is malformed.") from None
+            self.runtime()  # Unavailable (503 temporarily_unavailable) before start-up
             if form.get("grant_type") not in GRANT_TYPES:
-                return oauth_error(
-                    400, "unsupported_grant_type", f"grant_type must be one of {', '.join(GRANT_TYPES)}."
+                raise Invalid(
+                    f"grant_type must be one of {', '.join(GRANT_TYPES)}.", oauth_error="unsupported_grant_type"
                 )
             assertion = form.get("client_assertion") if form.get("client_assertion_type") == ASSERTION_TYPE else None
             if assertion:
                 client_id = claimed_client(assertion) or client_id  # the one it must prove, whatever the form says
             elif not client_id or not secret:
-                return oauth_error(
-                    400, "invalid_request", "Send client_id and client_secret (form or Basic), or a client_assertion."
-                )
+                raise Invalid("Send client_id and client_secret (form or Basic), or a client_assertion.")
             address = caller_address(request, self.proxies)
             attempt = await self.limiter.attempt(self.database, client_id, address)
             if attempt.busy:
                 await self._refused(client_id, address, BUSY)
                 message = "Too many token requests for this client from this address at once; retry in a second."
-                return oauth_error(429, "slow_down", message, {"retry-after": "1"})
+                raise TooManyRequests(message, headers={"retry-after": "1"})
             if not attempt.allowed:
                 await self._refused(client_id, address, LOCKED_OUT)
-                return oauth_error(429, "slow_down", "Too many failed attempts; wait a minute.", {"retry-after": "60"})
+                raise TooManyRequests("Too many failed attempts; wait a minute.", headers={"retry-after": "60"})
             try:
                 record, refusal = await self._authenticate(request, client_id, secret, assertion)
             except HashingBusy as busy:
                 await self.limiter.release(self.database, attempt)
-                return oauth_error(503, "temporarily_unavailable", str(busy), {"retry-after": "1"})
+                raise Unavailable(str(busy), headers={"retry-after": "1"}) from None
             except BaseException:
                 await self.limiter.release(self.database, attempt)  # no verdict on the secret
                 raise
@@ -125,12 +124,12 @@ class AuthAPI:
                 await self.limiter.failed(self.database, attempt)
                 await self._refused(client_id, address, refusal)
                 headers = None if assertion else {"www-authenticate": "Basic"}
-                return oauth_error(401, "invalid_client", refusal if assertion else UNKNOWN_OR_WRONG, headers)
+                raise Unauthorized(refusal if assertion else UNKNOWN_OR_WRONG, headers=headers)
             await self.limiter.release(self.database, attempt)
             try:
                 scopes = grant_for(form.get("scope", ""), record["accessPolicy"])
             except ScopeError as error:
-                return oauth_error(400, "invalid_scope", str(error))
+                raise Invalid(str(error), oauth_error="invalid_scope") from None
             scope = " ".join(str(s) for s in scopes)
             key = await signing_key(self.database)
             lifetime = self.settings.token_lifetime_seconds

@@ -1,34 +1,32 @@
 """``fhir-fax send`` and ``fhir-fax demo``: send a fax from the terminal and watch its status change live.
 
-Both work on the configured database directly (joining the embedded one if a server runs), go
-through the same FaxService as the HTTP API, and run a delivery worker while they watch; any
-other worker (the server's) may take the job instead, as workers coordinate through the database.
+Both work on the configured database directly (joining the embedded one if a server runs), through
+the same ``Runtime`` as the HTTP API (so the same FaxService, auditor and carrier: a fax sent here
+leaves the same AuditEvents as one sent over HTTP), and run that runtime's delivery worker while they
+watch; any other worker (the server's) may take the job instead, as workers coordinate through the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..fhir.search_params import default_registry
-from ..fhir.store import ResourceStore
 from ..fixtures import FIXTURES_DIR, load_fixtures
-from ..settings import Settings
 from ..z3.locations import Z3Location
-from ..z3.store import Z3Store
 from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
-from .media import Z3MediaChecker
 from .operation import SendFaxRequest
-from .references import LocalResolver
-from .send import Caller, FaxService
+from .send import Caller
 from .status import ATTEMPT_EXTENSION
 from .terminology import OUTBOUND_STATUS_EXTENSION
-from .worker import create_worker
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 Printer = Callable[[str], None]
 FIXTURE_SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
@@ -37,23 +35,36 @@ FIXTURE_SENDER_NUMBER = "+12223334444"
 
 def _status(communication: dict[str, Any]) -> str:
     extension = next(e for e in communication["extension"] if e["url"] == OUTBOUND_STATUS_EXTENSION)
-    return extension["valueCodeableConcept"]["coding"][0]["code"]
+    return str(extension["valueCodeableConcept"]["coding"][0]["code"])
 
 
 def _attempt(communication: dict[str, Any]) -> int:
     return next((e["valueInteger"] for e in communication["extension"] if e["url"] == ATTEMPT_EXTENSION), 1)
 
 
+def operator() -> str:
+    """Who sends from the terminal, for the audit trail: the local account."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return "local"
+
+
 class Console:
-    def __init__(self, settings: Settings, database: Any, say: Printer = print) -> None:
-        self.settings = settings
-        self.database = database
+    def __init__(self, runtime: Runtime, say: Printer = print) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
         self.say = say
-        self.store = ResourceStore(database, default_registry().indexer)
-        self.z3 = Z3Store(database)
-        self.service = FaxService(
-            settings, database, self.store, LocalResolver(self.store), Z3MediaChecker(self.z3, settings.max_pages)
-        )
+        self.store = self.runtime.store
+        self.z3 = self.runtime.z3
+        self.service = self.runtime.service
+        self._prepared = False
+
+    async def prepare(self) -> None:
+        """Indexes and the rest of start-up, as the server does them (once)."""
+        if not self._prepared:
+            await self.runtime.prepare()
+            self._prepared = True
 
     async def upload(self, path: Path) -> str:
         data = await asyncio.to_thread(path.read_bytes)
@@ -68,11 +79,11 @@ class Console:
 
     async def send_and_watch(self, request: SendFaxRequest, within_seconds: float = 3600) -> str:
         """Send, then print each status change until the fax is delivered or stopped; returns the final status."""
-        await self.service.ensure_indexes()
-        caller = Caller(authorization=None, idempotency_key=None, fhir_bases=(), project_api_bases=())
+        await self.prepare()
+        caller = Caller(authorization=None, idempotency_key=None, fhir_bases=(), project_api_bases=(), who=operator())
         communication = (await self.service.send(request, caller)).communication
         self.say(f"Communication/{communication['id']} created")
-        worker = asyncio.create_task(create_worker(self.settings, self.database, self.store).run())
+        worker = asyncio.create_task(self.runtime.worker().run())
         try:
             return await self._watch(communication["id"], within_seconds)
         finally:
@@ -111,6 +122,7 @@ class Console:
 
     async def demo(self) -> int:
         """The product description's story on the fixtures: a referral that arrives, and one that cannot."""
+        await self.prepare()
         counts = await load_fixtures(self.store, FIXTURES_DIR)
         self.say(f"fixtures: {counts['written']} written, {counts['unchanged']} unchanged")
         await self.service.numbers.onboard(FIXTURE_SENDER_NUMBER, self.settings.carrier)

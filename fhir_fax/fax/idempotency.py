@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..fhir.errors import UnprocessableEntity
+from ..errors import Unprocessable
 from ..fhir.models import now
 
 COLLECTION = "fax_idempotency"
@@ -30,7 +30,7 @@ class IdempotencyRecords:
             return None
         if record["fingerprint"] != fingerprint:
             shown = key.rsplit("\x1f", 1)[-1]
-            raise UnprocessableEntity(
+            raise Unprocessable(
                 f"The idempotency key {shown!r} was already used for a different fax request; send a new key for a "
                 "new fax, or repeat the original request unchanged.",
                 expression=["Idempotency-Key"],

@@ -7,7 +7,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from ..fhir.errors import FHIRError, ResourceNotFound, UnprocessableEntity
+from ..errors import Conflict, NotFound, Unprocessable
 from ..fhir.models import now
 from .phone import NumberProblem, check_fax_number
 
@@ -16,9 +16,8 @@ COLLECTION = "fax_numbers"
 SIMULATOR_RANGE = tuple(f"+1202555{n:04d}" for n in range(100, 200))
 
 
-class NoNumberAvailable(FHIRError):
-    status_code = 409
-    issue_code = "conflict"
+class NoNumberAvailable(Conflict):
+    """Every number the carrier offers is taken."""
 
 
 class FaxNumbers:
@@ -62,14 +61,14 @@ class FaxNumbers:
         if carrier == "simulator":
             return await self.onboard_from_range(SIMULATOR_RANGE, carrier)
         if not carrier_number:
-            raise UnprocessableEntity(
+            raise Unprocessable(
                 f"The {carrier} carrier has no number configured; set FHIR_FAX_CARRIER_FAX_NUMBER to the number it "
                 'assigned, or send {"faxNumber": "+1..."}.'
             )
         try:
             check_fax_number(carrier_number)
         except NumberProblem as problem:
-            raise UnprocessableEntity(f"FHIR_FAX_CARRIER_FAX_NUMBER: {problem}") from None
+            raise Unprocessable(f"FHIR_FAX_CARRIER_FAX_NUMBER: {problem}") from None
         await self.onboard(carrier_number, carrier)
         return carrier_number
 
@@ -81,5 +80,5 @@ class FaxNumbers:
             return released
         result = await self.collection.delete_one({"_id": number})
         if result.deleted_count == 0:
-            raise ResourceNotFound(f"{number} is not onboarded; GET /fax/v1/config lists the onboarded numbers.")
+            raise NotFound(f"{number} is not onboarded; GET /fax/v1/config lists the onboarded numbers.")
         return [number]

@@ -1,7 +1,8 @@
-"""The ``$send-fax`` OperationDefinition and the two parsers that read their inputs from it.
+"""The ``$send-fax`` operation: its OperationDefinition, its inputs and its handler, in one declaration.
 
-Both doors (FHIR ``Parameters`` and the SDK's JSON) are parsed from this one definition:
-parameter names, value types, cardinality and allowed reference targets, so what
+Both doors (FHIR ``Parameters`` on ``POST /fhir/Communication/$send-fax`` and the SDK's JSON on
+``POST /fax/v1/send``) are parsed from this one definition by the generic parser of
+``fhir.operations``: parameter names, value types, cardinality and allowed reference targets, so what
 ``/metadata`` advertises and what the server accepts cannot drift apart.
 """
 
@@ -10,11 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..fhir.errors import InvalidRequest
-from ..fhir.models import validate_resource
+from fastapi import Response
+
+from ..fhir.http import FHIRResponse, version_headers
+from ..fhir.operations import Inputs, Operation, OperationCall, Signature
 from .terminology import QUALITIES, RECIPIENT_TYPES, SENDER_TYPES
+
+if TYPE_CHECKING:
+    from .routes import FaxAPI
 
 OPERATION_ID = "send-fax"
 OPERATION_URL = "urn:fhir-fax:OperationDefinition:send-fax"
@@ -103,12 +109,12 @@ SEND_FAX_DEFINITION: dict[str, Any] = {
     ],
 }
 
-IN_PARAMETERS: dict[str, dict[str, Any]] = {p["name"]: p for p in SEND_FAX_DEFINITION["parameter"] if p["use"] == "in"}
+SIGNATURE = Signature(SEND_FAX_DEFINITION)
 
 
 def allowed_types(parameter: str) -> tuple[str, ...]:
     """Resource types a Reference parameter may point to, as the definition says."""
-    return tuple(profile.removeprefix(PROFILE) for profile in IN_PARAMETERS[parameter].get("targetProfile", []))
+    return SIGNATURE.targets(parameter)
 
 
 @dataclass(frozen=True)
@@ -122,70 +128,36 @@ class SendFaxRequest:
     recipientNumber: str | None = None
     patient: str | None = None
 
+    @classmethod
+    def of(cls, inputs: Inputs) -> SendFaxRequest:
+        """From inputs parsed (and checked: names, types, cardinality) against the definition."""
+        return cls(**inputs)
+
     def fingerprint(self) -> str:
         """Stable hash of the inputs: a repeated idempotency key must come with the same request."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
 
-def _value_key(parameter: dict[str, Any]) -> str:
-    kind = parameter["type"]
-    return "value" + kind[0].upper() + kind[1:]
-
-
-def _build(values: dict[str, str]) -> SendFaxRequest:
-    for name, parameter in IN_PARAMETERS.items():
-        if parameter["min"] >= 1 and not values.get(name):
-            raise InvalidRequest(f"Parameter '{name}' is required: {parameter['documentation']}", expression=[name])
-    return SendFaxRequest(**values)
-
-
-def parse_parameters(body: Any) -> SendFaxRequest:
-    """Inputs from a FHIR ``Parameters`` resource, checked against the definition."""
-    parameters = validate_resource(body, "Parameters")
-    values: dict[str, str] = {}
-    for item in parameters.get("parameter", []):
-        name = item.get("name")
-        definition = IN_PARAMETERS.get(name)
-        if definition is None:
-            known = ", ".join(IN_PARAMETERS)
-            raise InvalidRequest(f"Unknown parameter {name!r} for $send-fax; known: {known}.", expression=[name])
-        if name in values:
-            raise InvalidRequest(f"Parameter '{name}' may appear only once.", expression=[name])
-        key = _value_key(definition)
-        present = [k for k in item if k.startswith("value") or k in ("resource", "part")]
-        if present != [key]:
-            raise InvalidRequest(
-                f"Parameter '{name}' must be given as {key}" + (f", not {', '.join(present)}" if present else "") + ".",
-                expression=[name],
-            )
-        value = item[key]
-        if definition["type"] == "Reference":
-            value = value.get("reference")
-            if not isinstance(value, str):
-                raise InvalidRequest(
-                    f"Parameter '{name}' must be a valueReference with a 'reference' such as 'Practitioner/123'.",
-                    expression=[name],
-                )
-        values[name] = value
-    return _build(values)
-
-
 def parse_sdk_body(body: Any) -> SendFaxRequest:
-    """Inputs from the SDK's JSON body (``{"media": ..., "quality": ..., ...}``)."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object with media, quality, sender and recipient.")
-    values: dict[str, str] = {}
-    for name, value in body.items():
-        definition = IN_PARAMETERS.get(name)
-        if definition is None:
-            known = ", ".join(IN_PARAMETERS)
-            raise InvalidRequest(f"Unknown parameter {name!r}; known: {known}.", expression=[name])
-        if value is None:
-            continue
-        if definition["type"] == "Reference" and isinstance(value, dict):
-            value = value.get("reference")
-        if not isinstance(value, str):
-            shape = "a reference string such as 'Practitioner/123'" if definition["type"] == "Reference" else "a string"
-            raise InvalidRequest(f"Parameter '{name}' must be {shape}.", expression=[name])
-        values[name] = value
-    return _build(values)
+    """Inputs from the SDK's JSON body (``{"media": ..., "quality": ..., ...}``), read by the same definition."""
+    return SendFaxRequest.of(SIGNATURE.parse_json(body))
+
+
+def send_fax_operation(fax: FaxAPI) -> Operation:
+    """``$send-fax`` on Communication, answered by ``fax``'s service."""
+
+    async def send_fax(call: OperationCall) -> Response:
+        request = SendFaxRequest.of(call.inputs)
+        result = await fax.require_service().send(request, await fax.caller(call.request))
+        headers = version_headers(result.communication)
+        if result.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return FHIRResponse(result.communication, headers=headers)
+
+    return Operation(
+        SEND_FAX_DEFINITION,
+        send_fax,
+        access=("Fax:Send", "Fax:Fax"),
+        summary="Send a fax (FHIR operation)",
+        tags=["Fax (FHIR)"],
+    )

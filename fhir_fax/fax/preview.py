@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..fhir.errors import InvalidRequest, ResourceNotFound, UnprocessableEntity
+from ..errors import Invalid, NotFound, Unprocessable
 from ..fhir.inputs import ascii_int
 from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
@@ -30,10 +30,10 @@ async def preview(
 ) -> bytes:
     number = ascii_int(page)
     if number is None or number < 1:
-        raise InvalidRequest("page must be a page number from 1 up, e.g. ?page=1.", expression=["page"])
+        raise Invalid("page must be a page number from 1 up, e.g. ?page=1.", expression=["page"])
     job = await Outbox(database).for_communication(communication_id)
     if job is None:
-        raise ResourceNotFound(f"There is no fax for Communication/{communication_id}.")
+        raise NotFound(f"There is no fax for Communication/{communication_id}.")
     z3 = Z3Store(database)
     await check_document(parse_z3_url(job.media, ()))
     source = job.media_version
@@ -45,14 +45,14 @@ async def preview(
         try:
             document = await pinned_document(z3, job)
         except DocumentProblem as problem:
-            raise UnprocessableEntity(f"There is nothing to preview: {problem}") from None
+            raise Unprocessable(f"There is nothing to preview: {problem}") from None
         try:
             tiff = await run_pdfium(render_fax, document, job.quality)
         except DocumentProblem as problem:
-            raise UnprocessableEntity(str(problem)) from None
+            raise Unprocessable(str(problem)) from None
         target = rendering_location(parse_z3_url(job.media, ()), job.quality)
         await z3.put_rendering(target, source, job.quality, tiff)
     pages = await run_pdfium(tiff_pages, tiff)
     if number > pages:
-        raise ResourceNotFound(f"The fax has {pages} pages; ask for page 1 to {pages}.", expression=["page"])
+        raise NotFound(f"The fax has {pages} pages; ask for page 1 to {pages}.", expression=["page"])
     return await run_pdfium(preview_png, tiff, number)

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ..fhir.errors import ResourceGone, ResourceNotFound
+from ..errors import Gone, NotFound
 from ..fhir.store import ResourceStore
 
 REFERENCE = re.compile(r"(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})")  # matched whole
@@ -64,9 +64,9 @@ class LocalResolver:
     async def resolve(self, reference: Reference, *, authorization: str | None) -> dict[str, Any]:
         try:
             return await self.store.read(reference.resource_type, reference.id)
-        except ResourceNotFound:
+        except NotFound:
             raise ResolutionError("not-found", f"{reference} does not exist") from None
-        except ResourceGone:
+        except Gone:
             raise ResolutionError("deleted", f"{reference} was deleted") from None
 
 

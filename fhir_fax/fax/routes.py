@@ -1,31 +1,35 @@
-"""Fax routes: the FHIR ``$send-fax`` operation and the SDK-compatible ``/fax/v1`` API.
+"""Fax routes: the SDK-compatible ``/fax/v1`` API, and what the ``$send-fax`` operation needs of a request.
 
-Routes are thin: parse, call one FaxService function, shape the response. Errors are the
-same typed exceptions everywhere; the FHIR routes render them as OperationOutcomes and
-the SDK routes as ``{"message": ..., "code": ...}``.
+Routes are thin: parse, call one FaxService function, shape the response. ``$send-fax`` itself is
+declared in ``operation.py`` and routed by the FHIR layer's operation registry. Errors are the
+same domain errors everywhere; the FHIR routes render them as OperationOutcomes and the SDK routes
+as ``{"message": ..., "code": ...}``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..auth.addresses import TrustedProxies, caller_address
-from ..fhir.context import FHIRContext, ServiceUnavailable
-from ..fhir.errors import InvalidRequest
-from ..fhir.http import FHIRResponse, FHIRRoute, read_json, version_headers
-from ..fhir.routes import offered_interactions
+from ..errors import Invalid
+from ..fhir.context import FHIRContext
+from ..fhir.http import read_json
 from ..sdk_http import SDKRoute
+from ..settings import Settings
 from ..z3.locations import Z3Location
-from .operation import parse_parameters, parse_sdk_body
+from .operation import parse_sdk_body
 from .phone import NumberProblem, check_fax_number
 from .preview import preview
 from .send import Caller, FaxService
 from .tracking import Tracker
+
+if TYPE_CHECKING:
+    from ..runtime import RuntimeSlot
 
 log = logging.getLogger("fhir_fax.fax")
 
@@ -33,28 +37,30 @@ MAX_KEY_LENGTH = 255
 
 
 class FaxAPI:
-    """Builds the fax routers around one FaxService (set when the module starts)."""
+    """Builds the fax routers; their FaxService and Tracker are the running runtime's (503 before start)."""
 
-    def __init__(self, fhir: FHIRContext) -> None:
+    def __init__(self, fhir: FHIRContext, settings: Settings, runtime: RuntimeSlot) -> None:
         self.fhir = fhir
-        self.service: FaxService | None = None
-        self.tracker: Tracker | None = None
+        self.settings = settings
+        self.runtime = runtime
 
     def require_service(self) -> FaxService:
-        if self.service is None:
-            raise ServiceUnavailable("The fax service is not running yet; retry in a moment.")
-        return self.service
+        return self.runtime().service
+
+    @property
+    def tracker(self) -> Tracker:
+        return self.runtime().tracker
 
     async def caller(self, request: Request) -> Caller:
-        settings = self.fhir.settings
+        settings = self.settings
         key = request.headers.get("idempotency-key", request.headers.get("x-oystehr-request-id"))
         if key is not None and (not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable()):
-            raise InvalidRequest(
+            raise Invalid(
                 f"The idempotency key must be 1-{MAX_KEY_LENGTH} printable characters (a UUID is ideal).",
                 expression=["Idempotency-Key"],
             )
         public = settings.public_base(str(request.base_url))
-        fhir_bases = (self.fhir.base_url(request),)
+        fhir_bases: tuple[str, ...] = (self.fhir.base_url(request),)
         if settings.reference_fhir_base:
             fhir_bases += (settings.reference_fhir_base,)
 
@@ -76,25 +82,8 @@ class FaxAPI:
             patient=await self.fhir.patient_limit(request, "FHIR:Create", "Communication"),
         )
 
-    def fhir_router(self) -> APIRouter:
-        # The same 406 (Accept) and 405 checks as every other path under the FHIR base.
-        route_class = FHIRRoute.limited(self.fhir.settings.max_body_bytes)
-        router = APIRouter(route_class=route_class, tags=["Fax (FHIR)"], dependencies=[offered_interactions(self.fhir)])
-
-        @router.post("/Communication/$send-fax", summary="Send a fax (FHIR operation)")
-        async def send_fax_operation(request: Request) -> Response:
-            await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
-            body = await read_json(request, self.fhir.settings.max_body_bytes)
-            result = await self.require_service().send(parse_parameters(body), await self.caller(request))
-            headers = version_headers(result.communication)
-            if result.replayed:
-                headers["Idempotent-Replayed"] = "true"
-            return FHIRResponse(result.communication, headers=headers)
-
-        return router
-
     def sdk_router(self) -> APIRouter:
-        settings = self.fhir.settings
+        settings = self.settings
         router = APIRouter(route_class=SDKRoute.limited(settings.max_body_bytes), tags=["Fax"])
 
         @router.post("/send", summary="Send a fax")
@@ -147,13 +136,13 @@ class FaxAPI:
         try:
             body = json.loads(raw)
         except ValueError:
-            raise InvalidRequest('The body must be JSON: {} or {"faxNumber": "+12223334444"}.') from None
+            raise Invalid('The body must be JSON: {} or {"faxNumber": "+12223334444"}.') from None
         if not isinstance(body, dict) or set(body) - {"faxNumber"}:
-            raise InvalidRequest('The body may only hold "faxNumber", e.g. {"faxNumber": "+12223334444"}.')
+            raise Invalid('The body may only hold "faxNumber", e.g. {"faxNumber": "+12223334444"}.')
         number = body.get("faxNumber")
         if number is None:
             return None
         try:
-            return check_fax_number(number, require_valid=self.fhir.settings.require_valid_numbers)
+            return check_fax_number(number, require_valid=self.settings.require_valid_numbers)
         except NumberProblem as problem:
-            raise InvalidRequest(f"faxNumber: {problem}", expression=["faxNumber"]) from None
+            raise Invalid(f"faxNumber: {problem}", expression=["faxNumber"]) from None

@@ -19,7 +19,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..db import in_transaction
-from ..fhir.errors import FHIRError, Forbidden, InvalidRequest, UnprocessableEntity
+from ..errors import BadGateway, Forbidden, GatewayTimeout, Invalid, Unavailable, Unprocessable
 from ..fhir.models import format_instant, now
 from ..fhir.store import ResourceStore
 from ..settings import Settings
@@ -36,19 +36,8 @@ from .telecom import fax_entries
 from .terminology import PAGES_EXTENSION, QUALITIES, fax_identifier, fax_medium, outbound_status_extension
 
 
-class BadGateway(FHIRError):
-    status_code = 502
-    issue_code = "transient"
-
-
-class GatewayTimeout(FHIRError):
-    status_code = 504
-    issue_code = "timeout"
-
-
-class StorageUnavailable(FHIRError):
-    status_code = 503
-    issue_code = "transient"
+class StorageUnavailable(Unavailable):
+    """The database could not take the write; retrying later may succeed."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +93,8 @@ class FaxService:
         store: ResourceStore,
         resolver: ReferenceResolver,
         media: MediaChecker,
+        *,
+        auditor: Any = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -114,7 +105,7 @@ class FaxService:
         self.outbox = Outbox(database)
         self.idempotency = IdempotencyRecords(database, settings.idempotency_ttl_seconds)
         self.z3 = Z3Store(database)
-        self.auditor: Any = None  # fhir_fax.audit.Auditor, when the module runs one
+        self.auditor = auditor  # fhir_fax.audit.Auditor: every runtime has one (see fhir_fax.runtime)
 
     async def ensure_indexes(self) -> None:
         await self.outbox.ensure_indexes()
@@ -151,12 +142,12 @@ class FaxService:
 
     def check_form(self, request: SendFaxRequest, caller: Caller) -> CheckedRequest:
         if request.quality not in QUALITIES:
-            raise InvalidRequest(
+            raise Invalid(
                 f"quality must be one of {', '.join(QUALITIES)}; got {request.quality!r}.",
                 expression=["quality"],
             )
         if (request.recipient is None) == (request.recipientNumber is None):
-            raise InvalidRequest(
+            raise Invalid(
                 "Give exactly one of 'recipient' (a reference such as Practitioner/123) and 'recipientNumber' "
                 "(an E.164 fax number)" + (", not both." if request.recipient else "; neither was given."),
                 expression=["recipient", "recipientNumber"],
@@ -168,11 +159,11 @@ class FaxService:
                     request.recipientNumber, require_valid=self.settings.require_valid_numbers
                 )
             except NumberProblem as problem:
-                raise InvalidRequest(f"recipientNumber: {problem}", expression=["recipientNumber"]) from None
+                raise Invalid(f"recipientNumber: {problem}", expression=["recipientNumber"]) from None
         try:
             media = parse_media_url(request.media, caller.project_api_bases)
         except MediaProblem as problem:
-            raise InvalidRequest(f"media: {problem}", expression=["media"]) from None
+            raise Invalid(f"media: {problem}", expression=["media"]) from None
         return CheckedRequest(
             request=request,
             sender=self._reference("sender", request.sender, caller),
@@ -186,12 +177,12 @@ class FaxService:
         types = allowed_types(parameter)
         reference = parse_reference(value, caller.fhir_bases)
         if reference is None:
-            raise InvalidRequest(
+            raise Invalid(
                 f"{parameter}: {value!r} is not a FHIR reference; write it as Type/id, e.g. '{types[0]}/123'.",
                 expression=[parameter],
             )
         if reference.resource_type not in types:
-            raise InvalidRequest(
+            raise Invalid(
                 f"{parameter}: a {reference.resource_type} cannot be the {parameter} of a fax; "
                 f"use one of {', '.join(types)}.",
                 expression=[parameter],
@@ -233,7 +224,7 @@ class FaxService:
         except ResolutionError as error:
             message = f"{parameter}: {error.detail}"
             if error.kind in ("not-found", "deleted"):
-                raise UnprocessableEntity(
+                raise Unprocessable(
                     f"{message}; create it first or fix the reference.", expression=[parameter]
                 ) from None
             if error.kind == "refused":
@@ -246,7 +237,7 @@ class FaxService:
         try:
             return await self.media.check(location, authorization=caller.authorization)
         except MediaProblem as problem:
-            raise UnprocessableEntity(f"media: {problem}", expression=["media"]) from None
+            raise Unprocessable(f"media: {problem}", expression=["media"]) from None
 
     def _fax_number(
         self, parameter: str, reference: Reference | None, resource: dict[str, Any] | None, moment: datetime
@@ -254,7 +245,7 @@ class FaxService:
         assert reference is not None and resource is not None
         entries = fax_entries(resource, moment)
         if not entries:
-            raise UnprocessableEntity(
+            raise Unprocessable(
                 f"{parameter}: {reference} has no current fax number; add a telecom with system 'fax' and an "
                 "E.164 value (e.g. +12223334444).",
                 expression=[parameter],
@@ -262,7 +253,7 @@ class FaxService:
         try:
             return check_fax_number(entries[0], require_valid=self.settings.require_valid_numbers)
         except NumberProblem as problem:
-            raise UnprocessableEntity(
+            raise Unprocessable(
                 f"{parameter}: the fax number of {reference} is not usable: {problem}", expression=[parameter]
             ) from None
 
@@ -274,7 +265,7 @@ class FaxService:
         for number in [preferred, *fax_entries(resource, moment)[1:]]:
             if number in onboarded:
                 return number
-        raise UnprocessableEntity(
+        raise Unprocessable(
             f"sender: the fax number {preferred} of {reference} is not onboarded to this project; onboard it with "
             f'POST /fax/v1/onboard {{"faxNumber": "{preferred}"}} (or `fhir-fax numbers onboard {preferred}`), '
             "or send from a resource whose fax number is onboarded.",
@@ -372,7 +363,7 @@ class FaxService:
         inspection and now, the request is refused and nothing is stored.
         """
         if media.version is not None and not await self.z3.pin(media.version, location, media.sha1):
-            raise UnprocessableEntity(
+            raise Unprocessable(
                 f"media: the Z3 object at {location} was replaced or deleted while it was checked; send again.",
                 expression=["media"],
             )

@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ..errors import Invalid
 from ..fhir.dates import parse_date_value
-from ..fhir.errors import InvalidRequest
 
 
 def fax_entries(resource: dict[str, Any], moment: datetime) -> list[str]:
@@ -33,5 +33,5 @@ def _in_period(period: dict[str, Any], moment: datetime) -> bool:
         if "end" in period and parse_date_value("period.end", period["end"]).end <= moment:
             return False
         return not ("start" in period and parse_date_value("period.start", period["start"]).start > moment)
-    except InvalidRequest:
+    except Invalid:
         return True  # unparseable periods were refused when the resource was stored

@@ -62,13 +62,13 @@ def _reader(name: str, settings: Any) -> tuple[Carrier, WebhookReader]:
 
 def webhook_router(fax: Any) -> APIRouter:
     """``fax`` is the FaxAPI: its service and tracker are set while the module runs."""
-    limit = fax.fhir.settings.webhook_max_body_bytes  # read before the signature is checked: kept small
+    limit = fax.settings.webhook_max_body_bytes  # read before the signature is checked: kept small
     router = APIRouter(prefix=WEBHOOK_PREFIX, route_class=SDKRoute.limited(limit), tags=["Carrier webhooks"])
 
     @router.post("/{carrier}", summary="Carrier webhooks (Telnyx: Ed25519-signed), verified by the named carrier")
     async def webhook(carrier: str, request: Request) -> dict[str, str]:
         raw = await request.body()
-        registered, reader = _reader(carrier, fax.fhir.settings)
+        registered, reader = _reader(carrier, fax.settings)
         try:
             verified = reader.verify(raw, request.headers)
         except WebhookRefused as problem:

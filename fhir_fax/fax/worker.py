@@ -16,15 +16,11 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from ..audit import Auditor
 from ..db import stop_if_cancelled
 from ..fhir.models import now
-from ..fhir.search_params import default_registry
-from ..fhir.store import ResourceStore
 from ..settings import Settings
 from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
-from . import sandbox
 from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
 from .faults import crash_point
 from .jobs import Job, UnreadableJob
@@ -33,7 +29,6 @@ from .outbox import Outbox
 from .render import render_fax, rendering_location
 from .status import Failure
 from .tracking import Tracker
-from .transports import make_transport
 from .transports.base import Submission, Transport, TransportError
 
 log = logging.getLogger("fhir_fax.worker")
@@ -207,10 +202,8 @@ class Worker:
         await self.outbox.touch(job.id)
 
 
-def create_worker(settings: Settings, database: Any, store: Any | None = None) -> Worker:
-    """A worker on ``database`` with the configured carrier (used by ``serve`` and ``fhir-fax worker``)."""
-    store = store or ResourceStore(database, default_registry().indexer)
-    sandbox.configure(sandbox.Limits.of(settings))  # documents are read in a process with these limits
-    outbox = Outbox(database)
-    tracker = Tracker(settings, store, outbox, Auditor(store))
-    return Worker(settings, outbox, tracker, make_transport(settings, database), Z3Store(database))
+def create_worker(settings: Settings, database: Any) -> Worker:
+    """A worker on ``database`` with the configured carrier, from the one runtime (``fhir_fax.runtime``)."""
+    from ..runtime import Runtime  # the runtime builds workers; imported here as it imports this module
+
+    return Runtime.build(settings, database).worker()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import __version__
-from ..auth.discovery import rest_security
 from .context import FHIRContext
 from .interactions import READ_ONLY_TYPES
 from .models import FHIR_VERSION, SUPPORTED_TYPES, now
@@ -70,9 +68,9 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
         ]
         if revincludes:
             entry["searchRevInclude"] = revincludes
-        operations = [op for op in context.operations if op.resource_type == resource_type]
+        operations = context.operations.capability_entries(resource_type)
         if operations:
-            entry["operation"] = [{"name": op.name, "definition": op.definition} for op in operations]
+            entry["operation"] = operations
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",
@@ -80,7 +78,7 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
         "date": now().date().isoformat(),
         "publisher": "fhir-fax",
         "kind": "instance",
-        "software": {"name": "fhir-fax", "version": __version__},
+        "software": {"name": context.settings.software_name, "version": context.settings.software_version},
         "implementation": {"description": "fhir-fax FHIR server", "url": base_url},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
@@ -90,9 +88,14 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
                 "documentation": REST_DOCUMENTATION.format(
                     minutes=context.settings.search_snapshot_seconds // 60, most=context.settings.search_snapshot_max
                 ),
-                "security": rest_security(base_url.removesuffix(context.settings.fhir_path)),  # the token endpoint
+                **(
+                    {"security": context.security(base_url.removesuffix(context.settings.fhir_path))}
+                    if context.security is not None
+                    else {}
+                ),  # where to get a token (set by access control)
                 "resource": resources,
                 "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
+                **({"operation": system} if (system := context.operations.capability_entries(None)) else {}),
             }
         ],
     }

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastapi import Request
 
-from ..settings import Settings
-from .errors import FHIRError
+from .errors import ServiceUnavailable
+from .operations import OperationRegistry
 from .search import SearchRegistry
 from .search_params import default_registry
+from .settings import FHIRSettings
 from .store import ResourceStore
 
 
@@ -31,36 +33,24 @@ class AccessGate(Protocol):
     async def document_disclosed(self, request: Request, resource: str, version: Any = None) -> None: ...
 
 
-class ServiceUnavailable(FHIRError):
-    status_code = 503
-    issue_code = "transient"
-
-
-@dataclass
-class OperationSummary:
-    """An operation to list in the CapabilityStatement."""
-
-    resource_type: str
-    name: str
-    definition: str
-
-
 @dataclass
 class FHIRContext:
     """Shared state of the FHIR API: settings, search registry and (once started) the store."""
 
-    settings: Settings
+    settings: FHIRSettings = field(default_factory=FHIRSettings)
     registry: SearchRegistry = field(default_factory=default_registry)
-    operations: list[OperationSummary] = field(default_factory=list)
+    operations: OperationRegistry = field(default_factory=OperationRegistry)
     database: Any = None
     _store: ResourceStore | None = None
     # The one access layer (``fhir_fax.auth.gate.Gate``), set by whoever installs access control. Without
     # it every protected route answers 503: nothing is served unchecked.
     gate: AccessGate | None = None
+    # ``CapabilityStatement.rest.security`` for a server base URL (how to get a token), from the same installer.
+    security: Callable[[str], dict[str, Any]] | None = None
 
     def require_gate(self) -> AccessGate:
         if self.gate is None:
-            raise ServiceUnavailable("Access control is not configured; refusing to serve unauthenticated requests.")
+            raise ServiceUnavailable("The server is not running yet (nothing to check access with); retry in a moment.")
         return self.gate
 
     async def authenticate(self, request: Request) -> None:
@@ -105,13 +95,16 @@ class FHIRContext:
     async def document_was_read(self, request: Request, resource: str, version: Any = None) -> None:
         await self.require_gate().document_disclosed(request, resource, version)
 
-    def attach(self, database: Any, store: ResourceStore) -> None:
+    def attach(self, database: Any, store: ResourceStore, gate: AccessGate) -> None:
+        """What the running server provides (``fhir_fax.runtime``): until then, and after ``detach``, 503."""
         self.database = database
         self._store = store
+        self.gate = gate
 
     def detach(self) -> None:
         self.database = None
         self._store = None
+        self.gate = None
 
     @property
     def store(self) -> ResourceStore:

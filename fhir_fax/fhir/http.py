@@ -23,7 +23,15 @@ from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from .conformance import unique_keys
-from .errors import FHIRError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType, operation_outcome
+from .errors import (
+    FHIRError,
+    InternalError,
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    outcome_of,
+    status_of,
+)
 
 log = logging.getLogger("fhir_fax.http")
 
@@ -75,7 +83,7 @@ class FHIRResponse(Response):
 
 
 def outcome_response(error: FHIRError) -> FHIRResponse:
-    return FHIRResponse(error.outcome(), status_code=error.status_code, headers=error.headers)
+    return FHIRResponse(outcome_of(error), status_code=status_of(error), headers=error.headers)
 
 
 class ErrorRenderingRoute(APIRoute):
@@ -122,18 +130,10 @@ class ErrorRenderingRoute(APIRoute):
         return handle
 
 
-class InternalError(FHIRError):
-    status_code = 500
-    issue_code = "exception"
-
-
 class FHIRRoute(ErrorRenderingRoute):
     """FHIR routes answer failures with an OperationOutcome."""
 
     def render_error(self, error: FHIRError) -> Response:
-        if isinstance(error, InternalError):
-            outcome = operation_outcome("fatal", error.issue_code, error.diagnostics)
-            return FHIRResponse(outcome, status_code=error.status_code)
         return outcome_response(error)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import FHIRError, MethodNotAllowed
+from .errors import MethodNotAllowed, NotAcceptable
 from .models import FHIR_VERSION, is_supported
 
 READ_ONLY_TYPES = {
@@ -29,11 +29,6 @@ SYSTEM_PATHS = {
     "_search": "system search",
     "metadata": "",
 }
-
-
-class NotAcceptable(FHIRError):
-    status_code = 406
-    issue_code = "not-supported"
 
 
 def allowed_methods(segments: list[str], operations: Iterable[tuple[str, str]]) -> list[str] | None:
@@ -61,8 +56,11 @@ def allowed_methods(segments: list[str], operations: Iterable[tuple[str, str]]) 
         return ["GET"]
     if len(rest) == 2 and resource_type == "Patient" and is_supported(rest[1]):
         return ["GET"]  # compartment search
+    if len(rest) == 2 and rest[1].startswith("$"):  # instance-level operations, as declared
+        offered = {f"${name}" for owner, name in operations if owner == f"{resource_type}/{{id}}"}
+        return ["POST"] if rest[1] in offered else []
     if len(rest) >= 2 and rest[1].startswith("$"):
-        return []  # no instance-level operations
+        return []
     return None
 
 

@@ -15,6 +15,7 @@ from .history import HistoryPage, HistoryQuery, history_link, history_page, pars
 from .http import FHIRResponse, FHIRRoute, prefer, read_json, version_headers
 from .interactions import check_acceptable, fhir_segments, refuse_unoffered
 from .models import format_instant, is_supported, validate_resource
+from .operations import build_operation_router
 from .read_shape import parse_read_shape, shape
 from .search import merge_clauses, parse_search
 from .search_results import execute_search
@@ -67,17 +68,18 @@ def offered_interactions(context: FHIRContext) -> Any:
         check_acceptable(request.headers.get("accept"), request.query_params.get("_format"))
         segments = fhir_segments(request.scope, context.settings.fhir_path)
         if segments is not None:
-            operations = [(op.resource_type, op.name) for op in context.operations]
+            operations = context.operations.offered()
             refuse_unoffered(request.method, segments, operations)
 
     return Depends(check)
 
 
 def build_fhir_router(context: FHIRContext) -> APIRouter:
-    """The generic REST API; fax operations are mounted on their own router before this one."""
+    """The generic REST API and every operation registered on ``context.operations``."""
     settings = context.settings
     route_class = FHIRRoute.limited(settings.max_body_bytes)
     router = APIRouter(route_class=route_class, tags=["FHIR"], dependencies=[offered_interactions(context)])
+    router.include_router(build_operation_router(context))  # POST .../$name: no route of the REST API matches
 
     def version_location(request: Request, resource: dict[str, Any]) -> str:
         return (

@@ -11,6 +11,7 @@ action. ``{"action": "download", "hash":
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -18,8 +19,8 @@ from bson import ObjectId
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..fhir.context import FHIRContext, ServiceUnavailable
-from ..fhir.errors import Conflict, Forbidden, InvalidRequest, PayloadTooLarge, ResourceNotFound, Unauthorized
+from ..errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unauthorized
+from ..fhir.context import FHIRContext
 from ..fhir.inputs import ascii_int
 from ..sdk_http import SDKRoute
 from ..settings import Settings
@@ -55,15 +56,20 @@ def attachment(key: str) -> str:
 
 
 class Z3API:
-    def __init__(self, settings: Settings, fhir: FHIRContext) -> None:
+    """The Z3 routes; storage is the running runtime's (``runtime()`` answers 503 before start-up)."""
+
+    def __init__(self, settings: Settings, fhir: FHIRContext, runtime: Callable[[], Any]) -> None:
         self.settings = settings
         self.fhir = fhir  # for access control
-        self.database: Any = None
+        self.runtime = runtime
+
+    @property
+    def database(self) -> Any:
+        return self.runtime().database
 
     def require_store(self) -> Z3Store:
-        if self.database is None:
-            raise ServiceUnavailable("Z3 storage is not running yet; retry in a moment.")
-        return Z3Store(self.database)
+        store: Z3Store = self.runtime().z3
+        return store
 
     def project_api(self, request: Request) -> str:
         return self.settings.public_base(str(request.base_url)) + self.settings.project_api_path
@@ -72,7 +78,7 @@ class Z3API:
         try:
             return parse_z3_url(f"z3://{bucket}/{key}", ())
         except Z3UrlError as error:
-            raise InvalidRequest(str(error)) from None
+            raise Invalid(str(error)) from None
 
     async def check_signature(self, request: Request, location: Z3Location, action: str) -> None:
         params = request.query_params
@@ -98,10 +104,10 @@ class Z3API:
     async def pinned_version(self, store: Z3Store, location: Z3Location, digest: Any) -> str:
         """The version a fax pinned, named by the Communication's ``contentAttachment.hash``."""
         if not isinstance(digest, str) or not digest:
-            raise InvalidRequest("hash must be the base64 SHA-1 of a faxed document (contentAttachment.hash).")
+            raise Invalid("hash must be the base64 SHA-1 of a faxed document (contentAttachment.hash).")
         version = await store.pinned_version(location, digest)
         if version is None:
-            raise ResourceNotFound(f"No document with hash {digest} was faxed from {location}.")
+            raise NotFound(f"No document with hash {digest} was faxed from {location}.")
         return str(version)
 
     async def read_signed(self, store: Z3Store, location: Z3Location, version: str | None) -> ObjectInfo | None:
@@ -124,10 +130,10 @@ class Z3API:
             try:
                 body = json.loads(await request.body() or b"{}")
             except ValueError:
-                raise InvalidRequest('The body must be JSON: {"action": "upload"} or {"action": "download"}.') from None
+                raise Invalid('The body must be JSON: {"action": "upload"} or {"action": "download"}.') from None
             action = body.get("action") if isinstance(body, dict) else None
             if action not in ACTIONS:
-                raise InvalidRequest('action must be "upload" or "download".')
+                raise Invalid('action must be "upload" or "download".')
             permission = "Z3:PutObject" if action == "upload" else "Z3:GetObject"
             resource = f"Z3:{location.bucket}/{location.key}"
             await self.fhir.authorize(request, permission, resource)  # before anything is looked up
@@ -138,7 +144,7 @@ class Z3API:
             elif action == "download":
                 newest = await store.stat(location)
                 if newest is None:
-                    raise ResourceNotFound(f"There is no object at {location}.")
+                    raise NotFound(f"There is no object at {location}.")
                 pinned = newest.version
                 version = str(pinned)  # the URL serves the version judged (and audited) now, not a later upload
             await self.fhir.document(request, permission, resource, version=pinned)
@@ -176,7 +182,7 @@ class Z3API:
             declared = ascii_int(request.headers.get("content-length"))
             limit = self.settings.z3_max_object_bytes
             if declared is not None and declared > limit:
-                raise PayloadTooLarge(f"Objects may be at most {limit} bytes.")
+                raise TooLarge(f"Objects may be at most {limit} bytes.")
             nonce = request.query_params[NONCE]
             if not await claim_upload(self.database, nonce, request.query_params[EXPIRES]):
                 raise Forbidden(
@@ -188,7 +194,7 @@ class Z3API:
                 stored = await store.put_stream(location, request.stream(), request.headers.get("content-type"), limit)
             except ObjectTooLarge as error:
                 await release_upload(self.database, nonce)
-                raise PayloadTooLarge(str(error)) from None
+                raise TooLarge(str(error)) from None
             except BaseException:
                 await release_upload(self.database, nonce)
                 raise
@@ -206,7 +212,7 @@ class Z3API:
             if SIGNATURE not in request.query_params:
                 await self.fhir.document(request, "Z3:ListObjects", f"Z3:{bucket}/{key}")
                 if not await store.bucket_exists(bucket):
-                    raise ResourceNotFound(f"There is no bucket {bucket!r}.")
+                    raise NotFound(f"There is no bucket {bucket!r}.")
                 objects = await store.list_objects(bucket, key)
                 names = [f"Z3:{bucket}/{o['key']}" for o in objects]
                 shown = await self.fhir.allowed_among(request, "Z3:ListObjects", names)  # per-key rules too
@@ -218,11 +224,11 @@ class Z3API:
             chunks = await store.read_chunks(info.version) if info is not None else None
             if info is None or chunks is None:
                 if request.query_params.get(VERSION) is not None:
-                    raise ResourceNotFound(
+                    raise NotFound(
                         f"The version of {location} this URL was signed for is no longer stored (the key was replaced "
                         "or deleted); ask for a new download URL."
                     )
-                raise ResourceNotFound(f"There is no object at {location}.")
+                raise NotFound(f"There is no object at {location}.")
             headers = {"content-length": str(info.size), **DOWNLOAD_HEADERS, "content-disposition": attachment(key)}
             return StreamingResponse(
                 chunks, media_type=info.content_type or "application/octet-stream", headers=headers
@@ -234,7 +240,7 @@ class Z3API:
             location = self.location(bucket, key)
             await self.fhir.document(request, "Z3:DeleteObject", f"Z3:{location.bucket}/{location.key}")
             if not await self.require_store().delete_object(location):
-                raise ResourceNotFound(f"There is no object at {location}.")
+                raise NotFound(f"There is no object at {location}.")
             return Response(status_code=204)
 
         return router

@@ -26,7 +26,7 @@ from gridfs import AsyncGridFSBucket
 from gridfs.errors import CorruptGridFile, NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
-from ..fhir.errors import Conflict, ResourceNotFound
+from ..errors import Conflict, NotFound
 from ..fhir.models import now
 from .locations import Z3Location
 from .signing import USED_UPLOAD_URLS
@@ -81,12 +81,13 @@ class Z3Store:
         return result.upserted_id is not None
 
     async def list_buckets(self) -> list[dict[str, Any]]:
-        return await self.database[BUCKETS].find({}).sort("_id", 1).to_list(None)
+        buckets: list[dict[str, Any]] = await self.database[BUCKETS].find({}).sort("_id", 1).to_list(None)
+        return buckets
 
     async def delete_bucket(self, bucket: str) -> None:
-        """Delete an empty bucket; 404 when unknown, 409 when it still holds objects."""
+        """Delete an empty bucket; NotFound when unknown, Conflict when it still holds objects."""
         if not await self.bucket_exists(bucket):
-            raise ResourceNotFound(f"There is no bucket {bucket!r}.")
+            raise NotFound(f"There is no bucket {bucket!r}.")
         if await self.files.count_documents({"filename": {"$gte": f"{bucket}/", "$lt": f"{bucket}0"}}, limit=1):
             raise Conflict(f"The bucket {bucket!r} is not empty; delete its objects first.")
         await self.database[BUCKETS].delete_one({"_id": bucket})
@@ -160,7 +161,7 @@ class Z3Store:
         if sha1:
             fields["metadata.sha1"] = sha1
         result = await self.files.update_one({"_id": version}, {"$set": fields})
-        return result.matched_count == 1
+        return bool(result.matched_count == 1)
 
     async def pinned_version(self, location: Z3Location, sha1: str) -> Any:
         """The id of a pinned version of ``location`` with this SHA-1 (a faxed document), or None."""
@@ -237,7 +238,7 @@ class Z3Store:
         return chunks()
 
     async def bucket_exists(self, bucket: str) -> bool:
-        return await self.database[BUCKETS].count_documents({"_id": bucket}, limit=1) == 1
+        return bool(await self.database[BUCKETS].count_documents({"_id": bucket}, limit=1) == 1)
 
     def gridfs(self) -> Any:
         """The GridFS bucket class of whichever driver the database handle belongs to."""
@@ -283,7 +284,8 @@ class Z3Store:
         """The content of one upload (``ObjectInfo.version``), or None when it is gone (or lost chunks)."""
         try:
             stream = await self.gridfs().open_download_stream(version)
-            return await stream.read()
+            content: bytes = await stream.read()
+            return content
         except (NoFile, CorruptGridFile):
             return None
 
