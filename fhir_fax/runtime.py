@@ -24,7 +24,7 @@ from .auth.clients import Clients
 from .auth.gate import Gate
 from .auth.guard import Guard
 from .errors import Unavailable
-from .fax import carriers, sandbox
+from .fax import document_faxes, sandbox
 from .fax.media import Z3MediaChecker
 from .fax.outbox import Outbox
 from .fax.references import HttpResolver, LocalResolver, ReferenceResolver
@@ -106,8 +106,8 @@ class Runtime:
             guard,
             registry,
             database=database,
-            carriers=carriers.carriers_of(database),
-            newest=carriers.newest_of(database),
+            carriers=document_faxes.carriers_of(database),
+            newest=document_faxes.newest_of(database),
             auditor=auditor,
         )
         z3 = Z3Store(database)
@@ -147,7 +147,7 @@ class Runtime:
         for definition in self.definitions:
             await self.store.put_if_changed(definition)
         await self.service.ensure_indexes()
-        await carriers.ensure_indexes(self.database)
+        await document_faxes.ensure_indexes(self.database)
         clients = Clients(self.database)
         await clients.ensure_indexes()
         await assertions.ensure_indexes(self.database)

@@ -114,7 +114,7 @@ class Outbox:
         await self.collection.create_index("communication_id", name="communication", unique=True)
         await self.collection.create_index([("state", ASCENDING), ("lease_expires", ASCENDING)], name="leases")
         await self.collection.create_index([("state", ASCENDING), ("last_news_at", ASCENDING)], name="news")
-        for name in ("media", "rendered"):  # the access gate asks which faxes carry a document (fax/carriers.py)
+        for name in ("media", "rendered"):  # the access gate asks which faxes carry a document (fax/document_faxes.py)
             await self.collection.create_index(name, name=f"carries_{name}")
 
     async def enqueue(self, job: FaxJob, *, session: Any = None) -> None:
