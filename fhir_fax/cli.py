@@ -295,14 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command = commands.add_parser("serve", help="run the standalone server")
     serve_command.add_argument("--host", help="interface to listen on (FHIR_FAX_HOST)")
     serve_command.add_argument("--port", type=int, help="port to listen on (FHIR_FAX_PORT)")
-    serve_command.add_argument("--load-fixtures", action="store_true", help="load fixtures/ on start")
+    serve_command.add_argument("--load-fixtures", action="store_true", help="load the demo fixtures on start")
     serve_command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     database_options(serve_command)
     serve_command.set_defaults(handler=serve)
 
     fixtures = commands.add_parser("fixtures", help="manage demo fixtures").add_subparsers(dest="action", required=True)
-    load = fixtures.add_parser("load", help="load fixtures/ into the datastore (idempotent)")
-    load.add_argument("--directory", help="folder of FHIR JSON files (default: the bundled fixtures/)")
+    load = fixtures.add_parser("load", help="load the demo fixtures into the datastore (idempotent)")
+    load.add_argument("--directory", help="folder of FHIR JSON files (default: the bundled demo fixtures)")
     database_options(load)
     load.set_defaults(handler=fixtures_load)
 

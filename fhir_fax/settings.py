@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     fhir_path: str = Field(default="/fhir", description="Where the FHIR REST API is mounted.")
-    load_fixtures: bool = Field(default=False, description="Load fixtures/ into the datastore on start.")
+    load_fixtures: bool = Field(default=False, description="Load the bundled demo fixtures on start.")
     max_body_bytes: int = Field(
         default=1_000_000, ge=1, description="Largest JSON or form request body accepted (413), read as a stream."
     )

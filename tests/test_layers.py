@@ -70,3 +70,19 @@ def test_building_blocks_do_not_import_the_runtime_or_entry_points(folder: str) 
         for module, imported in package_imports(folder).items()
     }
     assert {module: found for module, found in upward.items() if found} == {}
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"),
+    [
+        ("auth", ("fhir_fax.fax", "fhir_fax.z3")),  # access decides; it never reaches into the domains it guards
+        ("z3", ("fhir_fax.fax",)),  # storage knows nothing of faxes
+        ("audit", ("fhir_fax.fax", "fhir_fax.z3", "fhir_fax.auth")),
+    ],
+)
+def test_lower_layers_do_not_reach_up(folder: str, forbidden: tuple[str, ...]) -> None:
+    upward = {
+        module: sorted(i for i in imported if i.startswith(forbidden))
+        for module, imported in package_imports(folder).items()
+    }
+    assert {module: found for module, found in upward.items() if found} == {}
