@@ -185,3 +185,15 @@ async def test_a_malformed_basic_header_is_400(auth_api: httpx.AsyncClient) -> N
     )
     assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
     assert "Basic authorization header is malformed" in response.json()["error_description"]
+
+
+async def test_a_token_naming_a_non_latin_issuer_is_a_401_not_a_500(api: httpx.AsyncClient, database: Any) -> None:
+    """The refusal quotes what the token claims; HTTP headers are Latin-1, so the challenge must stay encodable."""
+    claims = {"iss": "https://évil.example/Ā\u2028", "sub": "x", "exp": int(time.time()) + 60}
+    token = jwt.encode(claims, "k" * 32, algorithm="HS256")
+    response = await api.get("/fhir/Communication", headers={"authorization": f"Bearer {token}"})
+    assert response.status_code == 401, response.text
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith('Bearer realm="fhir-fax", error="invalid_token"') and challenge.isascii()
+    assert "évil" in response.json()["issue"][0]["diagnostics"], "the body still says which issuer it was"
+    assert await database.Communication.count_documents({}) == 0

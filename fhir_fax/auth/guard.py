@@ -104,7 +104,9 @@ class Principal:
 
 
 def _unauthorized(message: str, error: str = "invalid_token") -> Unauthorized:
-    described = message.replace('"', "'").replace("\\", "/")  # a quoted-string, whatever the token claimed
+    # A quoted-string in a Latin-1 header, whatever the token claimed (its issuer is quoted in the message).
+    printable = "".join(c if c.isascii() and c.isprintable() else "?" for c in message)
+    described = printable.replace('"', "'").replace("\\", "/")
     challenge = f'Bearer realm="fhir-fax", error="{error}", error_description="{described}"'
     return Unauthorized(message, headers={"WWW-Authenticate": challenge})
 
