@@ -13,6 +13,8 @@ import io
 import os
 import signal
 import struct
+import subprocess
+import sys
 import zlib
 from typing import Any
 
@@ -279,3 +281,22 @@ async def test_a_sandbox_that_dies_mid_call_is_a_clear_refusal_and_is_replaced()
 async def test_only_document_functions_run_in_the_sandbox() -> None:
     with pytest.raises(ValueError, match="is not a document call"):
         await run_pdfium(os.getcwd, b"")  # type: ignore[arg-type]
+
+
+async def test_a_sandbox_that_stops_reading_its_input_is_stopped_at_the_time_limit() -> None:
+    """A child gone astray that never reads: the write of a large document must not block for ever."""
+    stuck = sandbox.Sandbox("check", sandbox.Limits(), seconds=1.0)
+
+    def never_reads() -> Any:
+        stuck._process = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        return stuck._process
+
+    stuck._running = never_reads  # type: ignore[method-assign]
+    try:
+        with pytest.raises(DocumentProblem, match="took longer than the 1 s allowed for checking"):
+            await stuck.call("inspect", b"%PDF-1.4 " + b"x" * (4 << 20), 350)
+        assert stuck.pid() is None, "the child that stopped reading was killed"
+    finally:
+        stuck.close()

@@ -107,25 +107,35 @@ class Sandbox:
             calls, answers = process.stdin, process.stdout
             if calls is None or answers is None:
                 raise RuntimeError("the document sandbox has no pipes")
+            # The whole exchange is under the deadline: a child that stops reading its input (a parser gone
+            # astray) would otherwise block the write for ever, with every later document queued behind it.
+            overdue = threading.Event()
+            watchdog = threading.Timer(self.seconds, lambda: (overdue.set(), process.kill()))
+            watchdog.start()
             try:
                 write_message(calls, {"call": function, "args": list(args)}, data)
                 deadline = time.monotonic() + self.seconds
                 header, payload = read_message(answers.fileno(), deadline)
-            except TimeoutError:
-                self._stop()
+            except Exception as error:
+                status = self._stop()
+                if not isinstance(error, TimeoutError) and not overdue.is_set():
+                    raise self._stopped(status) from None
                 raise DocumentProblem(
                     f"Reading the document took longer than the {self.seconds:g} s allowed for "
                     f"{'checking' if self.name == 'check' else 'rendering'} a document; simplify it (for example, "
                     "print it to a new PDF) and send it again."
                 ) from None
-            except (OSError, EOFError, ValueError):
-                status = self._stop()
-                raise DocumentProblem(
-                    f"The document could not be read: the process reading it stopped ({describe_exit(status)}), "
-                    f"usually because it needed more than the {self.limits.memory_bytes // (1 << 20)} MB of memory "
-                    "a document may use; simplify it (for example, print it to a new PDF) and send it again."
-                ) from None
+            finally:
+                watchdog.cancel()
         return answer(header, payload)
+
+    def _stopped(self, status: int | None) -> DocumentProblem:
+        """The child died mid-call (killed, out of memory, crashed) or answered something unreadable."""
+        return DocumentProblem(
+            f"The document could not be read: the process reading it stopped ({describe_exit(status)}), "
+            f"usually because it needed more than the {self.limits.memory_bytes // (1 << 20)} MB of memory "
+            "a document may use; simplify it (for example, print it to a new PDF) and send it again."
+        )
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self._process is not None and self._process.poll() is None:
