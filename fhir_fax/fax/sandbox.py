@@ -110,7 +110,12 @@ class Sandbox:
             # The whole exchange is under the deadline: a child that stops reading its input (a parser gone
             # astray) would otherwise block the write for ever, with every later document queued behind it.
             overdue = threading.Event()
-            watchdog = threading.Timer(self.seconds, lambda: (overdue.set(), process.kill()))
+
+            def expire() -> None:
+                overdue.set()
+                process.kill()
+
+            watchdog = threading.Timer(self.seconds, expire)
             watchdog.start()
             try:
                 write_message(calls, {"call": function, "args": list(args)}, data)
