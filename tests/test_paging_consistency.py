@@ -106,6 +106,26 @@ async def test_a_deleted_match_is_left_out_of_later_pages(api: httpx.AsyncClient
     assert sorted(ids(first) + ids(second)) == sorted(set(originals) - {unseen[0]})
 
 
+async def test_a_snapshot_page_shows_only_what_the_search_may_still_show(api: httpx.AsyncClient) -> None:
+    """Membership is as at the first page, but the access and compartment filter applies to every page.
+
+    A fax moved out of the patient's compartment after the first page (or one the caller may no longer see)
+    is not shown on a later page of a compartment (or access-filtered) search.
+    """
+    patient = {"resourceType": "Patient", "id": "pat-x", "name": [{"family": "X"}]}
+    assert (await api.put("/fhir/Patient/pat-x", json=patient, headers=FHIR_JSON)).status_code in (200, 201)
+    originals = [(await create(api, n))["id"] for n in range(8)]
+    params = {"_count": "4", "_sort": "status"}
+    first = (await api.get("/fhir/Patient/pat-x/Communication", params=params)).json()
+    moved = next(i for i in originals if i not in ids(first))
+    current = (await api.get(f"/fhir/Communication/{moved}")).json()
+    current["subject"] = {"reference": "Patient/pat-y"}
+    assert (await api.put(f"/fhir/Communication/{moved}", json=current, headers=FHIR_JSON)).status_code == 200
+    second = (await api.get(link(first, "next"))).json()
+    assert moved not in ids(second)
+    assert sorted(ids(first) + ids(second)) == sorted(set(originals) - {moved})
+
+
 async def test_the_default_order_is_newest_created_first_and_status_changes_do_not_move_it(
     api: httpx.AsyncClient,
 ) -> None:

@@ -190,6 +190,8 @@ class SearchQuery:
     revincludes: list[tuple[str, str, str | None]] = field(default_factory=list)
     path: str = ""
     binding: str = ""  # digest of type, parameters and access filter; every cursor carries it
+    # The access and compartment filter (from the caller): snapshot pages apply it again on every page.
+    scope_filter: dict[str, Any] | None = None
     snapshot_max: int = SNAPSHOT_MAX
     snapshot_seconds: int = SNAPSHOT_SECONDS
 
@@ -275,6 +277,7 @@ def parse_search(
     query.sort = _parse_sort(sort_texts[0], known) if sort_texts else (CREATED_FIELD, DESCENDING)
     query.filter = merge_clauses(clauses)
     query.binding = search_binding(resource_type, query.echo, extra_filter)
+    query.scope_filter = extra_filter
     if cursor_token is not None:
         query.cursor = decode_cursor(cursor_token, query.binding)
         if query.cursor.kind != ("key" if query.keyset else "snap"):

@@ -136,7 +136,7 @@ async def _snapshot_page(database: Any, query: SearchQuery) -> Page:
     wanted = ordered[offset : offset + query.count]
     documents = (
         await database[query.resource_type]
-        .find(merge_clauses([{"_id": {"$in": wanted}}, {f"{RESERVED}.deleted": False}]))
+        .find(merge_clauses([{"_id": {"$in": wanted}}, {f"{RESERVED}.deleted": False}, query.scope_filter or {}]))
         .to_list(None)
     )
     by_id = {doc["_id"]: doc for doc in documents}
