@@ -276,5 +276,33 @@ async def test_a_flood_of_secret_checks_is_shed_not_queued(
     assert all("retry in a moment" in r.json()["error_description"] for r in shed)
     assert [r.status_code for r in checked] == [401, 401]
     pairs, failed, pending = await counts(database)
-    assert (len(pairs), failed, pending) == (5, 2, 0), "a shed request is not counted as a failure"
+    # The five made-up client ids share one count for the address; only the two checked secrets failed.
+    assert (len(pairs), failed, pending) == (1, 2, 0), "a shed request is not counted as a failure"
     assert clients_module.HASHING.waiting == 0
+
+
+async def test_made_up_client_ids_share_one_count_per_address(settings: Settings, database: Any) -> None:
+    """A new, unknown client id on every request must not buy a fresh budget of secret checks each time.
+
+    Otherwise one address could keep the shared hashing threads busy for every client. Unknown ids from one
+    address are counted together; a real client from the same address keeps its own count.
+    """
+    checked: list[str] = []
+    original = clients_module.hash_secret
+
+    def counting(secret: str, salt: bytes) -> bytes:
+        checked.append(secret)
+        return original(secret, salt)
+
+    async with started(settings, database) as app, caller(app, ATTACKER) as attacker:
+        clients_module.hash_secret = counting
+        try:
+            made_up = [
+                await attacker.post("/oauth/token", data={**FORM, "client_id": f"nobody-{n}", "client_secret": "x"})
+                for n in range(14)
+            ]
+        finally:
+            clients_module.hash_secret = original
+        assert [r.status_code for r in made_up] == [401] * 10 + [429] * 4
+        assert len(checked) == 10, "refused attempts never reach the secret check"
+        assert (await guess(attacker, ADMIN_SECRET)).status_code == 200, "the real client keeps its own count"

@@ -104,7 +104,9 @@ class AuthAPI:
             elif not client_id or not secret:
                 raise Invalid("Send client_id and client_secret (form or Basic), or a client_assertion.")
             address = caller_address(request, self.proxies)
-            attempt = await self.limiter.attempt(self.database, client_id, address)
+            # Ids of no client share one count per address: a made-up id on every request buys no new budget.
+            counted = client_id if client_id and await Clients(self.database).by_client_id(client_id) else None
+            attempt = await self.limiter.attempt(self.database, counted, address)
             if attempt.busy:
                 await self._refused(client_id, address, BUSY)
                 message = "Too many token requests for this client from this address at once; retry in a second."
