@@ -172,6 +172,19 @@ async def test_a_fax_past_its_kill_time_is_stopped(fax_settings: Settings, datab
         assert "kill time" in final["statusReason"]["text"]
 
 
+async def test_a_job_claimed_after_its_kill_time_is_stopped_not_sent(fax_settings: Settings, database: Any) -> None:
+    """A worker that was down past a fax's kill time must not send it before reconciliation gets to it."""
+    settings = fax_settings.model_copy(update={**FAST, "worker_enabled": False, "kill_time_seconds": 0.1})
+    async with serving_fax(settings, database) as api:
+        communication_id = await send_to(api, "+16175550143")
+        await asyncio.sleep(0.2)
+        assert await create_worker(settings, database).step() is True  # claims the job before any reconciliation
+        final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
+    assert final["status"] == "stopped"
+    assert "kill time" in final["statusReason"]["text"]
+    assert await database.simulator_faxes.count_documents({}) == 0, "nothing was handed to the carrier"
+
+
 async def test_stale_duplicate_and_racing_events_never_move_a_fax_backwards(manual: Any, database: Any) -> None:
     api, worker, _ = manual
     communication_id = await send_to(api, "+16175550143")

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..db import stop_if_cancelled
 from ..fhir.models import now
+from ..fhir.store import as_utc
 from ..settings import Settings
 from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
@@ -32,6 +33,7 @@ from .tracking import Tracker
 from .transports.base import Submission, Transport, TransportError
 
 log = logging.getLogger("fhir_fax.worker")
+PAST_KILL_TIME = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
 RECONCILE_EVERY = 1.0  # seconds between reconciliation passes
 
 
@@ -88,6 +90,9 @@ class Worker:
         attempt, reference = job.attempt, job.reference
         fields = {"fax": job.id, "attempt": attempt, "worker": self.owner}
         log.info("fax %s attempt %s claimed by %s", job.id, attempt, self.owner, extra=fields)
+        if as_utc(job.kill_at) <= now():  # claimed late (workers were down): it is stopped, never sent
+            await self.tracker.fail(job.id, attempt, PAST_KILL_TIME, now(), final=True)
+            return
         await self.tracker.sync(job)  # PROCESSING
         crash_point("after-claim")
         already = await self.transport.find(reference, job.to_number, job.created)
@@ -177,12 +182,11 @@ class Worker:
         quiet_since = moment - timedelta(seconds=self.settings.stuck_after_seconds)
         for job in await self.outbox.quiet_submissions(quiet_since):
             await self.isolated(job, "the carrier could not be polled", partial(self.poll_one, job))
-        failure = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
         for job in await self.outbox.past_kill_time(moment):
             await self.isolated(
                 job,
                 "it could not be stopped at its kill time",
-                partial(self.tracker.fail, job.id, job.attempt, failure, moment, final=True),
+                partial(self.tracker.fail, job.id, job.attempt, PAST_KILL_TIME, moment, final=True),
             )
         for job in await self.outbox.unsynced(moment - timedelta(seconds=5)):
             await self.isolated(job, "its Communication could not be updated", partial(self.tracker.sync, job))
