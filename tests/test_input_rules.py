@@ -210,3 +210,21 @@ async def test_a_configured_carrier_number_with_a_trailing_newline_is_not_onboar
     assert response.status_code == 422
     assert response.json()["message"].startswith("FHIR_FAX_CARRIER_FAX_NUMBER: '+13125550123\\n' is not in E.164")
     assert await database.fax_numbers.count_documents({}) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/v1/z3/letters/a.pdf", "The body must be JSON"),  # presigned URL request
+        ("/fax/v1/onboard", "The body must be JSON"),
+    ],
+)
+async def test_json_nested_thousands_deep_is_a_400_on_the_sdk_routes(
+    api: httpx.AsyncClient, database: Any, path: str, message: str
+) -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000
+    response = await api.post(path, content=nested, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["message"].startswith(message)
+    assert await database.fax_numbers.count_documents({}) == 0
+    assert await database["z3_used_upload_urls"].count_documents({}) == 0

@@ -135,7 +135,7 @@ class FaxAPI:
             return None
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             raise Invalid('The body must be JSON: {} or {"faxNumber": "+12223334444"}.') from None
         if not isinstance(body, dict) or set(body) - {"faxNumber"}:
             raise Invalid('The body may only hold "faxNumber", e.g. {"faxNumber": "+12223334444"}.')

@@ -129,7 +129,7 @@ class Z3API:
             location = self.location(bucket, key)
             try:
                 body = json.loads(await request.body() or b"{}")
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
                 raise Invalid('The body must be JSON: {"action": "upload"} or {"action": "download"}.') from None
             action = body.get("action") if isinstance(body, dict) else None
             if action not in ACTIONS:
