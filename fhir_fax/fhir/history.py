@@ -120,14 +120,14 @@ class HistoryPage:
     previous: Cursor | None = None
 
 
-async def history_page(database: Any, query: HistoryQuery, current_version: int | None) -> HistoryPage:
-    """One page of versions, newest first. ``current_version`` is the resource's (instance history)."""
+async def history_page(database: Any, query: HistoryQuery) -> HistoryPage:
+    """One page of versions, newest first."""
     forward = query.cursor is None or query.cursor.direction == "next"
     edge = query.cursor.value if query.cursor is not None else None
     kept: list[dict[str, Any]] = []
     exhausted = False
     while len(kept) <= query.count and not exhausted:
-        batch = await _batch(database, query, current_version, edge, forward, query.count + 1)
+        batch = await _batch(database, query, edge, forward, query.count + 1)
         exhausted = len(batch) < query.count + 1
         for document in batch:
             if len(kept) > query.count:
@@ -150,7 +150,7 @@ async def history_page(database: Any, query: HistoryQuery, current_version: int 
 
 
 async def _batch(
-    database: Any, query: HistoryQuery, current_version: int | None, edge: str | None, forward: bool, limit: int
+    database: Any, query: HistoryQuery, edge: str | None, forward: bool, limit: int
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` versions beyond ``edge`` in page order, from both collections, without duplicates."""
     conditions: dict[str, Any] = {}
@@ -164,8 +164,9 @@ async def _batch(
     if query.resource_id is not None:
         current_filter["_id"] = query.resource_id
         prior_filter[f"{RESERVED}.id"] = query.resource_id
-        # A crash between copying a version to history and replacing it can leave a copy of the current one.
-        prior_filter[f"{RESERVED}.version"] = {"$lt": current_version or 0}
+    # A crash between copying a version to history and replacing it can leave a copy of the current one: it
+    # has the same (id, version) and is dropped below. (Filtering history by the version read before the
+    # page would hide the version an update moves to history meanwhile.)
     order = DESCENDING if forward else ASCENDING
     found: list[dict[str, Any]] = []
     for name, where in ((query.resource_type, current_filter), (history_collection(query.resource_type), prior_filter)):

@@ -214,7 +214,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
                 "outside it. Read the history of one resource instead (GET /{type}/{id}/_history)."
             )
         query = history_query(request, resource_type, None)
-        page = await history_page(context.store.database, query, None)
+        page = await history_page(context.store.database, query)
         # Each version shown passes the gate like any read: a per-id Deny of reading one refuses the page.
         await context.admit(request, "FHIR:History", *(v.resource for v in page.versions))
         await context.was_read(request, "history-type", [v.resource for v in page.versions if v.resource])
@@ -262,7 +262,7 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         current_version = await context.store.count_versions(resource_type, resource_id)
         if current_version == 0:
             raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
-        page = await history_page(context.store.database, query, current_version)
+        page = await history_page(context.store.database, query)
         await context.admit(request, "FHIR:History", *(v.resource for v in page.versions))
         await context.was_read(request, "history-instance", [v.resource for v in page.versions if v.resource])
         total = None if query.filtered else current_version
