@@ -111,6 +111,9 @@ class Worker:
         try:
             carrier_id = await self.transport.submit(submission)
         except TransportError as error:
+            if error.maybe_taken:  # no answer is not a refusal: the takeover asks the carrier before any resend
+                await self.tracker.set_aside(job, "the carrier gave no answer to the hand-over", error, self.owner)
+                return
             await self.tracker.fail(job.id, attempt, Failure(error.code, error.message), now())
             return
         crash_point("after-submit")

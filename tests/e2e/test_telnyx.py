@@ -46,7 +46,7 @@ class Setup:
         async with httpx.AsyncClient() as http:
             await http.post(
                 f"{self.emulator.url}/_control",
-                json={"reject_next": 0, "drop_webhooks": False, "chaos": True, **settings},
+                json={"reject_next": 0, "lose_answer_next": 0, "drop_webhooks": False, "chaos": True, **settings},
             )
 
     async def log(self) -> dict[str, Any]:
@@ -158,6 +158,18 @@ async def test_a_429_from_telnyx_is_retried(telnyx: Setup) -> None:
     final = await telnyx.final(await telnyx.send("+16175550150"))
     assert final["status"] == "completed"
     assert final["note"][0]["text"].startswith("Attempt 1 failed (CARRIER_UNAVAILABLE): Telnyx is unavailable (429)")
+
+
+async def test_a_lost_answer_from_telnyx_never_sends_the_fax_twice(telnyx: Setup) -> None:
+    """Telnyx took the fax but its answer was a 5xx: the carrier may have it, so it is asked before a resend."""
+    await telnyx.control(lose_answer_next=1)
+    communication_id = await telnyx.send("+16175550152")
+    final = await telnyx.final(communication_id)
+    assert final["status"] == "completed"
+    submissions = [s for s in (await telnyx.log())["submissions"] if s["to"] == "+16175550152"]
+    assert len(submissions) == 1, "the fax went to Telnyx once"
+    job = await telnyx.database.fax_jobs.find_one({"communication_id": communication_id})
+    assert job["attempt"] == 1 and list(job["carrier_ids"]) == ["1"]
 
 
 async def test_lost_webhooks_are_reconciled_by_polling(telnyx: Setup) -> None:

@@ -5,7 +5,8 @@ and GET ``/v2/faxes/{id}``, fetches ``media_url`` like Telnyx does, and sends Ed
 to ``webhook_url`` as Telnyx may: out of order and each one twice. Destination numbers pick the
 outcome (0002 user_busy, 0003 receiver_no_answer, 0004 destination_invalid, 0005 a failure without
 a reason, 0007 receiver_call_dropped). ``POST /_control`` sets ``reject_next`` (answer 429 that many
-times), ``drop_webhooks`` and ``chaos``; ``GET /_control/log`` shows what happened.
+times), ``lose_answer_next`` (take the fax, then answer 503 as if the answer were lost, that many times),
+``drop_webhooks`` and ``chaos``; ``GET /_control/log`` shows what happened.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ OUTCOMES = {
 
 app = FastAPI()
 faxes: dict[str, dict[str, Any]] = {}
-control: dict[str, Any] = {"reject_next": 0, "drop_webhooks": False, "chaos": True}
+control: dict[str, Any] = {"reject_next": 0, "lose_answer_next": 0, "drop_webhooks": False, "chaos": True}
 log: dict[str, list[Any]] = {"media_fetches": [], "webhooks": [], "submissions": []}
 
 
@@ -99,6 +100,9 @@ async def send_fax(request: Request) -> JSONResponse:
     }
     faxes[fax["id"]] = fax
     asyncio.get_running_loop().create_task(run_fax(fax))
+    if control["lose_answer_next"] > 0:  # the fax is taken, but the caller never learns it
+        control["lose_answer_next"] -= 1
+        return error(503, "upstream timed out")
     return JSONResponse({"data": fax}, status_code=202)
 
 

@@ -53,12 +53,18 @@ class Submission:
 
 
 class TransportError(Exception):
-    """The carrier refused or could not take the attempt; ``code`` is a failure-reason code."""
+    """The carrier refused or could not take the attempt; ``code`` is a failure-reason code.
 
-    def __init__(self, code: str, message: str) -> None:
+    ``maybe_taken``: the request may have reached the carrier although no answer said so (a timeout, a 5xx
+    after sending). Such an attempt is never given up or resent as a new one: the worker asks the carrier
+    for it (``find``) first, the way a takeover does.
+    """
+
+    def __init__(self, code: str, message: str, *, maybe_taken: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.maybe_taken = maybe_taken
 
 
 class Transport(Protocol):

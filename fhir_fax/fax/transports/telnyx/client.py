@@ -65,12 +65,16 @@ class Telnyx:
             "webhook_url": (self.settings.base_url or "").rstrip("/") + webhook_path(NAME),
             "store_media": False,
         }
-        response = await self._request("POST", "/faxes", json=body)
+        response = await self._request("POST", "/faxes", json=body, submitting=True)
         if response.status_code in (200, 201, 202):
             return str(response.json()["data"]["id"])
         detail = _error_detail(response)
         if response.status_code in (408, 429) or response.status_code >= 500:
-            raise TransportError("CARRIER_UNAVAILABLE", f"Telnyx is unavailable ({response.status_code}): {detail}")
+            raise TransportError(
+                "CARRIER_UNAVAILABLE",
+                f"Telnyx is unavailable ({response.status_code}): {detail}",
+                maybe_taken=response.status_code != 429,  # a 429 is a refusal; a timeout or 5xx is no answer
+            )
         raise TransportError("FAILED", f"Telnyx refused the fax ({response.status_code}): {detail}")
 
     async def find(self, reference: str, to_number: str, since: datetime) -> str | None:
@@ -108,12 +112,16 @@ class Telnyx:
         event = make_event(reference, fax.get("status"), parse_time(fax.get("updated_at")), fax, carrier_id, "poll")
         return [] if event is None else [event]
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, *, submitting: bool = False, **kwargs: Any) -> httpx.Response:
         try:
             return await self.client.request(method, path, **kwargs)
         except httpx.HTTPError as error:
+            # Only a connection that never opened proves the fax was not sent.
+            unsent = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
             raise TransportError(
-                "CARRIER_UNAVAILABLE", f"Telnyx could not be reached ({type(error).__name__})."
+                "CARRIER_UNAVAILABLE",
+                f"Telnyx could not be reached ({type(error).__name__}).",
+                maybe_taken=submitting and not unsent,
             ) from None
 
 
