@@ -178,7 +178,9 @@ async def test_a_job_claimed_after_its_kill_time_is_stopped_not_sent(fax_setting
     async with serving_fax(settings, database) as api:
         communication_id = await send_to(api, "+16175550143")
         await asyncio.sleep(0.2)
-        assert await create_worker(settings, database).step() is True  # claims the job before any reconciliation
+        worker = create_worker(settings, database)
+        worker._last_reconcile = asyncio.get_running_loop().time()  # reconciliation not due: the claim sees it first
+        assert await worker.step() is True
         final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
     assert final["status"] == "stopped"
     assert "kill time" in final["statusReason"]["text"]
@@ -278,3 +280,20 @@ async def test_a_worker_whose_lease_ran_out_while_preparing_never_hands_the_fax_
     assert job["state"] == "submitted" and list(job["carrier_ids"]) == ["1"]
     handed_over = await database.simulator_faxes.count_documents({"reference": f"{job['_id']}:1"})
     assert handed_over == 1, "the attempt went to the carrier once"
+
+
+async def test_reconciliation_runs_under_a_steady_backlog(manual: Any, database: Any) -> None:
+    """With a job to take on every step, reconciliation (kill time, polls, repairs) still runs once a second."""
+    api, worker, _ = manual
+    for _ in range(2):
+        await send_to(api, "+16175550143")
+    passes: list[bool] = []
+    original = worker.reconcile
+
+    async def counted() -> None:
+        passes.append(True)
+        await original()
+
+    worker.reconcile = counted  # type: ignore[method-assign]
+    assert await worker.step() is True, "a job was taken"
+    assert passes == [True], "and the reconciliation that was due ran as well"

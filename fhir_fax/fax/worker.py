@@ -66,19 +66,23 @@ class Worker:
             await self.transport.stop()
 
     async def step(self) -> bool:
-        """Do one job if there is one (True), else reconcile (False)."""
-        try:
-            job = await self.claim()
-        except UnreadableJob:  # taken but not a job: the outbox set it aside, held by this worker until its back-off
-            return True
-        if job is not None:
-            await self.isolated(job, "the attempt could not be made", lambda: self.attempt(job), hold=True)
-            return True
+        """Reconcile when it is due, then do one job if there is one (True when a job was taken).
+
+        Reconciliation is due once a second whether or not jobs are waiting: under a steady backlog it
+        would otherwise never run, and kill time, polls of quiet faxes and repairs would wait for a lull.
+        """
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_reconcile >= RECONCILE_EVERY:
             self._last_reconcile = loop.time()
             await self.reconcile()
-        return False
+        try:
+            job = await self.claim()
+        except UnreadableJob:  # taken but not a job: the outbox set it aside, held by this worker until its back-off
+            return True
+        if job is None:
+            return False
+        await self.isolated(job, "the attempt could not be made", lambda: self.attempt(job), hold=True)
+        return True
 
     async def claim(self) -> Job | None:
         """An abandoned attempt first (its worker died), else the next due one."""
