@@ -94,6 +94,13 @@ class FaxModule:
         return self._database.connect()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # a start that failed part-way leaves no database, worker or task behind
+            raise
+
+    async def _start(self) -> None:
         runtime = Runtime.build(
             self.settings,
             self._connect(),

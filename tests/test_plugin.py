@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
@@ -110,3 +112,28 @@ async def test_unexpected_errors_on_sdk_routes_are_message_and_code(settings: Se
     assert response.status_code == 500
     assert set(response.json()) == {"message", "code"} and response.json()["code"] == 500
     assert "incident" in response.json()["message"] and "secret internals" not in response.text
+
+
+async def test_a_start_that_fails_part_way_leaves_no_database_behind(settings: Settings) -> None:
+    """The carrier cannot be made (no Telnyx credentials) after the embedded database was started: start-up
+    fails with the reason, and the database process it started is stopped again."""
+    broken = settings.model_copy(update={"carrier": "telnyx", "worker_enabled": True})
+    module = FaxModule(broken)
+    with pytest.raises(Exception, match="FHIR_FAX_TELNYX_API_KEY"):
+        await module.start()
+    assert not (broken.data_dir / "db.json").exists(), "the database was stopped cleanly"
+    assert processes_using(broken.data_dir) == [], "no database process is left running on the data folder"
+
+
+def processes_using(folder: Path) -> list[int]:
+    """Live processes whose command line names ``folder`` (the embedded database is started with it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(folder) in command and "secantusd" in command:
+                found.append(int(entry.name))
+    return found
