@@ -11,6 +11,7 @@ import httpx
 import pytest
 from pymongo.errors import AutoReconnect
 
+from fhir_fax.fax.documents import DocumentProblem
 from fhir_fax.fax.status import ATTEMPT_EXTENSION, Failure, StatusEvent
 from fhir_fax.fax.terminology import FAILURE_REASON_SYSTEM, PAGES_EXTENSION
 from fhir_fax.fax.worker import Worker, create_worker
@@ -297,3 +298,31 @@ async def test_reconciliation_runs_under_a_steady_backlog(manual: Any, database:
     worker.reconcile = counted  # type: ignore[method-assign]
     assert await worker.step() is True, "a job was taken"
     assert passes == [True], "and the reconciliation that was due ran as well"
+
+
+async def test_a_worker_that_lost_its_lease_cannot_stop_the_fax_another_worker_took_over(
+    manual: Any, database: Any
+) -> None:
+    """Its document check failed after the lease ran out: the failure is no longer its to report."""
+    api, _, settings = manual
+    short_lease = settings.model_copy(update={"lease_seconds": 0.3})
+    communication_id = await send_to(api, "+16175550143")
+    slow, quick = create_worker(short_lease, database), create_worker(short_lease, database)
+    preparing, resume = asyncio.Event(), asyncio.Event()
+
+    async def fail_late(job: Any, reference: str) -> Any:
+        preparing.set()
+        await resume.wait()  # the lease runs out meanwhile
+        raise DocumentProblem("Document generation error: the rendering timed out.")
+
+    slow.prepare = fail_late  # type: ignore[method-assign]
+    first = asyncio.create_task(slow.step())
+    await preparing.wait()
+    await asyncio.sleep(0.4)
+    assert await quick.step() is True, "the second worker takes over and hands the fax to the carrier"
+    resume.set()
+    await first
+    job = await job_of(database, communication_id)
+    assert job["state"] == "submitted" and job["status"] != "STOPPED"
+    final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
+    assert final["status"] != "stopped"

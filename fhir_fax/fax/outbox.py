@@ -229,7 +229,13 @@ class Outbox:
         return await self._change({"_id": fax_id, **_forward_of(target)}, {"$set": changes})
 
     async def fail_attempt(
-        self, fax_id: str, attempt: int, failure: dict[str, Any], retry_at: datetime | None
+        self,
+        fax_id: str,
+        attempt: int,
+        failure: dict[str, Any],
+        retry_at: datetime | None,
+        *,
+        holder: str | None = None,
     ) -> Job | None:
         """Attempt ``attempt`` failed: queue the next one at ``retry_at``, or stop for good if None."""
         if retry_at is None:
@@ -253,8 +259,9 @@ class Outbox:
             "lease_owner": None,
             "lease_expires": None,
         }
+        held = {"state": JobState.ACTIVE.value, "lease_owner": holder} if holder is not None else {}
         return await self._change(
-            {"_id": fax_id, **_forward_of(target)},
+            {"_id": fax_id, **_forward_of(target), **held},
             {"$set": changes, "$push": {"failures": failure}},
         )
 

@@ -70,15 +70,28 @@ class Tracker:
         await self.sync(job)
         return True
 
-    async def fail(self, fax_id: str, attempt: int, failure: Failure, at: datetime, *, final: bool = False) -> bool:
-        """Attempt ``attempt`` failed: retry it later if the failure is transient and time allows, else stop."""
+    async def fail(
+        self,
+        fax_id: str,
+        attempt: int,
+        failure: Failure,
+        at: datetime,
+        *,
+        final: bool = False,
+        holder: str | None = None,
+    ) -> bool:
+        """Attempt ``attempt`` failed: retry it later if the failure is transient and time allows, else stop.
+
+        ``holder``: a worker reporting its own failure; it counts only while that worker still holds the job
+        (one that lost its lease meanwhile must not stop the attempt another worker has taken over).
+        """
         job = await self.outbox.get(fax_id)
         if job is None:
             return False
         retry_at = None if final else self.retry.retry_at(attempt, failure, now(), job.kill_at)
         message = failure.message or "The carrier reported a failure without a reason."
         record = {"attempt": attempt, "code": failure.code, "message": message, "at": at, "retry_at": retry_at}
-        updated = await self.outbox.fail_attempt(fax_id, attempt, record, retry_at)
+        updated = await self.outbox.fail_attempt(fax_id, attempt, record, retry_at, holder=holder)
         if updated is None:
             return False
         fields = {"fax": fax_id, "attempt": attempt, "code": failure.code}

@@ -95,7 +95,7 @@ class Worker:
         fields = {"fax": job.id, "attempt": attempt, "worker": self.owner}
         log.info("fax %s attempt %s claimed by %s", job.id, attempt, self.owner, extra=fields)
         if as_utc(job.kill_at) <= now():  # claimed late (workers were down): it is stopped, never sent
-            await self.tracker.fail(job.id, attempt, PAST_KILL_TIME, now(), final=True)
+            await self.tracker.fail(job.id, attempt, PAST_KILL_TIME, now(), final=True, holder=self.owner)
             return
         await self.tracker.sync(job)  # PROCESSING
         crash_point("after-claim")
@@ -107,7 +107,8 @@ class Worker:
         try:
             submission = await self.prepare(job, reference)
         except DocumentProblem as problem:
-            await self.tracker.fail(job.id, attempt, Failure("FAILED", str(problem)), now(), final=True)
+            failure = Failure("FAILED", str(problem))
+            await self.tracker.fail(job.id, attempt, failure, now(), final=True, holder=self.owner)
             return
         if not await self.outbox.renew(job, self.owner, self.lease):
             log.info("fax %s attempt %s: taken over while preparing", job.id, attempt, extra=fields)
@@ -118,7 +119,7 @@ class Worker:
             if error.maybe_taken:  # no answer is not a refusal: the takeover asks the carrier before any resend
                 await self.tracker.set_aside(job, "the carrier gave no answer to the hand-over", error, self.owner)
                 return
-            await self.tracker.fail(job.id, attempt, Failure(error.code, error.message), now())
+            await self.tracker.fail(job.id, attempt, Failure(error.code, error.message), now(), holder=self.owner)
             return
         crash_point("after-submit")
         if not await self.outbox.record_submission(job, self.owner, self.transport.name, carrier_id):
