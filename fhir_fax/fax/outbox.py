@@ -114,6 +114,8 @@ class Outbox:
         await self.collection.create_index("communication_id", name="communication", unique=True)
         await self.collection.create_index([("state", ASCENDING), ("lease_expires", ASCENDING)], name="leases")
         await self.collection.create_index([("state", ASCENDING), ("last_news_at", ASCENDING)], name="news")
+        # Reconciliation looks for jobs whose Communication lags (every second): without this it reads them all.
+        await self.collection.create_index([("synced", ASCENDING), ("last_news_at", ASCENDING)], name="unsynced")
         for name in ("media", "rendered"):  # the access gate asks which faxes carry a document (fax/document_faxes.py)
             await self.collection.create_index(name, name=f"carries_{name}")
 
