@@ -46,6 +46,20 @@ async def guess(http: httpx.AsyncClient, secret: str) -> httpx.Response:
     return await http.post("/oauth/token", data={**FORM, "client_secret": secret})
 
 
+@pytest.fixture
+def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The secrets that reached the hash (the costly check the limit rations), in order."""
+    seen: list[str] = []
+    original = clients_module.hash_secret
+
+    def counting(secret: str, salt: bytes) -> bytes:
+        seen.append(secret)
+        return original(secret, salt)
+
+    monkeypatch.setattr(clients_module, "hash_secret", counting)
+    return seen
+
+
 async def test_an_attacker_elsewhere_cannot_lock_the_real_client_out(settings: Settings, database: Any) -> None:
     async with started(settings, database) as app, caller(app, ATTACKER) as attacker, caller(app, REAL_CLIENT) as real:
         statuses = [(await guess(attacker, f"guess-{n}")).status_code for n in range(14)]
@@ -60,21 +74,13 @@ async def test_an_attacker_elsewhere_cannot_lock_the_real_client_out(settings: S
         assert one_wrong.status_code == 401, "the real client's own count starts at zero"
 
 
-async def test_concurrent_guesses_get_at_most_the_limit_through(settings: Settings, database: Any) -> None:
+async def test_concurrent_guesses_get_at_most_the_limit_through(
+    settings: Settings, database: Any, checked: list[str]
+) -> None:
     """All 32 arrive together: each takes its place by an atomic increment before its secret is checked."""
-    checked: list[str] = []
-    original = clients_module.hash_secret
-
-    def counting(secret: str, salt: bytes) -> bytes:
-        checked.append(secret)
-        return original(secret, salt)
-
     async with started(settings, database) as app, caller(app, ATTACKER) as attacker:
-        clients_module.hash_secret = counting
-        try:
-            responses = await asyncio.gather(*(guess(attacker, f"guess-{n}") for n in range(32)))
-        finally:
-            clients_module.hash_secret = original
+        checked.clear()  # the bootstrap client's secret was hashed at start-up
+        responses = await asyncio.gather(*(guess(attacker, f"guess-{n}") for n in range(32)))
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [401] * 10 + [429] * 22
     assert len(checked) == 10, "a refused guess never reaches the secret check"
@@ -111,22 +117,14 @@ async def test_an_honest_burst_is_slowed_not_refused(settings: Settings, databas
     assert await counts(database) == ({f"{ADMIN_ID}@{REAL_CLIENT}"}, 0, 0)
 
 
-async def test_a_burst_of_wrong_and_right_secrets_keeps_the_limit(settings: Settings, database: Any) -> None:
+async def test_a_burst_of_wrong_and_right_secrets_keeps_the_limit(
+    settings: Settings, database: Any, checked: list[str]
+) -> None:
     """The right secret in a burst of guesses from the same address: at most the limit is checked in all."""
-    checked: list[str] = []
-    original = clients_module.hash_secret
-
-    def counting(secret: str, salt: bytes) -> bytes:
-        checked.append(secret)
-        return original(secret, salt)
-
     async with started(settings, database) as app, caller(app, ATTACKER) as attacker:
-        clients_module.hash_secret = counting
-        try:
-            secrets = [f"guess-{n}" for n in range(20)] + [ADMIN_SECRET] * 5
-            responses = await asyncio.gather(*(guess(attacker, secret) for secret in secrets))
-        finally:
-            clients_module.hash_secret = original
+        checked.clear()  # the bootstrap client's secret was hashed at start-up
+        secrets = [f"guess-{n}" for n in range(20)] + [ADMIN_SECRET] * 5
+        responses = await asyncio.gather(*(guess(attacker, secret) for secret in secrets))
     wrong = [r.status_code for r in responses[:20]]
     assert wrong.count(401) <= 10 and set(wrong) <= {401, 429}
     assert checked.count(ADMIN_SECRET) == sum(r.status_code == 200 for r in responses[20:])
@@ -281,28 +279,20 @@ async def test_a_flood_of_secret_checks_is_shed_not_queued(
     assert clients_module.HASHING.waiting == 0
 
 
-async def test_made_up_client_ids_share_one_count_per_address(settings: Settings, database: Any) -> None:
+async def test_made_up_client_ids_share_one_count_per_address(
+    settings: Settings, database: Any, checked: list[str]
+) -> None:
     """A new, unknown client id on every request must not buy a fresh budget of secret checks each time.
 
     Otherwise one address could keep the shared hashing threads busy for every client. Unknown ids from one
     address are counted together; a real client from the same address keeps its own count.
     """
-    checked: list[str] = []
-    original = clients_module.hash_secret
-
-    def counting(secret: str, salt: bytes) -> bytes:
-        checked.append(secret)
-        return original(secret, salt)
-
     async with started(settings, database) as app, caller(app, ATTACKER) as attacker:
-        clients_module.hash_secret = counting
-        try:
-            made_up = [
-                await attacker.post("/oauth/token", data={**FORM, "client_id": f"nobody-{n}", "client_secret": "x"})
-                for n in range(14)
-            ]
-        finally:
-            clients_module.hash_secret = original
+        checked.clear()  # the bootstrap client's secret was hashed at start-up
+        made_up = [
+            await attacker.post("/oauth/token", data={**FORM, "client_id": f"nobody-{n}", "client_secret": "x"})
+            for n in range(14)
+        ]
         assert [r.status_code for r in made_up] == [401] * 10 + [429] * 4
         assert len(checked) == 10, "refused attempts never reach the secret check"
         assert (await guess(attacker, ADMIN_SECRET)).status_code == 200, "the real client keeps its own count"
