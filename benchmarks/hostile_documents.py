@@ -31,6 +31,8 @@ from typing import Any
 
 import httpx
 
+from serving import wait_until_serving
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -158,14 +160,8 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the server did not start; see server.log")
+    wait_until_serving(process, url, data_dir / "server.log")
+    return process, url
 
 
 def send_documents(url: str, pid: int) -> list[dict[str, Any]]:

@@ -35,6 +35,8 @@ from fhir_fax.fhir.models import SUPPORTED_TYPES, now
 from fhir_fax.fhir.search_params import default_registry
 from fhir_fax.fhir.store import ResourceStore
 
+from serving import wait_until_serving
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_PATIENT = "bench-target"
 TARGET_FAXES = 50
@@ -104,14 +106,8 @@ def start_server(uri: str, name: str, log: Path) -> tuple[subprocess.Popen[bytes
             env=env,
         )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"server did not start; see {log}")
+    wait_until_serving(process, url, log)
+    return process, url
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -30,6 +30,8 @@ import httpx
 
 from fhir_fax.embedded import free_port
 
+from serving import wait_until_serving
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ADMIN = ("bench-admin", "bench-admin-secret")
 
@@ -46,14 +48,8 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = open(data_dir.parent / "server.log", "wb")  # noqa: SIM115 - kept open for the child's lifetime
     process = subprocess.Popen([*command, "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"server did not start; see {data_dir.parent / 'server.log'}")
+    wait_until_serving(process, url, data_dir.parent / "server.log")
+    return process, url
 
 
 def summary(samples: list[float]) -> dict[str, float]:
