@@ -251,25 +251,20 @@ async def test_a_cancellation_reported_as_a_database_error_still_stops_the_worke
     assert running.done() and running.cancelled()
 
 
-async def test_a_worker_whose_lease_ran_out_while_preparing_never_hands_the_fax_over(
-    manual: Any, database: Any
-) -> None:
-    """Preparing took longer than the lease: another worker took the job over, so the first one must stand down.
-
-    Without the check both workers hand the same attempt to the carrier, and the recipient gets the fax twice.
-    """
-    api, _, settings = manual
+async def race_a_takeover(database: Any, settings: Settings, prepare_then: Any) -> tuple[Worker, Worker]:
+    """Two workers on a 0.3 s lease: the first claims the job and prepares it; while it waits, its lease runs
+    out and the second takes the job over and hands it to the carrier; then the first carries on with
+    ``prepare_then(submission)``."""
     short_lease = settings.model_copy(update={"lease_seconds": 0.3})
-    communication_id = await send_to(api, "+16175550143")
     slow, quick = create_worker(short_lease, database), create_worker(short_lease, database)
     preparing, resume = asyncio.Event(), asyncio.Event()
     original_prepare = slow.prepare
 
-    async def prepare_slowly(job: dict[str, Any], reference: str) -> Any:
+    async def prepare_slowly(job: Any, reference: str) -> Any:
         submission = await original_prepare(job, reference)
         preparing.set()
         await resume.wait()  # the lease runs out meanwhile
-        return submission
+        return prepare_then(submission)
 
     slow.prepare = prepare_slowly  # type: ignore[method-assign]
     first = asyncio.create_task(slow.step())
@@ -278,10 +273,48 @@ async def test_a_worker_whose_lease_ran_out_while_preparing_never_hands_the_fax_
     assert await quick.step() is True, "the second worker takes over the abandoned job"
     resume.set()
     assert await first is True
+    return slow, quick
+
+
+async def test_a_worker_whose_lease_ran_out_while_preparing_never_hands_the_fax_over(
+    manual: Any, database: Any
+) -> None:
+    """Preparing took longer than the lease: another worker took the job over, so the first one must stand down.
+
+    Without the check both workers hand the same attempt to the carrier, and the recipient gets the fax twice.
+    """
+    api, _, settings = manual
+    communication_id = await send_to(api, "+16175550143")
+    await race_a_takeover(database, settings, lambda submission: submission)
     job = await job_of(database, communication_id)
     assert job["state"] == "submitted" and list(job["carrier_ids"]) == ["1"]
     handed_over = await database.simulator_faxes.count_documents({"reference": f"{job['_id']}:1"})
     assert handed_over == 1, "the attempt went to the carrier once"
+
+
+async def test_a_worker_that_lost_its_lease_cannot_stop_the_fax_another_worker_took_over(
+    manual: Any, database: Any
+) -> None:
+    """Its document check failed after the lease ran out: the failure is no longer its to report."""
+    api, _, settings = manual
+    communication_id = await send_to(api, "+16175550143")
+
+    def fail_late(submission: Any) -> Any:
+        raise DocumentProblem("Document generation error: the rendering timed out.")
+
+    await race_a_takeover(database, settings, fail_late)
+    job = await job_of(database, communication_id)
+    assert job["state"] == "submitted" and job["status"] != "STOPPED"
+    final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
+    assert final["status"] != "stopped"
+
+
+async def test_the_repair_query_reads_an_index(manual: Any, database: Any) -> None:
+    """Reconciliation asks every second which Communications lag behind their job; that must not read every job."""
+    api, _, _ = manual
+    await send_to(api, "+16175550143")
+    plan = await database.fax_jobs.find({"synced": False, "last_news_at": {"$lt": datetime.now(UTC)}}).explain()
+    assert "COLLSCAN" not in json.dumps(plan, default=str), plan
 
 
 async def test_reconciliation_runs_under_a_steady_backlog(manual: Any, database: Any) -> None:
@@ -299,39 +332,3 @@ async def test_reconciliation_runs_under_a_steady_backlog(manual: Any, database:
     worker.reconcile = counted  # type: ignore[method-assign]
     assert await worker.step() is True, "a job was taken"
     assert passes == [True], "and the reconciliation that was due ran as well"
-
-
-async def test_a_worker_that_lost_its_lease_cannot_stop_the_fax_another_worker_took_over(
-    manual: Any, database: Any
-) -> None:
-    """Its document check failed after the lease ran out: the failure is no longer its to report."""
-    api, _, settings = manual
-    short_lease = settings.model_copy(update={"lease_seconds": 0.3})
-    communication_id = await send_to(api, "+16175550143")
-    slow, quick = create_worker(short_lease, database), create_worker(short_lease, database)
-    preparing, resume = asyncio.Event(), asyncio.Event()
-
-    async def fail_late(job: Any, reference: str) -> Any:
-        preparing.set()
-        await resume.wait()  # the lease runs out meanwhile
-        raise DocumentProblem("Document generation error: the rendering timed out.")
-
-    slow.prepare = fail_late  # type: ignore[method-assign]
-    first = asyncio.create_task(slow.step())
-    await preparing.wait()
-    await asyncio.sleep(0.4)
-    assert await quick.step() is True, "the second worker takes over and hands the fax to the carrier"
-    resume.set()
-    await first
-    job = await job_of(database, communication_id)
-    assert job["state"] == "submitted" and job["status"] != "STOPPED"
-    final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
-    assert final["status"] != "stopped"
-
-
-async def test_the_repair_query_reads_an_index(manual: Any, database: Any) -> None:
-    """Reconciliation asks every second which Communications lag behind their job; that must not read every job."""
-    api, _, _ = manual
-    await send_to(api, "+16175550143")
-    plan = await database.fax_jobs.find({"synced": False, "last_news_at": {"$lt": datetime.now(UTC)}}).explain()
-    assert "COLLSCAN" not in json.dumps(plan, default=str), plan
