@@ -161,6 +161,16 @@ async def stored_counts(database: Any) -> dict[str, int]:
     return {name: await database[name].count_documents({}) for name in ("Communication", "fax_jobs", "fax_idempotency")}
 
 
+async def everything_stored(database: Any) -> dict[str, int]:
+    """Documents per non-empty collection (resources, history, audit, outbox), to prove a refusal stored nothing.
+
+    Empty collections are left out: a background task (the simulator creating its indexes) may create one
+    at any moment without storing anything.
+    """
+    counts = {name: await database[name].count_documents({}) for name in await database.list_collection_names()}
+    return {name: count for name, count in counts.items() if count}
+
+
 INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 SEED_MEDIUM_CODING = {
     "system": "https://terminology.hl7.org/6.0.2/ValueSet-v3-ParticipationMode.html",

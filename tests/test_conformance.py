@@ -7,11 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import FHIR_JSON
-
-
-async def all_documents(database: Any) -> dict[str, int]:
-    return {name: await database[name].count_documents({}) for name in await database.list_collection_names()}
+from helpers import FHIR_JSON, everything_stored
 
 
 @pytest.mark.parametrize(
@@ -54,7 +50,7 @@ async def all_documents(database: Any) -> dict[str, int]:
 async def test_codes_outside_a_required_value_set_are_400(
     api: httpx.AsyncClient, database: Any, resource: dict[str, Any], expression: str, message: str
 ) -> None:
-    before = await all_documents(database)
+    before = await everything_stored(database)
     for method, url in (("POST", f"/fhir/{resource['resourceType']}"), ("PUT", f"/fhir/{resource['resourceType']}/x1")):
         body = {**resource, "id": "x1"} if method == "PUT" else resource
         response = await api.request(method, url, json=body, headers=FHIR_JSON)
@@ -62,7 +58,7 @@ async def test_codes_outside_a_required_value_set_are_400(
         issue = response.json()["issue"][0]
         assert message in issue["diagnostics"] and "use one of those codes" in issue["diagnostics"]
         assert issue["expression"] == [expression]
-    assert await all_documents(database) == before
+    assert await everything_stored(database) == before
 
 
 async def test_codes_in_the_value_set_are_stored(api: httpx.AsyncClient) -> None:
@@ -80,7 +76,7 @@ async def test_codes_in_the_value_set_are_stored(api: httpx.AsyncClient) -> None
 
 @pytest.mark.parametrize("bad_id", ["a" * 65, "has space", "under_score"])
 async def test_ids_that_are_not_fhir_ids_are_400(api: httpx.AsyncClient, database: Any, bad_id: str) -> None:
-    before = await all_documents(database)
+    before = await everything_stored(database)
     response = await api.put(
         f"/fhir/Patient/{bad_id}", json={"resourceType": "Patient", "id": bad_id}, headers=FHIR_JSON
     )
@@ -90,7 +86,7 @@ async def test_ids_that_are_not_fhir_ids_are_400(api: httpx.AsyncClient, databas
     if len(bad_id) > 64:
         assert "is not a FHIR id: 1 to 64 letters, digits" in issue["diagnostics"]
     assert issue["expression"] == ["Patient.id"]
-    assert await all_documents(database) == before
+    assert await everything_stored(database) == before
     assert (await api.put("/fhir/Patient/" + "a" * 64, json={"resourceType": "Patient", "id": "a" * 64},
                           headers=FHIR_JSON)).status_code == 201  # fmt: skip
 
@@ -104,13 +100,13 @@ async def test_ids_that_are_not_fhir_ids_are_400(api: httpx.AsyncClient, databas
     ],
 )
 async def test_keys_given_twice_are_400(api: httpx.AsyncClient, database: Any, raw: bytes, key: str) -> None:
-    before = await all_documents(database)
+    before = await everything_stored(database)
     for method, url in (("POST", "/fhir/Patient"), ("PUT", "/fhir/Patient/p1")):
         response = await api.request(method, url, content=raw, headers=FHIR_JSON)
         assert response.status_code == 400, response.text
         issue = response.json()["issue"][0]
         assert f"gives the key {key!r} twice" in issue["diagnostics"] and issue["expression"] == [key]
-    assert await all_documents(database) == before
+    assert await everything_stored(database) == before
 
 
 async def test_sdk_routes_refuse_keys_given_twice_in_their_own_error_shape(fax_api: httpx.AsyncClient) -> None:

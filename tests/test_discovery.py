@@ -14,7 +14,7 @@ import pytest
 from fhir_fax.auth.clients import Clients
 from fhir_fax.fhir.models import model_class
 
-from helpers import ADMIN_ID, ADMIN_SECRET, serving
+from helpers import ADMIN_ID, ADMIN_SECRET, everything_stored, serving
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
@@ -29,10 +29,6 @@ COMMUNICATION_READER = {
 async def anonymous(settings: Any, database: Any) -> Any:
     async with serving(settings, database, authenticated=False) as http:
         yield http
-
-
-async def total_stored(database: Any) -> dict[str, int]:
-    return {name: await database[name].count_documents({}) for name in await database.list_collection_names()}
 
 
 async def token_request(http: httpx.AsyncClient, scope: str | None, client: tuple[str, str] = (ADMIN_ID, ADMIN_SECRET)):
@@ -110,7 +106,7 @@ async def test_a_request_of_which_no_scope_is_granted_gets_no_token(
     anonymous: httpx.AsyncClient, database: Any, scope: str
 ) -> None:
     await token_request(anonymous, None)  # the signing key and counters exist: the refusal below adds nothing
-    before = await total_stored(database)
+    before = await everything_stored(database)
     response = await token_request(anonymous, scope)
     assert response.status_code == 400, response.text
     assert response.headers["cache-control"] == "no-store"
@@ -119,7 +115,7 @@ async def test_a_request_of_which_no_scope_is_granted_gets_no_token(
     assert body["error"] == "invalid_scope"
     assert f"None of the requested scopes ({scope})" in body["error_description"]
     assert "system/*.cruds" in body["error_description"], "says what this client can ask for"
-    assert await total_stored(database) == before
+    assert await everything_stored(database) == before
 
 
 async def test_without_a_scope_the_token_states_the_clients_whole_reach(
@@ -236,11 +232,11 @@ async def test_bad_read_shapes_are_400(
     api_patient: tuple[httpx.AsyncClient, dict[str, Any]], database: Any, params: Any, message: str
 ) -> None:
     api, patient = api_patient
-    before = await total_stored(database)
+    before = await everything_stored(database)
     for path in (f"/fhir/Patient/{patient['id']}", f"/fhir/Patient/{patient['id']}/_history/1"):
         response = await api.get(path, params=params)
         assert response.status_code == 400, response.text
         outcome = response.json()
         assert outcome["resourceType"] == "OperationOutcome"
         assert message in outcome["issue"][0]["diagnostics"]
-    assert await total_stored(database) == before, "nothing read, nothing audited"
+    assert await everything_stored(database) == before, "nothing read, nothing audited"

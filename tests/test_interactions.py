@@ -9,15 +9,10 @@ import pytest
 
 from fhir_fax.fhir.models import model_class
 
-from helpers import FHIR_JSON
+from helpers import FHIR_JSON, everything_stored
 
 PATIENT = {"resourceType": "Patient", "name": [{"family": "Tester"}]}
 JSON_PATCH = [{"op": "replace", "path": "/active", "value": True}]
-
-
-async def total_stored(database: Any) -> dict[str, int]:
-    """Every collection's document count (resources, history, audit, outbox): nothing may change on a refusal."""
-    return {name: await database[name].count_documents({}) for name in await database.list_collection_names()}
 
 
 def assert_405(response: httpx.Response, allow: str, message: str) -> None:
@@ -53,10 +48,10 @@ async def test_interactions_not_offered_are_405_with_allow(
     api: httpx.AsyncClient, database: Any, method: str, path: str, body: Any, allow: str, message: str
 ) -> None:
     created = (await api.post("/fhir/Patient", json=PATIENT, headers=FHIR_JSON)).json()
-    before = await total_stored(database)
+    before = await everything_stored(database)
     response = await api.request(method, path.format(id=created["id"]), json=body, headers=FHIR_JSON)
     assert_405(response, allow, message)
-    assert await total_stored(database) == before
+    assert await everything_stored(database) == before
     assert (await api.get(f"/fhir/Patient/{created['id']}")).json() == created
 
 
@@ -73,12 +68,12 @@ async def test_interactions_not_offered_are_405_with_allow(
 async def test_formats_or_versions_not_served_are_406(
     api: httpx.AsyncClient, database: Any, headers: dict[str, str], params: dict[str, str], message: str
 ) -> None:
-    before = await total_stored(database)
+    before = await everything_stored(database)
     for method, path in (("GET", "/fhir/Patient"), ("POST", "/fhir/Patient"), ("GET", "/fhir/metadata")):
         response = await api.request(method, path, params=params, json=PATIENT, headers={**FHIR_JSON, **headers})
         assert response.status_code == 406, response.text
         assert message in response.json()["issue"][0]["diagnostics"]
-    assert await total_stored(database) == before
+    assert await everything_stored(database) == before
 
 
 @pytest.mark.parametrize(
@@ -110,7 +105,7 @@ async def test_the_audit_trail_cannot_be_written_over_rest(fax_api: httpx.AsyncC
     await fax_api.get(f"/fhir/Communication/{communication['id']}")  # audited
     event = (await fax_api.get("/fhir/AuditEvent")).json()["entry"][0]["resource"]
     forged = {**event, "outcome": "0", "outcomeDesc": "nothing happened"}
-    before = await total_stored(database)
+    before = await everything_stored(database)
     for method, path, body in (
         ("PUT", f"/fhir/AuditEvent/{event['id']}", forged),
         ("PATCH", f"/fhir/AuditEvent/{event['id']}", JSON_PATCH),
@@ -119,7 +114,7 @@ async def test_the_audit_trail_cannot_be_written_over_rest(fax_api: httpx.AsyncC
     ):
         response = await fax_api.request(method, path, json=body, headers=FHIR_JSON)
         assert_405(response, "GET", "AuditEvent is the server's audit trail")
-    assert await total_stored(database) == before
+    assert await everything_stored(database) == before
     assert (await fax_api.get(f"/fhir/AuditEvent/{event['id']}")).json() == event
     assert (await fax_api.get(f"/fhir/AuditEvent/{event['id']}/_history")).status_code == 200
     assert (await fax_api.post("/fhir/AuditEvent/_search", data={"_count": "1"})).status_code == 200
@@ -129,7 +124,7 @@ async def test_the_servers_operation_definition_cannot_be_changed_or_deleted(
     fax_api: httpx.AsyncClient, database: Any
 ) -> None:
     definition = (await fax_api.get("/fhir/OperationDefinition/send-fax")).json()
-    before = await total_stored(database)
+    before = await everything_stored(database)
     changed = {**definition, "parameter": []}
     for method, path, body in (
         ("PUT", "/fhir/OperationDefinition/send-fax", changed),
@@ -139,7 +134,7 @@ async def test_the_servers_operation_definition_cannot_be_changed_or_deleted(
     ):
         response = await fax_api.request(method, path, json=body, headers=FHIR_JSON)
         assert_405(response, "GET", "OperationDefinition holds this server's own operations")
-    assert await total_stored(database) == before
+    assert await everything_stored(database) == before
     assert (await fax_api.get("/fhir/OperationDefinition/send-fax")).json() == definition
 
 
