@@ -92,7 +92,9 @@ KEY = Ed25519PrivateKey.generate()
 PUBLIC = base64.b64encode(KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
 
-@pytest.mark.parametrize("stamp", ["²", f"{int(time.time())}³", f"{int(time.time())}\t"])
+@pytest.mark.parametrize(
+    "stamp", ["²", f"{int(time.time())}³", f"{int(time.time())}\t"], ids=["superscript", "now-superscript", "now-tab"]
+)
 async def test_unicode_digits_in_a_webhook_timestamp_are_refused(settings: Settings, database: Any, stamp: str) -> None:
     configured = settings.model_copy(update={"telnyx_public_key": PUBLIC, "worker_enabled": False})
     body = json.dumps({"data": {"id": "e1", "event_type": "fax.delivered", "payload": {}}}).encode()
