@@ -33,8 +33,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy fhir_fax
 
+# Two workers (one embedded database each); tests of one module stay on one worker, so module fixtures
+# (a built wheel, a Telnyx emulator) are made once. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: lint $(SDK_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
 # Benchmarks (never part of the tests): the table and benchmarks/results/latest.json; about 6 minutes.
 bench: $(STAMP)
