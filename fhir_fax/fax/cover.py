@@ -51,8 +51,22 @@ class CoverSheet:
 
     @classmethod
     def of(cls, stored: dict[str, Any]) -> CoverSheet:
-        known = {name: stored.get(name) for name in cls.__dataclass_fields__}
-        return cls(**known)
+        def text(name: str) -> str | None:
+            value = stored.get(name)
+            return None if value is None else str(value)
+
+        return cls(
+            sender_name=str(stored.get("sender_name") or ""),
+            sender_fax=str(stored.get("sender_fax") or ""),
+            recipient_fax=str(stored.get("recipient_fax") or ""),
+            sent=str(stored.get("sent") or ""),
+            pages=int(stored.get("pages") or 0),
+            notice=str(stored.get("notice") or ""),
+            recipient_name=text("recipient_name"),
+            sender_phone=text("sender_phone"),
+            note=text("note"),
+            patient=text("patient"),
+        )
 
     @property
     def sent_display(self) -> str:

@@ -8,6 +8,7 @@ Both doors (FHIR ``Parameters`` on ``POST /fhir/Communication/$send-fax`` and th
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -201,5 +202,77 @@ def send_fax_operation(fax: FaxAPI) -> Operation:
         send_fax,
         access=("Fax:Send", "Fax:Fax"),
         summary="Send a fax (FHIR operation)",
+        tags=["Fax (FHIR)"],
+    )
+
+
+PREVIEW_FAX_DEFINITION: dict[str, Any] = {
+    **SEND_FAX_DEFINITION,
+    "id": "preview-fax",
+    "url": "urn:fhir-fax:OperationDefinition:preview-fax",
+    "name": "PreviewFax",
+    "title": "Preview a fax before sending it (dry run)",
+    "affectsState": False,
+    "code": "preview-fax",
+    "description": (
+        "Checks a $send-fax request exactly as a send would and shows one page of the fax it would transmit "
+        "(the cover sheet first, then each document) with the page count it would send. Nothing is stored, "
+        "pinned or queued."
+    ),
+    "parameter": [
+        *(p for p in SEND_FAX_DEFINITION["parameter"] if p["use"] == "in"),
+        {
+            "name": "page",
+            "use": "in",
+            "min": 0,
+            "max": "1",
+            "type": "positiveInt",
+            "documentation": "The page to show, from 1 (default 1).",
+        },
+        {"name": "pages", "use": "out", "min": 1, "max": "1", "type": "integer"},
+        {"name": "page", "use": "out", "min": 1, "max": "1", "type": "integer"},
+        {"name": "image", "use": "out", "min": 1, "max": "1", "type": "Attachment"},
+    ],
+}
+PREVIEW_SIGNATURE = Signature(PREVIEW_FAX_DEFINITION)
+
+
+def parse_preview(inputs: Inputs) -> tuple[SendFaxRequest, int]:
+    """A dry run's inputs: the send it rehearses, and the page to show."""
+    values = dict(inputs)
+    page = values.pop("page", None)
+    return SendFaxRequest.of(values), 1 if page is None else int(page)
+
+
+def preview_fax_operation(fax: FaxAPI) -> Operation:
+    """``$preview-fax`` on Communication: a dry run of ``$send-fax`` answered with a Parameters resource."""
+
+    async def preview_fax(call: OperationCall) -> Response:
+        from .preview import dry_run
+
+        request, page = parse_preview(call.inputs)
+        image, pages = await dry_run(fax.require_service(), request, await fax.caller(call.request), page)
+        parameters = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "pages", "valueInteger": pages},
+                {"name": "page", "valueInteger": page},
+                {
+                    "name": "image",
+                    "valueAttachment": {
+                        "contentType": "image/png",
+                        "data": base64.b64encode(image).decode(),
+                        "title": f"Page {page} of {pages}",
+                    },
+                },
+            ],
+        }
+        return FHIRResponse(parameters)
+
+    return Operation(
+        PREVIEW_FAX_DEFINITION,
+        preview_fax,
+        access=("Fax:Send", "Fax:Fax"),
+        summary="Preview a fax before sending it (FHIR operation, dry run)",
         tags=["Fax (FHIR)"],
     )

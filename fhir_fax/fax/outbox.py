@@ -121,7 +121,8 @@ class Outbox:
         await self.collection.create_index([("state", ASCENDING), ("last_news_at", ASCENDING)], name="news")
         # Reconciliation looks for jobs whose Communication lags (every second): without this it reads them all.
         await self.collection.create_index([("synced", ASCENDING), ("last_news_at", ASCENDING)], name="unsynced")
-        for name in ("media", "rendered", "documents.media"):  # the access gate asks which faxes carry a document (fax/document_faxes.py)
+        # The access gate asks which faxes carry a document (fax/document_faxes.py).
+        for name in ("media", "rendered", "documents.media"):
             await self.collection.create_index(name, name=f"carries_{name.replace('.', '_')}")
 
     async def enqueue(self, job: FaxJob, *, session: Any = None) -> None:

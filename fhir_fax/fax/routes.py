@@ -22,9 +22,11 @@ from ..fhir.http import read_json
 from ..sdk_http import SDKRoute
 from ..settings import Settings
 from ..z3.locations import Z3Location
-from .operation import parse_sdk_body
+from .operation import PREVIEW_SIGNATURE, parse_preview, parse_sdk_body
 from .phone import NumberProblem, check_fax_number
-from .preview import preview
+from .preview import dry_run, preview
+from .resend import SDK_SIGNATURE as RESEND_SDK_SIGNATURE
+from .resend import load_original, resend
 from .send import Caller, FaxService
 from .tracking import Tracker
 
@@ -93,6 +95,30 @@ class FaxAPI:
             result = await self.require_service().send(parse_sdk_body(body), await self.caller(request))
             headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
             return JSONResponse({"communicationResource": result.communication}, headers=headers)
+
+        @router.post("/resend", summary="Resend a fax (same frozen documents, as a new Communication)")
+        async def resend_fax(request: Request) -> Response:
+            await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
+            body = await read_json(request, settings.max_body_bytes)
+            inputs = RESEND_SDK_SIGNATURE.parse_json(body)
+            original = await load_original(self, request, inputs["communicationId"])
+            result = await resend(
+                self.require_service(),
+                original,
+                await self.caller(request),
+                inputs.get("recipient"),
+                inputs.get("recipientNumber"),
+            )
+            headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+            return JSONResponse({"communicationResource": result.communication}, headers=headers)
+
+        @router.post("/preview", summary="Preview a fax before sending it (dry run: one page as PNG)")
+        async def dry_run_preview(request: Request) -> Response:
+            await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
+            body = await read_json(request, settings.max_body_bytes)
+            fax_request, page = parse_preview(PREVIEW_SIGNATURE.parse_json(body))
+            image, pages = await dry_run(self.require_service(), fax_request, await self.caller(request), page)
+            return Response(image, media_type="image/png", headers={"Fax-Pages": str(pages)})
 
         @router.post("/onboard", summary="Onboard a fax number")
         async def onboard(request: Request) -> dict[str, str]:

@@ -25,8 +25,8 @@ from ..fhir.store import ResourceStore
 from ..settings import Settings
 from ..z3.locations import Z3Location
 from ..z3.store import Z3Store
-from .idempotency import IdempotencyRecords
 from .cover import MAX_NOTE, CoverSheet, display_name, first_phone
+from .idempotency import IdempotencyRecords
 from .media import MediaChecker, MediaInfo, MediaProblem, document_fields, media_fields, parse_media_url
 from .numbers import FaxNumbers
 from .operation import SendFaxRequest, allowed_types
@@ -314,15 +314,7 @@ class FaxService:
         sender_task = self._resolve("sender", checked.sender, caller)
         recipient_task = self._resolve("recipient", checked.recipient, caller)
         patient_task = self._resolve("patient", checked.patient, caller)
-        if pinned is None:
-            media_task = asyncio.gather(
-                *(
-                    self._check_media(location, caller, media_name(checked.request, index))
-                    for index, location in enumerate(checked.documents)
-                )
-            )
-        else:
-            media_task = self._still_pinned(checked, pinned)
+        media_task = self._check_all(checked, caller) if pinned is None else self._still_pinned(checked, pinned)
         results = await asyncio.gather(
             sender_task, recipient_task, patient_task, media_task, self.numbers.list(), return_exceptions=True
         )
@@ -333,6 +325,18 @@ class FaxService:
         from_number = self._sender_number(checked.sender, sender, set(onboarded), moment)
         to_number = checked.recipient_number or self._fax_number("recipient", checked.recipient, recipient, moment)
         return Lookups(from_number, to_number, tuple(documents), sender, recipient, patient)
+
+    async def _check_all(self, checked: CheckedRequest, caller: Caller) -> list[MediaInfo]:
+        """Every document at once; a refusal names the first refused one in the order given."""
+        checks = [
+            self._check_media(location, caller, media_name(checked.request, index))
+            for index, location in enumerate(checked.documents)
+        ]
+        results = await asyncio.gather(*checks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [result for result in results if isinstance(result, MediaInfo)]
 
     async def _still_pinned(self, checked: CheckedRequest, pinned: tuple[MediaInfo, ...]) -> list[MediaInfo]:
         """Documents frozen by an earlier send: each version must still be stored."""
@@ -450,6 +454,7 @@ class FaxService:
         communication_id = str(uuid.uuid4())
         communication = self.build_communication(prepared, fax_id, moment)
         packet: dict[str, Any] = {}
+        cover = prepared.cover
         if prepared.packet:
             packet = {
                 "documents": [
@@ -457,7 +462,7 @@ class FaxService:
                     for location, info in zip(checked.documents, found.documents, strict=True)
                 ],
                 # the cover carries the moment the Communication says it was sent
-                "cover": None if prepared.cover is None else replace(prepared.cover, sent=format_instant(moment)).document(),
+                "cover": None if cover is None else replace(cover, sent=format_instant(moment)).document(),
                 "pages": prepared.pages,
             }
         job = FaxJob(
