@@ -17,6 +17,7 @@ import pypdf
 import pypdfium2
 import pytest
 from PIL import Image
+from test_frozen_documents import recording_worker
 
 from fhir_fax.fax.cover import CoverSheet, cover_pdf
 from fhir_fax.fax.document_faxes import carriers_of
@@ -27,7 +28,6 @@ from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
 from helpers import SEED_RECIPIENT, SEED_SENDER, SENDER_NUMBER, as_parameters, serving, stored_counts
-from test_frozen_documents import recording_worker
 
 PATIENT = "Patient/maria-lopez"
 SENDER_NAME = "Riverside Family Medicine - Referrals Desk"
@@ -137,11 +137,22 @@ async def test_a_cover_and_two_documents_are_faxed_as_one_tiff_cover_first(
     assert pages[1:3] == frames(render_fax(pdf_with_pages(2), "fine"))
     count, text = pdf_text(cover)
     assert count == 1
-    for shown in (SENDER_NAME, SENDER_NUMBER, "+12223334440", RECIPIENT_NAME, RECIPIENT_FAX, "6 (including this cover)"):
+    for shown in (
+        SENDER_NAME,
+        SENDER_NUMBER,
+        "+12223334440",
+        RECIPIENT_NAME,
+        RECIPIENT_FAX,
+        "6 (including this cover)",
+    ):
         assert shown in text
     assert "CONFIDENTIALITY NOTICE" in text and "Referral for cardiology review" in text
     assert "Lopez" not in text and "Maria" not in text and "Lopez" not in str(job["cover"]), "no patient by default"
 
+    rendered = (await database.fax_jobs.find_one({"_id": job["_id"]}))["rendered"]
+    assert communication["id"] in await carriers_of(database)(rendered), "the packet's rendering is this fax's"
+    packet = await Z3Store(database).read_rendering(f"packet:{job['_id']}", "fine")
+    assert packet == submission.document, "kept where a carrier that fetches by URL downloads it"
     stored = (await app.get(f"/fhir/Communication/{communication['id']}")).json()
     assert pages_extension(stored) == 6, "the total stays on every later version"
     preview = await app.get(f"/fax/v1/faxes/{communication['id']}/preview", params={"page": "1"})
@@ -205,9 +216,7 @@ async def test_documents_over_the_byte_limit_together_are_refused_naming_the_siz
     assert await stored_counts(database) == before
 
 
-async def test_the_dry_run_shows_what_would_be_sent_and_stores_nothing(
-    app: httpx.AsyncClient, database: Any
-) -> None:
+async def test_the_dry_run_shows_what_would_be_sent_and_stores_nothing(app: httpx.AsyncClient, database: Any) -> None:
     urls = [await put(database, pdf_with_pages(2)), await put(database, pdf_with_pages(1))]
     before = await stored_counts(database)
     files = await database["z3.files"].count_documents({})

@@ -8,11 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from test_packets import pages_extension, pdf_with_pages, put
 
 from fhir_fax.settings import Settings
 
 from helpers import FHIR_JSON, SEED_SENDER, SENDER_NUMBER, outbound_status, serving, stored_counts, wait_final
-from test_packets import pages_extension, pdf_with_pages, put
 
 FAST = {
     "simulator_speed": 1000.0,
