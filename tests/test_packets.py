@@ -21,7 +21,7 @@ from test_frozen_documents import recording_worker
 
 from fhir_fax.fax.cover import CoverSheet, cover_pdf
 from fhir_fax.fax.document_faxes import carriers_of
-from fhir_fax.fax.render import render_fax
+from fhir_fax.fax.render import preview_png, render_fax
 from fhir_fax.fax.terminology import PAGES_EXTENSION
 from fhir_fax.settings import Settings
 from fhir_fax.z3.locations import Z3Location
@@ -157,6 +157,7 @@ async def test_a_cover_and_two_documents_are_faxed_as_one_tiff_cover_first(
     assert pages_extension(stored) == 6, "the total stays on every later version"
     preview = await app.get(f"/fax/v1/faxes/{communication['id']}/preview", params={"page": "1"})
     assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+    assert preview.content == preview_png(render_fax(cover, "fine"), 1), "the preview of a sent fax shows its cover"
     beyond = await app.get(f"/fax/v1/faxes/{communication['id']}/preview", params={"page": "7"})
     assert beyond.status_code == 404 and "has 6 pages" in beyond.json()["message"]
 
@@ -300,4 +301,14 @@ async def test_hostile_notes_pass_the_dry_run_and_an_over_long_one_is_refused(
     assert "coverNote is 501 characters long; at most 500" in response.json()["message"]
     contradicting = await app.post("/fax/v1/send", json=packet_request([url], coverPage=False))
     assert contradicting.status_code == 400 and "coverPage is false" in contradicting.json()["message"]
+    assert await stored_counts(database) == before
+
+
+async def test_more_documents_than_a_fax_takes_are_refused(app: httpx.AsyncClient, database: Any) -> None:
+    before = await stored_counts(database)
+    response = await app.post("/fax/v1/send", json=packet_request([f"z3://my-bucket/{n}.pdf" for n in range(21)]))
+    assert response.status_code == 400
+    assert response.json()["message"] == "Parameter 'media' may appear only 20 times."
+    missing = await app.post("/fax/v1/send", json=packet_request(["z3://my-bucket/packets/none.pdf"]))
+    assert missing.status_code == 422 and "There is no Z3 object at z3://my-bucket/packets/none.pdf" in missing.text
     assert await stored_counts(database) == before

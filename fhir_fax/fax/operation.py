@@ -251,7 +251,9 @@ def preview_fax_operation(fax: FaxAPI) -> Operation:
         from .preview import dry_run
 
         request, page = parse_preview(call.inputs)
-        image, pages = await dry_run(fax.require_service(), request, await fax.caller(call.request), page)
+        shown = await dry_run(fax.require_service(), request, await fax.caller(call.request), page)
+        await fax.documents_shown(call.request, shown.documents)
+        image, pages = shown.image, shown.pages
         parameters = {
             "resourceType": "Parameters",
             "parameter": [

@@ -11,6 +11,7 @@ compartment) and ``check_document`` judge the document (``Z3:GetObject``) before
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Invalid, NotFound, Unprocessable
@@ -78,7 +79,16 @@ async def packet_page(renderer: PacketRenderer, packet: Packet, number: int) -> 
     return image
 
 
-async def dry_run(service: FaxService, request: SendFaxRequest, caller: Caller, page: int) -> tuple[bytes, int]:
+@dataclass(frozen=True)
+class DryRun:
+    """One page of the fax a request would send (PNG), its page count, and the documents it showed."""
+
+    image: bytes
+    pages: int
+    documents: tuple[tuple[Z3Location, Any], ...]  # (location, version): for the audit of what was shown
+
+
+async def dry_run(service: FaxService, request: SendFaxRequest, caller: Caller, page: int) -> DryRun:
     """Page ``page`` of the fax ``request`` would send, as PNG, and its page count; nothing is stored.
 
     Every check of a send runs (access, references, numbers, each document, the limits), then the cover and
@@ -92,4 +102,7 @@ async def dry_run(service: FaxService, request: SendFaxRequest, caller: Caller, 
     urls = [str(location) for location in checked.documents]
     packet = Packet(request.quality, prepared.cover, documents_of(urls, prepared.found.documents))
     image = await packet_page(PacketRenderer(service.z3, keep=False), packet, page)
-    return image, prepared.pages
+    shown = tuple(
+        (location, info.version) for location, info in zip(checked.documents, prepared.found.documents, strict=True)
+    )
+    return DryRun(image, prepared.pages, shown)

@@ -117,8 +117,9 @@ class FaxAPI:
             await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
             body = await read_json(request, settings.max_body_bytes)
             fax_request, page = parse_preview(PREVIEW_SIGNATURE.parse_json(body))
-            image, pages = await dry_run(self.require_service(), fax_request, await self.caller(request), page)
-            return Response(image, media_type="image/png", headers={"Fax-Pages": str(pages)})
+            shown = await dry_run(self.require_service(), fax_request, await self.caller(request), page)
+            await self.documents_shown(request, shown.documents)
+            return Response(shown.image, media_type="image/png", headers={"Fax-Pages": str(shown.pages)})
 
         @router.post("/onboard", summary="Onboard a fax number")
         async def onboard(request: Request) -> dict[str, str]:
@@ -153,6 +154,11 @@ class FaxAPI:
             return {"configured": bool(numbers), "faxNumbers": numbers}
 
         return router
+
+    async def documents_shown(self, request: Request, documents: tuple[tuple[Z3Location, Any], ...]) -> None:
+        """A dry run showed these documents' pages: audited as document reads (the gate let each through)."""
+        for location, version in documents:
+            await self.fhir.document_was_read(request, f"Z3:{location.bucket}/{location.key}", version)
 
     async def optional_number(self, request: Request) -> str | None:
         """``faxNumber`` from an optional JSON body (``{}`` or no body means none)."""
