@@ -232,7 +232,7 @@ async def test_the_dry_run_shows_what_would_be_sent_and_stores_nothing(app: http
     response = await app.post("/fhir/Communication/$preview-fax", json=body)
     assert response.status_code == 200, response.text
     out = {p["name"]: p for p in response.json()["parameter"]}
-    assert out["pages"]["valueInteger"] == 4 and out["page"]["valueInteger"] == 2
+    assert out["pages"]["valueInteger"] == 4 and out["image"]["valueAttachment"]["title"] == "Page 2 of 4"
     image = base64.b64decode(out["image"]["valueAttachment"]["data"])
     assert image.startswith(b"\x89PNG")
 

@@ -230,7 +230,6 @@ PREVIEW_FAX_DEFINITION: dict[str, Any] = {
             "documentation": "The page to show, from 1 (default 1).",
         },
         {"name": "pages", "use": "out", "min": 1, "max": "1", "type": "integer"},
-        {"name": "page", "use": "out", "min": 1, "max": "1", "type": "integer"},
         {"name": "image", "use": "out", "min": 1, "max": "1", "type": "Attachment"},
     ],
 }
@@ -258,7 +257,6 @@ def preview_fax_operation(fax: FaxAPI) -> Operation:
             "resourceType": "Parameters",
             "parameter": [
                 {"name": "pages", "valueInteger": pages},
-                {"name": "page", "valueInteger": page},
                 {
                     "name": "image",
                     "valueAttachment": {
