@@ -162,6 +162,29 @@ async def test_a_cover_and_two_documents_are_faxed_as_one_tiff_cover_first(
     assert beyond.status_code == 404 and "has 6 pages" in beyond.json()["message"]
 
 
+async def test_a_carrier_that_takes_pdf_gets_the_packet_as_a_pdf_of_the_same_pages(
+    app: httpx.AsyncClient, packet_settings: Settings, database: Any
+) -> None:
+    urls = [await put(database, pdf_with_pages(1)), await put(database, pdf_with_pages(2))]
+    response = await app.post("/fax/v1/send", json=packet_request(urls, quality="standard"))
+    assert response.status_code == 200, response.text
+    job = await database.fax_jobs.find_one({"communication_id": response.json()["communicationResource"]["id"]})
+    worker, carrier = recording_worker(packet_settings, database, takes_tiff=False)
+    assert await worker.step() is True
+    [submission] = carrier.submissions
+    assert submission.content_type == "application/pdf" and submission.pages == 4
+    document = pypdfium2.PdfDocument(submission.document)
+    try:
+        assert len(document) == 4
+        width, height = document.get_page_size(0)
+        assert abs(width - 612) < 4 and abs(height - 792) < 4, "letter size, as faxed"
+    finally:
+        document.close()
+    kept = await database["z3.files"].find_one({"metadata.renderingOf": f"packet:{job['_id']}"})
+    assert submission.media_version == str(kept["_id"]), "a carrier fetching by URL gets exactly this version"
+    assert submission.media.endswith(".standard.fax.pdf")
+
+
 async def test_documents_repeat_in_parameters_and_a_cover_may_name_the_patient_when_allowed(
     packet_settings: Settings, database: Any
 ) -> None:

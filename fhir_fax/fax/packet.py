@@ -21,7 +21,7 @@ from .cover import CoverSheet, cover_pdf_async
 from .documents import DocumentProblem, count_pages, run_pdfium
 from .jobs import Job
 from .media import PinnedDocument, job_documents, pinned_bytes
-from .render import join_tiffs, preview_png, render_fax, rendering_location, tiff_pages
+from .render import join_tiffs, preview_png, render_fax, rendering_location, tiff_pages, tiff_to_pdf
 from .transports.base import Submission
 
 
@@ -47,10 +47,10 @@ class Packet:
         return sum(c or 0 for c in counts) + (1 if self.cover is not None else 0)
 
 
-def packet_location(job: Job) -> Z3Location:
+def packet_location(job: Job, extension: str = "tif") -> Z3Location:
     """Where a packet's rendering is kept: beside its first document, named by the fax (never read by name)."""
     first = parse_z3_url(job_documents(job)[0].media, ())
-    return Z3Location(first.bucket, f"{first.key}.{job.id}.{job.quality}.fax.tif")
+    return Z3Location(first.bucket, f"{first.key}.{job.id}.{job.quality}.fax.{extension}")
 
 
 def packet_source(job: Job) -> str:
@@ -142,28 +142,34 @@ def documents_of(urls: Sequence[str], infos: Sequence[Any]) -> tuple[PinnedDocum
     )
 
 
-async def packet_submission(z3: Z3Store, outbox: Any, job: Job, reference: str) -> Submission:
-    """A packet's attempt as the carrier gets it: one TIFF, cover first, kept in Z3 as this fax's rendering.
+async def packet_submission(z3: Z3Store, outbox: Any, job: Job, reference: str, takes_tiff: bool) -> Submission:
+    """A packet's attempt as the carrier gets it: one document, cover first, kept in Z3 as this fax's rendering.
 
-    It is kept (and recorded on the job, so the access gate knows it is this fax's) because a carrier that
-    fetches by URL downloads it from there; each attempt renders it again from the pinned parts, whose own
-    renderings are reused.
+    A carrier that takes the fax-line rendering gets the TIFF; one that takes PDF only (Telnyx) gets the same
+    pages as a PDF of 1-bit images (made from our own rendering, never from the documents themselves). It is
+    kept (and recorded on the job, so the access gate knows it is this fax's) because a carrier that fetches by
+    URL downloads it from there; each attempt makes it again from the pinned parts, whose renderings are reused.
     """
     packet = Packet.of(job)
     tiff = await PacketRenderer(z3).whole(packet)
-    location = packet_location(job)
-    stored = await z3.put_rendering(location, packet_source(job), job.quality, tiff)
-    await outbox.record_rendering(job.id, str(location))
     known = packet.pages
     pages: int = known if known is not None else await run_pdfium(tiff_pages, tiff)
+    location = packet_location(job, "tif" if takes_tiff else "pdf")
+    if takes_tiff:
+        document, content_type = tiff, "image/tiff"
+    else:
+        document, content_type = await asyncio.to_thread(tiff_to_pdf, tiff), "application/pdf"
+    metadata = {"renderingOf": packet_source(job), "quality": job.quality}
+    stored = await z3.put(location, document, content_type, metadata)
+    await outbox.record_rendering(job.id, str(location))
     return Submission(
         reference=reference,
         to_number=job.to_number,
         from_number=job.from_number,
         quality=job.quality,
         pages=pages,
-        document=tiff,
-        content_type="image/tiff",
+        document=document,
+        content_type=content_type,
         media=str(location),
         media_version=str(stored.version),
     )
