@@ -208,6 +208,7 @@ OVER_THE_PAGE_LIMIT = [
     ([11], "media: z3://my-bucket/", "cannot be faxed: The document has 11 pages; at most 10"),
     ([1, 11], "media[2]: z3://my-bucket/", "cannot be faxed: The document has 11 pages; at most 10"),
     ([6, 4], "media: the fax would have 11 pages (cover sheet: 1; z3://my-bucket/", ": 4); at most 10 pages"),
+    ([10], "media: the fax would have 11 pages (cover sheet: 1; z3://my-bucket/", "without a cover sheet"),
 ]
 
 

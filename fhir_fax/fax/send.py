@@ -194,11 +194,14 @@ class FaxService:
         named = list(zip(checked.request.documents, found.documents, strict=True))
         if pages > self.settings.max_pages:
             parts = [f"{url}: {info.pages}" for url, info in named]
+            advice = "Send the documents in separate faxes."
             if checked.cover:
                 parts.insert(0, "cover sheet: 1")
+                if pages - 1 <= self.settings.max_pages:
+                    advice = "Send it without a cover sheet (coverPage false), or split the documents."
             raise Unprocessable(
                 f"media: the fax would have {pages} pages ({'; '.join(parts)}); at most {self.settings.max_pages} "
-                "pages can be faxed at once. Send the documents in separate faxes.",
+                f"pages can be faxed at once. {advice}",
                 expression=["media"],
             )
         total = sum(info.size for info in found.documents)
