@@ -15,7 +15,8 @@ from .auth.discovery import rest_security
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
-from .fax.operation import send_fax_operation
+from .fax.operation import preview_fax_operation, send_fax_operation
+from .fax.resend import resend_operation
 from .fax.routes import FaxAPI
 from .fax.webhooks import webhook_router
 from .fhir.context import FHIRContext
@@ -47,6 +48,8 @@ class FaxModule:
         self.fhir = FHIRContext(fhir_settings(self.settings), security=rest_security)
         self.fax = FaxAPI(self.fhir, self.settings, self.slot)
         self.fhir.operations.add(send_fax_operation(self.fax))
+        self.fhir.operations.add(preview_fax_operation(self.fax))
+        self.fhir.operations.add(resend_operation(self.fax))
         self.z3 = Z3API(self.settings, self.fhir, self.slot)
         self.auth = AuthAPI(self.settings, self.slot)
         self._given_database = database

@@ -85,6 +85,25 @@ class Settings(BaseSettings):
     z3_url_ttl_seconds: int = Field(default=900, ge=1, description="How long presigned Z3 URLs stay valid.")
     z3_max_object_bytes: int = Field(default=50_000_000, ge=1, description="Largest Z3 object accepted (413).")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60, description="How long idempotency keys are kept.")
+    # Fax packets: a cover sheet and several documents in one fax (fax/cover.py, fax/send.py)
+    max_fax_bytes: int = Field(
+        default=50_000_000, ge=1, description="Most bytes the documents of one fax may have together."
+    )
+    cover_page_default: bool = Field(default=False, description="Add a cover sheet when a send does not say.")
+    cover_notice: str = Field(
+        default=(
+            "CONFIDENTIALITY NOTICE: This facsimile may contain protected health information that is privileged "
+            "and confidential under federal and state law, including HIPAA. It is intended only for the recipient "
+            "named above. If you are not the intended recipient, any review, disclosure, copying or distribution "
+            "is prohibited. If you received this fax in error, notify the sender at the number above and destroy "
+            "all copies."
+        ),
+        max_length=2000,
+        description="The confidentiality notice printed on every cover sheet (wrapped and cut to fit).",
+    )
+    cover_patient_name: bool = Field(
+        default=False, description="Print the patient's name on cover sheets (by default a cover names no patient)."
+    )
 
     # Delivery
     worker_enabled: bool = Field(default=True, description="Run the delivery worker inside `fhir-fax serve`.")

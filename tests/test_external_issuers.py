@@ -8,6 +8,7 @@ import hmac
 import json
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -524,3 +525,22 @@ async def test_a_patient_token_reads_only_the_versions_its_patients_faxes_pinned
     assert await stored_counts(database) == before
     await Z3Store(database).put(key, pdf + b"\n% Maria's own edition\n", "application/pdf")
     assert (await api.post("/fax/v1/send", json=about_maria, headers=headers)).status_code == 200
+
+
+async def test_a_patient_token_gets_every_document_of_its_patients_packets_and_no_other(
+    api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str]
+) -> None:
+    pdf = (FIXTURES / "referral-letter.pdf").read_bytes()
+    keys = {name: f"packets/{uuid.uuid4().hex}-{name}.pdf" for name in ("maria", "james")}
+    for key in keys.values():
+        await Z3Store(database).put(Z3Location("my-bucket", key), pdf, "application/pdf")
+    for name, patient in (("maria", "Patient/maria-lopez"), ("james", "Patient/james-oneil")):
+        media = ["z3://my-bucket/path/to/document.pdf", f"z3://my-bucket/{keys[name]}"]
+        sent = await api.post("/fax/v1/send", json=seed_request(media=media, patient=patient, coverPage=True))
+        assert sent.status_code == 200, sent.text
+    headers = maria_token(issuer_site[0], scope="patient/*.cruds", realm_access={"roles": ["admin"]})
+    second = await api.post(f"/v1/z3/my-bucket/{keys['maria']}", json={"action": "download"}, headers=headers)
+    assert second.status_code == 200 and second.json()["signedUrl"], "the second document of Maria's fax"
+    other = await api.post(f"/v1/z3/my-bucket/{keys['james']}", json={"action": "download"}, headers=headers)
+    assert other.status_code == 403
+    assert "carried by no fax in Patient/maria-lopez's compartment" in other.json()["message"]

@@ -2,9 +2,11 @@
 
 A document belongs to the Communications of the faxes sent with it (``fax_jobs.media``; since documents
 are frozen at send, the version each fax pinned is ``fax_jobs.media_version``) and so does its rendering
-(``fax_jobs.rendered``). Only the send path writes these fields, after checking that the
-caller may read the document, so a client cannot attach someone else's document to its own patient's
-record by writing a Communication by hand.
+(``fax_jobs.rendered``; for a packet, the rendering of the whole fax). A packet (a cover and/or several
+documents) lists each of its documents in ``fax_jobs.documents`` with the version it pinned, and every one of
+them belongs to the fax's Communication just as a single document does. Only the send path writes these
+fields, after checking that the caller may read the document, so a client cannot attach someone else's
+document to its own patient's record by writing a Communication by hand.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ def carriers_of(database: Any) -> Any:
                 query["media_version"] = {"$in": [version, None]}
             async for job in database[COLLECTION].find(query, {"communication_id": 1}):
                 found.append(job["communication_id"])
+        # A packet lists every document it carries (``documents``), each with the version it pinned.
+        member: dict[str, Any] = {"media": url}
+        if version is not None:
+            member["version"] = {"$in": [version, None]}
+        packets = {"documents.media": url, "documents": {"$elemMatch": member}}
+        async for job in database[COLLECTION].find(packets, {"communication_id": 1}):
+            found.append(job["communication_id"])
         return list(dict.fromkeys(found))
 
     return carriers

@@ -137,6 +137,12 @@ class Job:
     lease_expires: datetime | None = None
     synced: bool = True
     repair: Repair | None = None
+    # A packet (cover sheet and/or several documents): each document as pinned at send, in the order faxed
+    # (``{media, version, sha1, size, pages}``), and what the cover says (``cover.CoverSheet``). None for a
+    # single bare document, whose ``media*`` fields above say it all (and for jobs queued before packets).
+    documents: tuple[Mapping[str, Any], ...] | None = None
+    cover: Mapping[str, Any] | None = None
+    resend_of: str | None = None  # the Communication this fax sends again
 
     @classmethod
     def of(cls, document: Mapping[str, Any]) -> Job:
@@ -183,6 +189,9 @@ class Job:
             lease_expires=document.get("lease_expires"),
             synced=bool(document.get("synced", True)),
             repair=None if repair is None else _repair(repair),
+            documents=None if document.get("documents") is None else tuple(document["documents"]),
+            cover=document.get("cover"),
+            resend_of=document.get("resend_of"),
         )
 
     @property

@@ -105,27 +105,67 @@ def media_fields(media: MediaInfo) -> dict[str, Any]:
     }
 
 
-async def pinned_document(store: Z3Store, job: Job) -> bytes:
-    """The exact bytes the send checked; DocumentProblem (the fax stops with this reason) when they are gone.
+def document_fields(media: MediaInfo) -> dict[str, Any]:
+    """One document of a packet as the job lists it (``jobs.Job.documents``)."""
+    return {
+        "version": media.version,
+        "sha1": media.sha1,
+        "size": media.size,
+        "pages": media.pages,
+        "content_type": media.content_type,
+    }
 
-    Jobs queued before versions were pinned have no ``media_version``; they read the key's newest version.
-    """
-    version = job.media_version
-    if version is None:
-        data = await store.read(parse_z3_url(job.media, ()))
+
+@dataclass(frozen=True)
+class PinnedDocument:
+    """One document a job faxes: where it was sent from and the version the send pinned."""
+
+    media: str
+    version: Any
+    sha1: str | None
+    size: int | None
+    pages: int | None
+    content_type: str | None = None
+
+    def info(self) -> MediaInfo:
+        """As a send sees a checked document (a resend sends exactly this again)."""
+        return MediaInfo(self.content_type, self.size or 0, self.pages, self.sha1, self.version)
+
+
+def job_documents(job: Job) -> list[PinnedDocument]:
+    """The documents ``job`` faxes, in order (a job from before packets: its one ``media``)."""
+    if job.documents is None:
+        return [PinnedDocument(job.media, job.media_version, job.media_sha1, job.media_size, job.media_pages)]
+    return [
+        PinnedDocument(
+            str(d["media"]), d.get("version"), d.get("sha1"), d.get("size"), d.get("pages"), d.get("content_type")
+        )
+        for d in job.documents
+    ]
+
+
+async def pinned_bytes(store: Z3Store, document: PinnedDocument) -> bytes:
+    """The exact bytes the send checked of one document; DocumentProblem when they are gone or changed."""
+    if document.version is None:
+        data = await store.read(parse_z3_url(document.media, ()))
         if data is None:
-            raise DocumentProblem(f"Document generation error: {job.media} was deleted before the fax was sent.")
+            raise DocumentProblem(f"Document generation error: {document.media} was deleted before the fax was sent.")
         return data
-    data = await store.read_version(version)
+    data = await store.read_version(document.version)
     if data is None:
         raise DocumentProblem(
-            f"Document generation error: {job.media} was checked when the fax was sent, but that version "
+            f"Document generation error: {document.media} was checked when the fax was sent, but that version "
             "is no longer stored; send the document again."
         )
-    expected = job.media_sha1
-    if expected and base64.b64encode(hashlib.sha1(data).digest()).decode() != expected:
+    if document.sha1 and base64.b64encode(hashlib.sha1(data).digest()).decode() != document.sha1:
         raise DocumentProblem(
-            f"Document generation error: the stored copy of {job.media} does not match the hash checked when "
+            f"Document generation error: the stored copy of {document.media} does not match the hash checked when "
             "the fax was sent; it was not faxed. Send the document again."
         )
     return data
+
+
+async def pinned_document(store: Z3Store, job: Job) -> bytes:
+    """The exact bytes the send checked of a job's (first) document; DocumentProblem (the fax stops with this
+    reason) when they are gone. Jobs queued before versions were pinned read the key's newest version."""
+    return await pinned_bytes(store, job_documents(job)[0])

@@ -62,6 +62,11 @@ class FaxJob:
     media_sha1: str | None = None
     media_size: int | None = None
     media_pages: int | None = None
+    # A packet's documents and cover (see ``jobs.Job``); ``pages``: the whole fax, cover included.
+    documents: list[dict[str, Any]] | None = None
+    cover: dict[str, Any] | None = None
+    pages: int | None = None
+    resend_of: str | None = None
 
     def document(self) -> dict[str, Any]:
         data = asdict(self)
@@ -116,8 +121,9 @@ class Outbox:
         await self.collection.create_index([("state", ASCENDING), ("last_news_at", ASCENDING)], name="news")
         # Reconciliation looks for jobs whose Communication lags (every second): without this it reads them all.
         await self.collection.create_index([("synced", ASCENDING), ("last_news_at", ASCENDING)], name="unsynced")
-        for name in ("media", "rendered"):  # the access gate asks which faxes carry a document (fax/document_faxes.py)
-            await self.collection.create_index(name, name=f"carries_{name}")
+        # The access gate asks which faxes carry a document (fax/document_faxes.py).
+        for name in ("media", "rendered", "documents.media"):
+            await self.collection.create_index(name, name=f"carries_{name.replace('.', '_')}")
 
     async def enqueue(self, job: FaxJob, *, session: Any = None) -> None:
         await self.collection.insert_one(job.document(), session=session)

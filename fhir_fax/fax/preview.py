@@ -1,7 +1,8 @@
 """``GET /fax/v1/faxes/{communication-id}/preview?page=N``: a page as the recipient will see it (PNG).
 
-The page comes from the version the send pinned (the same bytes the worker faxes), never from whatever
-the key holds now, and its rendering is found by that version, never by name.
+A packet (a cover sheet and/or several documents) shows its pages in the order they are faxed: the cover
+(page 1), then each document. The page comes from the version the send pinned (the same bytes the worker
+faxes), never from whatever the key holds now, and its rendering is found by that version, never by name.
 
 A preview shows the document, so the route lets the access gate judge the Communication (read, patient
 compartment) and ``check_document`` judge the document (``Z3:GetObject``) before anything is read.
@@ -10,6 +11,7 @@ compartment) and ``check_document`` judge the document (``Z3:GetObject``) before
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Invalid, NotFound, Unprocessable
@@ -17,9 +19,12 @@ from ..fhir.inputs import ascii_int
 from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, run_pdfium
-from .media import pinned_document
+from .media import job_documents, pinned_document
+from .operation import SendFaxRequest
 from .outbox import Outbox
+from .packet import Packet, PacketRenderer, documents_of
 from .render import preview_png, render_fax, rendering_location, tiff_pages
+from .send import Caller, FaxService
 
 
 async def preview(
@@ -35,6 +40,10 @@ async def preview(
     if job is None:
         raise NotFound(f"There is no fax for Communication/{communication_id}.")
     z3 = Z3Store(database)
+    if job.documents is not None or job.cover is not None:  # a packet: its cover, then each document
+        for pinned in job_documents(job):
+            await check_document(parse_z3_url(pinned.media, ()))
+        return await packet_page(PacketRenderer(z3), Packet.of(job), number)
     await check_document(parse_z3_url(job.media, ()))
     source = job.media_version
     if source is not None:
@@ -56,3 +65,44 @@ async def preview(
     if number > pages:
         raise NotFound(f"The fax has {pages} pages; ask for page 1 to {pages}.", expression=["page"])
     return await run_pdfium(preview_png, tiff, number)
+
+
+async def packet_page(renderer: PacketRenderer, packet: Packet, number: int) -> bytes:
+    """Page ``number`` of a packet as PNG: 404 naming the page count past the last page."""
+    try:
+        image, _pages = await renderer.page(packet, number)
+    except IndexError as past:
+        pages = past.args[0]
+        raise NotFound(f"The fax has {pages} pages; ask for page 1 to {pages}.", expression=["page"]) from None
+    except DocumentProblem as problem:
+        raise Unprocessable(f"There is nothing to preview: {problem}") from None
+    return image
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """One page of the fax a request would send (PNG), its page count, and the documents it showed."""
+
+    image: bytes
+    pages: int
+    documents: tuple[tuple[Z3Location, Any], ...]  # (location, version): for the audit of what was shown
+
+
+async def dry_run(service: FaxService, request: SendFaxRequest, caller: Caller, page: int) -> DryRun:
+    """Page ``page`` of the fax ``request`` would send, as PNG, and its page count; nothing is stored.
+
+    Every check of a send runs (access, references, numbers, each document, the limits), then the cover and
+    the documents are rendered in memory: nothing is pinned, no rendering is kept, no Communication or job is
+    written. The page count is the one the send would record and fax.
+    """
+    if page < 1:
+        raise Invalid("page must be a page number from 1 up.", expression=["page"])
+    checked = await service.check_request(request, caller)
+    prepared = await service.prepare(checked, caller)
+    urls = [str(location) for location in checked.documents]
+    packet = Packet(request.quality, prepared.cover, documents_of(urls, prepared.found.documents))
+    image = await packet_page(PacketRenderer(service.z3, keep=False), packet, page)
+    shown = tuple(
+        (location, info.version) for location, info in zip(checked.documents, prepared.found.documents, strict=True)
+    )
+    return DryRun(image, prepared.pages, shown)

@@ -29,7 +29,16 @@ from .documents import (
     sniff_type,
 )
 
-__all__ = ["FAX_WIDTH", "HORIZONTAL_DPI", "VERTICAL_DPI", "preview_png", "render_fax", "tiff_pages"]
+__all__ = [
+    "FAX_WIDTH",
+    "HORIZONTAL_DPI",
+    "VERTICAL_DPI",
+    "join_tiffs",
+    "preview_png",
+    "render_fax",
+    "tiff_pages",
+    "tiff_to_pdf",
+]
 
 MAX_PAGE_INCHES = 14.0  # legal length; longer pages are scaled down to fit
 THRESHOLD = 160  # grey level below which a pixel is printed black
@@ -98,6 +107,34 @@ def render_fax(data: bytes, quality: str) -> bytes:
             page.save(tiff, format="TIFF", compression="group4", dpi=dpi)
             tiff.newFrame()
             page.close()
+    return output.getvalue()
+
+
+def join_tiffs(parts: list[bytes]) -> bytes:
+    """Fax-line renderings (ours: TIFF Class F made by ``render_fax``) as one TIFF, pages in order.
+
+    Only for renderings this server made (of a cover it drew, or of documents rendered in the sandbox), so it
+    runs in the server, off the event loop; each page is decoded and written again one at a time.
+    """
+    output = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(output, new=True) as tiff:
+        for part in parts:
+            with Image.open(io.BytesIO(part)) as image:
+                for frame in range(getattr(image, "n_frames", 1)):
+                    image.seek(frame)
+                    dpi = image.info.get("dpi", (HORIZONTAL_DPI, HORIZONTAL_DPI))
+                    image.save(tiff, format="TIFF", compression="group4", dpi=dpi)
+                    tiff.newFrame()
+    return output.getvalue()
+
+
+def tiff_to_pdf(tiff: bytes) -> bytes:
+    """One of our fax-line renderings as a PDF for carriers that take PDF only: each page a 1-bit image (CCITT
+    Group 4, as in the TIFF) at the page's resolution, so it prints at the size it is faxed at."""
+    output = io.BytesIO()
+    with Image.open(io.BytesIO(tiff)) as image:
+        dpi = image.info.get("dpi", (HORIZONTAL_DPI, HORIZONTAL_DPI))
+        image.save(output, format="PDF", save_all=True, dpi=dpi)
     return output.getvalue()
 
 

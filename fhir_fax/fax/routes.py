@@ -22,9 +22,11 @@ from ..fhir.http import read_json
 from ..sdk_http import SDKRoute
 from ..settings import Settings
 from ..z3.locations import Z3Location
-from .operation import parse_sdk_body
+from .operation import PREVIEW_SIGNATURE, parse_preview, parse_sdk_body
 from .phone import NumberProblem, check_fax_number
-from .preview import preview
+from .preview import dry_run, preview
+from .resend import SDK_SIGNATURE as RESEND_SDK_SIGNATURE
+from .resend import load_original, resend
 from .send import Caller, FaxService
 from .tracking import Tracker
 
@@ -94,6 +96,31 @@ class FaxAPI:
             headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
             return JSONResponse({"communicationResource": result.communication}, headers=headers)
 
+        @router.post("/resend", summary="Resend a fax (same frozen documents, as a new Communication)")
+        async def resend_fax(request: Request) -> Response:
+            await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
+            body = await read_json(request, settings.max_body_bytes)
+            inputs = RESEND_SDK_SIGNATURE.parse_json(body)
+            original = await load_original(self, request, inputs["communicationId"])
+            result = await resend(
+                self.require_service(),
+                original,
+                await self.caller(request),
+                inputs.get("recipient"),
+                inputs.get("recipientNumber"),
+            )
+            headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+            return JSONResponse({"communicationResource": result.communication}, headers=headers)
+
+        @router.post("/preview", summary="Preview a fax before sending it (dry run: one page as PNG)")
+        async def dry_run_preview(request: Request) -> Response:
+            await self.fhir.authorize(request, "Fax:Send", "Fax:Fax")
+            body = await read_json(request, settings.max_body_bytes)
+            fax_request, page = parse_preview(PREVIEW_SIGNATURE.parse_json(body))
+            shown = await dry_run(self.require_service(), fax_request, await self.caller(request), page)
+            await self.documents_shown(request, shown.documents)
+            return Response(shown.image, media_type="image/png", headers={"Fax-Pages": str(shown.pages)})
+
         @router.post("/onboard", summary="Onboard a fax number")
         async def onboard(request: Request) -> dict[str, str]:
             await self.fhir.authorize(request, "Fax:Onboard", "Fax:Number")
@@ -127,6 +154,11 @@ class FaxAPI:
             return {"configured": bool(numbers), "faxNumbers": numbers}
 
         return router
+
+    async def documents_shown(self, request: Request, documents: tuple[tuple[Z3Location, Any], ...]) -> None:
+        """A dry run showed these documents' pages: audited as document reads (the gate let each through)."""
+        for location, version in documents:
+            await self.fhir.document_was_read(request, f"Z3:{location.bucket}/{location.key}", version)
 
     async def optional_number(self, request: Request) -> str | None:
         """``faxNumber`` from an optional JSON body (``{}`` or no body means none)."""

@@ -27,6 +27,7 @@ from .faults import crash_point
 from .jobs import Job, UnreadableJob
 from .media import pinned_document
 from .outbox import Outbox
+from .packet import packet_submission
 from .render import render_fax, rendering_location
 from .status import Failure
 from .tracking import Tracker
@@ -128,6 +129,8 @@ class Worker:
 
     async def prepare(self, job: Job, reference: str) -> Submission:
         """The attempt as the carrier gets it, made from the version the send pinned and nothing else."""
+        if job.documents is not None or job.cover is not None:  # a cover and/or several documents
+            return await packet_submission(self.z3, self.outbox, job, reference, self.transport.capabilities.takes_tiff)
         location = parse_z3_url(job.media, ())
         document = await pinned_document(self.z3, job)  # DocumentProblem: gone or changed -> STOPPED
         pages = job.media_pages if job.media_pages else await run_pdfium(count_pages, document)

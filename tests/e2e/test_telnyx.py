@@ -223,3 +223,26 @@ async def test_webhooks_that_are_unsigned_tampered_stale_or_foreign_are_refused(
         replayed = await http.post(url, content=body, headers=signed(body))
     assert accepted.json() == {"status": "applied"}
     assert replayed.json() == {"status": "duplicate"}
+
+
+async def test_a_packet_reaches_telnyx_as_one_pdf_cover_first(telnyx: Setup) -> None:
+    await telnyx.control(chaos=False)
+    async with httpx.AsyncClient(base_url=telnyx.server.url, headers=telnyx.server.headers) as http:
+        body = {
+            "media": ["z3://fixtures/referral-letter.pdf", "z3://fixtures/referral-letter.pdf"],
+            "quality": "fine",
+            "recipientNumber": "+16175550143",
+            "sender": SENDER,
+            "coverNote": "Two copies of the referral.",
+        }
+        response = await http.post("/fax/v1/send", json=body)
+        assert response.status_code == 200, response.text
+    communication_id = response.json()["communicationResource"]["id"]
+    final = await telnyx.final(communication_id)
+    assert final["status"] == "completed"
+    assert next(e["valueInteger"] for e in final["extension"] if e["url"].endswith("fax-pages")) == 7, "1 + 3 + 3"
+    log = await telnyx.log()
+    submission = log["submissions"][-1]
+    url = submission["media_url"]
+    assert ".fine.fax.pdf?action=download&expires=" in url and "&version=" in url
+    assert log["media_fetches"][-1]["status"] == 200, "Telnyx fetched the packet by its signed URL"
