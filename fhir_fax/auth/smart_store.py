@@ -57,7 +57,7 @@ class SmartStore:
 
     # -- interactions ----------------------------------------------------------------------------------
 
-    async def begin(self, params: dict[str, str], lifetime: int) -> dict[str, Any]:
+    async def begin(self, params: list[list[str]], lifetime: int) -> dict[str, Any]:
         record = {
             "_id": opaque(),
             "csrf": opaque(),
@@ -89,13 +89,16 @@ class SmartStore:
         record = {**fields, "_id": digest(code), "used": False, "expires": expires, "removeAt": expires + CODE_MEMORY}
         await self.database[CODES].insert_one(record)
 
-    async def take_code(self, code: str) -> tuple[dict[str, Any] | None, str]:
-        """The code's record if this is its first use within its lifetime, else None and why (a replay revokes)."""
+    async def take_code(self, code: str, client_id: str) -> tuple[dict[str, Any] | None, str]:
+        """The code's record if this is its first use within its lifetime, else None and why (a replay revokes).
+
+        Another app presenting the code learns nothing and uses nothing up.
+        """
         key = digest(code)
         taken = await self.database[CODES].update_one(
-            {"_id": key, "used": False, "expires": {"$gt": now()}}, {"$set": {"used": True}}
+            {"_id": key, "clientId": client_id, "used": False, "expires": {"$gt": now()}}, {"$set": {"used": True}}
         )
-        record: dict[str, Any] | None = await self.database[CODES].find_one({"_id": key})
+        record: dict[str, Any] | None = await self.database[CODES].find_one({"_id": key, "clientId": client_id})
         if taken.modified_count == 1 and record is not None:
             return record, ""
         if record is None:
@@ -138,13 +141,15 @@ class SmartStore:
         record = {**fields, "_id": digest(token), "used": False, "expires": expires, "removeAt": expires}
         await self.database[REFRESH_TOKENS].insert_one(record)
 
-    async def refresh(self, token: str) -> dict[str, Any] | None:
+    async def refresh(self, token: str, client_id: str) -> dict[str, Any] | None:
         """The refresh token's record if it may be used (is then used up); None otherwise. Reuse revokes."""
         key = digest(token)
         taken = await self.database[REFRESH_TOKENS].update_one(
-            {"_id": key, "used": False, "expires": {"$gt": now()}}, {"$set": {"used": True}}
+            {"_id": key, "clientId": client_id, "used": False, "expires": {"$gt": now()}}, {"$set": {"used": True}}
         )
-        record: dict[str, Any] | None = await self.database[REFRESH_TOKENS].find_one({"_id": key})
+        record: dict[str, Any] | None = await self.database[REFRESH_TOKENS].find_one(
+            {"_id": key, "clientId": client_id}
+        )
         if record is None:
             return None
         if taken.modified_count != 1:
