@@ -21,9 +21,7 @@ AUD = "http://fhir.test/fhir"
 REDIRECT = "https://app.example/callback"
 PASSWORD = "a long password"
 EVERYTHING = {"rule": [{"resource": "*", "action": "*", "effect": "Allow"}]}
-APP_SCOPES = (
-    "openid fhirUser profile launch launch/patient offline_access online_access patient/*.cruds user/*.cruds"
-)
+APP_SCOPES = "openid fhirUser profile launch launch/patient offline_access online_access patient/*.cruds user/*.cruds"
 
 
 def pkce() -> tuple[str, str]:
@@ -116,7 +114,7 @@ async def authorize(
     keep: list[str] | None = None,
     patient: str | None = None,
 ) -> dict[str, str]:
-    """The whole browser part: sign in, consent (keeping ``keep``, default all), pick ``patient``; the redirect's query."""
+    """The browser's part: sign in, consent (keeping ``keep``, default all), pick ``patient``; the redirect's query."""
     params = flow.params()
     consent = await sign_in(http, params, username)
     form = {"interaction": hidden(consent, "interaction"), "csrf": hidden(consent, "csrf")}
