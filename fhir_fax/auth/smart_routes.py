@@ -370,7 +370,9 @@ class SmartAPI:
                 context, "smart-token", issued["who"], f"{form.get('grant_type')} issued a token: {issued['scope']}"
             )
         return JSONResponse(
-            body, status_code=status, headers={**dict(headers), "cache-control": "no-store", "pragma": "no-cache"}
+            body,
+            status_code=status,
+            headers={**{k.lower(): v for k, v in headers}, "cache-control": "no-store", "pragma": "no-cache"},
         )
 
     async def endpoint(self, request: Request, name: str) -> Response:
@@ -382,7 +384,8 @@ class SmartAPI:
         if status >= 400:
             client_id = dict(pairs).get("client_id") or _basic_client(request)
             await self.refused(context, name, f"App/{(client_id or '-')[:100]}", f"{body.get('error')}")
-        return JSONResponse(body, status_code=status, headers={**dict(headers), "cache-control": "no-store"})
+        answer_headers = {**{k.lower(): v for k, v in headers}, "cache-control": "no-store", "pragma": "no-cache"}
+        return JSONResponse(body, status_code=status, headers=answer_headers)
 
     # -- routers ------------------------------------------------------------------------------------------
 
@@ -423,6 +426,8 @@ class SmartAPI:
             body = await read_json(request, self.settings.max_body_bytes)
             if not isinstance(body, dict) or set(body) - {"patient", "encounter"}:
                 raise Invalid('The body is {"patient": "Patient/<id>"} with an optional "encounter": "Encounter/<id>".')
+            if "patient" not in body:
+                raise Invalid('patient is required: {"patient": "Patient/<id>"}.')
             context: dict[str, str] = {}
             for name, kind in (("patient", "Patient"), ("encounter", "Encounter")):
                 value = body.get(name)
@@ -436,8 +441,6 @@ class SmartAPI:
                 if document is None:
                     raise NotFound(f"{value} does not exist; launch with a patient of this server.")
                 context[name] = resource_id
-            if "patient" not in context:
-                raise Invalid('patient is required: {"patient": "Patient/<id>"}.')
             return {"launch": await SmartStore(runtime.database).create_launch(context, principal.client_id)}
 
         return router

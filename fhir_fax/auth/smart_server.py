@@ -282,7 +282,7 @@ class SmartChecks:
         data = grant.request.payload.data
         if not data.get("state"):
             raise InvalidRequestError("state is required: an unguessable value the app checks on its return.")
-        if data.get("aud") != self.context.audience:
+        if (data.get("aud") or "").rstrip("/") != self.context.audience:  # clients may add the trailing slash
             raise InvalidRequestError(f"aud must be this FHIR server's base URL, {self.context.audience}.")
         requested = data.get("scope", "").split()
         try:
@@ -401,8 +401,15 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         return context
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshedToken | None:
-        record = self.context.run(self.context.store.refresh(refresh_token, self.request.client.get_client_id()))
+        store = self.context.store
+        record = self.context.run(store.usable_refresh(refresh_token, self.request.client.get_client_id()))
         return None if record is None else RefreshedToken(record)
+
+    def _validate_token_scope(self, token: RefreshedToken) -> None:
+        """Authlib's scope check, then the token is used up: a refused request (a wider scope) leaves it usable."""
+        super()._validate_token_scope(token)
+        if not self.context.run(self.context.store.use_refresh(token.record)):
+            raise InvalidGrantError("The refresh token was already used; the grant is now revoked.")
 
     def authenticate_user(self, refresh_token: RefreshedToken) -> Grantee | None:
         return self.context.run(grantee_of(self.context.database, refresh_token.record))

@@ -124,14 +124,14 @@ class SmartStore:
     async def revoke_grant(self, family: str, reason: str) -> None:
         """Every token of the family stops working: the access tokens (the guard checks) and refresh tokens."""
         when = now()
-        await self.database[GRANTS].update_one(
-            {"_id": family},
-            {
-                "$set": {"revoked": {"at": when, "reason": reason}},
-                "$setOnInsert": {"created": when, "removeAt": when + timedelta(days=1)},
-            },
-            upsert=True,
-        )
+        revoked = {"at": when, "reason": reason}
+        first = await self.database[GRANTS].update_one({"_id": family, "revoked": None}, {"$set": {"revoked": revoked}})
+        if not first.matched_count:  # already revoked (keep the first reason), or never started: record it
+            await self.database[GRANTS].update_one(
+                {"_id": family},
+                {"$setOnInsert": {"revoked": revoked, "created": when, "removeAt": when + timedelta(days=1)}},
+                upsert=True,
+            )
         await self.database[REFRESH_TOKENS].update_many({"family": family}, {"$set": {"used": True}})
 
     # -- refresh tokens --------------------------------------------------------------------------------
@@ -141,25 +141,31 @@ class SmartStore:
         record = {**fields, "_id": digest(token), "used": False, "expires": expires, "removeAt": expires}
         await self.database[REFRESH_TOKENS].insert_one(record)
 
-    async def refresh(self, token: str, client_id: str) -> dict[str, Any] | None:
-        """The refresh token's record if it may be used (is then used up); None otherwise. Reuse revokes."""
-        key = digest(token)
-        taken = await self.database[REFRESH_TOKENS].update_one(
-            {"_id": key, "clientId": client_id, "used": False, "expires": {"$gt": now()}}, {"$set": {"used": True}}
-        )
+    async def usable_refresh(self, token: str, client_id: str) -> dict[str, Any] | None:
+        """The refresh token's record if this app may use it now (not used, not expired, grant not revoked).
+
+        A token used before is a replay: its whole family is revoked.
+        """
         record: dict[str, Any] | None = await self.database[REFRESH_TOKENS].find_one(
-            {"_id": key, "clientId": client_id}
+            {"_id": digest(token), "clientId": client_id}
         )
-        if record is None:
+        if record is None or record["expires"].replace(tzinfo=None) <= now().replace(tzinfo=None):
             return None
-        if taken.modified_count != 1:
-            if record["expires"].replace(tzinfo=None) > now().replace(tzinfo=None):
-                await self.revoke_grant(record["family"], "refresh token used twice")
+        if record["used"]:
+            await self.revoke_grant(record["family"], "refresh token used twice")
             return None
         grant = await self.grant(record["family"])
-        if grant is None or grant.get("revoked"):
-            return None
-        return record
+        return None if grant is None or grant.get("revoked") else record
+
+    async def use_refresh(self, record: dict[str, Any]) -> bool:
+        """Use the token up (compare-and-set); False when another request used it first (that one is a replay)."""
+        taken = await self.database[REFRESH_TOKENS].update_one(
+            {"_id": record["_id"], "used": False}, {"$set": {"used": True}}
+        )
+        if taken.modified_count == 1:
+            return True
+        await self.revoke_grant(record["family"], "refresh token used twice")
+        return False
 
     async def peek_refresh(self, token: str) -> dict[str, Any] | None:
         """A refresh token's record without using it (introspection, revocation)."""
