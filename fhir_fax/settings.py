@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     online_refresh_hours: int = Field(
         default=8, ge=1, description="How long an online_access refresh token lasts (a working day)."
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Browser origins (JSON list; ["*"] for any) whose scripts may call the API: SMART apps that '
+        "run in a browser need it. Tokens travel in headers, never cookies, so no credentials are allowed.",
+    )
     sign_in_seconds: int = Field(
         default=600, ge=60, description="How long a sign-in and consent at /oauth/authorize may take."
     )
