@@ -67,6 +67,7 @@ WRONG_CLIENT_OR_REDIRECT = [
     ({"redirect_uri": None}, "Missing &#39;redirect_uri&#39;"),
     ({"client_id": "no-such-app"}, "The client does not exist"),
     ({"client_id": None}, "Missing &#39;client_id&#39;"),
+    ({"state": "x" * 9000}, "too long"),
 ]
 
 

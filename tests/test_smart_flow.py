@@ -34,8 +34,13 @@ async def test_a_public_app_gets_a_patient_token_with_pkce(web: httpx.AsyncClien
     assert body["token_type"] == "Bearer" and body["patient"] == PATIENT and body["need_patient_banner"] is True
     assert body["scope"] == flow.scope
     assert body["refresh_token"] and body["expires_in"] > 0
-    identity = jwt.decode(body["id_token"], options={"verify_signature": False})
-    assert identity["aud"] == app.client_id and identity["iss"] == "http://fhir.test"
+    keys = (await web.get("/.well-known/jwks.json")).json()["keys"]
+    header = jwt.get_unverified_header(body["id_token"])
+    (key,) = [k for k in keys if k["kid"] == header["kid"]]
+    identity = jwt.decode(
+        body["id_token"], jwt.PyJWK(key).key, algorithms=["RS256"], audience=app.client_id, issuer="http://fhir.test"
+    )  # signed with the published key
+    assert identity["sub"] and identity["exp"] > identity["iat"]
     assert identity["fhirUser"] == f"{AUD}/Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c"
     assert jwt.get_unverified_header(body["id_token"])["alg"] == "RS256"
     web.headers["authorization"] = f"Bearer {body['access_token']}"

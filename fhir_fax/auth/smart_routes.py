@@ -56,6 +56,7 @@ PAGE_HEADERS = {
     "referrer-policy": "no-referrer",
 }
 MAX_PICKER = 200  # patients listed on the picker
+MAX_QUERY = 8192  # an authorization request is kept until the sign-in ends: bounded
 WRONG_SIGN_IN = "Wrong username or password."
 PATIENT_ID = "patient"
 
@@ -147,6 +148,9 @@ class SmartAPI:
 
     async def start(self, request: Request) -> Response:
         context = await self.context(request)
+        if len(request.url.query) > MAX_QUERY:
+            await self.refused(context, "authorize", "App/-", "an authorization request longer than 8 KiB")
+            return error_page("invalid_request", "The authorization request is too long (8 KiB at most).")
         params = list(request.query_params.multi_items())
         server = SmartServer(context)
         oauth_request = self.oauth_request(context, params)
@@ -279,13 +283,17 @@ class SmartAPI:
         username, password = form.get("username", ""), form.get("password", "")
         if not username or not password:
             return page("sign_in.html", 400, **values, username=username, error="Enter your username and password.")
-        attempt = await self.limiter.attempt(context.database, f"user:{username[:100]}", context.address)
+        users = Users(context.database)
+        # As at the token endpoint: names of no user share one count per address (no new budget per made-up name).
+        known = await users.by_username(username) is not None
+        counted = f"user:{username[:100]}" if known else "user:-"
+        attempt = await self.limiter.attempt(context.database, counted, context.address)
         if not attempt.allowed:
             await self.refused(context, "sign-in", f"User/{username[:100]}", "too many failed sign-ins")
             message = "Too many failed sign-ins; wait a minute and try again."
             return page("sign_in.html", 429, **values, username=username, error=message)
         try:
-            user = await Users(context.database).authenticate(username, password)
+            user = await users.authenticate(username, password)
         except BaseException:
             await self.limiter.release(context.database, attempt)
             raise
