@@ -187,6 +187,8 @@ async def test_denying_or_leaving_out_every_scope_sends_access_denied(settings: 
         for decision in ([("decision", "deny")], [("decision", "allow")]):  # the second: every box unticked
             flow = Flow(app, "openid patient/Communication.rs")
             consent = await sign_in(http, flow.params(), username)
+            assert "Read and search Communication records (of the chosen patient only)." in consent
+            assert "Confirm who you are" in consent and 'name="scope" value="openid" checked' in consent
             form = [("interaction", hidden(consent, "interaction")), ("csrf", hidden(consent, "csrf"))]
             response = await post_form(http, [*form, *decision])
             assert response.status_code == 302

@@ -138,3 +138,10 @@ async def test_smart_apps_over_http(api: httpx.AsyncClient, database: Any) -> No
     assert await database["smart_apps"].count_documents({}) == 1
     assert (await api.delete(f"/v1/smart-apps/{created.json()['id']}")).status_code == 204
     assert (await api.delete(f"/v1/smart-apps/{created.json()['id']}")).status_code == 404
+
+
+async def test_a_patient_signing_in_works_on_their_own_record(web: httpx.AsyncClient, database: Any) -> None:
+    username = await make_user(database, fhir_user="Patient/maria-lopez")
+    app = await make_app(database)
+    body = await token_for(web, Flow(app, "openid fhirUser launch/patient patient/*.rs"), username)  # no picker
+    assert body["patient"] == "maria-lopez" and body["need_patient_banner"] is True

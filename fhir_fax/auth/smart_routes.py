@@ -30,7 +30,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..audit import ANONYMOUS
+from ..audit import ANONYMOUS, FAX_EVENTS, SUCCESS
 from ..errors import Invalid, NotFound, TooManyRequests
 from ..fhir.http import read_json
 from ..fhir.store import RESERVED, public
@@ -114,8 +114,6 @@ class SmartAPI:
     async def succeeded(self, context: Context, code: str, who: str, description: str) -> None:
         """A sign-in or an issued code/token, on the audit trail (who, from where, for which app)."""
         if context.auditor is not None:
-            from ..audit import FAX_EVENTS, SUCCESS
-
             await context.auditor.record(
                 subtype=(FAX_EVENTS, code), action="E", outcome=SUCCESS, who=who, address=context.address,
                 entities=[], description=description,

@@ -16,7 +16,7 @@ from .grants import _letters, _within
 from .policies import Rule
 from .scopes import Scope, ScopeError, parse_scopes
 
-CONTEXT_WORDS = {"patient": "your own record", "user": "every record you may see", "system": "the whole server"}
+CONTEXT_WORDS = {"patient": "of the chosen patient only", "user": "that you may see", "system": "on the whole server"}
 LETTER_WORDS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
 WORD_SCOPES = {
     "openid": "Confirm who you are (your sign-in identity).",
