@@ -101,8 +101,8 @@ def test_client_py_completes_the_code_flow_as_a_confidential_app(server: FaxServ
     smart.handle_callback(browse(url, server.url))
     assert smart.ready and smart.patient_id == "maria-lopez"
     assert smart.server.auth.refresh_token, "offline_access: a refresh token"
-    found = Communication.where(struct={}).perform_resources(smart.server)
+    found = list(Communication.where(struct={}).perform_resources_iter(smart.server))
     assert [c.subject.reference for c in found] == ["Patient/maria-lopez"], "only Maria's compartment"
     smart.reauthorize()  # the refresh token grant (with Basic), rotating the refresh token
     assert smart.ready
-    assert Communication.where(struct={}).perform_resources(smart.server)
+    assert list(Communication.where(struct={}).perform_resources_iter(smart.server))
