@@ -157,10 +157,17 @@ async def test_sign_in_failures_are_answered_alike_and_rate_limited(settings: Se
     [
         lambda form, http: form.pop("csrf"),
         lambda form, http: form.update(csrf="forged"),
+        lambda form, http: form.update(csrf="forgé"),
         lambda form, http: http.cookies.clear(),
         lambda form, http: form.update(interaction="unknown"),
     ],
-    ids=["no token in the form", "a forged token", "no cookie (another site's post)", "no such sign-in"],
+    ids=[
+        "no token in the form",
+        "a forged token",
+        "a non-ASCII token",
+        "no cookie (another site's post)",
+        "no such sign-in",
+    ],
 )
 async def test_a_form_post_without_the_csrf_token_is_refused(
     settings: Settings, database: Any, tamper: Callable[[dict[str, str], httpx.AsyncClient], Any]
@@ -287,3 +294,45 @@ async def test_a_confidential_app_must_prove_itself(settings: Settings, database
         assert (await exchange(http, flow, code)).status_code == 200, "the code was not used up by those"
     failures = await database["token_failures"].find({}).to_list(None)
     assert sum(f.get("failed", 0) for f in failures) == 2, "wrong secrets count towards the lock-out"
+
+
+async def test_hostile_input_is_refused_never_a_server_error(settings: Settings, database: Any) -> None:
+    app = await make_app(database, confidential=True)
+    token_forms = [
+        {"grant_type": "authorization_code", "code": "é", "client_id": app.client_id, "client_secret": "é"},
+        {"grant_type": "authorization_code", "code": "x", "client_id": "é" * 300, "code_verifier": "é" * 50},
+        {"grant_type": "refresh_token", "refresh_token": "é", "client_id": app.client_id, "client_secret": "x"},
+        {"grant_type": "refresh_token", "client_id": app.client_id, "client_secret": app.secret or ""},
+        {"grant_type": "authorization_code", "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:"
+         "jwt-bearer", "client_assertion": "not.a.jwt", "code": "x"},
+    ]  # fmt: skip
+    async with web(settings, database) as http:
+        for form in token_forms:
+            response = await http.post("/oauth/token", data=form)
+            assert 400 <= response.status_code < 500 and response.json()["error"], (form, response.text)
+        for header in ("Basic !!!", "Basic " + "w6k6w6k=", "Basic Og=="):
+            response = await http.post(
+                "/oauth/token",
+                data={"grant_type": "authorization_code", "code": "x"},
+                headers={"authorization": header},
+            )
+            assert 400 <= response.status_code < 500, (header, response.text)
+        raw = await http.post(
+            "/oauth/token", content=b"grant_type=refresh_token&refresh_token=\xff\xfe",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )  # fmt: skip
+        assert 400 <= raw.status_code < 500, raw.text
+        for path in ("/oauth/introspect", "/oauth/revoke"):
+            response = await http.post(path, data={"token": "é", "client_id": "é", "client_secret": "é"})
+            assert 400 <= response.status_code < 500, (path, response.text)
+        params = {**Flow(app, "openid").params(), "state": "é", "nonce": "\u0000", "scope": "openid é"}
+        odd = await http.get("/oauth/authorize", params=params)
+        assert odd.status_code == 400 and "may only hold printable ASCII" in odd.text, odd.text
+        for name in ("redirect_uri", "response_type", "client_id", "code_challenge_method"):
+            odd = await http.get("/oauth/authorize", params={**Flow(app, "openid").params(), name: 'x"é\\'})
+            assert odd.status_code == 400 and "location" not in odd.headers, (name, odd.text)
+        fine = await http.get("/oauth/authorize", params={**Flow(app, "openid").params(), "state": "é", "nonce": "ü"})
+        assert fine.status_code == 200, "state and nonce are the app's own: anything goes back as it came"
+        post = await http.post("/oauth/authorize", content=b"interaction=\xff&csrf=\xfe")
+        assert post.status_code == 400, post.text
+    assert await issued(database) == {**dict.fromkeys(ISSUED, 0), "smart_interactions": 1}, "only the fine one"

@@ -20,6 +20,7 @@ How the pages are protected:
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,10 @@ PAGE_HEADERS = {
 }
 MAX_PICKER = 200  # patients listed on the picker
 MAX_QUERY = 8192  # an authorization request is kept until the sign-in ends: bounded
+# RFC 6749 appendix A: these parameters are URIs or NQCHAR strings, printable ASCII without '"' and '\'. (Authlib
+# echoes some of them in error descriptions, which may only hold those characters.)
+SCREENED = ("client_id", "redirect_uri", "response_type", "scope", "code_challenge", "code_challenge_method", "aud")
+PRINTABLE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 WRONG_SIGN_IN = "Wrong username or password."
 PATIENT_ID = "patient"
 
@@ -150,6 +155,13 @@ class SmartAPI:
             await self.refused(context, "authorize", "App/-", "an authorization request longer than 8 KiB")
             return error_page("invalid_request", "The authorization request is too long (8 KiB at most).")
         params = list(request.query_params.multi_items())
+        unreadable = sorted({name for name, value in params if name in SCREENED and not PRINTABLE.fullmatch(value)})
+        if unreadable:
+            await self.refused(context, "authorize", "App/-", f"characters outside RFC 6749's in {unreadable}")
+            return error_page(
+                "invalid_request",
+                f"{', '.join(unreadable)} may only hold printable ASCII (URIs percent-encoded, as RFC 6749 says).",
+            )
         server = SmartServer(context)
         oauth_request = self.oauth_request(context, params)
         try:
@@ -181,9 +193,10 @@ class SmartAPI:
             return error_page(
                 "invalid_request", "This sign-in has expired or is already finished; start again from the app."
             )
-        cookie = request.cookies.get(csrf_cookie(record["_id"]), "")
-        sent = form.get("csrf", "")
-        if not (hmac.compare_digest(sent, record["csrf"]) and hmac.compare_digest(cookie, record["csrf"])):
+        expected = record["csrf"].encode()
+        cookie = request.cookies.get(csrf_cookie(record["_id"]), "").encode("utf-8", "replace")
+        sent = form.get("csrf", "").encode("utf-8", "replace")  # bytes: compare_digest refuses non-ASCII str
+        if not (hmac.compare_digest(sent, expected) and hmac.compare_digest(cookie, expected)):
             await self.refused(context, "authorize", "App/-", "a form post without this page's CSRF token")
             return error_page(
                 "invalid_request",
