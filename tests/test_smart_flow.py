@@ -70,3 +70,12 @@ async def test_a_confidential_app_and_refresh_rotation(web: httpx.AsyncClient, d
     assert revoked.status_code == 401 and "revoked" in revoked.json()["issue"][0]["diagnostics"]
     newer = await web.post("/oauth/token", data={**form, "refresh_token": first.json()["refresh_token"]})
     assert newer.status_code == 400, "the whole family is revoked"
+
+
+async def test_patient_scopes_without_launch_patient_still_ask_for_a_patient(
+    web: httpx.AsyncClient, database: Any
+) -> None:
+    username = await make_user(database)
+    app = await make_app(database)
+    body = await token_for(web, Flow(app, "patient/Communication.rs"), username, patient=PATIENT)
+    assert body["patient"] == PATIENT and body["scope"] == "patient/Communication.rs"

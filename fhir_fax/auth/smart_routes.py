@@ -241,7 +241,9 @@ class SmartAPI:
         launched = await store.launch(launch) if launch else None
         patient = (launched or {}).get("patient")
         own = user.get("fhirUser") or ""
-        if patient is None and "launch/patient" in record["consented"]:
+        # patient/ scopes mean nothing without a patient in context: they ask for one as launch/patient does.
+        wants_patient = any(s == "launch/patient" or s.startswith("patient/") for s in record["consented"])
+        if patient is None and wants_patient:
             if own.startswith("Patient/"):
                 patient = own.removeprefix("Patient/")  # a patient works on their own record
             else:
