@@ -19,6 +19,9 @@ How the pages are protected:
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import hmac
 import re
 import time
@@ -98,8 +101,6 @@ class SmartAPI:
         return self.issuer(request) + self.settings.fhir_path
 
     async def context(self, request: Request) -> Context:
-        import asyncio
-
         runtime = self.runtime()
         return Context(
             database=runtime.database,
@@ -468,9 +469,7 @@ class SmartAPI:
 
 
 def _basic_client(request: Request) -> str | None:
-    import base64
-    import binascii
-
+    """The client id of an HTTP Basic header (only to count and audit by; Authlib checks the secret)."""
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("basic "):
         return None
