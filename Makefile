@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean bench soak
+.PHONY: run test lint install clean bench soak browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,8 @@ install: $(STAMP) $(SDK_STAMP)
 run: export FHIR_FAX_SIMULATOR_SPEED ?= 20
 run: export FHIR_FAX_BOOTSTRAP_CLIENT_ID ?= local-admin
 run: export FHIR_FAX_BOOTSTRAP_CLIENT_SECRET ?= local-admin-secret
+run: export FHIR_FAX_BOOTSTRAP_USER ?= admin
+run: export FHIR_FAX_BOOTSTRAP_PASSWORD ?= local-admin-password
 run: $(STAMP)
 	$(BIN)/fhir-fax serve --load-fixtures
 
@@ -33,10 +35,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy fhir_fax
 
+# The browser tests drive Debian's Chromium and its driver (a browser download at install time is not possible).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver)
+
 # Two workers (one embedded database each); tests of one module stay on one worker, so module fixtures
 # (a built wheel, a Telnyx emulator) are made once. TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
-test: lint $(SDK_STAMP)
+test: lint $(SDK_STAMP) browser
 	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
 # Benchmarks (never part of the tests): the table and benchmarks/results/latest.json; about 6 minutes.

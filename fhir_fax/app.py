@@ -18,6 +18,17 @@ def create_app(settings: Settings | None = None, *, database: object = None) -> 
     )
     module = FaxModule(settings, database=database)
     module.install(app)
+    if settings.cors_origins:  # browser SMART apps on other origins (a host app configures its own CORS)
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["authorization", "content-type", "accept", "prefer", "if-match", "if-none-match"],
+            expose_headers=["location", "content-location", "etag", "last-modified"],
+            allow_credentials=False,
+        )
     app.state.fax_module = module
 
     @app.get("/healthz", tags=["meta"], summary="Liveness check")

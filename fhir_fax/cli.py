@@ -55,6 +55,12 @@ def serve(args: argparse.Namespace) -> int:
         )
     else:
         print("fhir-fax: no client configured; create one with `fhir-fax clients create`", flush=True)
+    if settings.bootstrap_user and settings.bootstrap_password:
+        print(
+            f"fhir-fax: SMART apps sign in at {base}/oauth/authorize as "
+            f"{settings.bootstrap_user} / {settings.bootstrap_password}",
+            flush=True,
+        )
     # X-Forwarded-For/-Proto are believed from FHIR_FAX_TRUSTED_PROXIES only (uvicorn's own default trusts loopback).
     proxies = TrustedProxies.of(settings.trusted_proxies)
     uvicorn.run(
@@ -217,6 +223,128 @@ def clients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _password(args: argparse.Namespace) -> str | None:
+    """The password from stdin (``--password-stdin``, first line) or a prompt asked twice; None when they differ."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    return first if getpass.getpass("Password again: ") == first else None
+
+
+def users(args: argparse.Namespace) -> int:
+    """``fhir-fax users create NAME [--fhir-user REF] (--policy FILE | --admin) | list | set-password NAME |
+    disable NAME | enable NAME | delete NAME``: the people who sign in to SMART apps."""
+    import json as json_module
+
+    from .auth.clients import ALLOW_EVERYTHING
+    from .auth.users import UserError, Users, public
+
+    settings = _settings(args)
+    policy: Any = None
+    password: str | None = None
+    if args.action == "create":
+        if args.admin == bool(args.policy):
+            print("fhir-fax: give the user an access policy: --policy FILE.json, or --admin", file=sys.stderr)
+            return 2
+        try:
+            policy = ALLOW_EVERYTHING if args.admin else json_module.loads(Path(args.policy).read_text())
+        except (OSError, ValueError) as error:
+            print(f"fhir-fax: cannot read the policy file: {error}", file=sys.stderr)
+            return 2
+    if args.action in ("create", "set-password"):
+        password = _password(args)
+        if password is None:
+            print("fhir-fax: the passwords differ", file=sys.stderr)
+            return 2
+
+    async def work(runtime: Runtime) -> list[str]:
+        registry = Users(runtime.database)
+        await registry.ensure_indexes()
+        if args.action == "create":
+            assert password is not None
+            record = await registry.create(args.username, password, policy, fhir_user=args.fhir_user)
+            return [json_module.dumps(public(record), indent=2)]
+        if args.action == "list":
+            return [
+                f"{r['username']}  {r.get('fhirUser') or '-'}  {'disabled' if r.get('disabled') else 'enabled'}"
+                for r in await registry.list()
+            ] or ["no users"]
+        if args.action == "set-password":
+            assert password is not None
+            done, verb = await registry.set_password(args.username, password), "new password for"
+        elif args.action in ("disable", "enable"):
+            done, verb = await registry.set_disabled(args.username, args.action == "disable"), f"{args.action}d"
+        else:
+            done, verb = await registry.delete(args.username), "deleted"
+        if not done:
+            raise LookupError(f"no user {args.username}")
+        return [f"{verb} {args.username}"]
+
+    try:
+        lines = _with_runtime(settings, work)
+    except UserError as error:
+        print(f"fhir-fax: {error}", file=sys.stderr)
+        return 2
+    except LookupError as error:
+        print(f"fhir-fax: {error.args[0]}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def apps(args: argparse.Namespace) -> int:
+    """``fhir-fax apps register --name N --redirect-uri URI... --scope S... [--confidential] [--jwks FILE]
+    [--launch-url URL] | list | delete ID``: the SMART apps people may use."""
+    import json as json_module
+
+    from .auth.apps import AppError, Apps, public
+
+    settings = _settings(args)
+    jwks: Any = None
+    if args.action == "register" and args.jwks:
+        try:
+            jwks = json_module.loads(Path(args.jwks).read_text())
+        except (OSError, ValueError) as error:
+            print(f"fhir-fax: cannot read the JWKS file: {error}", file=sys.stderr)
+            return 2
+
+    async def work(runtime: Runtime) -> list[str]:
+        registry = Apps(runtime.database)
+        await registry.ensure_indexes()
+        if args.action == "register":
+            record, secret = await registry.register(
+                args.name,
+                redirect_uris=args.redirect_uri,
+                scopes=[s for item in args.scope for s in item.split()],
+                app_type="confidential" if args.confidential or jwks else "public",
+                launch_url=args.launch_url,
+                jwks=jwks,
+                client_id=args.client_id,
+            )
+            shown = {**public(record), **({"secret": secret} if secret else {})}
+            return [json_module.dumps(shown, indent=2)]
+        if args.action == "list":
+            return [f"{r['_id']}  {r['clientId']}  {r['type']}  {r['name']}" for r in await registry.list()] or [
+                "no apps"
+            ]
+        if not await registry.delete(args.id):
+            raise LookupError(f"no app {args.id}")
+        return [f"deleted {args.id}"]
+
+    try:
+        lines = _with_runtime(settings, work)
+    except AppError as error:
+        print(f"fhir-fax: {error}", file=sys.stderr)
+        return 2
+    except LookupError as error:
+        print(f"fhir-fax: {error.args[0]}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def worker(args: argparse.Namespace) -> int:
     """Run a delivery worker alone until Ctrl-C or SIGTERM (any number may share one database)."""
     import signal
@@ -347,6 +475,44 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (create, client_list, rotate, remove):
         database_options(command)
         command.set_defaults(handler=clients)
+
+    users_command = commands.add_parser("users", help="manage the people who sign in").add_subparsers(
+        dest="action", required=True
+    )
+    user_create = users_command.add_parser("create", help="create a user (the password is asked for)")
+    user_create.add_argument("username")
+    user_create.add_argument("--fhir-user", help="who the user is: Practitioner/..., Patient/..., ...")
+    user_create.add_argument("--policy", help="access policy JSON file")
+    user_create.add_argument("--admin", action="store_true", help="allow everything (instead of --policy)")
+    user_list = users_command.add_parser("list", help="list users")
+    user_password = users_command.add_parser("set-password", help="give a user a new password")
+    user_commands = [user_create, user_list, user_password]
+    for name, text in (("disable", "stop a user signing in"), ("enable", "let a user sign in again"),
+                       ("delete", "delete a user")):  # fmt: skip
+        user_commands.append(users_command.add_parser(name, help=text))
+    for command in user_commands:
+        if command is not user_list and command is not user_create:
+            command.add_argument("username")
+        if command in (user_create, user_password):
+            command.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        database_options(command)
+        command.set_defaults(handler=users)
+
+    apps_command = commands.add_parser("apps", help="manage SMART apps").add_subparsers(dest="action", required=True)
+    register = apps_command.add_parser("register", help="register a SMART app; prints it (and a secret) once")
+    register.add_argument("--name", required=True)
+    register.add_argument("--redirect-uri", action="append", required=True, help="an exact redirect URI (repeat)")
+    register.add_argument("--scope", action="append", required=True, help="scopes it may ask for (repeat)")
+    register.add_argument("--launch-url", help="where an EHR opens the app")
+    register.add_argument("--confidential", action="store_true", help="a confidential app with a secret")
+    register.add_argument("--jwks", help="a JWKS file: a confidential app using private_key_jwt")
+    register.add_argument("--client-id", help="choose the client id (default: a random one)")
+    app_list = apps_command.add_parser("list", help="list apps")
+    app_delete = apps_command.add_parser("delete", help="delete an app (by id or client id)")
+    app_delete.add_argument("id")
+    for command in (register, app_list, app_delete):
+        database_options(command)
+        command.set_defaults(handler=apps)
 
     worker_command = commands.add_parser("worker", help="run a delivery worker on its own")
     database_options(worker_command)

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from .auth.apps_http import smart_apps_router
 from .auth.discovery import rest_security
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
@@ -70,6 +71,7 @@ class FaxModule:
         app.include_router(self.fax.sdk_router(), prefix=self.settings.fax_api_path)
         app.include_router(self.z3.router(), prefix=self.settings.project_api_path)
         app.include_router(m2m_router(self.fhir, self.slot), prefix=self.settings.project_api_path)
+        app.include_router(smart_apps_router(self.fhir, self.slot), prefix=self.settings.project_api_path)
         app.include_router(webhook_router(self.fax))  # at /fax/webhooks/{carrier}
         previous = app.router.lifespan_context
 

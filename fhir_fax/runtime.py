@@ -23,6 +23,8 @@ from .auth import assertions, limiter
 from .auth.clients import Clients
 from .auth.gate import Gate
 from .auth.guard import Guard
+from .auth.smart_store import ensure_smart_indexes
+from .auth.users import Users
 from .errors import Unavailable
 from .fax import document_faxes, sandbox
 from .fax.media import Z3MediaChecker
@@ -154,6 +156,9 @@ class Runtime:
         await limiter.ensure_indexes(self.database)
         if self.settings.bootstrap_client_id and self.settings.bootstrap_client_secret:
             await clients.ensure_bootstrap(self.settings.bootstrap_client_id, self.settings.bootstrap_client_secret)
+        await ensure_smart_indexes(self.database)  # users, apps, codes, refresh tokens, launches
+        if self.settings.bootstrap_user and self.settings.bootstrap_password:
+            await Users(self.database).ensure_bootstrap(self.settings.bootstrap_user, self.settings.bootstrap_password)
         await self.database[RECEIPTS].create_index("received", name="expiry", expireAfterSeconds=7 * 86_400)
 
     def worker(self) -> Worker:

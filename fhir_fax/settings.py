@@ -131,6 +131,25 @@ class Settings(BaseSettings):
     # Access
     bootstrap_client_id: str | None = Field(default=None, description="An admin client ensured at start-up.")
     bootstrap_client_secret: str | None = Field(default=None, description="Its secret.")
+    bootstrap_user: str | None = Field(default=None, description="An admin user (SMART sign-in) ensured at start-up.")
+    bootstrap_password: str | None = Field(default=None, description="Its password.")
+    authorization_code_seconds: int = Field(
+        default=60, ge=5, le=600, description="How long an authorization code may be exchanged (single use)."
+    )
+    refresh_token_days: int = Field(
+        default=30, ge=1, description="How long an offline_access refresh token lasts (each use rotates it)."
+    )
+    online_refresh_hours: int = Field(
+        default=8, ge=1, description="How long an online_access refresh token lasts (a working day)."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Browser origins (JSON list; ["*"] for any) whose scripts may call the API: SMART apps that '
+        "run in a browser need it. Tokens travel in headers, never cookies, so no credentials are allowed.",
+    )
+    sign_in_seconds: int = Field(
+        default=600, ge=60, description="How long a sign-in and consent at /oauth/authorize may take."
+    )
     token_lifetime_seconds: int = Field(default=900, ge=60, description="How long issued access tokens last.")
     token_failures_per_minute: int = Field(
         default=10,

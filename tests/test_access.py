@@ -21,6 +21,11 @@ PUBLIC = {
     ("GET", "/fhir/.well-known/smart-configuration"): "SMART configuration",
     ("GET", "/.well-known/jwks.json"): "our public keys",
     ("POST", "/oauth/token"): "the token endpoint (client credentials are its check)",
+    ("GET", "/oauth/authorize"): "the SMART sign-in page: a user's password is its check (test_smart_errors)",
+    ("POST", "/oauth/authorize"): "the sign-in/consent/patient forms: password, CSRF token (test_smart_errors)",
+    ("POST", "/oauth/introspect"): "RFC 7662: the app's own credentials are its check (test_smart_tokens)",
+    ("POST", "/oauth/revoke"): "RFC 7009: the app's own credentials are its check (test_smart_tokens)",
+    ("GET", "/.well-known/openid-configuration"): "OpenID Connect discovery",
     ("POST", "/fax/webhooks/{carrier}"): "carrier webhooks: verified by signature (test_webhooks, test_carriers)",
     ("GET", "/healthz"): "liveness",
     ("PUT", "/v1/z3/{bucket}/{key}"): "upload to a signed URL: its signature is the permission (test_z3_urls)",
@@ -70,8 +75,9 @@ ROUTES = sorted((method, path.format(**EXAMPLE_PATH_VALUES)) for method, path in
 
 def test_the_route_list_covers_every_api() -> None:
     prefixes = {path.split("/")[1] for _, path in ROUTES}
-    assert prefixes == {"fhir", "fax", "v1"}
+    assert prefixes == {"fhir", "fax", "v1", "oauth"}
     assert ("POST", "/v1/m2m") in ROUTES and ("GET", "/fax/v1/faxes/c1/preview") in ROUTES
+    assert ("POST", "/oauth/launch") in ROUTES and ("POST", "/v1/smart-apps") in ROUTES
     assert len(ROUTES) >= 25
     assert set(PUBLIC) <= TABLE, "the allow-list names only routes that exist"
 

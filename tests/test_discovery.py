@@ -55,7 +55,12 @@ async def test_metadata_declares_smart_on_fhir_with_the_token_endpoint(anonymous
         {"system": SECURITY_SERVICE, "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}
     ]
     (uris,) = [e for e in security["extension"] if e["url"] == OAUTH_URIS]
-    assert uris["extension"] == [{"url": "token", "valueUri": TOKEN_URL}], "only the endpoints that are served"
+    assert uris["extension"] == [
+        {"url": "authorize", "valueUri": "http://fhir.test/oauth/authorize"},
+        {"url": "token", "valueUri": TOKEN_URL},
+        {"url": "introspect", "valueUri": "http://fhir.test/oauth/introspect"},
+        {"url": "revoke", "valueUri": "http://fhir.test/oauth/revoke"},
+    ], "only the endpoints that are served (no dynamic registration)"
     config = (await anonymous.get("/fhir/.well-known/smart-configuration")).json()
     assert config["token_endpoint"] == TOKEN_URL
     assert (await token_request(anonymous, None)).status_code == 200, "the declared endpoint issues tokens"
@@ -65,32 +70,33 @@ async def test_smart_configuration_lists_only_what_is_served(anonymous: httpx.As
     response = await anonymous.get("/fhir/.well-known/smart-configuration")
     assert response.status_code == 200
     config = response.json()
-    assert config["grant_types_supported"] == ["client_credentials"]
+    assert config["grant_types_supported"] == ["authorization_code", "refresh_token", "client_credentials"]
     assert config["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
         "client_secret_post",
         "private_key_jwt",
     ]
+    assert config["response_types_supported"] == ["code"]
+    assert config["code_challenge_methods_supported"] == ["S256"]
+    assert config["issuer"] == "http://fhir.test"
     assert set(config["capabilities"]) == {
-        "client-confidential-symmetric",
-        "client-confidential-asymmetric",
-        "permission-v1",
-        "permission-v2",
-    }
-    for absent in (
-        "authorization_endpoint",
-        "response_types_supported",
-        "code_challenge_methods_supported",
-        "issuer",
-        "introspection_endpoint",
-        "revocation_endpoint",
-        "registration_endpoint",
-    ):
-        assert absent not in config, f"{absent} describes something this server does not serve"
+        "launch-ehr", "launch-standalone", "client-public", "client-confidential-symmetric",
+        "client-confidential-asymmetric", "context-ehr-patient", "context-standalone-patient",
+        "sso-openid-connect", "permission-offline", "permission-online", "permission-patient", "permission-user",
+        "permission-v1", "permission-v2",
+    }  # fmt: skip
+    assert "registration_endpoint" not in config, "dynamic registration is not served"
+    for name in ("authorization_endpoint", "introspection_endpoint", "revocation_endpoint"):
+        method = anonymous.get if name == "authorization_endpoint" else anonymous.post
+        served = await method(config[name])
+        assert served.status_code in (400, 401), (name, served.status_code, "served, and it refuses an empty call")
+    openid = (await anonymous.get("/.well-known/openid-configuration")).json()
+    assert openid["issuer"] == config["issuer"] and openid["jwks_uri"] == config["jwks_uri"]
+    assert openid["id_token_signing_alg_values_supported"] == ["RS256"]
     assert "RS384" in config["token_endpoint_auth_signing_alg_values_supported"]
     assert (await anonymous.get("/.well-known/jwks.json")).status_code == 200, "jwks_uri is served"
     assert config["jwks_uri"] == "http://fhir.test/.well-known/jwks.json"
-    for scope in config["scopes_supported"]:  # each listed scope is one the token endpoint grants
+    for scope in [s for s in config["scopes_supported"] if s.startswith("system/")]:  # client credentials grant
         granted = await token_request(anonymous, scope)
         assert granted.status_code == 200, (scope, granted.text)
         assert granted.json()["scope"].startswith("system/"), scope

@@ -114,7 +114,7 @@ async def test_every_server_process_shares_the_failure_count(
 async def test_smart_configuration(auth_api: httpx.AsyncClient) -> None:
     config = (await auth_api.get("/fhir/.well-known/smart-configuration")).json()
     assert config["token_endpoint"] == "http://fhir.test/oauth/token"
-    assert "code_challenge_methods_supported" not in config, "no authorization endpoint, so no PKCE"
+    assert config["code_challenge_methods_supported"] == ["S256"], "PKCE, S256 only"
     assert "permission-v2" in config["capabilities"] and "client_credentials" in config["grant_types_supported"]
 
 

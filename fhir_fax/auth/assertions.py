@@ -8,6 +8,7 @@ minutes, and carry a ``jti`` never seen before (kept until the assertion expires
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,8 +40,17 @@ def claimed_client(assertion: str) -> str | None:
     return issuer if isinstance(issuer, str) else None
 
 
-async def authenticate_assertion(database: Any, assertion: str, token_endpoint: str) -> dict[str, Any]:
-    """The client the assertion proves, or AssertionError_ with the reason."""
+async def authenticate_assertion(
+    database: Any,
+    assertion: str,
+    token_endpoint: str,
+    lookup: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
+) -> dict[str, Any]:
+    """The client the assertion proves, or AssertionError_ with the reason.
+
+    ``lookup`` finds the client record (with its ``jwks``) by client id: M2M clients by default, SMART apps
+    when the authorization server asks.
+    """
     try:
         header = jwt.get_unverified_header(assertion)
         unverified = jwt.decode(assertion, options={"verify_signature": False})
@@ -49,7 +59,8 @@ async def authenticate_assertion(database: Any, assertion: str, token_endpoint: 
     if header.get("alg") not in ALGORITHMS:
         raise AssertionError_(f"client_assertion must be signed with one of {', '.join(ALGORITHMS)}.")
     client_id = unverified.get("iss")
-    record = await Clients(database).by_client_id(client_id) if isinstance(client_id, str) else None
+    find = lookup or Clients(database).by_client_id
+    record = await find(client_id) if isinstance(client_id, str) else None
     if record is None or not record.get("jwks"):
         raise AssertionError_("Unknown client, or a client without registered keys (jwks).")
     keys = [k for k in record["jwks"].get("keys", []) if k.get("kid") == header.get("kid")]

@@ -1,14 +1,18 @@
-"""How clients find this server's authorization: the SMART configuration and ``/metadata``'s ``rest.security``.
+"""How clients find this server's authorization: the SMART configuration, the OpenID configuration and
+``/metadata``'s ``rest.security``.
 
-Both documents state only what is served. This server is a SMART *backend services* authorization server:
-one grant (``client_credentials``), clients authenticated by a secret (Basic or form) or a signed assertion
-(``private_key_jwt``), tokens carrying ``system/`` scopes. It has no authorization endpoint, so nothing that
-belongs to the user-facing flows is announced: no ``response_types_supported`` or PKCE methods (they describe
-the authorization endpoint), no ``launch-*`` or ``sso-openid-connect`` capabilities, no ``permission-patient``
-(a client-credentials token cannot carry a patient in context). Introspection, revocation and registration
-are not served either, so neither document names them.
+All three state only what is served, and are built here from one list of endpoints so that they cannot
+disagree. This server is a SMART App Launch 2.x authorization server:
 
-The two documents are built here from one list of endpoints so that they cannot disagree.
+- backend services: ``client_credentials`` for M2M clients (secret, Basic or form, or ``private_key_jwt``);
+- apps people open: ``authorization_code`` with PKCE (S256 only) at ``/oauth/authorize`` (sign-in, consent,
+  patient picker), standalone or from an EHR (``launch``), for public apps and confidential ones (secret or
+  ``private_key_jwt``), then ``refresh_token`` (rotating) for ``offline_access`` / ``online_access``;
+- an OpenID Connect id_token (RS256, ``fhirUser``) for ``openid fhirUser``;
+- introspection (RFC 7662) and revocation (RFC 7009) for an app's own tokens.
+
+Dynamic registration is not served (apps are registered with ``fhir-fax apps`` or ``/v1/smart-apps``), so no
+document names it.
 """
 
 from __future__ import annotations
@@ -17,15 +21,42 @@ from typing import Any
 
 from .assertions import ALGORITHMS
 
-GRANT_TYPES = ("client_credentials",)
+GRANT_TYPES = ("client_credentials",)  # the M2M grant (routes.py)
+APP_GRANT_TYPES = ("authorization_code", "refresh_token")  # SMART apps (smart_routes.py)
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 CAPABILITIES = (
+    "launch-ehr",  # POST /oauth/launch, then launch=... with scope launch
+    "launch-standalone",  # launch/patient: the patient picker
+    "client-public",  # PKCE, no secret
     "client-confidential-symmetric",  # client_secret_basic / client_secret_post
-    "client-confidential-asymmetric",  # private_key_jwt (a registered JWKS or JWKS URL)
-    "permission-v1",  # system/*.read, system/*.write, system/*.*
-    "permission-v2",  # system/Communication.rs ...
+    "client-confidential-asymmetric",  # private_key_jwt (a registered JWKS)
+    "context-ehr-patient",  # the launch's patient in the token response
+    "context-standalone-patient",  # the picked patient in the token response
+    "sso-openid-connect",  # openid fhirUser: an id_token
+    "permission-offline",  # offline_access: a long-lived, rotating refresh token
+    "permission-online",  # online_access: a refresh token for a working day
+    "permission-patient",  # patient/ scopes: kept to the patient's compartment by the gate
+    "permission-user",  # user/ scopes: the user's own access policy
+    "permission-v1",  # patient/*.read, user/*.write, system/*.*
+    "permission-v2",  # patient/Communication.rs ...
 )
 SCOPES_SUPPORTED = (
+    "openid",
+    "fhirUser",
+    "profile",
+    "launch",
+    "launch/patient",
+    "launch/encounter",
+    "offline_access",
+    "online_access",
+    "patient/*.rs",
+    "patient/*.read",
+    "patient/Communication.cruds",
+    "patient/Communication.rs",
+    "user/*.cruds",
+    "user/*.rs",
+    "user/*.read",
+    "user/*.write",
     "system/*.cruds",
     "system/*.rs",
     "system/Communication.cruds",
@@ -41,43 +72,78 @@ def token_endpoint(issuer: str) -> str:
     return f"{issuer}/oauth/token"
 
 
-def smart_configuration(issuer: str) -> dict[str, Any]:
-    """``/.well-known/smart-configuration`` (SMART App Launch 2.x) for a backend-services-only server.
-
-    Required there: ``token_endpoint``, ``grant_types_supported``, ``capabilities``. ``issuer`` is required only
-    with ``sso-openid-connect`` (not served) and is left out; ``jwks_uri`` is optional without it and kept: it is
-    where resource servers and clients find the key that signs our access tokens.
-    """
+def endpoints(issuer: str) -> dict[str, str]:
     return {
-        "token_endpoint": token_endpoint(issuer),
-        "grant_types_supported": list(GRANT_TYPES),
+        "authorize": f"{issuer}/oauth/authorize",
+        "token": token_endpoint(issuer),
+        "introspect": f"{issuer}/oauth/introspect",
+        "revoke": f"{issuer}/oauth/revoke",
+    }
+
+
+def smart_configuration(issuer: str) -> dict[str, Any]:
+    """``/.well-known/smart-configuration`` (SMART App Launch 2.x)."""
+    urls = endpoints(issuer)
+    return {
+        "issuer": issuer,
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "authorization_endpoint": urls["authorize"],
+        "token_endpoint": urls["token"],
+        "introspection_endpoint": urls["introspect"],
+        "revocation_endpoint": urls["revoke"],
+        "grant_types_supported": [*APP_GRANT_TYPES, *GRANT_TYPES],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
         "scopes_supported": list(SCOPES_SUPPORTED),
         "capabilities": list(CAPABILITIES),
+    }
+
+
+def openid_configuration(issuer: str, fhir_path: str) -> dict[str, Any]:
+    """``/.well-known/openid-configuration``: the OpenID Connect provider metadata of the same server."""
+    urls = endpoints(issuer)
+    return {
+        "issuer": issuer,
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "authorization_endpoint": urls["authorize"],
+        "token_endpoint": urls["token"],
+        "introspection_endpoint": urls["introspect"],
+        "revocation_endpoint": urls["revoke"],
+        "response_types_supported": ["code"],
+        "grant_types_supported": list(APP_GRANT_TYPES),
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": [*AUTH_METHODS, "none"],
+        "scopes_supported": ["openid", "fhirUser", "profile", "offline_access", "online_access"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser", "name"],
     }
 
 
 def rest_security(issuer: str) -> dict[str, Any]:
-    """``CapabilityStatement.rest.security``: SMART-on-FHIR, and where the token endpoint is (``oauth-uris``).
-
-    Only ``token`` is listed in ``oauth-uris``: ``authorize``, ``introspect``, ``revoke`` and ``register`` are
-    not served.
-    """
+    """``CapabilityStatement.rest.security``: SMART-on-FHIR, and its endpoints (the ``oauth-uris`` extension)."""
     return {
-        "extension": [{"url": OAUTH_URIS, "extension": [{"url": "token", "valueUri": token_endpoint(issuer)}]}],
+        "extension": [
+            {
+                "url": OAUTH_URIS,
+                "extension": [{"url": name, "valueUri": url} for name, url in endpoints(issuer).items()],
+            }
+        ],
         "service": [
             {
                 "coding": [{"system": SECURITY_SERVICE, "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}],
-                "text": "OAuth 2.0 with SMART backend services (client credentials)",
+                "text": "OAuth 2.0 with SMART App Launch (authorization code + PKCE) and backend services",
             }
         ],
         "description": (
-            "Every interaction except this CapabilityStatement needs a bearer token from the token endpoint "
-            f"({token_endpoint(issuer)}): grant_type=client_credentials, the client authenticated with its secret "
-            "(HTTP Basic or form) or a signed JWT assertion (private_key_jwt). Tokens carry system/ scopes, which "
-            "narrow the client's access policy; the token response's scope says what the token may do. The SMART "
-            "configuration is at .well-known/smart-configuration under this base."
+            "Every interaction except this CapabilityStatement needs a bearer token. Apps people open use the "
+            f"authorization endpoint ({endpoints(issuer)['authorize']}: sign-in, consent, patient picker; PKCE S256, "
+            "state and aud required) and then the token endpoint; machine clients use the token endpoint "
+            f"({token_endpoint(issuer)}) with grant_type=client_credentials, their secret (HTTP Basic or form) or a "
+            "signed JWT assertion (private_key_jwt). Scopes narrow the user's or client's access policy; patient/ "
+            "scopes keep a token to the patient in context. The SMART configuration is at "
+            ".well-known/smart-configuration under this base."
         ),
     }

@@ -136,7 +136,8 @@ class Gate:
         too), ``r`` on the type by the scopes, and the patient's compartment.
         """
         principal = await self.identify(request)
-        if principal.scopes and not permits_action(principal.scopes, READ, f"FHIR:{resource_type}"):
+        scoped = principal.scopes or principal.scoped
+        if scoped and not permits_action(principal.scopes, READ, f"FHIR:{resource_type}"):
             return None
         scope = id_scope(principal.rules, READ, resource_type)
         if scope.empty:

@@ -23,6 +23,7 @@ from ..errors import Forbidden, Unauthorized, Unavailable
 from ..fhir.compartments import LIMITED_TYPES
 from ..settings import Settings
 from .addresses import TrustedProxies, caller_address
+from .apps import Apps
 from .clients import Clients
 from .issuers import ExternalIssuers, IssuerUnavailable
 from .policies import PolicyError, Rule, allows, parse_policy
@@ -36,7 +37,9 @@ from .scopes import (
     permits_action,
     scope_terms,
 )
+from .smart_store import SmartStore
 from .tokens import SigningKey, TokenError, signing_key, verify_token
+from .users import Users
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class Principal:
     client_id: str
     rules: tuple[Rule, ...]
     scopes: tuple[Scope, ...]
-    patient: str | None = None  # the patient in context (SMART), from an external token's claim
+    patient: str | None = None  # the patient in context (SMART), from a SMART app's or an external token's claim
+    scoped: bool = False  # a user's token: its scopes narrow even when it has no resource scope (it then has none)
 
     def may(self, action: str, resource: str) -> bool:
         return self.refusal(action, resource) is None
@@ -61,7 +65,7 @@ class Principal:
 
     def scope_refusal(self, action: str, resource: str) -> str | None:
         """Why the token's scopes (and patient in context) do not allow it, or None (no scopes: None)."""
-        if not self.scopes:
+        if not self.scopes and not self.scoped:
             return None
         resource_type, letters = scope_terms(action, resource)
         if not permits_action(self.scopes, action, resource):
@@ -130,7 +134,8 @@ class Guard:
         if not header.lower().startswith("bearer ") or not header[7:].strip():
             await self._audit_refusal(request, "anonymous", "no bearer token")
             raise _unauthorized(
-                "This request needs a bearer token; get one with POST /oauth/token (client credentials).",
+                "This request needs a bearer token; get one with POST /oauth/token (client credentials) or "
+                "through a SMART app (/oauth/authorize).",
                 error="invalid_request",
             )
         token = header[7:].strip()
@@ -161,11 +166,36 @@ class Guard:
         if self._key is None:
             self._key = await signing_key(self.database)
         claims = verify_token(self._key, token, issuer=base, audience=audience)
+        if "grant" in claims:
+            return await self._user_principal(claims)
         client = await Clients(self.database).by_client_id(claims["client_id"])
         if client is None:
             raise TokenError("The token's client no longer exists.")
         return Principal(
             client["clientId"], parse_policy(client["accessPolicy"]), parse_scopes(claims.get("scope", ""))
+        )
+
+    async def _user_principal(self, claims: dict[str, Any]) -> Principal:
+        """A SMART app's token: the user's current policy, the granted scopes, the patient in context.
+
+        Its grant must not be revoked (a replayed code or refresh token, or RFC 7009 revocation, revokes it), and
+        the app and the user must still exist (the user not disabled): each is looked up on every request.
+        """
+        grant = await SmartStore(self.database).grant(str(claims["grant"]))
+        if grant is None or grant.get("revoked"):
+            raise TokenError("The bearer token was revoked; sign in to the app again.")
+        app = await Apps(self.database).by_client_id(claims["client_id"])
+        if app is None:
+            raise TokenError("The token's app is no longer registered.")
+        user = await Users(self.database).get(claims["sub"])
+        if user is None or user.get("disabled"):
+            raise TokenError("The token's user no longer exists or may no longer sign in.")
+        return Principal(
+            f"{user['username']} via {app['clientId']}",
+            parse_policy(user["accessPolicy"]),
+            parse_scopes(claims.get("scope", "")),
+            claims.get("patient"),
+            scoped=True,
         )
 
     def address(self, request: Request) -> str | None:

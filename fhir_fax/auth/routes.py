@@ -1,5 +1,8 @@
 """The token endpoint (OAuth 2.0 client credentials), the JWKS, and the SMART configuration.
 
+The SMART App Launch grants (``authorization_code``, ``refresh_token``) and pages are ``smart_routes.py``;
+the token endpoint hands those grant types over to it.
+
 ``POST /oauth/token`` takes ``grant_type=client_credentials`` with the client's id and secret (form
 fields or HTTP Basic) and an optional ``scope`` that can only narrow the client's access policy; the
 response's ``scope`` is what was granted (``grants.py``: none granted is ``invalid_scope``, no token).
@@ -16,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..audit import ANONYMOUS
@@ -30,6 +33,7 @@ from .grants import grant_for
 from .limiter import FailureLimiter
 from .oauth_http import OAuthRoute
 from .scopes import ScopeError
+from .smart_routes import SmartAPI
 from .tokens import issue_token, signing_key
 
 GRANT_TYPES = list(discovery.GRANT_TYPES)
@@ -46,6 +50,7 @@ class AuthAPI:
         self.runtime = runtime
         self.limiter = FailureLimiter(settings.token_failures_per_minute)
         self.proxies = TrustedProxies.of(settings.trusted_proxies)
+        self.smart = SmartAPI(settings, runtime, self.limiter)  # the SMART App Launch grants and pages
 
     @property
     def database(self) -> Any:
@@ -83,9 +88,12 @@ class AuthAPI:
     def router(self) -> APIRouter:
         router = APIRouter(route_class=OAuthRoute.limited(self.settings.token_max_body_bytes), tags=["Access"])
 
-        @router.post("/oauth/token", summary="OAuth 2.0 token endpoint (client credentials)")
-        async def token(request: Request) -> JSONResponse:
-            form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+        @router.post("/oauth/token", summary="OAuth 2.0 token endpoint (client credentials, code, refresh token)")
+        async def token(request: Request) -> Response:
+            pairs = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+            form = dict(pairs)
+            if form.get("grant_type") in discovery.APP_GRANT_TYPES:
+                return await self.smart.token(request, pairs)  # SMART apps (Authlib's grants)
             client_id, secret = form.get("client_id"), form.get("client_secret")
             basic = request.headers.get("authorization", "")
             if basic.lower().startswith("basic "):
@@ -154,4 +162,6 @@ class AuthAPI:
         async def smart_configuration(request: Request) -> dict[str, Any]:
             return discovery.smart_configuration(self.issuer(request))
 
+        router.include_router(self.smart.router())
+        router.include_router(self.smart.launch_router())
         return router

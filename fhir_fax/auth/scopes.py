@@ -44,6 +44,10 @@ SCOPE_OF_ACTION: dict[str, tuple[str, str]] = {
     "App:UpdateM2MClient": (ADMINISTRATION, "u"),
     "App:DeleteM2MClient": (ADMINISTRATION, "d"),
     "App:RotateM2MClientSecret": (ADMINISTRATION, "u"),
+    "App:Launch": (ADMINISTRATION, "c"),  # an EHR making a launch context (it also needs to read the patient)
+    "App:RegisterSmartApp": (ADMINISTRATION, "c"),
+    "App:ListSmartApps": (ADMINISTRATION, "s"),
+    "App:DeleteSmartApp": (ADMINISTRATION, "d"),
 }
 
 

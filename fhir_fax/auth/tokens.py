@@ -34,6 +34,12 @@ class SigningKey:
     kid: str
     private_key: rsa.RSAPrivateKey
 
+    @property
+    def pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
     def jwk(self) -> dict[str, Any]:
         public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.private_key.public_key()))
         return {**public, "kid": self.kid, "use": "sig", "alg": ALGORITHM}
@@ -67,6 +73,11 @@ def issue_token(key: SigningKey, *, issuer: str, audience: str, client_id: str, 
         "exp": moment + lifetime,
         "jti": uuid.uuid4().hex,
     }
+    return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "at+jwt"})
+
+
+def sign(key: SigningKey, claims: dict[str, Any]) -> str:
+    """An access token with these claims (SMART apps' tokens carry the user, grant and patient too)."""
     return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "at+jwt"})
 
 
