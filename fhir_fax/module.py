@@ -15,6 +15,7 @@ from .auth.discovery import rest_security
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
+from .fax.inbound_routes import inbound_router
 from .fax.operation import send_fax_operation
 from .fax.routes import FaxAPI
 from .fax.webhooks import webhook_router
@@ -65,6 +66,7 @@ class FaxModule:
         app.include_router(build_fhir_router(self.fhir), prefix=prefix)  # REST interactions and operations
         app.include_router(build_fallback_router(self.fhir), prefix=prefix)
         app.include_router(self.fax.sdk_router(), prefix=self.settings.fax_api_path)
+        app.include_router(inbound_router(self.fax), prefix=self.settings.fax_api_path)  # reception (Fax:Receive)
         app.include_router(self.z3.router(), prefix=self.settings.project_api_path)
         app.include_router(m2m_router(self.fhir, self.slot), prefix=self.settings.project_api_path)
         app.include_router(webhook_router(self.fax))  # at /fax/webhooks/{carrier}

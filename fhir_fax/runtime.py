@@ -25,6 +25,7 @@ from .auth.gate import Gate
 from .auth.guard import Guard
 from .errors import Unavailable
 from .fax import document_faxes, sandbox
+from .fax.inbound import Reception
 from .fax.media import Z3MediaChecker
 from .fax.outbox import Outbox
 from .fax.references import HttpResolver, LocalResolver, ReferenceResolver
@@ -135,6 +136,13 @@ class Runtime:
         """The carrier, made on first use (a server without a worker needs no carrier credentials)."""
         return make_transport(self.settings, self.database)  # the one place a carrier is made
 
+    @cached_property
+    def reception(self) -> Reception:
+        """Receives faxes (carrier webhooks, the simulator, ``fhir-fax inbound simulate``)."""
+        base = self.settings.base_url
+        api = base.rstrip("/") + self.settings.project_api_path if base else None
+        return Reception(self.settings, self.database, self.store, self.z3, self.service.numbers, project_api_base=api)
+
     @property
     def outbox(self) -> Outbox:
         return self.service.outbox
@@ -148,6 +156,7 @@ class Runtime:
             await self.store.put_if_changed(definition)
         await self.service.ensure_indexes()
         await document_faxes.ensure_indexes(self.database)
+        await self.reception.ensure_indexes()
         clients = Clients(self.database)
         await clients.ensure_indexes()
         await assertions.ensure_indexes(self.database)

@@ -4,7 +4,8 @@ A document belongs to the Communications of the faxes sent with it (``fax_jobs.m
 are frozen at send, the version each fax pinned is ``fax_jobs.media_version``) and so does its rendering
 (``fax_jobs.rendered``). Only the send path writes these fields, after checking that the
 caller may read the document, so a client cannot attach someone else's document to its own patient's
-record by writing a Communication by hand.
+record by writing a Communication by hand. A received fax's documents belong to its Communication, as the
+reception recorded it (``inbound_faxes.documents``, written only by ``inbound.Reception``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from ..z3.locations import parse_z3_url
 from ..z3.store import Z3Store
+from .inbound import COLLECTION as INBOUND
 from .outbox import COLLECTION, Outbox
 
 FIELDS = ("media", "rendered")
@@ -35,6 +37,8 @@ def carriers_of(database: Any) -> Any:
                 query["media_version"] = {"$in": [version, None]}
             async for job in database[COLLECTION].find(query, {"communication_id": 1}):
                 found.append(job["communication_id"])
+        async for received in database[INBOUND].find({"documents": url}, {"communication_id": 1}):
+            found.append(received["communication_id"])
         return list(dict.fromkeys(found))
 
     return carriers

@@ -1,0 +1,364 @@
+"""Reception: a fax that arrives at an onboarded number becomes a Communication, its document kept in Z3, and a Task.
+
+Whichever way it comes (a carrier's verified webhook, the simulator, ``fhir-fax inbound simulate``), a received
+fax goes through ``Reception.receive`` and only there. Order of work, so that a refusal stores nothing:
+
+1. the called number must be onboarded (else refused, logged, nothing stored);
+2. the same carrier fax already received is answered with what was stored then (webhooks repeat);
+3. the document passes the hostile-document guards in the sandbox, and a TIFF becomes a PDF
+   (``inbound_document.accept``);
+4. the PDF (and the carrier's original when it differs) is written to Z3, bucket ``FHIR_FAX_INBOUND_BUCKET``,
+   key ``{yyyy}/{mm}/{dd}/{fax id}.pdf``;
+5. one transaction writes the reception record (``inbound_faxes``, ``_id`` = carrier + carrier's fax id: the
+   unique key that makes two deliveries of the same fax one), the Communication, the triage Task and the
+   AuditEvent.
+
+The Communication has the shape the hosted service gives received faxes and Ottehr reads (see ``communication``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from ..audit import FAX_EVENTS, SUCCESS, audit_event
+from ..db import in_transaction
+from ..errors import Unavailable, Unprocessable
+from ..fhir.models import format_instant, now
+from ..fhir.store import ResourceStore
+from ..settings import Settings
+from ..z3.locations import Z3Location
+from ..z3.store import Z3Store
+from .documents import DocumentProblem
+from .inbound_document import PDF, AcceptedDocument, accept
+from .numbers import FaxNumbers
+from .phone import E164
+from .status import Failure
+from .terminology import (
+    CALLER_NUMBER_SYSTEM,
+    FAILURE_REASON_SYSTEM,
+    FAX_IDENTIFIER_SYSTEM,
+    TASK_CODE_SYSTEM,
+    TRIAGE_CODE,
+    fax_identifier,
+    fax_medium,
+    inbound_category,
+    inbound_status_extension,
+    pages_extension,
+)
+from .transports.base import InboundMedia, InboundNotice
+
+log = logging.getLogger("fhir_fax.inbound")
+
+COLLECTION = "inbound_faxes"
+FAX_IDS = uuid.UUID("6f1d3c1e-4b7a-4c55-9a51-0c2b5e7f9d10")  # namespace: our fax id from the carrier's
+SENDER_ID, RECIPIENT_ID = "caller", "called"  # ids of the contained Devices
+
+
+class NotOnboarded(Unprocessable):
+    """The fax was sent to a number this project has not onboarded: refused, nothing stored."""
+
+
+class ReceptionUnavailable(Unavailable):
+    """The database did not take the reception's write; the carrier's retry will deliver it again."""
+
+
+@dataclass(frozen=True)
+class Received:
+    communication: dict[str, Any]
+    task: dict[str, Any] | None
+    duplicate: bool  # this carrier fax had been received before: nothing new was stored
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where the document of one fax was put."""
+
+    pdf: Z3Location
+    info: AcceptedDocument
+    original: Z3Location | None
+
+
+def fax_id_of(carrier: str, carrier_fax_id: str) -> str:
+    """Our fax id for a carrier's received fax: the same for every delivery of it (so the same Z3 key)."""
+    return str(uuid.uuid5(FAX_IDS, f"{carrier}:{carrier_fax_id}"))
+
+
+def caller_number(value: str) -> str | None:
+    """The caller's number when it is E.164 (carriers say "anonymous" or worse for hidden numbers)."""
+    return value if E164.fullmatch(value) else None
+
+
+class Reception:
+    """Receives faxes: the number check, duplicates, the document, and the one write."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Any,
+        store: ResourceStore,
+        z3: Z3Store,
+        numbers: FaxNumbers,
+        *,
+        project_api_base: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.store = store
+        self.z3 = z3
+        self.numbers = numbers
+        self.records = database[COLLECTION]
+        # Attachment URLs in the project API's form when the public address is known (as the hosted service
+        # writes them), else z3://bucket/key; both name the same object.
+        self.project_api_base = project_api_base
+
+    async def ensure_indexes(self) -> None:
+        await self.records.create_index("documents", name="documents")
+        await self.records.create_index("communication_id", name="communication")
+
+    # -- the steps before anything is stored -----------------------------------------------------------
+
+    async def check_number(self, notice: InboundNotice, carrier: str) -> dict[str, Any]:
+        """The onboarded number's record; NotOnboarded (logged) when the fax was not sent to one of ours."""
+        record = await self.numbers.record(notice.to_number) if E164.fullmatch(notice.to_number) else None
+        if record is None:
+            log.warning(
+                "%s fax %s to %.20r refused: the number is not onboarded; nothing was stored",
+                carrier, notice.carrier_fax_id, notice.to_number,
+            )  # fmt: skip
+            raise NotOnboarded(
+                f"to: {notice.to_number!r} is not a fax number onboarded to this project; the fax was refused and "
+                "nothing was stored. Onboard it first (POST /fax/v1/onboard).",
+                expression=["to"],
+            )
+        return record
+
+    async def earlier(self, carrier: str, notice: InboundNotice) -> Received | None:
+        """What an earlier delivery of the same carrier fax stored, or None."""
+        record = await self.records.find_one({"_id": f"{carrier}:{notice.carrier_fax_id}"})
+        if record is None:
+            return None
+        communication = await self.store.read("Communication", record["communication_id"])
+        task = await self.store.read("Task", record["task_id"]) if record.get("task_id") else None
+        return Received(communication, task, duplicate=True)
+
+    # -- reception -------------------------------------------------------------------------------------
+
+    async def receive(
+        self, carrier: str, notice: InboundNotice, media: InboundMedia | None, *, who: str, address: str | None = None
+    ) -> Received:
+        """Receive one fax (see the module's steps); DomainErrors say why nothing was stored."""
+        number = await self.check_number(notice, carrier)
+        found = await self.earlier(carrier, notice)
+        if found is not None:
+            return found
+        fax_id = fax_id_of(carrier, notice.carrier_fax_id)
+        moment = now()
+        stored = None
+        if notice.failure is None:
+            if media is None:
+                raise Unprocessable("The fax carried no document; nothing was stored.", expression=["media"])
+            try:
+                accepted = await accept(media.data, self.settings.max_pages)
+            except DocumentProblem as problem:
+                log.warning("%s fax %s refused: %s", carrier, notice.carrier_fax_id, problem)
+                raise Unprocessable(f"document: {problem} Nothing was stored.", expression=["media"]) from None
+            stored = await self.keep(fax_id, moment, accepted)
+        communication = self.communication(fax_id, notice, number.get("owner"), stored, moment)
+        communication_id = str(uuid.uuid4())
+        task = None if stored is None else triage_task(communication_id, fax_id, notice, stored, number.get("owner"))
+        return await self.record(carrier, notice, fax_id, communication_id, communication, task, stored, who, address)
+
+    async def keep(self, fax_id: str, moment: datetime, accepted: AcceptedDocument) -> Stored:
+        """Write the PDF, and the carrier's original when it was not that PDF, to the reception bucket."""
+        folder = moment.strftime("%Y/%m/%d")
+        bucket = self.settings.inbound_bucket
+        pdf = Z3Location(bucket, f"{folder}/{fax_id}.pdf")
+        metadata = {"receivedFax": fax_id}
+        await self.z3.put(pdf, accepted.pdf, PDF, metadata)
+        original = None
+        if accepted.original is not None:
+            extension = "tif" if accepted.original_type == "image/tiff" else "bin"
+            original = Z3Location(bucket, f"{folder}/{fax_id}.original.{extension}")
+            await self.z3.put(original, accepted.original, accepted.original_type, metadata)
+        return Stored(pdf, accepted, original)
+
+    def url(self, location: Z3Location) -> str:
+        if self.project_api_base:
+            return f"{self.project_api_base.rstrip('/')}/z3/{location.bucket}/{location.key}"
+        return str(location)
+
+    def communication(
+        self, fax_id: str, notice: InboundNotice, owner: str | None, stored: Stored | None, moment: datetime
+    ) -> dict[str, Any]:
+        """The Communication of a received fax, in the shape Ottehr's ``handle-inbound-fax`` reads.
+
+        Sender: a contained Device holding the caller's number (identifier system ``phone``). Recipient: the
+        owner of the called number, else a contained Device for it. Pages: ``Communication.extension``
+        fax-pages. Direction: the inbound-fax-status extension (never the outbound one) and the inbound
+        category.
+        """
+        caller = caller_number(notice.from_number)
+        sender: dict[str, Any] = {"resourceType": "Device", "id": SENDER_ID}
+        if caller is not None:
+            sender["identifier"] = [{"system": CALLER_NUMBER_SYSTEM, "value": caller}]
+        sender["deviceName"] = [{"name": f"Fax machine at {caller or 'a hidden number'}", "type": "user-friendly-name"}]
+        contained = [sender]
+        if owner is not None:
+            recipient = {"reference": owner}
+        else:
+            contained.append(
+                {
+                    "resourceType": "Device",
+                    "id": RECIPIENT_ID,
+                    "identifier": [{"system": CALLER_NUMBER_SYSTEM, "value": notice.to_number}],
+                    "deviceName": [{"name": f"Fax line {notice.to_number}", "type": "user-friendly-name"}],
+                }
+            )
+            recipient = {"reference": f"#{RECIPIENT_ID}"}
+        communication: dict[str, Any] = {
+            "resourceType": "Communication",
+            "contained": contained,
+            "identifier": [fax_identifier(fax_id)],
+            "status": "completed",
+            "category": [inbound_category()],
+            "medium": [fax_medium()],
+            "sent": format_instant(min(notice.occurred_at, moment)),
+            "received": format_instant(moment),
+            "recipient": [recipient],
+            "sender": {"reference": f"#{SENDER_ID}"},
+        }
+        if stored is None:
+            failure: Failure = notice.failure or Failure("UNKNOWN", "The fax was not received.")
+            communication["status"] = "stopped"
+            communication["statusReason"] = {
+                "coding": [{"system": FAILURE_REASON_SYSTEM, "code": failure.code}],
+                "text": failure.message,
+            }
+            communication["extension"] = [inbound_status_extension("FAILED")]
+            return communication
+        info = stored.info.info
+        pages = info.pages
+        communication["extension"] = [
+            pages_extension(pages),
+            inbound_status_extension("PARTIAL" if notice.partial else "RECEIVED"),
+        ]
+        payload = [
+            {
+                "contentAttachment": {
+                    "url": self.url(stored.pdf),
+                    "contentType": PDF,
+                    "title": f"Fax from {caller or 'a hidden number'} ({pages} page{'s' if pages != 1 else ''})",
+                    "size": info.size,
+                    "hash": info.sha1,
+                    "creation": format_instant(moment),
+                }
+            }
+        ]
+        if stored.original is not None and stored.info.original is not None:
+            import base64
+            import hashlib
+
+            original = stored.info.original
+            payload.append(
+                {
+                    "contentAttachment": {
+                        "url": self.url(stored.original),
+                        "contentType": stored.info.original_type or "application/octet-stream",
+                        "title": "The fax as the carrier delivered it",
+                        "size": len(original),
+                        "hash": base64.b64encode(hashlib.sha1(original).digest()).decode(),
+                    }
+                }
+            )
+        communication["payload"] = payload
+        if notice.partial:
+            communication["note"] = [{"text": "Only part of this fax came through; ask the sender to send it again."}]
+        return communication
+
+    async def record(
+        self,
+        carrier: str,
+        notice: InboundNotice,
+        fax_id: str,
+        communication_id: str,
+        communication: dict[str, Any],
+        task: dict[str, Any] | None,
+        stored: Stored | None,
+        who: str,
+        address: str | None,
+    ) -> Received:
+        """The reception record, the Communication, the Task and the AuditEvent, in one transaction."""
+        moment = now()
+        task_id = str(uuid.uuid4()) if task is not None else None
+        record: dict[str, Any] = {
+            "_id": f"{carrier}:{notice.carrier_fax_id}",
+            "carrier": carrier,
+            "fax_id": fax_id,
+            "communication_id": communication_id,
+            "task_id": task_id,
+            "to": notice.to_number,
+            "received": moment,
+            "documents": [] if stored is None else [str(s) for s in (stored.pdf, stored.original) if s is not None],
+        }
+
+        async def write(session: Any) -> Received:
+            await self.records.insert_one(record, session=session)
+            saved = await self.store.create(communication, resource_id=communication_id, moment=moment, session=session)
+            saved_task = None
+            if task is not None:
+                saved_task = await self.store.create(task, resource_id=task_id, moment=moment, session=session)
+            event = audit_event(
+                subtype=(FAX_EVENTS, "fax-received"), action="C", outcome=SUCCESS, who=who, address=address,
+                entities=[f"Communication/{communication_id}"] + ([f"Task/{task_id}"] if task_id else []),
+                description=f"A fax from {notice.from_number[:20]} to {notice.to_number} was received "
+                f"({'stopped' if stored is None else 'completed'}).",
+            )  # fmt: skip
+            await self.store.create(event, moment=moment, session=session, validated=True)
+            return Received(saved, saved_task, duplicate=False)
+
+        try:
+            return await in_transaction(self.database.client, write)
+        except DuplicateKeyError:
+            found = await self.earlier(carrier, notice)  # a concurrent delivery of the same fax won
+            if found is None:
+                raise
+            return found
+        except PyMongoError:
+            raise ReceptionUnavailable(
+                "The received fax could not be recorded (the database did not take the write); nothing was stored. "
+                "Deliver it again."
+            ) from None
+
+
+def triage_task(
+    communication_id: str, fax_id: str, notice: InboundNotice, stored: Stored, owner: str | None
+) -> dict[str, Any]:
+    """The staff's work item: file this fax to a patient (``$file``); searchable as ``Task?status=requested``."""
+    pages = stored.info.info.pages
+    caller = caller_number(notice.from_number) or "a hidden number"
+    description = f"Inbound fax from {caller} ({pages} page{'s' if pages != 1 else ''})"
+    if notice.partial:
+        description += ", partly received"
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "identifier": [{"system": FAX_IDENTIFIER_SYSTEM, "value": fax_id}],
+        "status": "requested",
+        "intent": "order",
+        "priority": "routine",
+        "code": {
+            "coding": [{"system": TASK_CODE_SYSTEM, "code": TRIAGE_CODE, "display": "File an inbound fax"}],
+            "text": "File an inbound fax",
+        },
+        "description": description,
+        "focus": {"reference": f"Communication/{communication_id}"},
+        "authoredOn": format_instant(now()),
+    }
+    if owner is not None:
+        task["owner"] = {"reference": owner}
+    return task
