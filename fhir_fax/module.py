@@ -15,6 +15,7 @@ from .auth.discovery import rest_security
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
+from .fax.file_operation import file_operation
 from .fax.inbound_routes import inbound_router
 from .fax.operation import send_fax_operation
 from .fax.routes import FaxAPI
@@ -48,6 +49,7 @@ class FaxModule:
         self.fhir = FHIRContext(fhir_settings(self.settings), security=rest_security)
         self.fax = FaxAPI(self.fhir, self.settings, self.slot)
         self.fhir.operations.add(send_fax_operation(self.fax))
+        self.fhir.operations.add(file_operation(self.fax))  # file a received fax to a patient
         self.z3 = Z3API(self.settings, self.fhir, self.slot)
         self.auth = AuthAPI(self.settings, self.slot)
         self._given_database = database
