@@ -147,7 +147,14 @@ class InboundNotice:
 
 
 class MediaRefused(Exception):
-    """The carrier's media cannot be fetched safely (a host off the allow-list, a redirect, too big, too slow)."""
+    """The carrier's media cannot be fetched safely (a host off the allow-list, a redirect, too big, too slow).
+
+    ``transient``: the host failed for now (5xx, a timeout); the carrier's retry of the webhook may succeed.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
