@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -73,6 +74,10 @@ async def test_a_received_fax_is_a_communication_in_the_shape_ottehr_reads(fax_a
     assert task["owner"] == {"reference": ORGANIZATION}
     # the document downloads byte for byte, through a signed URL as the SDK fetches it
     assert await download(fax_api, attachment["url"]) == REFERRAL
+    # the reception settings name the bucket and the owner recorded at onboarding
+    config = (await fax_api.get("/fax/v1/inbound/config")).json()
+    assert config["bucket"] == "fax-received"
+    assert {"faxNumber": OUR_NUMBER, "owner": ORGANIZATION} in config["numbers"]
 
 
 async def test_inbound_faxes_are_found_by_search(fax_api: httpx.AsyncClient) -> None:
@@ -117,23 +122,21 @@ async def test_the_same_fax_delivered_twice_is_one_communication(fax_api: httpx.
     assert again.json()["duplicate"] is True
     assert again.json()["communication"] == first.json()["communication"]
     counts = await inbound_counts(database)
-    assert (counts["inbound_faxes"], counts["Task"]) == (1, 1)
+    assert (counts["inbound_faxes"], counts["Task"], counts["received documents"]) == (1, 1, 1)
+    # two deliveries at the same moment: one receives, the other answers what it stored
+    together = await asyncio.gather(*(simulate(fax_api, REFERRAL, fax_id="carrier-fax-2") for _ in range(2)))
+    assert sorted(r.status_code for r in together) == [200, 201]
+    assert together[0].json()["communication"] == together[1].json()["communication"]
+    counts = await inbound_counts(database)
+    assert (counts["inbound_faxes"], counts["Task"], counts["received documents"]) == (2, 2, 2)
 
 
-async def test_a_fax_to_a_number_not_onboarded_is_refused_and_nothing_stored(
-    fax_api: httpx.AsyncClient, database: Any
-) -> None:
+async def test_refused_faxes_store_nothing(fax_api: httpx.AsyncClient, database: Any) -> None:
+    """A number not onboarded, a hostile or empty document, bad numbers: each refused, nothing stored."""
     before = await inbound_counts(database)
     response = await simulate(fax_api, REFERRAL, to="+16175550199")
     assert response.status_code == 422
     assert response.json()["message"].startswith("to: '+16175550199' is not a fax number onboarded to this project")
-    assert await inbound_counts(database) == before
-
-
-async def test_hostile_or_empty_documents_are_refused_and_nothing_stored(
-    fax_api: httpx.AsyncClient, database: Any
-) -> None:
-    before = await inbound_counts(database)
     cases = {
         b"": "The fax carried no document (0 bytes).",
         b"%PDF-1.4\n<html><script>alert(1)</script></html>": "also contains HTML",
@@ -145,11 +148,6 @@ async def test_hostile_or_empty_documents_are_refused_and_nothing_stored(
         assert response.status_code == 422, response.text
         assert message in response.json()["message"]
         assert response.json()["message"].endswith("Nothing was stored.") or "0 bytes" in message
-    assert await inbound_counts(database) == before
-
-
-async def test_bad_numbers_are_refused(fax_api: httpx.AsyncClient, database: Any) -> None:
-    before = await inbound_counts(database)
     response = await fax_api.post("/fax/v1/inbound/simulate", params={"to": OUR_NUMBER}, content=REFERRAL)
     assert response.status_code == 400 and "'from' is required" in response.json()["message"]
     response = await simulate(fax_api, REFERRAL, caller="555-0100")
@@ -168,9 +166,3 @@ async def test_simulating_needs_fax_receive(fax_api: httpx.AsyncClient, database
         assert "does not allow Fax:Receive" in response.json()["message"]
         assert (await http.get("/fax/v1/inbound/config")).status_code == 403
     assert await inbound_counts(database) == before
-
-
-async def test_reception_settings(fax_api: httpx.AsyncClient) -> None:
-    config = (await fax_api.get("/fax/v1/inbound/config")).json()
-    assert config["bucket"] == "fax-received"
-    assert {"faxNumber": OUR_NUMBER, "owner": ORGANIZATION} in config["numbers"]

@@ -19,6 +19,7 @@ The Communication has the shape the hosted service gives received faxes and Otte
 from __future__ import annotations
 
 import logging
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +28,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..audit import FAX_EVENTS, SUCCESS, audit_event
-from ..db import in_transaction
+from ..db import in_transaction, stop_if_cancelled
 from ..errors import Unavailable, Unprocessable
 from ..fhir.models import format_instant, now
 from ..fhir.store import ResourceStore
@@ -35,10 +36,11 @@ from ..settings import Settings
 from ..z3.locations import Z3Location
 from ..z3.store import Z3Store
 from .documents import DocumentProblem
-from .inbound_document import PDF, AcceptedDocument, accept
+from .inbound_document import PDF, AcceptedDocument, accept, read_texts
 from .numbers import FaxNumbers
 from .phone import E164
 from .status import Failure
+from .suggestions import patient_suggestions, sender_suggestions
 from .terminology import (
     CALLER_NUMBER_SYSTEM,
     FAILURE_REASON_SYSTEM,
@@ -77,11 +79,12 @@ class Received:
 
 @dataclass(frozen=True)
 class Stored:
-    """Where the document of one fax was put."""
+    """Where the document of one fax was put (and the Z3 versions written, to discard if another delivery won)."""
 
     pdf: Z3Location
     info: AcceptedDocument
     original: Z3Location | None
+    versions: tuple[Any, ...] = ()
 
 
 def fax_id_of(carrier: str, carrier_fax_id: str) -> str:
@@ -172,7 +175,38 @@ class Reception:
         communication = self.communication(fax_id, notice, number.get("owner"), stored, moment)
         communication_id = str(uuid.uuid4())
         task = None if stored is None else triage_task(communication_id, fax_id, notice, stored, number.get("owner"))
-        return await self.record(carrier, notice, fax_id, communication_id, communication, task, stored, who, address)
+        done = await self.record(carrier, notice, fax_id, communication_id, communication, task, stored, who, address)
+        if stored is None or done.task is None or done.duplicate:
+            return done
+        return Received(done.communication, await self.suggest(done.task, stored.info.pdf, notice), False)
+
+    async def suggest(self, task: dict[str, Any], pdf: bytes, notice: InboundNotice) -> dict[str, Any]:
+        """Put the likely patients and sender on the Task (``suggestions.py``); best effort, after the write.
+
+        The fax is received and its Task queued whatever happens here: a document that cannot be read, or
+        OCR that is missing or slow, only means no suggestions.
+        """
+        try:
+            ocr = self.settings.inbound_ocr and shutil.which("tesseract") is not None
+            try:
+                pages = await read_texts(pdf, ocr, self.settings.inbound_ocr_seconds)
+            except DocumentProblem as problem:
+                log.info("fax %s: its text could not be read (%s); no patient suggestions", task["id"], problem)
+                pages = []
+            found = await patient_suggestions(self.database, pages)
+            found += await sender_suggestions(self.database, caller_number(notice.from_number))
+            if not found:
+                return task
+            inputs = [suggestion.task_input() for suggestion in found]
+
+            def change(current: dict[str, Any]) -> dict[str, Any] | None:
+                return None if current.get("status") != "requested" else {**current, "input": inputs}
+
+            return await self.store.modify("Task", task["id"], change) or task
+        except Exception:  # suggestions must never cost a received fax
+            stop_if_cancelled()
+            log.exception("suggestions for Task/%s failed", task["id"])
+            return task
 
     async def keep(self, fax_id: str, moment: datetime, accepted: AcceptedDocument) -> Stored:
         """Write the PDF, and the carrier's original when it was not that PDF, to the reception bucket."""
@@ -180,13 +214,13 @@ class Reception:
         bucket = self.settings.inbound_bucket
         pdf = Z3Location(bucket, f"{folder}/{fax_id}.pdf")
         metadata = {"receivedFax": fax_id}
-        await self.z3.put(pdf, accepted.pdf, PDF, metadata)
+        versions = [(await self.z3.put(pdf, accepted.pdf, PDF, metadata)).version]
         original = None
         if accepted.original is not None:
             extension = "tif" if accepted.original_type == "image/tiff" else "bin"
             original = Z3Location(bucket, f"{folder}/{fax_id}.original.{extension}")
-            await self.z3.put(original, accepted.original, accepted.original_type, metadata)
-        return Stored(pdf, accepted, original)
+            versions.append((await self.z3.put(original, accepted.original, accepted.original_type, metadata)).version)
+        return Stored(pdf, accepted, original, tuple(versions))
 
     def url(self, location: Z3Location) -> str:
         if self.project_api_base:
@@ -328,6 +362,8 @@ class Reception:
             found = await self.earlier(carrier, notice)  # a concurrent delivery of the same fax won
             if found is None:
                 raise
+            for version in stored.versions if stored is not None else ():
+                await self.z3.discard(version)  # its own copy of the same document stays
             return found
         except PyMongoError:
             raise ReceptionUnavailable(

@@ -18,7 +18,7 @@ from .documents import DocumentInfo, DocumentProblem, inspect, open_image, open_
 
 PDF = "application/pdf"
 TIFF = "image/tiff"
-TEXT_DPI = 300  # pages are drawn this fine for OCR (Tesseract's preferred resolution)
+TEXT_DPI = 200  # pages are drawn this fine for OCR: a fax line's own resolution (fine: 204 x 196)
 TEXT_LAYER_MIN = 40  # fewer letters than this on a page: treat it as scanned and OCR it
 
 
@@ -102,11 +102,18 @@ def page_texts(pdf: bytes, ocr: bool, ocr_seconds: float) -> bytes:
 
 
 def ocr_image(image: Image.Image, seconds: float) -> str:
-    """Tesseract's reading of one page (English, automatic page segmentation); empty when it gives up."""
+    """Tesseract's reading of one page (English, automatic page segmentation); empty when it gives up.
+
+    One thread (``OMP_THREAD_LIMIT``): on a busy server Tesseract's own threads cost more than they save, and
+    no inverted-text pass (faxes are black on white).
+    """
+    import os
+
     import pytesseract
 
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # the sandbox child's environment, passed to Tesseract
     try:
-        text: str = pytesseract.image_to_string(image, lang="eng", timeout=seconds)
+        text: str = pytesseract.image_to_string(image, lang="eng", config="-c tessedit_do_invert=0", timeout=seconds)
     except RuntimeError:  # pytesseract's timeout
         return ""
     return text

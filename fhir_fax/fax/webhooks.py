@@ -15,6 +15,7 @@ webhook can overtake the worker's record of the submission).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -97,10 +98,8 @@ def webhook_router(fax: Any) -> APIRouter:
             raise InvalidRequest(str(problem)) from None
         if notice is not None:
             outcome = await receive(fax, registered, reader, notice)
-            try:
+            with contextlib.suppress(DuplicateKeyError):  # a simultaneous delivery of it may have recorded it first
                 await receipts.insert_one({"_id": receipt_id, "received": now()})
-            except DuplicateKeyError:
-                return {"status": "duplicate"}
             return {"status": outcome}
         try:
             event = reader.event(verified)

@@ -80,7 +80,7 @@ async def inbound(tmp_path: Path, mongo_uri: str, emulator: ServerProcess) -> As
         await client.close()
 
 
-async def test_repeated_and_out_of_order_webhooks_make_one_communication(inbound: Inbound) -> None:
+async def test_repeated_and_out_of_order_webhooks_make_one_communication(inbound: Inbound, mongo_uri: str) -> None:
     result = await inbound.arrive(REFERRAL, pages=3)
     answers = [(a["event_type"], a["status"], json.loads(a["answer"])["status"]) for a in result["answers"]]
     assert sorted(answers[:2]) == [
@@ -98,9 +98,23 @@ async def test_repeated_and_out_of_order_webhooks_make_one_communication(inbound
     assert await inbound.download(get_pdf_url(communication) or "") == REFERRAL
     counts = await inbound_counts(inbound.database)
     assert (counts["inbound_faxes"], counts["Communication"], counts["Task"]) == (1, 1, 1)
+    # the command line joins the running server's database and receives the same way
+    caller = f"+1415555{uuid.uuid4().int % 10_000:04d}"
+    letter = str(FIXTURES / "referral-letter.pdf")
+    name = inbound.database.name
+    args = ("inbound", "simulate", letter, "--from", caller, "--mongodb-uri", mongo_uri, "--to")
+    done = await asyncio.to_thread(run_cli, *args, OUR_NUMBER, database=name)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("received: Communication/")
+    assert f"Inbound fax from {caller} (3 pages)" in done.stdout
+    [communication] = await inbound.communications(caller)  # the server sees what the command stored
+    assert await inbound.download(get_pdf_url(communication) or "") == REFERRAL
+    refused = await asyncio.to_thread(run_cli, *args, "+16175550199", database=name)
+    assert refused.returncode == 1 and "is not a fax number onboarded" in refused.stderr
+    assert len(await inbound.communications(caller)) == 1
 
 
-async def test_a_partial_tiff_fax_is_kept_with_its_original(inbound: Inbound) -> None:
+async def test_a_partial_tiff_is_kept_with_its_original_and_redirects_are_refused(inbound: Inbound) -> None:
     caller = f"+1312555{uuid.uuid4().int % 10_000:04d}"
     tiff = fax_tiff(pages=2)
     await inbound.arrive(tiff, content_type="image/tiff", partial=True, **{"from": caller})
@@ -110,9 +124,7 @@ async def test_a_partial_tiff_fax_is_kept_with_its_original(inbound: Inbound) ->
     assert communication["note"][0]["text"].startswith("Only part of this fax came through")
     assert (await inbound.download(get_pdf_url(communication) or "")).startswith(b"%PDF-")
     assert await inbound.download(communication["payload"][1]["contentAttachment"]["url"]) == tiff
-
-
-async def test_media_behind_a_redirect_is_not_followed(inbound: Inbound) -> None:
+    # media behind a redirect is not fetched: refused, nothing stored
     fax_id = str(uuid.uuid4())
     before = await inbound_counts(inbound.database)
     result = await inbound.arrive(REFERRAL, fax_id=fax_id, media_url=f"{inbound.emulator.url}/media-redirect/{fax_id}")
@@ -140,19 +152,3 @@ async def test_media_over_the_size_limit_is_refused(emulator: ServerProcess) -> 
 def run_cli(*args: str, database: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FHIR_FAX_DATABASE_NAME": database}
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
-
-
-async def test_the_cli_receives_into_a_running_server(inbound: Inbound, mongo_uri: str) -> None:
-    caller = f"+1415555{uuid.uuid4().int % 10_000:04d}"
-    letter = str(FIXTURES / "referral-letter.pdf")
-    name = inbound.database.name
-    args = ("inbound", "simulate", letter, "--from", caller, "--mongodb-uri", mongo_uri, "--to")
-    done = await asyncio.to_thread(run_cli, *args, OUR_NUMBER, database=name)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("received: Communication/")
-    assert f"Inbound fax from {caller} (3 pages)" in done.stdout
-    [communication] = await inbound.communications(caller)  # the server sees what the command stored
-    assert await inbound.download(get_pdf_url(communication) or "") == REFERRAL
-    refused = await asyncio.to_thread(run_cli, *args, "+16175550199", database=name)
-    assert refused.returncode == 1 and "is not a fax number onboarded" in refused.stderr
-    assert len(await inbound.communications(caller)) == 1
