@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean bench soak
+.PHONY: run test lint install clean bench soak ocr
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy fhir_fax
 
-test: lint $(SDK_STAMP)
+# Tesseract reads scanned received faxes (patient suggestions; their tests need it). Installed only when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ocr:
+	@command -v tesseract >/dev/null 2>&1 || { \
+		echo "installing tesseract-ocr (OCR of received faxes)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq tesseract-ocr; }
+
+test: lint $(SDK_STAMP) ocr
 	$(BIN)/python -m pytest
 
 # Benchmarks (never part of the tests): the table and benchmarks/results/latest.json; about 6 minutes.
