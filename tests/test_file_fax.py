@@ -78,6 +78,12 @@ async def test_filing_creates_the_document_reference_and_completes_the_task(
     # the patient's documents and faxes are FHIR searches
     found = (await fax_api.get("/fhir/DocumentReference", params={"patient": "maria-lopez"})).json()
     assert document["id"] in {e["resource"]["id"] for e in found["entry"]}
+    reads = (
+        await database["AuditEvent"]
+        .find({"entity.what.reference": f"DocumentReference/{document['id']}"})
+        .to_list(None)
+    )
+    assert {"search-type", "file-fax"} <= {e["subtype"][0]["code"] for e in reads}, "filed faxes read are audited"
     # filing again changes nothing and answers the same DocumentReference
     before = await state(database, fax)
     again = await file(fax_api, communication_id, filing(MARIA, type="11502-2"))

@@ -166,3 +166,21 @@ async def test_simulating_needs_fax_receive(fax_api: httpx.AsyncClient, database
         assert "does not allow Fax:Receive" in response.json()["message"]
         assert (await http.get("/fax/v1/inbound/config")).status_code == 403
     assert await inbound_counts(database) == before
+
+
+async def test_the_recipient_is_the_owner_given_at_onboarding_or_a_device(fax_api: httpx.AsyncClient) -> None:
+    practitioner = "Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c"
+    owned = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550177", "owner": practitioner})
+    assert owned.status_code == 200, owned.text
+    bare = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550178"})
+    assert bare.status_code == 200
+    refused = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550179", "owner": "Patient/maria-lopez"})
+    assert refused.status_code == 400 and refused.json()["message"].startswith("owner must be a reference to one of")
+    missing = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550179", "owner": "Organization/none"})
+    assert missing.status_code == 422 and "Organization/none does not exist" in missing.json()["message"]
+    to_owner = (await simulate(fax_api, REFERRAL, to="+16175550177")).json()["communication"]
+    assert to_owner["recipient"] == [{"reference": practitioner}]
+    to_line = (await simulate(fax_api, REFERRAL, to="+16175550178")).json()["communication"]
+    device = next(r for r in to_line["contained"] if f"#{r['id']}" == to_line["recipient"][0]["reference"])
+    assert device["resourceType"] == "Device" and device["identifier"][0]["value"] == "+16175550178"
+    model_class("Communication").model_validate(to_line)
