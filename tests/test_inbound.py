@@ -80,7 +80,7 @@ async def test_a_received_fax_is_a_communication_in_the_shape_ottehr_reads(fax_a
     assert {"faxNumber": OUR_NUMBER, "owner": ORGANIZATION} in config["numbers"]
 
 
-async def test_inbound_faxes_are_found_by_search(fax_api: httpx.AsyncClient) -> None:
+async def test_inbound_faxes_are_found_by_search_and_addressed_to_the_owner(fax_api: httpx.AsyncClient) -> None:
     caller = f"+1617555{uuid.uuid4().int % 10_000:04d}"
     communication = (await simulate(fax_api, REFERRAL, caller=caller)).json()["communication"]
 
@@ -98,6 +98,22 @@ async def test_inbound_faxes_are_found_by_search(fax_api: httpx.AsyncClient) -> 
     assert f"Communication/{communication['id']}" in {e["resource"]["focus"]["reference"] for e in tasks["entry"]}
     focused = (await fax_api.get("/fhir/Task", params={"focus": f"Communication/{communication['id']}"})).json()
     assert len(focused["entry"]) == 1
+    # the recipient: the owner given at onboarding, else a contained Device for the line
+    practitioner = "Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c"
+    owned = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550177", "owner": practitioner})
+    assert owned.status_code == 200, owned.text
+    bare = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550178"})
+    assert bare.status_code == 200
+    refused = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550179", "owner": "Patient/maria-lopez"})
+    assert refused.status_code == 400 and refused.json()["message"].startswith("owner must be a reference to one of")
+    missing = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550179", "owner": "Organization/none"})
+    assert missing.status_code == 422 and "Organization/none does not exist" in missing.json()["message"]
+    to_owner = (await simulate(fax_api, REFERRAL, to="+16175550177")).json()["communication"]
+    assert to_owner["recipient"] == [{"reference": practitioner}]
+    to_line = (await simulate(fax_api, REFERRAL, to="+16175550178")).json()["communication"]
+    device = next(r for r in to_line["contained"] if f"#{r['id']}" == to_line["recipient"][0]["reference"])
+    assert device["resourceType"] == "Device" and device["identifier"][0]["value"] == "+16175550178"
+    model_class("Communication").model_validate(to_line)
 
 
 async def test_a_tiff_becomes_a_pdf_and_the_original_is_kept(fax_api: httpx.AsyncClient) -> None:
@@ -132,7 +148,7 @@ async def test_the_same_fax_delivered_twice_is_one_communication(fax_api: httpx.
 
 
 async def test_refused_faxes_store_nothing(fax_api: httpx.AsyncClient, database: Any) -> None:
-    """A number not onboarded, a hostile or empty document, bad numbers: each refused, nothing stored."""
+    """A number not onboarded, a hostile or empty document, bad numbers, no Fax:Receive: refused, nothing stored."""
     before = await inbound_counts(database)
     response = await simulate(fax_api, REFERRAL, to="+16175550199")
     assert response.status_code == 422
@@ -153,9 +169,7 @@ async def test_refused_faxes_store_nothing(fax_api: httpx.AsyncClient, database:
     response = await simulate(fax_api, REFERRAL, caller="555-0100")
     assert response.status_code == 400 and response.json()["message"].startswith("from: '555-0100' is not in E.164")
     assert await inbound_counts(database) == before
-
-
-async def test_simulating_needs_fax_receive(fax_api: httpx.AsyncClient, database: Any) -> None:
+    # a client without Fax:Receive may neither simulate nor read the reception settings
     policy = {"rule": [{"resource": "*", "action": ["FHIR:*", "Fax:Send", "Z3:*"], "effect": "Allow"}]}
     record, secret = await Clients(database).create("no reception", policy)
     before = await inbound_counts(database)
@@ -166,21 +180,3 @@ async def test_simulating_needs_fax_receive(fax_api: httpx.AsyncClient, database
         assert "does not allow Fax:Receive" in response.json()["message"]
         assert (await http.get("/fax/v1/inbound/config")).status_code == 403
     assert await inbound_counts(database) == before
-
-
-async def test_the_recipient_is_the_owner_given_at_onboarding_or_a_device(fax_api: httpx.AsyncClient) -> None:
-    practitioner = "Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c"
-    owned = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550177", "owner": practitioner})
-    assert owned.status_code == 200, owned.text
-    bare = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550178"})
-    assert bare.status_code == 200
-    refused = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550179", "owner": "Patient/maria-lopez"})
-    assert refused.status_code == 400 and refused.json()["message"].startswith("owner must be a reference to one of")
-    missing = await fax_api.post("/fax/v1/onboard", json={"faxNumber": "+16175550179", "owner": "Organization/none"})
-    assert missing.status_code == 422 and "Organization/none does not exist" in missing.json()["message"]
-    to_owner = (await simulate(fax_api, REFERRAL, to="+16175550177")).json()["communication"]
-    assert to_owner["recipient"] == [{"reference": practitioner}]
-    to_line = (await simulate(fax_api, REFERRAL, to="+16175550178")).json()["communication"]
-    device = next(r for r in to_line["contained"] if f"#{r['id']}" == to_line["recipient"][0]["reference"])
-    assert device["resourceType"] == "Device" and device["identifier"][0]["value"] == "+16175550178"
-    model_class("Communication").model_validate(to_line)

@@ -51,7 +51,9 @@ def received(**payload: Any) -> bytes:
     return json.dumps(body).encode()
 
 
-async def test_inbound_webhooks_refused_store_nothing(fax_settings: Settings, database: Any) -> None:
+async def test_inbound_webhooks_refused_store_nothing_and_failures_are_stopped(
+    fax_settings: Settings, database: Any
+) -> None:
     configured = fax_settings.model_copy(
         update={"telnyx_public_key": PUBLIC, "worker_enabled": False, "inbound_media_hosts": [MEDIA_HOST]}
     )
@@ -83,6 +85,26 @@ async def test_inbound_webhooks_refused_store_nothing(fax_settings: Settings, da
         assert response.json() == {"status": "ignored"}
         assert await inbound_counts(database) == before
         assert await database["webhook_receipts"].count_documents({}) == 1, "only the ignored outbound event"
+        # a failed reception: a stopped Communication with its reason, no document, no Task
+        failed = json.loads(received(failure_reason="receiver_call_dropped"))
+        failed["data"]["event_type"] = "fax.failed"
+        del failed["data"]["payload"]["media_url"]
+        content = json.dumps(failed).encode()
+        response = await http.post("/fax/webhooks/telnyx", content=content, headers=signed(content))
+        assert response.json() == {"status": "received"}, response.text
+        again = await http.post("/fax/webhooks/telnyx", content=content, headers=signed(content))
+        assert again.json() == {"status": "duplicate"}
+        [communication] = (await http.get("/fhir/Communication", params={"sender-number": CALLER})).json()["entry"]
+        resource = communication["resource"]
+        assert resource["status"] == "stopped"
+        assert resource["statusReason"]["coding"][0] == {
+            "system": "https://terminology.fhir.oystehr.com/CodeSystem/fax-failure-reason",
+            "code": "FAILED",
+        }
+        assert resource["statusReason"]["text"] == "The call dropped during transmission."
+        assert "payload" not in resource
+        counts = await inbound_counts(database)
+        assert (counts["inbound_faxes"], counts["Task"], counts["received documents"]) == (1, 0, 0)
 
 
 def test_media_hosts_are_matched_by_scheme_host_and_port() -> None:
@@ -109,29 +131,3 @@ def test_numbers_whose_plus_was_decoded_to_a_space_are_read() -> None:
     assert (notice.from_number, notice.to_number, notice.partial) == ("+13122010119", "+12223334444", True)
     envelope["data"]["event_type"] = "fax.media.processing.started"
     assert inbound_notice(envelope) is None
-
-
-async def test_a_failed_reception_is_a_stopped_communication_without_a_task(
-    fax_settings: Settings, database: Any
-) -> None:
-    configured = fax_settings.model_copy(update={"telnyx_public_key": PUBLIC, "worker_enabled": False})
-    async with serving_fax(configured, database) as http:
-        failed = json.loads(received(failure_reason="receiver_call_dropped"))
-        failed["data"]["event_type"] = "fax.failed"
-        del failed["data"]["payload"]["media_url"]
-        content = json.dumps(failed).encode()
-        response = await http.post("/fax/webhooks/telnyx", content=content, headers=signed(content))
-        assert response.json() == {"status": "received"}, response.text
-        again = await http.post("/fax/webhooks/telnyx", content=content, headers=signed(content))
-        assert again.json() == {"status": "duplicate"}
-        [communication] = (await http.get("/fhir/Communication", params={"sender-number": CALLER})).json()["entry"]
-        resource = communication["resource"]
-        assert resource["status"] == "stopped"
-        assert resource["statusReason"]["coding"][0] == {
-            "system": "https://terminology.fhir.oystehr.com/CodeSystem/fax-failure-reason",
-            "code": "FAILED",
-        }
-        assert resource["statusReason"]["text"] == "The call dropped during transmission."
-        assert "payload" not in resource
-        counts = await inbound_counts(database)
-        assert (counts["inbound_faxes"], counts["Task"], counts["received documents"]) == (1, 0, 0)

@@ -32,7 +32,9 @@ def suggested(task: dict[str, Any], kind: str) -> list[tuple[str, float, str]]:
     return found
 
 
-async def test_the_task_proposes_the_patient_and_the_sender(fax_api: httpx.AsyncClient, database: Any) -> None:
+async def test_the_task_proposes_the_patient_and_the_sender_from_text_or_ocr(
+    fax_api: httpx.AsyncClient, database: Any
+) -> None:
     response = await simulate(fax_api, REFERRAL, caller="+16175550141")  # Harbor Cardiology's fax line
     assert response.status_code == 201, response.text
     task = response.json()["task"]
@@ -44,9 +46,7 @@ async def test_the_task_proposes_the_patient_and_the_sender(fax_api: httpx.Async
     assert stored["input"] == task["input"] and stored["status"] == "requested", "proposed, never filed"
     assert "subject" not in (await fax_api.get(f"/fhir/Communication/{task['focus']['reference'][14:]}")).json()
     assert await database["DocumentReference"].count_documents({}) == 0
-
-
-async def test_a_scanned_fax_is_read_by_ocr(fax_api: httpx.AsyncClient) -> None:
+    # a scanned fax (a fine-resolution TIFF) is read by OCR
     person = PATIENTS[3]
     await fax_api.put(f"/fhir/Patient/{person.key}", json=patient_resource(person))
     scan = letter(f"{person.key}-fax")
