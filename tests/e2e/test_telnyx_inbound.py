@@ -8,14 +8,13 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from test_telnyx import PUBLIC_B64, emulator  # noqa: F401 (a fixture)
 
 from fhir_fax.fax.transports.base import InboundNotice, MediaRefused
@@ -57,8 +56,13 @@ class Inbound:
             return (await http.get(signed.json()["signedUrl"])).content
 
 
-@pytest.fixture
-async def inbound(tmp_path: Path, mongo_uri: str, emulator: ServerProcess) -> AsyncIterator[Inbound]:  # noqa: F811
+@pytest.fixture(scope="module")
+def receiving_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    mongo_uri: str,
+    emulator: ServerProcess,  # noqa: F811
+) -> Iterator[tuple[FaxServer, str]]:
+    """One server for the module (tests use their own callers and fax ids), receiving from the emulator."""
     name = f"inbound_{uuid.uuid4().hex[:8]}"
     env = {
         "FHIR_FAX_MONGODB_URI": mongo_uri,
@@ -68,15 +72,28 @@ async def inbound(tmp_path: Path, mongo_uri: str, emulator: ServerProcess) -> As
         "FHIR_FAX_INBOUND_MEDIA_HOSTS": json.dumps([emulator.url]),
         "FHIR_FAX_WORKER_ENABLED": "false",
     }
-    server = FaxServer(tmp_path / "data", "--load-fixtures", env=env)
+    server = FaxServer(tmp_path_factory.mktemp("inbound") / "data", "--load-fixtures", env=env)
+    onboarded = httpx.post(f"{server.url}/fax/v1/onboard", json={"faxNumber": OUR_NUMBER}, headers=server.headers)
+    assert onboarded.status_code == 200, onboarded.text
+    try:
+        yield server, name
+    finally:
+        server.stop()
+        with MongoClient(mongo_uri) as client:
+            client.drop_database(name)
+
+
+@pytest.fixture
+async def inbound(
+    receiving_server: tuple[FaxServer, str],
+    mongo_uri: str,
+    emulator: ServerProcess,  # noqa: F811
+) -> AsyncIterator[Inbound]:
+    server, name = receiving_server
     client = AsyncMongoClient(mongo_uri, tz_aware=True)
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as http:
-        assert (await http.post("/fax/v1/onboard", json={"faxNumber": OUR_NUMBER})).status_code == 200
     try:
         yield Inbound(server, client[name], emulator)
     finally:
-        server.stop()
-        await client.drop_database(name)
         await client.close()
 
 
@@ -96,8 +113,10 @@ async def test_repeated_and_out_of_order_webhooks_make_one_communication(inbound
     assert communication["status"] == "completed" and get_page_count(communication) == 3
     assert communication["recipient"] == [{"reference": "Organization/riverside-family-medicine"}]
     assert await inbound.download(get_pdf_url(communication) or "") == REFERRAL
-    counts = await inbound_counts(inbound.database)
-    assert (counts["inbound_faxes"], counts["Communication"], counts["Task"]) == (1, 1, 1)
+    fax = {"_id": f"telnyx:{result['fax_id']}"}
+    assert await inbound.database["inbound_faxes"].count_documents(fax) == 1
+    focus = {"focus.reference": f"Communication/{communication['id']}"}
+    assert await inbound.database["Task"].count_documents(focus) == 1
     # the command line joins the running server's database and receives the same way
     caller = f"+1415555{uuid.uuid4().int % 10_000:04d}"
     letter = str(FIXTURES / "referral-letter.pdf")
