@@ -13,7 +13,7 @@ fax goes through ``Reception.receive`` and only there. Order of work, so that a 
    unique key that makes two deliveries of the same fax one), the Communication, the triage Task and the
    AuditEvent.
 
-The Communication has the shape the hosted service gives received faxes and Ottehr reads (see ``communication``).
+The Communication has the shape the hosted service gives received faxes and Ottehr reads (``inbound_shape.py``).
 """
 
 from __future__ import annotations
@@ -30,36 +30,23 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from ..audit import FAX_EVENTS, SUCCESS, audit_event
 from ..db import in_transaction, stop_if_cancelled
 from ..errors import Unavailable, Unprocessable
-from ..fhir.models import format_instant, now
+from ..fhir.models import now
 from ..fhir.store import ResourceStore
 from ..settings import Settings
 from ..z3.locations import Z3Location
 from ..z3.store import Z3Store
 from .documents import DocumentProblem
 from .inbound_document import PDF, AcceptedDocument, accept, read_texts
+from .inbound_shape import Documents, caller_number, received_communication, triage_task
 from .numbers import FaxNumbers
 from .phone import E164
-from .status import Failure
 from .suggestions import patient_suggestions, sender_suggestions
-from .terminology import (
-    CALLER_NUMBER_SYSTEM,
-    FAILURE_REASON_SYSTEM,
-    FAX_IDENTIFIER_SYSTEM,
-    TASK_CODE_SYSTEM,
-    TRIAGE_CODE,
-    fax_identifier,
-    fax_medium,
-    inbound_category,
-    inbound_status_extension,
-    pages_extension,
-)
 from .transports.base import InboundMedia, InboundNotice
 
 log = logging.getLogger("fhir_fax.inbound")
 
 COLLECTION = "inbound_faxes"
 FAX_IDS = uuid.UUID("6f1d3c1e-4b7a-4c55-9a51-0c2b5e7f9d10")  # namespace: our fax id from the carrier's
-SENDER_ID, RECIPIENT_ID = "caller", "called"  # ids of the contained Devices
 
 
 class NotOnboarded(Unprocessable):
@@ -90,11 +77,6 @@ class Stored:
 def fax_id_of(carrier: str, carrier_fax_id: str) -> str:
     """Our fax id for a carrier's received fax: the same for every delivery of it (so the same Z3 key)."""
     return str(uuid.uuid5(FAX_IDS, f"{carrier}:{carrier_fax_id}"))
-
-
-def caller_number(value: str) -> str | None:
-    """The caller's number when it is E.164 (carriers say "anonymous" or worse for hidden numbers)."""
-    return value if E164.fullmatch(value) else None
 
 
 class Reception:
@@ -174,7 +156,8 @@ class Reception:
             stored = await self.keep(fax_id, moment, accepted)
         communication = self.communication(fax_id, notice, number.get("owner"), stored, moment)
         communication_id = str(uuid.uuid4())
-        task = None if stored is None else triage_task(communication_id, fax_id, notice, stored, number.get("owner"))
+        owner = number.get("owner")
+        task = None if stored is None else triage_task(communication_id, fax_id, notice, stored.info, owner)
         done = await self.record(carrier, notice, fax_id, communication_id, communication, task, stored, who, address)
         if stored is None or done.task is None or done.duplicate:
             return done
@@ -230,90 +213,13 @@ class Reception:
     def communication(
         self, fax_id: str, notice: InboundNotice, owner: str | None, stored: Stored | None, moment: datetime
     ) -> dict[str, Any]:
-        """The Communication of a received fax, in the shape Ottehr's ``handle-inbound-fax`` reads.
-
-        Sender: a contained Device holding the caller's number (identifier system ``phone``). Recipient: the
-        owner of the called number, else a contained Device for it. Pages: ``Communication.extension``
-        fax-pages. Direction: the inbound-fax-status extension (never the outbound one) and the inbound
-        category.
-        """
-        caller = caller_number(notice.from_number)
-        sender: dict[str, Any] = {"resourceType": "Device", "id": SENDER_ID}
-        if caller is not None:
-            sender["identifier"] = [{"system": CALLER_NUMBER_SYSTEM, "value": caller}]
-        sender["deviceName"] = [{"name": f"Fax machine at {caller or 'a hidden number'}", "type": "user-friendly-name"}]
-        contained = [sender]
-        if owner is not None:
-            recipient = {"reference": owner}
-        else:
-            contained.append(
-                {
-                    "resourceType": "Device",
-                    "id": RECIPIENT_ID,
-                    "identifier": [{"system": CALLER_NUMBER_SYSTEM, "value": notice.to_number}],
-                    "deviceName": [{"name": f"Fax line {notice.to_number}", "type": "user-friendly-name"}],
-                }
-            )
-            recipient = {"reference": f"#{RECIPIENT_ID}"}
-        communication: dict[str, Any] = {
-            "resourceType": "Communication",
-            "contained": contained,
-            "identifier": [fax_identifier(fax_id)],
-            "status": "completed",
-            "category": [inbound_category()],
-            "medium": [fax_medium()],
-            "sent": format_instant(min(notice.occurred_at, moment)),
-            "received": format_instant(moment),
-            "recipient": [recipient],
-            "sender": {"reference": f"#{SENDER_ID}"},
-        }
+        """The Communication of a received fax (``inbound_shape``), naming its documents by this server's URLs."""
         if stored is None:
-            failure: Failure = notice.failure or Failure("UNKNOWN", "The fax was not received.")
-            communication["status"] = "stopped"
-            communication["statusReason"] = {
-                "coding": [{"system": FAILURE_REASON_SYSTEM, "code": failure.code}],
-                "text": failure.message,
-            }
-            communication["extension"] = [inbound_status_extension("FAILED")]
-            return communication
-        info = stored.info.info
-        pages = info.pages
-        communication["extension"] = [
-            pages_extension(pages),
-            inbound_status_extension("PARTIAL" if notice.partial else "RECEIVED"),
-        ]
-        payload = [
-            {
-                "contentAttachment": {
-                    "url": self.url(stored.pdf),
-                    "contentType": PDF,
-                    "title": f"Fax from {caller or 'a hidden number'} ({pages} page{'s' if pages != 1 else ''})",
-                    "size": info.size,
-                    "hash": info.sha1,
-                    "creation": format_instant(moment),
-                }
-            }
-        ]
-        if stored.original is not None and stored.info.original is not None:
-            import base64
-            import hashlib
-
-            original = stored.info.original
-            payload.append(
-                {
-                    "contentAttachment": {
-                        "url": self.url(stored.original),
-                        "contentType": stored.info.original_type or "application/octet-stream",
-                        "title": "The fax as the carrier delivered it",
-                        "size": len(original),
-                        "hash": base64.b64encode(hashlib.sha1(original).digest()).decode(),
-                    }
-                }
-            )
-        communication["payload"] = payload
-        if notice.partial:
-            communication["note"] = [{"text": "Only part of this fax came through; ask the sender to send it again."}]
-        return communication
+            return received_communication(fax_id, notice, owner, None, moment)
+        original = self.url(stored.original) if stored.original is not None else None
+        return received_communication(
+            fax_id, notice, owner, Documents(self.url(stored.pdf), stored.info, original), moment
+        )
 
     async def record(
         self,
@@ -370,31 +276,3 @@ class Reception:
                 "The received fax could not be recorded (the database did not take the write); nothing was stored. "
                 "Deliver it again."
             ) from None
-
-
-def triage_task(
-    communication_id: str, fax_id: str, notice: InboundNotice, stored: Stored, owner: str | None
-) -> dict[str, Any]:
-    """The staff's work item: file this fax to a patient (``$file``); searchable as ``Task?status=requested``."""
-    pages = stored.info.info.pages
-    caller = caller_number(notice.from_number) or "a hidden number"
-    description = f"Inbound fax from {caller} ({pages} page{'s' if pages != 1 else ''})"
-    if notice.partial:
-        description += ", partly received"
-    task: dict[str, Any] = {
-        "resourceType": "Task",
-        "identifier": [{"system": FAX_IDENTIFIER_SYSTEM, "value": fax_id}],
-        "status": "requested",
-        "intent": "order",
-        "priority": "routine",
-        "code": {
-            "coding": [{"system": TASK_CODE_SYSTEM, "code": TRIAGE_CODE, "display": "File an inbound fax"}],
-            "text": "File an inbound fax",
-        },
-        "description": description,
-        "focus": {"reference": f"Communication/{communication_id}"},
-        "authoredOn": format_instant(now()),
-    }
-    if owner is not None:
-        task["owner"] = {"reference": owner}
-    return task
