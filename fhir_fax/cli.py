@@ -289,7 +289,7 @@ def inbound(args: argparse.Namespace) -> int:
     import json as json_module
 
     from .fax.phone import NumberProblem, check_fax_number
-    from .fax.transports.simulator.inbound import NAME, simulated_fax
+    from .fax.transports.simulator.inbound import NAME, simulated_failure, simulated_fax
 
     settings = _settings(args)
     path = Path(args.file)
@@ -301,11 +301,17 @@ def inbound(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"fhir-fax: {path} is not a file", file=sys.stderr)
         return 2
+    if args.fail is not None:
+        try:
+            simulated_failure(args.fail)
+        except ValueError as problem:
+            print(f"fhir-fax: --fail: {problem}", file=sys.stderr)
+            return 2
 
     async def work(runtime: Runtime) -> dict[str, Any]:
         await runtime.prepare()
         data = await asyncio.to_thread(path.read_bytes)
-        notice, media = simulated_fax(data, from_number, to_number, args.id)
+        notice, media = simulated_fax(data, from_number, to_number, args.id, args.fail)
         received = await runtime.reception.receive(NAME, notice, media, who="fhir-fax inbound simulate")
         return {"communication": received.communication, "task": received.task, "duplicate": received.duplicate}
 
@@ -412,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--from", dest="from_number", required=True, help="the caller's E.164 number")
     simulate.add_argument("--to", required=True, help="an onboarded E.164 number")
     simulate.add_argument("--id", help="the simulated carrier's fax id (repeat one to deliver the same fax twice)")
+    simulate.add_argument("--fail", help="play a failed reception instead (BUSY, NO_ANSWER, FAILED, UNKNOWN, 486...)")
     simulate.add_argument("--json", action="store_true", help="print the Communication and Task as JSON")
     database_options(simulate)
     simulate.set_defaults(handler=inbound)

@@ -74,6 +74,14 @@ async def test_a_received_fax_is_a_communication_in_the_shape_ottehr_reads(fax_a
     assert task["owner"] == {"reference": ORGANIZATION}
     # the document downloads byte for byte, through a signed URL as the SDK fetches it
     assert await download(fax_api, attachment["url"]) == REFERRAL
+    # a reception that failed: stopped, with the reason, no document and no Task
+    failed = await fax_api.post("/fax/v1/inbound/simulate", params={"from": CALLER, "to": OUR_NUMBER, "fail": "BUSY"})
+    assert failed.status_code == 201 and failed.json()["task"] is None
+    stopped = failed.json()["communication"]
+    assert stopped["status"] == "stopped" and "payload" not in stopped
+    assert stopped["statusReason"]["coding"][0]["code"] == "BUSY"
+    assert stopped["statusReason"]["text"] == "The line was busy."
+    assert get_page_count(stopped) is None and get_sender_fax_number(stopped) == CALLER
     # the reception settings name the bucket and the owner recorded at onboarding
     config = (await fax_api.get("/fax/v1/inbound/config")).json()
     assert config["bucket"] == "fax-received"
@@ -168,6 +176,9 @@ async def test_refused_faxes_store_nothing(fax_api: httpx.AsyncClient, database:
     assert response.status_code == 400 and "'from' is required" in response.json()["message"]
     response = await simulate(fax_api, REFERRAL, caller="555-0100")
     assert response.status_code == 400 and response.json()["message"].startswith("from: '555-0100' is not in E.164")
+    params = {"from": CALLER, "to": OUR_NUMBER, "fail": "BROKEN"}
+    response = await fax_api.post("/fax/v1/inbound/simulate", params=params)
+    assert response.status_code == 400 and response.json()["message"].startswith("fail: 'BROKEN' is not a failure code")
     assert await inbound_counts(database) == before
     # a client without Fax:Receive may neither simulate nor read the reception settings
     policy = {"rule": [{"resource": "*", "action": ["FHIR:*", "Fax:Send", "Z3:*"], "effect": "Allow"}]}

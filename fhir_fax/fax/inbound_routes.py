@@ -2,6 +2,7 @@
 
 ``POST {fax-api}/inbound/simulate?from=+1...&to=+1...`` takes the document as the raw body (PDF or TIFF), as
 if it had been faxed to the onboarded number ``to``; the answer holds the Communication and its Task.
+``&fail=BUSY`` (any failure-reason code) plays a reception that failed instead.
 ``GET {fax-api}/inbound/config`` shows how faxes are received (bucket, media hosts, limits, numbers and owners).
 """
 
@@ -57,7 +58,10 @@ def inbound_router(fax: FaxAPI) -> APIRouter:
         if fax_id is not None and not (0 < len(fax_id) <= MAX_ID and fax_id.isascii() and fax_id.isprintable()):
             raise Invalid(f"id must be 1-{MAX_ID} printable ASCII characters.", expression=["id"])
         data = await read_body(request, settings.inbound_max_bytes)
-        notice, media = simulated_fax(data, from_number, to_number, fax_id)
+        try:
+            notice, media = simulated_fax(data, from_number, to_number, fax_id, request.query_params.get("fail"))
+        except ValueError as problem:
+            raise Invalid(f"fail: {problem}", expression=["fail"]) from None
         address = caller_address(request, TrustedProxies.of(settings.trusted_proxies))
         received = await fax.runtime().reception.receive(
             SIMULATOR, notice, media, who=principal.client_id, address=address
