@@ -12,6 +12,7 @@ suggestions (``suggestions.py``) only propose.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from pymongo.errors import PyMongoError
 
 from ..audit import FAX_EVENTS, SUCCESS, audit_event
 from ..db import in_transaction
-from ..errors import Conflict, DomainError, Invalid, Unavailable, Unprocessable
+from ..errors import Conflict, Gone, Invalid, NotFound, Unavailable, Unprocessable
 from ..fhir.http import FHIRResponse, version_headers
 from ..fhir.models import format_instant, now
 from ..fhir.operations import Operation, OperationCall
@@ -100,8 +101,6 @@ FILE_DEFINITION: dict[str, Any] = {
 
 def concept(parameter: str, code: str | None) -> dict[str, Any] | None:
     """The CodeableConcept of a ``type`` or ``category`` code; 400 naming the parameter when it is no code."""
-    import re
-
     if code is None:
         return None
     if parameter == "category" and code == "clinical-note":
@@ -170,8 +169,8 @@ def file_operation(fax: FaxAPI) -> Operation:
         await context.authorize(request, "FHIR:Read", f"FHIR:Patient:{patient_id}")
         try:
             found = await store.read("Patient", patient_id)
-        except DomainError as error:
-            what = "was deleted" if "deleted" in error.diagnostics else "does not exist"
+        except (NotFound, Gone) as error:
+            what = "was deleted" if isinstance(error, Gone) else "does not exist"
             raise Unprocessable(
                 f"patient: Patient/{patient_id} {what}; file the fax to an existing patient.", expression=["patient"]
             ) from None
