@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from test_external_issuers import Signer, external_settings, issuer_site, maria_token  # noqa: F401 (a fixture)
 
 from fhir_fax.auth.clients import Clients
@@ -84,6 +85,12 @@ async def test_filing_creates_the_document_reference_and_completes_the_task(
         .to_list(None)
     )
     assert {"search-type", "file-fax"} <= {e["subtype"][0]["code"] for e in reads}, "filed faxes read are audited"
+    # the operation is advertised, and its definition served
+    statement = (await fax_api.get("/fhir/metadata")).json()
+    operations = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Communication")["operation"]
+    assert {"name": "file", "definition": "urn:fhir-fax:OperationDefinition:file"} in operations
+    definition = (await fax_api.get("/fhir/OperationDefinition/file")).json()
+    assert (definition["instance"], definition["type"]) == (True, False)
     # filing again changes nothing and answers the same DocumentReference
     before = await state(database, fax)
     again = await file(fax_api, communication_id, filing(MARIA, type="11502-2"))
@@ -157,6 +164,7 @@ async def test_filing_needs_update_on_the_communication_and_read_on_the_patient(
     assert await state(database, fax) == before
 
 
+@pytest.mark.e2e  # the issuer's JWKS site is a server process
 async def test_a_patient_token_sees_only_faxes_filed_to_its_patient(
     tmp_path: Path,
     database: Any,
