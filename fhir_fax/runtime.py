@@ -173,6 +173,8 @@ class Runtime:
     async def close(self) -> None:
         """Write what the auditor still holds, and close outbound connections; the database stays open."""
         await self.auditor.close()
+        if "reception" in self.__dict__:  # made on first use (a cached property)
+            await self.reception.close()
         if isinstance(self.resolver, HttpResolver):
             await self.resolver.close()
 

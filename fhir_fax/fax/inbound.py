@@ -18,6 +18,7 @@ The Communication has the shape the hosted service gives received faxes and Otte
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import uuid
@@ -101,6 +102,7 @@ class Reception:
         # Attachment URLs in the project API's form when the public address is known (as the hosted service
         # writes them), else z3://bucket/key; both name the same object.
         self.project_api_base = project_api_base
+        self._later: set[asyncio.Task[dict[str, Any]]] = set()  # suggestions made after the answer
 
     async def ensure_indexes(self) -> None:
         await self.records.create_index("documents", name="documents")
@@ -135,9 +137,20 @@ class Reception:
     # -- reception -------------------------------------------------------------------------------------
 
     async def receive(
-        self, carrier: str, notice: InboundNotice, media: InboundMedia | None, *, who: str, address: str | None = None
+        self,
+        carrier: str,
+        notice: InboundNotice,
+        media: InboundMedia | None,
+        *,
+        who: str,
+        address: str | None = None,
+        suggest_later: bool = False,
     ) -> Received:
-        """Receive one fax (see the module's steps); DomainErrors say why nothing was stored."""
+        """Receive one fax (see the module's steps); DomainErrors say why nothing was stored.
+
+        ``suggest_later``: the suggestions (OCR can take seconds a page) are made after the answer, so that a
+        carrier's webhook is answered at once; otherwise the answer's Task already holds them.
+        """
         number = await self.check_number(notice, carrier)
         found = await self.earlier(carrier, notice)
         if found is not None:
@@ -161,7 +174,19 @@ class Reception:
         done = await self.record(carrier, notice, fax_id, communication_id, communication, task, stored, who, address)
         if stored is None or done.task is None or done.duplicate:
             return done
+        if suggest_later:
+            later = asyncio.create_task(self.suggest(done.task, stored.info.pdf, notice), name="fhir-fax-suggest")
+            self._later.add(later)
+            later.add_done_callback(self._later.discard)
+            return done
         return Received(done.communication, await self.suggest(done.task, stored.info.pdf, notice), False)
+
+    async def close(self) -> None:
+        """Stop suggestions still being made (the faxes and Tasks are stored; only the proposals are lost)."""
+        for task in list(self._later):
+            task.cancel()
+        if self._later:
+            await asyncio.gather(*self._later, return_exceptions=True)
 
     async def suggest(self, task: dict[str, Any], pdf: bytes, notice: InboundNotice) -> dict[str, Any]:
         """Put the likely patients and sender on the Task (``suggestions.py``); best effort, after the write.

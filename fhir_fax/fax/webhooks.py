@@ -139,5 +139,5 @@ async def receive(fax: Any, carrier: Carrier, reader: Any, notice: InboundNotice
             if problem.transient:
                 raise Unavailable(str(problem)) from None
             raise Unprocessable(str(problem), expression=["media_url"]) from None
-    received = await reception.receive(carrier.name, notice, media, who=f"{carrier.title} webhook")
+    received = await reception.receive(carrier.name, notice, media, who=f"{carrier.title} webhook", suggest_later=True)
     return "duplicate" if received.duplicate else "received"

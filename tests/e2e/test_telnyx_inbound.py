@@ -21,7 +21,7 @@ from fhir_fax.fax.transports.base import InboundNotice, MediaRefused
 from fhir_fax.fax.transports.telnyx.inbound import fetch_media
 from fhir_fax.settings import Settings
 
-from helpers import FIXTURES
+from helpers import FIXTURES, eventually
 from inbound_helpers import CALLER, OUR_NUMBER, REFERRAL, fax_tiff, get_page_count, get_pdf_url, inbound_counts
 from processes import CLI, FaxServer, ServerProcess
 
@@ -117,6 +117,14 @@ async def test_repeated_and_out_of_order_webhooks_make_one_communication(inbound
     assert await inbound.database["inbound_faxes"].count_documents(fax) == 1
     focus = {"focus.reference": f"Communication/{communication['id']}"}
     assert await inbound.database["Task"].count_documents(focus) == 1
+
+    async def suggested() -> list[str] | None:  # made after the webhook was answered
+        task = await inbound.database["Task"].find_one(focus)
+        found = [i["valueReference"]["reference"] for i in (task or {}).get("input", [])]
+        return found or None
+
+    found = await eventually(suggested, within=60, failure=lambda: "no suggestion on the Task")
+    assert found[0] == "Patient/maria-lopez"
     # the command line joins the running server's database and receives the same way
     caller = f"+1415555{uuid.uuid4().int % 10_000:04d}"
     letter = str(FIXTURES / "referral-letter.pdf")
