@@ -11,6 +11,11 @@ server handed to that carrier: the event names the fax and attempt, and the carr
 the one recorded for that attempt when the carrier accepted it. Otherwise it is refused with 409 and logged,
 and nothing is applied or recorded, so a retry by the carrier is applied once the hand-over is recorded (a
 webhook can overtake the worker's record of the submission).
+
+An inbound event (a fax received at one of our numbers: the reader's ``inbound``) goes to the reception
+(``inbound.Reception``) instead: a number not onboarded is 422, media that cannot be fetched safely (off the
+allowed hosts, a redirect, too big) is 422, a media host failing for now is 503 (the carrier retries), and the
+same carrier fax announced again, under any event id or at the same moment, is one Communication.
 """
 
 from __future__ import annotations
