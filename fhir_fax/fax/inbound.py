@@ -39,9 +39,9 @@ from ..z3.store import Z3Store
 from .documents import DocumentProblem
 from .inbound_document import PDF, AcceptedDocument, accept, read_texts
 from .inbound_shape import Documents, caller_number, received_communication, triage_task
-from .numbers import FaxNumbers
+from .numbers import OWNER_TYPES, FaxNumbers
 from .phone import E164
-from .suggestions import patient_suggestions, sender_suggestions
+from .suggestions import SENDER_TYPES, patient_suggestions, sender_suggestions
 from .transports.base import InboundMedia, InboundNotice
 
 log = logging.getLogger("fhir_fax.inbound")
@@ -107,6 +107,12 @@ class Reception:
     async def ensure_indexes(self) -> None:
         await self.records.create_index("documents", name="documents")
         await self.records.create_index("communication_id", name="communication")
+        # What each reception looks up (suggestions.py, numbers.find_owner): patients by birth date or
+        # identifier, senders and owners by fax number; without these every fax would scan the collections.
+        await self.database["Patient"].create_index("birthDate", name="inbound_birth_date")
+        await self.database["Patient"].create_index("identifier.value", name="inbound_identifier")
+        for resource_type in dict.fromkeys((*SENDER_TYPES, *OWNER_TYPES)):
+            await self.database[resource_type].create_index("telecom.value", name="inbound_telecom")
 
     # -- the steps before anything is stored -----------------------------------------------------------
 
