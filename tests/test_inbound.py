@@ -55,7 +55,8 @@ async def test_a_received_fax_is_a_communication_in_the_shape_ottehr_reads(fax_a
     assert attachment["size"] == len(REFERRAL)
     assert attachment["hash"] == base64.b64encode(hashlib.sha1(REFERRAL).digest()).decode()
     assert attachment["url"].startswith("http://fhir.test/v1/z3/fax-received/")
-    assert attachment["url"].endswith(f"/{communication['identifier'][0]['value']}.pdf")
+    fax_id = communication["identifier"][0]["value"]
+    assert attachment["url"].endswith(f"/fax-received/{communication['received'][:10]}-{fax_id}.pdf")
     assert attachment["title"] == "Fax from +16175550188 (3 pages)"
     identifier = communication["identifier"][0]
     assert identifier["system"] == "https://identifiers.oystehr.com/fax"
@@ -124,7 +125,7 @@ async def test_inbound_faxes_are_found_by_search_and_addressed_to_the_owner(fax_
     model_class("Communication").model_validate(to_line)
 
 
-async def test_a_tiff_becomes_a_pdf_and_the_original_is_kept(fax_api: httpx.AsyncClient) -> None:
+async def test_a_tiff_becomes_a_pdf_and_the_original_is_kept(fax_api: httpx.AsyncClient, database: Any) -> None:
     tiff = fax_tiff(pages=2)
     response = await simulate(fax_api, tiff)
     assert response.status_code == 201, response.text
@@ -137,6 +138,18 @@ async def test_a_tiff_becomes_a_pdf_and_the_original_is_kept(fax_api: httpx.Asyn
     assert await download(fax_api, original["url"]) == tiff
     with Image.open(io.BytesIO(tiff)) as image:
         assert image.n_frames == 2
+    # Ottehr's fax integration policy (Fax:Send, and Z3 on fax-received/*) reaches both documents
+    ottehr = {
+        "rule": [
+            {"resource": "Fax:Fax:*", "action": "Fax:Send", "effect": "Allow"},
+            {"resource": "Z3:fax-received/*", "action": "Z3:GetObject", "effect": "Allow"},
+        ]
+    }
+    record, secret = await Clients(database).create("ottehr", ottehr)
+    async with httpx.AsyncClient(transport=fax_api._transport, base_url="http://fhir.test") as http:
+        await login(http, record["clientId"], secret)
+        assert await download(http, get_pdf_url(communication) or "") == pdf
+        assert await download(http, original["url"]) == tiff
 
 
 async def test_the_same_fax_delivered_twice_is_one_communication(fax_api: httpx.AsyncClient, database: Any) -> None:

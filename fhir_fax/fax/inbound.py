@@ -8,7 +8,8 @@ fax goes through ``Reception.receive`` and only there. Order of work, so that a 
 3. the document passes the hostile-document guards in the sandbox, and a TIFF becomes a PDF
    (``inbound_document.accept``);
 4. the PDF (and the carrier's original when it differs) is written to Z3, bucket ``FHIR_FAX_INBOUND_BUCKET``,
-   key ``{yyyy}/{mm}/{dd}/{fax id}.pdf``;
+   key ``{yyyy-mm-dd}-{fax id}.pdf`` (one path segment, so that a policy on ``Z3:fax-received/*``, as
+   Ottehr's fax integration has, reaches every received fax);
 5. one transaction writes the reception record (``inbound_faxes``, ``_id`` = carrier + carrier's fax id: the
    unique key that makes two deliveries of the same fax one), the Communication, the triage Task and the
    AuditEvent.
@@ -224,15 +225,15 @@ class Reception:
 
     async def keep(self, fax_id: str, moment: datetime, accepted: AcceptedDocument) -> Stored:
         """Write the PDF, and the carrier's original when it was not that PDF, to the reception bucket."""
-        folder = moment.strftime("%Y/%m/%d")
+        name = f"{moment:%Y-%m-%d}-{fax_id}"  # the date first: keys sort, and list by prefix, by day
         bucket = self.settings.inbound_bucket
-        pdf = Z3Location(bucket, f"{folder}/{fax_id}.pdf")
+        pdf = Z3Location(bucket, f"{name}.pdf")
         metadata = {"receivedFax": fax_id}
         versions = [(await self.z3.put(pdf, accepted.pdf, PDF, metadata)).version]
         original = None
         if accepted.original is not None:
             extension = "tif" if accepted.original_type == "image/tiff" else "bin"
-            original = Z3Location(bucket, f"{folder}/{fax_id}.original.{extension}")
+            original = Z3Location(bucket, f"{name}.original.{extension}")
             versions.append((await self.z3.put(original, accepted.original, accepted.original_type, metadata)).version)
         return Stored(pdf, accepted, original, tuple(versions))
 
