@@ -34,11 +34,8 @@ from .policies import Rule, beyond, denies, id_scope
 from .scopes import permits_action
 
 READ = "FHIR:Read"
-DIRECT = (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete")
-AUDITED_READS = (
-    "Communication",
-    "DocumentReference",
-)  # what carries a patient's faxed documents  # the others (history) also show the resource
+DIRECT = (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete")  # the others (history) also show the resource
+AUDITED_READS = ("Communication", "DocumentReference")  # what carries a patient's faxed documents
 # The Communication ids of the faxes that carry a document (``z3://bucket/key``; at a version, when given).
 Carriers = Callable[[str, Any], Awaitable[list[str]]]
 # The version of a document a send would pin now (its newest upload), or None.
