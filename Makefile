@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean bench soak browser
+.PHONY: run test lint install clean bench soak system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,16 +35,23 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy fhir_fax
 
-# The browser tests drive Debian's Chromium and its driver (a browser download at install time is not possible).
+# Debian packages the tests need, installed only when missing (a browser download at install time is not
+# possible): Chromium and its driver for the browser tests, Tesseract for reading scanned received faxes.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver)
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	command -v tesseract >/dev/null 2>&1 || missing="$$missing tesseract-ocr"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends$$missing; \
+	fi
 
 # Two workers (one embedded database each); tests of one module stay on one worker, so module fixtures
 # (a built wheel, a Telnyx emulator) are made once. TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
-test: lint $(SDK_STAMP) browser
+test: lint $(SDK_STAMP) system-packages
 	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
 # Benchmarks (never part of the tests): the table and benchmarks/results/latest.json; about 6 minutes.

@@ -234,7 +234,7 @@ class Auditor:
         await self.record(
             subtype=(system, interaction), action="E" if interaction == "search-type" else "R",
             outcome=SUCCESS, who=who, address=address, entities=entities,
-            description=f"{interaction} returned {len(resources)} Communication(s).",
+            description=f"{interaction} returned {len(resources)} {_kinds(resources)}.",
         )  # fmt: skip
 
     async def document_read(self, url: str, carriers: list[dict[str, Any]], who: str, address: str | None) -> None:
@@ -258,6 +258,12 @@ class Auditor:
             subtype=(FAX_EVENTS, "access-refused"), action="E", outcome=MINOR_FAILURE, who=who, address=address,
             entities=[], description=f"{action} on {resource} refused: {reason}",
         )  # fmt: skip
+
+
+def _kinds(resources: list[dict[str, Any]]) -> str:
+    """``Communication(s)``, or each type read (a filed fax is a DocumentReference)."""
+    kinds = sorted({str(r.get("resourceType")) for r in resources}) or ["Communication"]
+    return ", ".join(f"{kind}(s)" for kind in kinds)
 
 
 def references_in(communication: dict[str, Any]) -> list[str]:

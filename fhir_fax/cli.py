@@ -412,6 +412,53 @@ def demo(args: argparse.Namespace) -> int:
     return _with_runtime(settings, lambda runtime: Console(runtime).demo())
 
 
+def inbound(args: argparse.Namespace) -> int:
+    """``fhir-fax inbound simulate FILE --from +1... --to +1...``: receive FILE as if it had been faxed to ``--to``."""
+    import json as json_module
+
+    from .fax.phone import NumberProblem, check_fax_number
+    from .fax.transports.simulator.inbound import NAME, simulated_failure, simulated_fax
+
+    settings = _settings(args)
+    path = Path(args.file)
+    try:
+        from_number, to_number = check_fax_number(args.from_number), check_fax_number(args.to)
+    except NumberProblem as problem:
+        print(f"fhir-fax: {problem}", file=sys.stderr)
+        return 2
+    if not path.is_file():
+        print(f"fhir-fax: {path} is not a file", file=sys.stderr)
+        return 2
+    if args.fail is not None:
+        try:
+            simulated_failure(args.fail)
+        except ValueError as problem:
+            print(f"fhir-fax: --fail: {problem}", file=sys.stderr)
+            return 2
+
+    async def work(runtime: Runtime) -> dict[str, Any]:
+        await runtime.prepare()
+        data = await asyncio.to_thread(path.read_bytes)
+        notice, media = simulated_fax(data, from_number, to_number, args.id, args.fail)
+        received = await runtime.reception.receive(NAME, notice, media, who="fhir-fax inbound simulate")
+        return {"communication": received.communication, "task": received.task, "duplicate": received.duplicate}
+
+    try:
+        result = _with_runtime(settings, work)
+    except DomainError as error:
+        print(f"fhir-fax: {error.diagnostics}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json_module.dumps(result, indent=2))
+    else:
+        communication, task = result["communication"], result["task"]
+        seen = "already received" if result["duplicate"] else "received"
+        print(f"{seen}: Communication/{communication['id']} ({communication['status']})")
+        if task is not None:
+            print(f"triage: Task/{task['id']} - {task['description']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fhir-fax", description="Send faxes from a FHIR server.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -530,6 +577,17 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (onboard, offboard, listing):
         database_options(command)
         command.set_defaults(handler=numbers)
+
+    inbound_command = commands.add_parser("inbound", help="received faxes").add_subparsers(dest="action", required=True)
+    simulate = inbound_command.add_parser("simulate", help="receive FILE as if it had been faxed to --to")
+    simulate.add_argument("file", help="PDF or TIFF document")
+    simulate.add_argument("--from", dest="from_number", required=True, help="the caller's E.164 number")
+    simulate.add_argument("--to", required=True, help="an onboarded E.164 number")
+    simulate.add_argument("--id", help="the simulated carrier's fax id (repeat one to deliver the same fax twice)")
+    simulate.add_argument("--fail", help="play a failed reception instead (BUSY, NO_ANSWER, FAILED, UNKNOWN, 486...)")
+    simulate.add_argument("--json", action="store_true", help="print the Communication and Task as JSON")
+    database_options(simulate)
+    simulate.set_defaults(handler=inbound)
     return parser
 
 

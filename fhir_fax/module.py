@@ -16,6 +16,8 @@ from .auth.discovery import rest_security
 from .auth.m2m import m2m_router
 from .auth.routes import AuthAPI
 from .db import Database
+from .fax.file_operation import file_operation
+from .fax.inbound_routes import inbound_router
 from .fax.operation import preview_fax_operation, send_fax_operation
 from .fax.resend import resend_operation
 from .fax.routes import FaxAPI
@@ -51,6 +53,7 @@ class FaxModule:
         self.fhir.operations.add(send_fax_operation(self.fax))
         self.fhir.operations.add(preview_fax_operation(self.fax))
         self.fhir.operations.add(resend_operation(self.fax))
+        self.fhir.operations.add(file_operation(self.fax))  # file a received fax to a patient
         self.z3 = Z3API(self.settings, self.fhir, self.slot)
         self.auth = AuthAPI(self.settings, self.slot)
         self._given_database = database
@@ -69,6 +72,7 @@ class FaxModule:
         app.include_router(build_fhir_router(self.fhir), prefix=prefix)  # REST interactions and operations
         app.include_router(build_fallback_router(self.fhir), prefix=prefix)
         app.include_router(self.fax.sdk_router(), prefix=self.settings.fax_api_path)
+        app.include_router(inbound_router(self.fax), prefix=self.settings.fax_api_path)  # reception (Fax:Receive)
         app.include_router(self.z3.router(), prefix=self.settings.project_api_path)
         app.include_router(m2m_router(self.fhir, self.slot), prefix=self.settings.project_api_path)
         app.include_router(smart_apps_router(self.fhir, self.slot), prefix=self.settings.project_api_path)

@@ -27,6 +27,7 @@ from .auth.smart_store import ensure_smart_indexes
 from .auth.users import Users
 from .errors import Unavailable
 from .fax import document_faxes, sandbox
+from .fax.inbound import Reception
 from .fax.media import Z3MediaChecker
 from .fax.outbox import Outbox
 from .fax.references import HttpResolver, LocalResolver, ReferenceResolver
@@ -137,6 +138,13 @@ class Runtime:
         """The carrier, made on first use (a server without a worker needs no carrier credentials)."""
         return make_transport(self.settings, self.database)  # the one place a carrier is made
 
+    @cached_property
+    def reception(self) -> Reception:
+        """Receives faxes (carrier webhooks, the simulator, ``fhir-fax inbound simulate``)."""
+        base = self.settings.base_url
+        api = base.rstrip("/") + self.settings.project_api_path if base else None
+        return Reception(self.settings, self.database, self.store, self.z3, self.service.numbers, project_api_base=api)
+
     @property
     def outbox(self) -> Outbox:
         return self.service.outbox
@@ -150,6 +158,7 @@ class Runtime:
             await self.store.put_if_changed(definition)
         await self.service.ensure_indexes()
         await document_faxes.ensure_indexes(self.database)
+        await self.reception.ensure_indexes()
         clients = Clients(self.database)
         await clients.ensure_indexes()
         await assertions.ensure_indexes(self.database)
@@ -169,6 +178,8 @@ class Runtime:
     async def close(self) -> None:
         """Write what the auditor still holds, and close outbound connections; the database stays open."""
         await self.auditor.close()
+        if "reception" in self.__dict__:  # made on first use (a cached property)
+            await self.reception.close()
         if isinstance(self.resolver, HttpResolver):
             await self.resolver.close()
 

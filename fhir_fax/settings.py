@@ -128,6 +128,26 @@ class Settings(BaseSettings):
     telnyx_timeout_seconds: float = Field(default=15.0, gt=0)
     webhook_tolerance_seconds: int = Field(default=300, ge=1, description="Reject webhooks signed longer ago.")
 
+    # Inbound faxes (reception)
+    inbound_bucket: str = Field(
+        default="fax-received",
+        pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$",
+        description="Z3 bucket received faxes are kept in (the hosted service: {project}-fax-received).",
+    )
+    inbound_max_bytes: int = Field(
+        default=50_000_000, ge=1, description="Largest received document (Telnyx's limit); bigger is refused."
+    )
+    inbound_media_hosts: list[str] = Field(
+        default_factory=lambda: ["https://s3.amazonaws.com", "https://*.s3.amazonaws.com"],
+        description="Origins (scheme://host[:port], host may start with *.) inbound fax media is downloaded "
+        "from (JSON list); anything else is refused, redirects are not followed.",
+    )
+    inbound_media_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest the download of one received fax may take."
+    )
+    inbound_ocr: bool = Field(default=True, description="Read scanned faxes with Tesseract to suggest patients.")
+    inbound_ocr_seconds: float = Field(default=60.0, gt=0, description="Longest OCR of one received fax may take.")
+
     # Access
     bootstrap_client_id: str | None = Field(default=None, description="An admin client ensured at start-up.")
     bootstrap_client_secret: str | None = Field(default=None, description="Its secret.")

@@ -177,8 +177,8 @@ def test_an_unknown_carrier_is_named_with_the_known_ones(settings: Settings, pig
 
 def test_the_built_in_carriers_declare_their_capabilities(settings: Settings) -> None:
     simulator = make_transport(settings, database=_NoDatabase())
-    assert simulator.capabilities == Capabilities(takes_tiff=True), "a fax modem gets the fax-line rendering"
-    assert Telnyx.capabilities == Capabilities(fetches_by_url=True), "Telnyx downloads the pinned version by URL"
+    assert simulator.capabilities == Capabilities(takes_tiff=True, inbound=True), "a fax modem gets the rendering"
+    assert Telnyx.capabilities == Capabilities(fetches_by_url=True, inbound=True), "Telnyx fetches the pinned version"
     assert CARRIERS["simulator"].webhooks is None and CARRIERS["telnyx"].webhooks is not None
 
 

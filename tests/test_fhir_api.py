@@ -238,8 +238,8 @@ async def test_metadata_is_a_valid_capability_statement_of_what_is_registered(ap
     model_class("CapabilityStatement").model_validate(statement)
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(resources) == {
-        "AuditEvent", "CareTeam", "Communication", "Device", "HealthcareService", "OperationDefinition",
-        "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
+        "AuditEvent", "CareTeam", "Communication", "Device", "DocumentReference", "HealthcareService",
+        "OperationDefinition", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Task",
     }  # fmt: skip
     patient = resources["Patient"]
     assert {i["code"] for i in patient["interaction"]} >= {"read", "vread", "update", "delete", "create"}

@@ -35,6 +35,7 @@ from .scopes import permits_action
 
 READ = "FHIR:Read"
 DIRECT = (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete")  # the others (history) also show the resource
+AUDITED_READS = ("Communication", "DocumentReference")  # what carries a patient's faxed documents
 # The Communication ids of the faxes that carry a document (``z3://bucket/key``; at a version, when given).
 Carriers = Callable[[str, Any], Awaitable[list[str]]]
 # The version of a document a send would pin now (its newest upload), or None.
@@ -208,8 +209,9 @@ class Gate:
     # -- what was disclosed (the audit trail) ------------------------------------------------------------
 
     async def disclosed(self, request: Request, interaction: str, resources: list[dict[str, Any]]) -> None:
-        """Audit a read: Communications (faxes carry health information) are recorded; other types are not."""
-        faxes = [r for r in resources if r.get("resourceType") == "Communication"]
+        """Audit a read: Communications (faxes carry health information) and DocumentReferences (faxes filed to
+        a patient) are recorded; other types are not."""
+        faxes = [r for r in resources if r.get("resourceType") in AUDITED_READS]
         if faxes and self.auditor is not None:
             principal = await self.identify(request)
             await self.auditor.read(interaction, faxes, principal.client_id, self.guard.address(request))

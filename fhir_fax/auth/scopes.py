@@ -38,6 +38,7 @@ SCOPE_OF_ACTION: dict[str, tuple[str, str]] = {
     "Fax:Onboard": (ADMINISTRATION, "c"),
     "Fax:Offboard": (ADMINISTRATION, "d"),
     "Fax:GetConfiguration": (ADMINISTRATION, "r"),
+    "Fax:Receive": (ADMINISTRATION, "c"),  # simulating a received fax, reading the reception settings
     "App:CreateM2MClient": (ADMINISTRATION, "c"),
     "App:ListAllM2MClients": (ADMINISTRATION, "s"),
     "App:GetM2MClient": (ADMINISTRATION, "r"),

@@ -7,6 +7,8 @@ documents) lists each of its documents in ``fax_jobs.documents`` with the versio
 them belongs to the fax's Communication just as a single document does. Only the send path writes these
 fields, after checking that the caller may read the document, so a client cannot attach someone else's
 document to its own patient's record by writing a Communication by hand.
+A received fax's documents belong to its Communication, as the reception recorded it
+(``inbound_faxes.documents``, written only by ``inbound.Reception``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from ..z3.locations import parse_z3_url
 from ..z3.store import Z3Store
+from .inbound import COLLECTION as INBOUND
 from .outbox import COLLECTION, Outbox
 
 FIELDS = ("media", "rendered")
@@ -44,6 +47,8 @@ def carriers_of(database: Any) -> Any:
         packets = {"documents.media": url, "documents": {"$elemMatch": member}}
         async for job in database[COLLECTION].find(packets, {"communication_id": 1}):
             found.append(job["communication_id"])
+        async for received in database[INBOUND].find({"documents": url}, {"communication_id": 1}):
+            found.append(received["communication_id"])
         return list(dict.fromkeys(found))
 
     return carriers

@@ -1,4 +1,9 @@
-"""Fax numbers onboarded to the project (collection ``fax_numbers``, ``_id`` = the E.164 number)."""
+"""Fax numbers onboarded to the project (collection ``fax_numbers``, ``_id`` = the E.164 number).
+
+Each number may record its ``owner``: the resource (``Organization/x``...) a fax received on it is addressed to
+(``Communication.recipient`` of an inbound fax). It is given at onboarding (``{"owner": ...}``) or found then:
+the one resource of the most preferred type (``OWNER_TYPES``) whose fax telecom is the number.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from ..fhir.models import now
 from .phone import NumberProblem, check_fax_number
 
 COLLECTION = "fax_numbers"
+# Who a number belongs to, when several resources list it: the organisation before its services and people.
+OWNER_TYPES = ("Organization", "HealthcareService", "PractitionerRole", "Practitioner", "CareTeam")
 # NANP numbers 555-0100..0199 are reserved for fictional use: safe to hand out from the simulator.
 SIMULATOR_RANGE = tuple(f"+1202555{n:04d}" for n in range(100, 200))
 
@@ -32,12 +39,25 @@ class FaxNumbers:
         return found == 1
 
     async def onboard(self, number: str, carrier: str) -> bool:
-        """Register ``number``; False when it was already onboarded."""
+        """Register ``number`` (and its owner, when one resource owns it); False when it was already onboarded."""
+        record: dict[str, Any] = {"_id": number, "carrier": carrier, "onboarded": now()}
+        owner = await find_owner(self.collection.database, number)
+        if owner is not None:
+            record["owner"] = owner
         try:
-            await self.collection.insert_one({"_id": number, "carrier": carrier, "onboarded": now()})
+            await self.collection.insert_one(record)
         except DuplicateKeyError:
             return False
         return True
+
+    async def set_owner(self, number: str, owner: str) -> None:
+        """Record ``owner`` (a checked ``Type/id``) as the resource that receives faxes sent to ``number``."""
+        await self.collection.update_one({"_id": number}, {"$set": {"owner": owner}})
+
+    async def record(self, number: str) -> dict[str, Any] | None:
+        """The onboarded number's record (carrier, owner), or None when it is not onboarded."""
+        found: dict[str, Any] | None = await self.collection.find_one({"_id": number})
+        return found
 
     async def onboard_from_range(self, numbers: tuple[str, ...], carrier: str) -> str:
         """Register the first free number of ``numbers`` (the simulator's test range)."""
@@ -82,3 +102,15 @@ class FaxNumbers:
         if result.deleted_count == 0:
             raise NotFound(f"{number} is not onboarded; GET /fax/v1/config lists the onboarded numbers.")
         return [number]
+
+
+async def find_owner(database: Any, number: str) -> str | None:
+    """``Type/id`` of the one resource of the first ``OWNER_TYPES`` type listing ``number`` as its fax, else None."""
+    query = {"telecom": {"$elemMatch": {"system": "fax", "value": number}}, "_fhirfax.deleted": False}
+    for resource_type in OWNER_TYPES:
+        found = await database[resource_type].find(query, {"_id": 1}).limit(2).to_list(None)
+        if len(found) == 1:
+            return f"{resource_type}/{found[0]['_id']}"
+        if found:
+            return None  # two of the same kind: ambiguous, and a contained Device stands for the number
+    return None

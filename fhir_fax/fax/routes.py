@@ -16,12 +16,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..auth.addresses import TrustedProxies, caller_address
-from ..errors import Invalid
+from ..errors import DomainError, Invalid, Unprocessable
 from ..fhir.context import FHIRContext
 from ..fhir.http import read_json
 from ..sdk_http import SDKRoute
 from ..settings import Settings
 from ..z3.locations import Z3Location
+from .numbers import OWNER_TYPES
 from .operation import PREVIEW_SIGNATURE, parse_preview, parse_sdk_body
 from .phone import NumberProblem, check_fax_number
 from .preview import dry_run, preview
@@ -125,7 +126,11 @@ class FaxAPI:
         async def onboard(request: Request) -> dict[str, str]:
             await self.fhir.authorize(request, "Fax:Onboard", "Fax:Number")
             number = await self.optional_number(request)
-            return {"faxNumber": await self.require_service().onboard(number)}
+            owner = await self.optional_owner(request)
+            onboarded = await self.require_service().onboard(number)
+            if owner is not None:  # who receives the faxes sent to it (an inbound fax's recipient)
+                await self.require_service().numbers.set_owner(onboarded, owner)
+            return {"faxNumber": onboarded}
 
         @router.post("/offboard", summary="Offboard fax numbers (all, or the one named)")
         async def offboard(request: Request) -> dict[str, list[str]]:
@@ -160,6 +165,26 @@ class FaxAPI:
         for location, version in documents:
             await self.fhir.document_was_read(request, f"Z3:{location.bucket}/{location.key}", version)
 
+    async def optional_owner(self, request: Request) -> str | None:
+        """``owner`` from the onboarding body: an existing resource of OWNER_TYPES the caller may read."""
+        raw = await request.body()
+        body = json.loads(raw) if raw.strip() else {}
+        owner = body.get("owner") if isinstance(body, dict) else None
+        if owner is None:
+            return None
+        kind, _, ident = owner.partition("/") if isinstance(owner, str) else ("", "", "")
+        if kind not in OWNER_TYPES or not ident:
+            raise Invalid(
+                f"owner must be a reference to one of {', '.join(OWNER_TYPES)}, e.g. Organization/123.",
+                expression=["owner"],
+            )
+        await self.fhir.authorize(request, "FHIR:Read", f"FHIR:{kind}:{ident}")
+        try:
+            await self.fhir.store.read(kind, ident)
+        except DomainError:
+            raise Unprocessable(f"owner: {owner} does not exist; create it first.", expression=["owner"]) from None
+        return str(owner)
+
     async def optional_number(self, request: Request) -> str | None:
         """``faxNumber`` from an optional JSON body (``{}`` or no body means none)."""
         raw = await request.body()
@@ -169,8 +194,11 @@ class FaxAPI:
             body = json.loads(raw)
         except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             raise Invalid('The body must be JSON: {} or {"faxNumber": "+12223334444"}.') from None
-        if not isinstance(body, dict) or set(body) - {"faxNumber"}:
-            raise Invalid('The body may only hold "faxNumber", e.g. {"faxNumber": "+12223334444"}.')
+        if not isinstance(body, dict) or set(body) - {"faxNumber", "owner"}:
+            raise Invalid(
+                'The body may only hold "faxNumber" and "owner", e.g. {"faxNumber": "+12223334444", '
+                '"owner": "Organization/123"}.'
+            )
         number = body.get("faxNumber")
         if number is None:
             return None

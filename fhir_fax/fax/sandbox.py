@@ -49,7 +49,7 @@ FRAME = struct.Struct(">IQ")  # header length, payload length
 MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 1 << 30
 CHECKS = frozenset({"inspect"})  # send-time calls; every other call is a rendering
-CALLS = frozenset({"inspect", "count_pages", "render_fax", "tiff_pages", "preview_png"})
+CALLS = frozenset({"inspect", "count_pages", "render_fax", "tiff_pages", "preview_png", "tiff_to_pdf", "page_texts"})
 PACKAGE = Path(__file__).resolve().parent.parent
 # Imports fhir_fax.fax.* without fhir_fax/__init__.py (which loads the web application).
 BOOTSTRAP = (
@@ -288,7 +288,7 @@ def serve(limits: dict[str, Any]) -> None:
     os.dup2(2, 1)  # anything else printed goes to the log, not into the answers
     from PIL import Image
 
-    from . import documents, render
+    from . import documents, inbound_document, render
 
     documents.PAGE_PIXELS = int(limits["page_pixels"])
     Image.MAX_IMAGE_PIXELS = documents.PAGE_PIXELS
@@ -298,6 +298,8 @@ def serve(limits: dict[str, Any]) -> None:
         "render_fax": render.render_fax,
         "tiff_pages": render.tiff_pages,
         "preview_png": render.preview_png,
+        "tiff_to_pdf": inbound_document.tiff_to_pdf,  # received faxes (inbound_document.py)
+        "page_texts": inbound_document.page_texts,
     }
     calls = sys.stdin.buffer
     while True:

@@ -67,3 +67,46 @@ def outbound_status_extension(code: str) -> dict[str, Any]:
             "text": display,
         },
     }
+
+
+# -- inbound faxes (received from a carrier) -------------------------------------------------------------
+
+# Present on every received fax and never on a sent one: how clients (Ottehr among them) tell direction.
+INBOUND_STATUS_EXTENSION = "https://extensions.fhir.oystehr.com/inbound-fax-status"
+INBOUND_STATUS_SYSTEM = "https://terminology.fhir.oystehr.com/CodeSystem/inbound-fax-status"
+INBOUND_STATUSES: dict[str, str] = {
+    "RECEIVED": "received",
+    "PARTIAL": "partially received",
+    "FAILED": "reception failed",
+}
+# Communication.category of a received fax, so that a search can ask for inbound faxes only.
+FAX_DIRECTION_SYSTEM = "urn:fhir-fax:fax-direction"
+# The caller's number on the contained sender Device: Ottehr reads the identifier with this system first.
+CALLER_NUMBER_SYSTEM = "phone"
+# The triage Task of a received fax.
+TASK_CODE_SYSTEM = "urn:fhir-fax:task"
+TRIAGE_CODE = "file-inbound-fax"
+SUGGESTED_PATIENT = "suggested-patient"
+SUGGESTED_SENDER = "suggested-sender"
+SUGGESTION_CONFIDENCE_EXTENSION = "urn:fhir-fax:extension:suggestion-confidence"
+SUGGESTION_EVIDENCE_EXTENSION = "urn:fhir-fax:extension:suggestion-evidence"
+FILED_DOCUMENT_SYSTEM = "urn:fhir-fax:filed-fax"  # DocumentReference.identifier: the fax it was filed from
+
+
+def inbound_status_extension(code: str) -> dict[str, Any]:
+    display = INBOUND_STATUSES[code]
+    return {
+        "url": INBOUND_STATUS_EXTENSION,
+        "valueCodeableConcept": {
+            "coding": [{"system": INBOUND_STATUS_SYSTEM, "code": code, "display": display}],
+            "text": display,
+        },
+    }
+
+
+def inbound_category() -> dict[str, Any]:
+    return {"coding": [{"system": FAX_DIRECTION_SYSTEM, "code": "inbound", "display": "Inbound fax"}]}
+
+
+def pages_extension(pages: int) -> dict[str, Any]:
+    return {"url": PAGES_EXTENSION, "valueInteger": pages}

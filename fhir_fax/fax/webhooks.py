@@ -11,22 +11,37 @@ server handed to that carrier: the event names the fax and attempt, and the carr
 the one recorded for that attempt when the carrier accepted it. Otherwise it is refused with 409 and logged,
 and nothing is applied or recorded, so a retry by the carrier is applied once the hand-over is recorded (a
 webhook can overtake the worker's record of the submission).
+
+An inbound event (a fax received at one of our numbers: the reader's ``inbound``) goes to the reception
+(``inbound.Reception``) instead: a number not onboarded is 422, media that cannot be fetched safely (off the
+allowed hosts, a redirect, too big) is 422, a media host failing for now is 503 (the carrier retries), and the
+same carrier fax announced again, under any event id or at the same moment, is one Communication.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pymongo.errors import DuplicateKeyError
 
+from ..errors import Unavailable, Unprocessable
 from ..fhir.errors import Conflict, InvalidRequest, ResourceNotFound, Unauthorized
 from ..fhir.models import now
 from ..sdk_http import SDKRoute
 from .outbox import Outbox
 from .status import StatusEvent
-from .transports.base import WEBHOOK_PREFIX, Carrier, WebhookReader, WebhookRefused, WebhookUnreadable
+from .transports.base import (
+    WEBHOOK_PREFIX,
+    Carrier,
+    InboundNotice,
+    MediaRefused,
+    WebhookReader,
+    WebhookRefused,
+    WebhookUnreadable,
+)
 from .transports.registry import carrier_named
 
 RECEIPTS = "webhook_receipts"
@@ -80,6 +95,17 @@ def webhook_router(fax: Any) -> APIRouter:
         receipt_id = f"{registered.name}:{verified.event_id}"
         if await receipts.find_one({"_id": receipt_id}) is not None:
             return {"status": "duplicate"}
+        inbound = getattr(reader, "inbound", None)
+        try:
+            notice = inbound(verified) if inbound is not None else None
+        except WebhookUnreadable as problem:
+            log.warning("%s event %s refused: %s", registered.title, verified.event_id, problem)
+            raise InvalidRequest(str(problem)) from None
+        if notice is not None:
+            outcome = await receive(fax, registered, reader, notice)
+            with contextlib.suppress(DuplicateKeyError):  # a simultaneous delivery of it may have recorded it first
+                await receipts.insert_one({"_id": receipt_id, "received": now()})
+            return {"status": outcome}
         try:
             event = reader.event(verified)
         except WebhookUnreadable as problem:
@@ -101,3 +127,22 @@ def webhook_router(fax: Any) -> APIRouter:
         return {"status": "applied" if applied else "ignored"}
 
     return router
+
+
+async def receive(fax: Any, carrier: Carrier, reader: Any, notice: InboundNotice) -> str:
+    """Hand a received fax to the reception; ``received``, or ``duplicate`` when this carrier fax is already in."""
+    reception = fax.runtime().reception
+    await reception.check_number(notice, carrier.title)  # before anything is fetched
+    if await reception.earlier(carrier.name, notice) is not None:
+        return "duplicate"
+    media = None
+    if notice.failure is None:
+        try:
+            media = await reader.fetch_media(notice)
+        except MediaRefused as problem:
+            log.warning("%s fax %s refused: %s", carrier.title, notice.carrier_fax_id, problem)
+            if problem.transient:
+                raise Unavailable(str(problem)) from None
+            raise Unprocessable(str(problem), expression=["media_url"]) from None
+    received = await reception.receive(carrier.name, notice, media, who=f"{carrier.title} webhook", suggest_later=True)
+    return "duplicate" if received.duplicate else "received"

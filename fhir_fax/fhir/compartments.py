@@ -17,6 +17,8 @@ from .search_types import KEYS
 PATIENT_COMPARTMENT: dict[str, tuple[str, ...]] = {
     "Communication": ("subject", "sender", "recipient"),
     "AuditEvent": ("patient",),
+    "DocumentReference": ("subject", "author"),
+    "Task": ("patient",),  # Task.for: a triage Task joins its patient's compartment once the fax is filed
 }
 LIMITED_TYPES = frozenset({"Patient", *PATIENT_COMPARTMENT})
 

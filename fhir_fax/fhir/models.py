@@ -26,6 +26,7 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "CareTeam",
     "Communication",
     "Device",
+    "DocumentReference",
     "HealthcareService",
     "OperationDefinition",
     "Organization",
@@ -33,6 +34,7 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "Practitioner",
     "PractitionerRole",
     "RelatedPerson",
+    "Task",
 )
 
 

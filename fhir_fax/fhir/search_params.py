@@ -165,4 +165,95 @@ def default_registry() -> SearchRegistry:
         registry.register("Communication", parameter)
     for parameter in AUDIT_EVENT:
         registry.register("AuditEvent", parameter)
+    add_inbound_parameters(registry)
     return registry
+
+
+# -- received faxes: Task (the triage queue), DocumentReference (filed faxes), the caller's number ----------------
+
+
+def _plain_token(element: str) -> Callable[[dict[str, Any]], list[tuple[str | None, str | None]]]:
+    def extract(resource: dict[str, Any]) -> list[tuple[str | None, str | None]]:
+        value = resource.get(element)
+        return [(None, value)] if isinstance(value, str) else []
+
+    return extract
+
+
+def _concept(element: str) -> Callable[[dict[str, Any]], list[tuple[str | None, str | None]]]:
+    def extract(resource: dict[str, Any]) -> list[tuple[str | None, str | None]]:
+        return [(c.get("system"), c.get("code")) for c in (resource.get(element) or {}).get("coding", [])]
+
+    return extract
+
+
+def _related(resource: dict[str, Any]) -> list[str]:
+    related = (resource.get("context") or {}).get("related", [])
+    return [r["reference"] for r in related if isinstance(r, dict) and isinstance(r.get("reference"), str)]
+
+
+def sender_numbers(resource: dict[str, Any]) -> list[tuple[str | None, str | None]]:
+    """The numbers of a contained sender (a received fax's caller Device): identifiers and telecoms."""
+    reference = (resource.get("sender") or {}).get("reference") or ""
+    if not reference.startswith("#"):
+        return []
+    found: list[tuple[str | None, str | None]] = []
+    for contained in _list(resource.get("contained")):
+        if isinstance(contained, dict) and contained.get("id") == reference[1:]:
+            found += [(i.get("system"), i.get("value")) for i in _list(contained.get("identifier"))]
+            found += [(t.get("system"), t.get("value")) for t in _list(contained.get("telecom"))]
+    return found
+
+
+TASK: tuple[SearchParameter, ...] = (
+    indexed_parameter(TokenKind("status", _plain_token("status")), "token", "Search by task status", "Task.status",
+                      sortable=True, indexed=True),
+    indexed_parameter(ReferenceKind("focus", references("focus")), "reference", "Search by task focus", "Task.focus",
+                      indexed=True),
+    indexed_parameter(ReferenceKind("owner", references("owner")), "reference", "Search by task owner", "Task.owner"),
+    indexed_parameter(TokenKind("code", _concept("code")), "token", "Search by task code", "Task.code"),
+    indexed_parameter(ReferenceKind("subject", references("for")), "reference", "Search by subject", "Task.for"),
+    indexed_parameter(ReferenceKind("patient", references("for", "Patient"), targets=("Patient",)), "reference",
+                      "Search by patient", "Task.for.where(resolve() is Patient)", indexed=True),
+    indexed_parameter(TokenKind("identifier", identifiers), "token", "Search for a task instance by its business "
+                      "identifier", "Task.identifier", indexed=True),
+    indexed_parameter(DateKind("authored-on", date_of("authoredOn")), "date", "Search by creation date",
+                      "Task.authoredOn", sortable=True),
+)  # fmt: skip
+
+DOCUMENT_REFERENCE: tuple[SearchParameter, ...] = (
+    indexed_parameter(ReferenceKind("subject", references("subject")), "reference", "Who/what is the subject of the "
+                      "document", "DocumentReference.subject", indexed=True),
+    indexed_parameter(ReferenceKind("patient", references("subject", "Patient"), targets=("Patient",)), "reference",
+                      "Who/what is the subject of the document", "DocumentReference.subject.where(resolve() is "
+                      "Patient)", indexed=True),
+    indexed_parameter(ReferenceKind("author", references("author")), "reference", "Who and/or what authored the "
+                      "document", "DocumentReference.author"),
+    indexed_parameter(TokenKind("status", _plain_token("status")), "token", "current | superseded | "
+                      "entered-in-error", "DocumentReference.status"),
+    indexed_parameter(TokenKind("type", _concept("type")), "token", "Kind of document", "DocumentReference.type"),
+    indexed_parameter(TokenKind("category", codings("category")), "token", "Categorization of document",
+                      "DocumentReference.category"),
+    indexed_parameter(TokenKind("identifier", identifiers), "token", "Identifiers of the document",
+                      "DocumentReference.identifier", indexed=True),
+    indexed_parameter(ReferenceKind("related", _related), "reference", "Related identifiers or resources",
+                      "DocumentReference.context.related", indexed=True),
+    indexed_parameter(DateKind("date", date_of("date")), "date", "When this document reference was created",
+                      "DocumentReference.date", sortable=True),
+)  # fmt: skip
+
+# Not an R4B parameter: the caller's number of a received fax (its contained sender Device), e.g.
+# ``Communication?sender-number=phone|+12223334444`` or ``?sender-number=+12223334444``.
+SENDER_NUMBER = indexed_parameter(
+    TokenKind("sender-number", sender_numbers), "token", "The caller's number of a received fax (contained sender)",
+    "Communication.sender.resolve().identifier", indexed=True,
+)  # fmt: skip
+
+
+def add_inbound_parameters(registry: SearchRegistry) -> None:
+    """The search parameters received faxes need: the triage queue, filed documents, the caller's number."""
+    for parameter in TASK:
+        registry.register("Task", parameter)
+    for parameter in DOCUMENT_REFERENCE:
+        registry.register("DocumentReference", parameter)
+    registry.register("Communication", SENDER_NUMBER)

@@ -262,16 +262,22 @@ class ResourceStore:
                 return version
         raise PreconditionFailed(f"{resource_type}/{resource_id} is being changed by many clients at once.")
 
-    async def _replace(self, resource_type: str, current: dict[str, Any], document: dict[str, Any]) -> bool:
+    async def _replace(
+        self, resource_type: str, current: dict[str, Any], document: dict[str, Any], session: Any = None
+    ) -> bool:
         """Copy ``current`` to history, then swap in ``document`` if nobody changed it meanwhile."""
         version = current[RESERVED]["version"]
         prior = dict(current)
         prior["_id"] = f"{current['_id']}/{version}"
         prior[RESERVED] = {**current[RESERVED], "id": current["_id"]}
-        with contextlib.suppress(DuplicateKeyError):  # copied by an earlier attempt; versions never change
-            await self.database[history_collection(resource_type)].insert_one(prior)
+        history = self.database[history_collection(resource_type)]
+        if session is None:
+            with contextlib.suppress(DuplicateKeyError):  # copied by an earlier attempt; versions never change
+                await history.insert_one(prior)
+        elif await history.count_documents({"_id": prior["_id"]}, limit=1, session=session) == 0:
+            await history.insert_one(prior, session=session)  # a duplicate key would abort the transaction
         result = await self.collection(resource_type).replace_one(
-            {"_id": current["_id"], f"{RESERVED}.version": version}, document
+            {"_id": current["_id"], f"{RESERVED}.version": version}, document, session=session
         )
         matched: int = result.matched_count
         return matched == 1
@@ -281,16 +287,18 @@ class ResourceStore:
         resource_type: str,
         resource_id: str,
         change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        *,
+        session: Any = None,
     ) -> dict[str, Any] | None:
         """Read-modify-write with retries: ``change`` gets the current resource and returns the new one.
 
         ``change`` returning None means "no change"; the current resource is then returned
         unchanged. Used by server-side changes (e.g. status updates) that must never lose a
-        concurrent version.
+        concurrent version. ``session`` makes the change part of the caller's transaction.
         """
         collection = self.collection(resource_type)
         for _ in range(MAX_WRITE_ATTEMPTS):
-            current = await collection.find_one({"_id": resource_id})
+            current = await collection.find_one({"_id": resource_id}, session=session)
             if current is None or current[RESERVED]["deleted"]:
                 raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
             changed = change(public(current))
@@ -299,7 +307,7 @@ class ResourceStore:
             changed = validate_resource(changed, resource_type)
             version = current[RESERVED]["version"] + 1
             document = self._document(changed, resource_id, version, "PUT", now(), created_of(current))
-            if await self._replace(resource_type, current, document):
+            if await self._replace(resource_type, current, document, session):
                 return public(document)
         raise PreconditionFailed(f"{resource_type}/{resource_id} is being changed by many clients at once.")
 

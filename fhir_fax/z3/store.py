@@ -144,6 +144,10 @@ class Z3Store:
             removed += await self._remove_unpinned(file_id)
         return removed
 
+    async def discard(self, version: Any) -> bool:
+        """Remove one unpinned version (an upload that lost a race to be used); False when pinned or gone."""
+        return await self._remove_unpinned(version)
+
     async def _remove_unpinned(self, file_id: Any) -> bool:
         """Remove one version unless it is pinned (atomically: the condition and the removal are one command)."""
         result = await self.files.delete_one({"_id": file_id, "metadata.pinned": {"$ne": True}})

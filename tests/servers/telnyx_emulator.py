@@ -7,6 +7,12 @@ outcome (0002 user_busy, 0003 receiver_no_answer, 0004 destination_invalid, 0005
 a reason, 0007 receiver_call_dropped). ``POST /_control`` sets ``reject_next`` (answer 429 that many
 times), ``lose_answer_next`` (take the fax, then answer 503 as if the answer were lost, that many times),
 ``drop_webhooks`` and ``chaos``; ``GET /_control/log`` shows what happened.
+
+Inbound: ``POST /_control/inbound`` (``from``, ``to``, ``webhook_url``, ``document`` in base64, ``content_type``,
+optional ``fax_id``, ``partial``, ``media_url``) plays a fax arriving at ``to``: the document is served at
+``GET /media/{fax_id}`` (and ``/media-redirect/{fax_id}`` answers 302 to it), and the webhooks
+``fax.media.processing.started`` and ``fax.received`` are sent out of order (received first), each twice, the
+two ``fax.received`` at the same time. The answer lists the webhook answers.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import pypdfium2
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 API_KEY = sys.argv[2] if len(sys.argv) > 2 else "test-key"
 PRIVATE_KEY = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(sys.argv[3] if len(sys.argv) > 3 else "11" * 32))
@@ -40,7 +46,8 @@ OUTCOMES = {
 app = FastAPI()
 faxes: dict[str, dict[str, Any]] = {}
 control: dict[str, Any] = {"reject_next": 0, "lose_answer_next": 0, "drop_webhooks": False, "chaos": True}
-log: dict[str, list[Any]] = {"media_fetches": [], "webhooks": [], "submissions": []}
+log: dict[str, list[Any]] = {"media_fetches": [], "webhooks": [], "submissions": [], "inbound_fetches": []}
+media: dict[str, tuple[bytes, str]] = {}
 
 
 def stamp() -> str:
@@ -132,6 +139,69 @@ async def list_faxes(request: Request) -> JSONResponse:
     return JSONResponse({"data": found[(number - 1) * size : number * size]})
 
 
+@app.get("/media/{fax_id}")
+async def get_media(fax_id: str) -> Response:
+    log["inbound_fetches"].append(fax_id)
+    if fax_id not in media:
+        return error(404, "no such media")
+    content, content_type = media[fax_id]
+    return Response(content, media_type=content_type)
+
+
+@app.get("/media-redirect/{fax_id}")
+async def redirect_media(fax_id: str) -> Response:
+    return Response(status_code=302, headers={"location": f"/media/{fax_id}"})
+
+
+@app.post("/_control/inbound")
+async def inbound_fax(request: Request) -> dict[str, Any]:
+    body = await request.json()
+    fax_id = body.get("fax_id") or str(uuid.uuid4())
+    content_type = body.get("content_type", "application/pdf")
+    document = base64.b64decode(body["document"])
+    media[fax_id] = (document, content_type)
+    base = str(request.base_url).rstrip("/")
+    payload = {
+        "fax_id": fax_id,
+        "connection_id": "fax-app-1",
+        "direction": "inbound",
+        "from": body["from"],
+        "to": body["to"],
+        "user_id": "user-1",
+    }
+    received = {
+        **payload,
+        "status": "received",
+        "media_url": body.get("media_url") or f"{base}/media/{fax_id}",
+        "page_count": body.get("pages", 1),
+        "partial_content": bool(body.get("partial", False)),
+    }
+    processing = envelope_of("fax.media.processing.started", {**payload, "status": "media.processing"})
+    announced = envelope_of("fax.received", received)
+    answers = []
+    async with httpx.AsyncClient(timeout=30) as http:
+        url = body["webhook_url"]
+        first = await asyncio.gather(post_webhook(http, url, announced), post_webhook(http, url, announced))
+        answers += first
+        answers.append(await post_webhook(http, url, processing))
+        answers.append(await post_webhook(http, url, processing))
+        answers.append(await post_webhook(http, url, envelope_of("fax.received", received)))  # a new event id
+    return {"fax_id": fax_id, "answers": answers}
+
+
+def envelope_of(event_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "data": {
+            "event_type": event_type,
+            "id": str(uuid.uuid4()),
+            "occurred_at": stamp(),
+            "record_type": "event",
+            "payload": payload,
+        },
+        "meta": {"attempt": 1},
+    }
+
+
 async def run_fax(fax: dict[str, Any]) -> None:
     """Fetch the media, then report the fax's life by webhook (and keep GET /v2/faxes/{id} current)."""
     async with httpx.AsyncClient(timeout=10) as http:
@@ -183,15 +253,15 @@ def envelope(fax: dict[str, Any], event_type: str, change: dict[str, Any]) -> di
     }
 
 
-async def post_webhook(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
+async def post_webhook(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
     raw = json.dumps(body).encode()
     timestamp = str(int(time.time()))
     signature = base64.b64encode(PRIVATE_KEY.sign(timestamp.encode() + b"|" + raw)).decode()
     headers = {"content-type": "application/json", "telnyx-signature-ed25519": signature, "telnyx-timestamp": timestamp}
     response = await http.post(url, content=raw, headers=headers)
-    log["webhooks"].append(
-        {"event_type": body["data"]["event_type"], "status": response.status_code, "answer": response.text}
-    )
+    entry = {"event_type": body["data"]["event_type"], "status": response.status_code, "answer": response.text}
+    log["webhooks"].append(entry)
+    return entry
 
 
 if __name__ == "__main__":

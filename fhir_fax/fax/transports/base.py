@@ -32,7 +32,7 @@ class Capabilities:
 
     takes_tiff: bool = False  # gets the fax-line rendering (TIFF Class F) rather than the sender's document
     fetches_by_url: bool = False  # downloads the pinned document from a signed Z3 URL instead of taking bytes
-    inbound: bool = False  # can receive faxes (declared only: receiving is not implemented yet)
+    inbound: bool = False  # can receive faxes (its webhook reader reads inbound notices, or it is simulated)
     max_concurrency: int | None = None  # attempts it accepts in flight at once; None: no limit known
     rate_per_second: float | None = None  # submissions per second it accepts; None: no limit known
 
@@ -123,6 +123,57 @@ class WebhookReader(Protocol):
 
         Raises WebhookUnreadable when it is about one of our attempts but cannot be matched to one.
         """
+
+
+# -- inbound faxes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InboundNotice:
+    """A carrier's word that a fax arrived (or failed to arrive) at one of our numbers; media not fetched yet.
+
+    ``carrier_fax_id`` is the carrier's own id for the received fax: every repeat of the news names the same
+    one, so it decides "the same fax" whichever event id or order the deliveries come in.
+    """
+
+    carrier_fax_id: str
+    from_number: str
+    to_number: str
+    occurred_at: datetime
+    media_url: str | None = None  # where the carrier keeps the document; None for a failed reception
+    pages: int | None = None
+    partial: bool = False  # only part of the fax came through (Telnyx ``partial_content``)
+    failure: Any = None  # fax.status.Failure of a failed reception
+
+
+class MediaRefused(Exception):
+    """The carrier's media cannot be fetched safely (a host off the allow-list, a redirect, too big, too slow).
+
+    ``transient``: the host failed for now (5xx, a timeout); the carrier's retry of the webhook may succeed.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class InboundMedia:
+    data: bytes
+    content_type: str | None
+
+
+class InboundReader(Protocol):
+    """The inbound side of a carrier's webhook reader (declared with ``Capabilities.inbound``)."""
+
+    def inbound(self, webhook: VerifiedWebhook) -> InboundNotice | None:
+        """The received fax the webhook tells of, or None when it is about something else (an outbound fax).
+
+        Raises WebhookUnreadable when it is an inbound event whose deciding values are wrong.
+        """
+
+    async def fetch_media(self, notice: InboundNotice) -> InboundMedia:
+        """The document, fetched only from the carrier's own media hosts; raises MediaRefused."""
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ def planned_outcome(to_number: str, attempt: int) -> str | None:
 
 class Simulator:
     name = "simulator"
-    capabilities = Capabilities(takes_tiff=True)  # it receives the fax-line rendering, as a fax modem would
+    # It receives the fax-line rendering, as a fax modem would; faxes to our numbers: ``inbound.simulated_fax``.
+    capabilities = Capabilities(takes_tiff=True, inbound=True)
 
     def __init__(self, database: Any, speed: float = 1.0, tick: float = 0.05) -> None:
         self.collection = database[COLLECTION]

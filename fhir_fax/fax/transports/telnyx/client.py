@@ -25,7 +25,7 @@ NAME = "telnyx"
 
 class Telnyx:
     name = NAME
-    capabilities = Capabilities(fetches_by_url=True)
+    capabilities = Capabilities(fetches_by_url=True, inbound=True)  # inbound: fax.received (inbound.py)
 
     def __init__(self, settings: Settings, database: Any) -> None:
         if not (settings.telnyx_api_key and settings.telnyx_connection_id and settings.base_url):

@@ -22,6 +22,7 @@ from ....settings import Settings
 from ...status import StatusEvent
 from ..base import VerifiedWebhook, WebhookRefused, WebhookUnreadable
 from .events import CARRIER_ID, event_from_webhook
+from .inbound import TelnyxInbound
 
 
 def telnyx_signature_problem(
@@ -45,10 +46,14 @@ def telnyx_signature_problem(
     return None
 
 
-class TelnyxWebhooks:
-    """The ``WebhookReader`` of Telnyx: needs only the public key and the tolerance, not the API credentials."""
+class TelnyxWebhooks(TelnyxInbound):
+    """The ``WebhookReader`` of Telnyx: needs only the public key and the tolerance, not the API credentials.
+
+    Its inbound half (``inbound.py``) reads ``fax.received`` and fetches the media from the allowed hosts.
+    """
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.public_key = settings.telnyx_public_key
         self.tolerance = settings.webhook_tolerance_seconds
 

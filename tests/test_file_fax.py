@@ -1,0 +1,191 @@
+"""``$file``: a received fax filed to a patient (DocumentReference, subject, Task completed), once; and who may."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_external_issuers import Signer, external_settings, issuer_site, maria_token  # noqa: F401 (a fixture)
+
+from fhir_fax.auth.clients import Clients
+from fhir_fax.fhir.models import model_class
+
+from helpers import FHIR_JSON, login, seed_request, serving_fax
+from inbound_helpers import REFERRAL, download, inbound_counts, simulate
+
+MARIA = "Patient/maria-lopez"
+
+
+def filing(patient: str, **more: str) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [{"name": "patient", "valueReference": {"reference": patient}}]
+    for name, value in more.items():
+        parameters.append({"name": name, "valueString" if name == "note" else "valueCode": value})
+    return {"resourceType": "Parameters", "parameter": parameters}
+
+
+async def received(http: httpx.AsyncClient) -> dict[str, Any]:
+    response = await simulate(http, REFERRAL)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def file(http: httpx.AsyncClient, communication_id: str, body: dict[str, Any]) -> httpx.Response:
+    return await http.post(f"/fhir/Communication/{communication_id}/$file", json=body, headers=FHIR_JSON)
+
+
+async def state(database: Any, fax: dict[str, Any]) -> dict[str, Any]:
+    """Everything ``$file`` may change, to compare before and after."""
+    communication = await database["Communication"].find_one({"_id": fax["communication"]["id"]})
+    task = await database["Task"].find_one({"_id": fax["task"]["id"]})
+    return {
+        **await inbound_counts(database),
+        "communication version": communication["meta"]["versionId"],
+        "task": (task["status"], task["meta"]["versionId"]),
+        "audit": await database["AuditEvent"].count_documents({"subtype.code": "file-fax"}),
+    }
+
+
+async def test_filing_creates_the_document_reference_and_completes_the_task(
+    fax_api: httpx.AsyncClient, database: Any
+) -> None:
+    fax = await received(fax_api)
+    communication_id = fax["communication"]["id"]
+    response = await file(fax_api, communication_id, filing(MARIA, type="57133-1", note="Referral from cardiology"))
+    assert response.status_code == 201, response.text
+    document = response.json()
+    model_class("DocumentReference").model_validate(document)
+    assert document["subject"] == {"reference": MARIA}
+    assert document["type"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "57133-1",
+        "display": "Referral note",
+    }
+    assert document["context"]["related"] == [{"reference": f"Communication/{communication_id}"}]
+    attachment = document["content"][0]["attachment"]
+    assert attachment == fax["communication"]["payload"][0]["contentAttachment"]
+    assert await download(fax_api, attachment["url"]) == REFERRAL
+    communication = (await fax_api.get(f"/fhir/Communication/{communication_id}")).json()
+    assert communication["subject"] == {"reference": MARIA}
+    task = (await fax_api.get(f"/fhir/Task/{fax['task']['id']}")).json()
+    assert task["status"] == "completed" and task["for"] == {"reference": MARIA}
+    assert task["output"][0]["valueReference"] == {"reference": f"DocumentReference/{document['id']}"}
+    [event] = await database["AuditEvent"].find({"subtype.code": "file-fax"}).to_list(None)
+    assert {f"Communication/{communication_id}", MARIA, f"DocumentReference/{document['id']}"} <= {
+        e["what"].get("reference") for e in event["entity"]
+    }
+    # the patient's documents and faxes are FHIR searches
+    found = (await fax_api.get("/fhir/DocumentReference", params={"patient": "maria-lopez"})).json()
+    assert document["id"] in {e["resource"]["id"] for e in found["entry"]}
+    reads = (
+        await database["AuditEvent"]
+        .find({"entity.what.reference": f"DocumentReference/{document['id']}"})
+        .to_list(None)
+    )
+    assert {"search-type", "file-fax"} <= {e["subtype"][0]["code"] for e in reads}, "filed faxes read are audited"
+    # the operation is advertised, and its definition served
+    statement = (await fax_api.get("/fhir/metadata")).json()
+    operations = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Communication")["operation"]
+    assert {"name": "file", "definition": "urn:fhir-fax:OperationDefinition:file"} in operations
+    definition = (await fax_api.get("/fhir/OperationDefinition/file")).json()
+    assert (definition["instance"], definition["type"]) == (True, False)
+    # filing again changes nothing and answers the same DocumentReference
+    before = await state(database, fax)
+    again = await file(fax_api, communication_id, filing(MARIA, type="11502-2"))
+    assert again.status_code == 200 and again.json() == document
+    assert await state(database, fax) == before
+    # and filing it to another patient is a conflict that changes nothing either
+    response = await file(fax_api, communication_id, filing("Patient/james-oneil"))
+    assert response.status_code == 409
+    assert response.json()["issue"][0]["diagnostics"].startswith("patient: this fax is already filed to Patient/maria")
+    assert await state(database, fax) == before
+
+
+async def test_filing_to_a_missing_patient_or_with_bad_parameters_is_refused(
+    fax_api: httpx.AsyncClient, database: Any
+) -> None:
+    fax = await received(fax_api)
+    assert (await fax_api.delete("/fhir/Patient/james-oneil")).status_code in (200, 204)
+    before = await state(database, fax)
+    for patient, message in (
+        ("Patient/nobody", "patient: Patient/nobody does not exist; file the fax to an existing patient."),
+        ("Patient/james-oneil", "patient: Patient/james-oneil was deleted; file the fax to an existing patient."),
+    ):
+        response = await file(fax_api, fax["communication"]["id"], filing(patient))
+        assert response.status_code == 422, response.text
+        issue = response.json()["issue"][0]
+        assert issue["diagnostics"] == message and issue["expression"] == ["patient"]
+    assert await state(database, fax) == before
+    for body, message in (
+        (filing(MARIA, type="referral"), "type: 'referral' is not a LOINC code"),
+        (filing("Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c"), "patient: 'Practitioner/"),
+        ({"resourceType": "Parameters"}, "Parameter 'patient' is required"),
+    ):
+        response = await file(fax_api, fax["communication"]["id"], body)
+        assert response.status_code == 400, response.text
+        assert message in response.json()["issue"][0]["diagnostics"]
+    missing = await file(fax_api, "no-such-fax", filing(MARIA))
+    assert missing.status_code == 404
+    assert await state(database, fax) == before
+    sent = await fax_api.post("/fax/v1/send", json=seed_request())
+    outbound = sent.json()["communicationResource"]["id"]
+    refused = await file(fax_api, outbound, filing(MARIA))
+    assert refused.status_code == 422
+    assert refused.json()["issue"][0]["diagnostics"] == (
+        f"Communication/{outbound} is not a received fax; only received faxes are filed."
+    )
+    assert await database["DocumentReference"].count_documents({}) == 0
+
+
+async def test_filing_needs_update_on_the_communication_and_read_on_the_patient(
+    fax_api: httpx.AsyncClient, database: Any
+) -> None:
+    fax = await received(fax_api)
+    before = await state(database, fax)
+    read_only = {"rule": [{"resource": "FHIR:*", "action": ["FHIR:Read", "FHIR:Search"], "effect": "Allow"}]}
+    no_patient = {
+        "rule": [
+            {"resource": "FHIR:*", "action": "FHIR:*", "effect": "Allow"},
+            {"resource": "FHIR:Patient:maria-lopez", "action": "FHIR:Read", "effect": "Deny"},
+        ]
+    }
+    for name, policy, message in (
+        ("reader", read_only, "does not allow FHIR:Update on FHIR:Communication"),
+        ("no maria", no_patient, "does not allow FHIR:Read on FHIR:Patient:maria-lopez"),
+    ):
+        record, secret = await Clients(database).create(name, policy)
+        async with httpx.AsyncClient(transport=fax_api._transport, base_url="http://fhir.test") as http:
+            await login(http, record["clientId"], secret)
+            response = await file(http, fax["communication"]["id"], filing(MARIA))
+        assert response.status_code == 403, response.text
+        assert message in response.json()["issue"][0]["diagnostics"]
+    assert await state(database, fax) == before
+
+
+@pytest.mark.e2e  # the issuer's JWKS site is a server process
+async def test_a_patient_token_sees_only_faxes_filed_to_its_patient(
+    tmp_path: Path,
+    database: Any,
+    issuer_site: tuple[Signer, str],  # noqa: F811 (the fixture imported above)
+) -> None:
+    async with serving_fax(external_settings(tmp_path, issuer_site[1]), database) as api:
+        maria_fax, james_fax, unfiled = await received(api), await received(api), await received(api)
+        assert (await file(api, maria_fax["communication"]["id"], filing(MARIA))).status_code == 201
+        assert (await file(api, james_fax["communication"]["id"], filing("Patient/james-oneil"))).status_code == 201
+        headers = maria_token(issuer_site[0], scope="patient/*.rs")
+        found = (await api.get("/fhir/Communication", params={"medium": "FAXWRIT"}, headers=headers)).json()
+        assert {e["resource"]["id"] for e in found["entry"]} == {maria_fax["communication"]["id"]}
+        for other in (james_fax, unfiled):
+            refused = await api.get(f"/fhir/Communication/{other['communication']['id']}", headers=headers)
+            assert refused.status_code == 403
+            url = other["communication"]["payload"][0]["contentAttachment"]["url"].split("/v1/z3/")[1]
+            document = await api.post(f"/v1/z3/{url}", json={"action": "download"}, headers=headers)
+            assert document.status_code == 403 and "limited to Patient/maria-lopez" in document.json()["message"]
+        own = maria_fax["communication"]["payload"][0]["contentAttachment"]["url"].split("/v1/z3/")[1]
+        assert (await api.post(f"/v1/z3/{own}", json={"action": "download"}, headers=headers)).status_code == 200
+        tasks = (await api.get("/fhir/Task", headers=headers)).json()
+        assert {e["resource"]["id"] for e in tasks["entry"]} == {maria_fax["task"]["id"]}
+        documents = (await api.get("/fhir/DocumentReference", headers=headers)).json()
+        assert [e["resource"]["subject"]["reference"] for e in documents["entry"]] == [MARIA]
