@@ -45,6 +45,7 @@ class Principal:
     rules: tuple[Rule, ...]
     scopes: tuple[Scope, ...]
     patient: str | None = None  # the patient in context (SMART), from an external token's claim
+    external: bool = False  # from a configured issuer's token (its policy came with it), not one of ours
 
     def may(self, action: str, resource: str) -> bool:
         return self.refusal(action, resource) is None
@@ -142,7 +143,7 @@ class Guard:
                 principal = await self._our_principal(token, base, audience)
             elif self.issuers.knows(issuer):
                 identity = await self.issuers.verify(token, issuer, audience)
-                principal = Principal(identity.who, identity.rules, identity.scopes, identity.patient)
+                principal = Principal(identity.who, identity.rules, identity.scopes, identity.patient, external=True)
             else:
                 raise TokenError(
                     f"The bearer token was issued by someone else ({issuer!r}), whom this server does not trust; "

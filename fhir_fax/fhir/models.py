@@ -33,6 +33,7 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "Practitioner",
     "PractitionerRole",
     "RelatedPerson",
+    "Subscription",
 )
 
 

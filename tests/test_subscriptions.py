@@ -1,0 +1,214 @@
+"""Subscriptions in one process: the resource's checks and search, matching, the queue, access at send time.
+
+Notifications go to a real HTTP listener process (``tests/servers/hook_listener.py``); the faxes are the
+simulator's, sped up. The cross-process guarantees (a killed server, several senders) are in
+``tests/e2e/test_subscription_delivery.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_fax.settings import Settings
+from fhir_fax.subscriptions.queue import NOTIFICATIONS
+
+from helpers import FHIR_JSON, MEDIA, SEED_SENDER, eventually, login, outbound_status, serving_fax, wait_final
+from processes import ServerProcess
+
+LISTENER = Path(__file__).resolve().parent / "servers" / "hook_listener.py"
+FAST = {
+    "simulator_speed": 1000.0,
+    "worker_poll_seconds": 0.02,
+    "subscription_poll_seconds": 0.05,
+    "subscription_retry_delay_seconds": 0.05,
+}
+
+
+class Listener:
+    """The listener process and what it recorded."""
+
+    def __init__(self, folder: Path) -> None:
+        self.log = folder / f"hooks-{uuid.uuid4().hex[:6]}.jsonl"
+        self.fail_file = folder / f"down-{uuid.uuid4().hex[:6]}"
+        self.process = ServerProcess(
+            [sys.executable, str(LISTENER), "{port}", str(self.log), str(self.fail_file)],
+            log_dir=folder,
+            ready_path="/healthz",
+        )
+        self.url = self.process.url
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def received(self, path: str) -> list[dict[str, Any]]:
+        """What was taken (answered 200) at ``path``, in arrival order."""
+        return [r for r in self.records() if r["path"] == path and r["status"] == 200]
+
+
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
+    found = Listener(tmp_path_factory.mktemp("hooks"))
+    yield found
+    found.process.stop()
+
+
+@pytest.fixture
+async def notifying(fax_settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving_fax(fax_settings.model_copy(update=FAST), database) as http:
+        yield http
+
+
+def subscription(criteria: str, endpoint: str | None, **channel: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "rest-hook", **channel}
+    if endpoint is not None:
+        body["endpoint"] = endpoint
+    return {"resourceType": "Subscription", "status": "requested", "reason": "tests", "criteria": criteria,
+            "channel": body}  # fmt: skip
+
+
+async def subscribe(http: httpx.AsyncClient, resource: dict[str, Any]) -> dict[str, Any]:
+    response = await http.post("/fhir/Subscription", json=resource, headers=FHIR_JSON)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def send_fax(http: httpx.AsyncClient, patient: str | None, number: str = "+16175550143") -> str:
+    body = {"media": MEDIA, "quality": "standard", "recipientNumber": number, "sender": SEED_SENDER}
+    if patient:
+        body["patient"] = patient
+    response = await http.post("/fax/v1/send", json=body)
+    assert response.status_code == 200, response.text
+    communication_id: str = response.json()["communicationResource"]["id"]
+    return communication_id
+
+
+async def arrivals(listener: Listener, path: str, count: int) -> list[dict[str, Any]]:
+    async def probe() -> list[dict[str, Any]] | None:
+        found = listener.received(path)
+        return found if len(found) >= count else None
+
+    return await eventually(probe, within=30, failure=lambda: f"{path} got {listener.records()}")
+
+
+async def test_a_subscription_becomes_active_and_is_searchable(notifying: httpx.AsyncClient, listener: Listener) -> None:
+    endpoint = f"{listener.url}/search-{uuid.uuid4().hex[:6]}"
+    created = await subscribe(notifying, subscription("Communication?medium=FAXWRIT&status=completed", endpoint))
+    assert created["status"] == "active"
+    for query in ("status=active", "criteria=communication?medium", f"url={endpoint}", f"_id={created['id']}"):
+        bundle = (await notifying.get(f"/fhir/Subscription?{query}")).json()
+        assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [created["id"]], query
+    bundle = (await notifying.get(f"/fhir/Subscription?url={endpoint}-other")).json()
+    assert "entry" not in bundle
+
+
+async def test_every_status_step_of_a_patients_fax_arrives_in_order_with_the_header(
+    notifying: httpx.AsyncClient, listener: Listener, database: Any
+) -> None:
+    path = f"/patient-{uuid.uuid4().hex[:6]}"
+    created = await subscribe(
+        notifying,
+        subscription("Communication?patient=Patient/james-oneil", f"{listener.url}{path}",
+                     payload="application/fhir+json", header=["Authorization: Bearer hook-secret"]),
+    )  # fmt: skip
+    other = await send_fax(notifying, "Patient/maria-lopez", "+16175550144")
+    mine = await send_fax(notifying, "Patient/james-oneil")
+    final = await wait_final(notifying, mine)
+    await wait_final(notifying, other)
+    got = await arrivals(listener, path, 4)
+    bodies = [json.loads(r["body"]) for r in got]
+    assert [b["id"] for b in bodies] == [mine] * 4, "nothing about the other patient"
+    assert [outbound_status(b) for b in bodies] == ["QUEUED", "PROCESSING", "SENDING", "DELIVERED"]
+    assert [b["meta"]["versionId"] for b in bodies] == ["1", "2", "3", "4"]
+    assert bodies[-1] == final
+    for number, record in enumerate(got, 1):
+        headers = {k.lower(): v for k, v in record["headers"].items()}
+        assert headers["authorization"] == "Bearer hook-secret"
+        assert headers["content-type"] == "application/fhir+json"
+        assert headers["x-fhir-fax-subscription"] == created["id"]
+        assert headers["x-fhir-fax-resource"] == f"Communication/{mine}/_history/{number}"
+        assert headers["x-fhir-fax-event"] == str(number)
+    states = await database[NOTIFICATIONS].distinct("state", {"subscription": created["id"]})
+    assert states == ["sent"]
+
+
+async def test_an_empty_payload_is_a_ping_naming_the_version(notifying: httpx.AsyncClient, listener: Listener) -> None:
+    path = f"/ping-{uuid.uuid4().hex[:6]}"
+    await subscribe(notifying, subscription("Communication?status=completed", f"{listener.url}{path}"))
+    communication_id = await send_fax(notifying, None)
+    await wait_final(notifying, communication_id)
+    got = await arrivals(listener, path, 1)
+    mine = [r for r in got if f"Communication/{communication_id}/" in r["headers"].get("X-FHIR-Fax-Resource", "")]
+    assert len(mine) == 1, "only the completed version matches"
+    assert mine[0]["body"] == ""
+    assert mine[0]["headers"]["X-FHIR-Fax-Resource"] == f"Communication/{communication_id}/_history/4"
+
+
+BAD_INPUT = [
+    ("Communication?patient=", None, "Subscription.criteria does not parse"),
+    ("Communication?nonsense=1", None, "Unknown search parameter 'nonsense'"),
+    ("Communication?_count=5", None, "'_count', which shapes search pages"),
+    ("Patient?name=x", None, "this server sends notifications about Communication only"),
+    ("Communication?status=completed", "ftp://example.com/hook", "must be an https URL"),
+    ("Communication?status=completed", "http://hooks.example.com/x", "not an allowed host"),
+    ("Communication?status=completed", "https://user:pw@hooks.example.com/x", "carries credentials"),
+]
+
+
+BAD_CHANNELS = [
+    ({"channel": {"type": "email", "endpoint": "mailto:a@example.com"}}, "channel.type 'email' is not offered"),
+    ({"channel": {"type": "rest-hook", "endpoint": "https://h.example.com", "payload": "text/plain"}},
+     "payload 'text/plain' is not offered"),
+    ({"channel": {"type": "rest-hook", "endpoint": "https://h.example.com", "header": ["no colon"]}},
+     "is not 'Name: value'"),
+    ({"channel": {"type": "rest-hook", "endpoint": "https://h.example.com", "header": ["Host: evil"]}},
+     "is set by the server"),
+    ({"status": "error"}, "send requested to re-activate"),
+    ({"channel": {"type": "rest-hook"}}, "needs channel.endpoint"),
+]  # fmt: skip
+
+
+async def test_bad_subscriptions_are_refused_on_create_and_nothing_is_stored(
+    api: httpx.AsyncClient, database: Any
+) -> None:
+    """Each bad input in turn (one server for all of them: they are independent requests)."""
+    cases = [(subscription(c, e or "https://hooks.example.com/x"), m) for c, e, m in BAD_INPUT]
+    good = subscription("Communication?status=completed", "https://hooks.example.com/x")
+    cases += [({**good, **change}, message) for change, message in BAD_CHANNELS]
+    for resource, message in cases:
+        response = await api.post("/fhir/Subscription", json=resource, headers=FHIR_JSON)
+        assert response.status_code == 400, (message, response.text)
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert message in outcome["issue"][0]["diagnostics"], message
+        assert outcome["issue"][0]["expression"][0].startswith("Subscription."), message
+        assert await database["Subscription"].count_documents({}) == 0, message
+        assert await database[NOTIFICATIONS].count_documents({}) == 0, message
+
+
+async def test_bad_updates_are_refused_and_leave_the_subscription_as_it_was(
+    api: httpx.AsyncClient, database: Any
+) -> None:
+    good = subscription("Communication?status=completed", "https://hooks.example.com/x")
+    stored = await subscribe(api, good)
+    cases = [({**good, "criteria": c, "channel": {"type": "rest-hook", "endpoint": e or "https://h.example.com"}}, m)
+             for c, e, m in BAD_INPUT]  # fmt: skip
+    cases += [({**good, **change}, message) for change, message in BAD_CHANNELS]
+    for resource, message in cases:
+        body = {**resource, "id": stored["id"]}
+        response = await api.put(f"/fhir/Subscription/{stored['id']}", json=body, headers=FHIR_JSON)
+        assert response.status_code == 400, (message, response.text)
+        assert message in response.json()["issue"][0]["diagnostics"], message
+        document = await database["Subscription"].find_one({"_id": stored["id"]})
+        assert document["_fhirfax"]["version"] == 1, f"{message}: the update stored nothing"
+        assert await database["Subscription_history"].count_documents({}) == 0, message
