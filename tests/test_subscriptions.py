@@ -8,22 +8,20 @@ simulator's, sped up. The cross-process guarantees (a killed server, several sen
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from fhir_fax.auth.clients import Clients
 from fhir_fax.settings import Settings
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
 
 from helpers import FHIR_JSON, MEDIA, SEED_SENDER, eventually, login, outbound_status, serving_fax, wait_final
-from processes import ServerProcess
+from hooks import Listener, header
 
-LISTENER = Path(__file__).resolve().parent / "servers" / "hook_listener.py"
 FAST = {
     "simulator_speed": 1000.0,
     "worker_poll_seconds": 0.02,
@@ -32,34 +30,11 @@ FAST = {
 }
 
 
-class Listener:
-    """The listener process and what it recorded."""
-
-    def __init__(self, folder: Path) -> None:
-        self.log = folder / f"hooks-{uuid.uuid4().hex[:6]}.jsonl"
-        self.fail_file = folder / f"down-{uuid.uuid4().hex[:6]}"
-        self.process = ServerProcess(
-            [sys.executable, str(LISTENER), "{port}", str(self.log), str(self.fail_file)],
-            log_dir=folder,
-            ready_path="/healthz",
-        )
-        self.url = self.process.url
-
-    def records(self) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-
-    def received(self, path: str) -> list[dict[str, Any]]:
-        """What was taken (answered 200) at ``path``, in arrival order."""
-        return [r for r in self.records() if r["path"] == path and r["status"] == 200]
-
-
 @pytest.fixture(scope="module")
 def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
     found = Listener(tmp_path_factory.mktemp("hooks"))
     yield found
-    found.process.stop()
+    found.stop()
 
 
 @pytest.fixture
@@ -93,15 +68,9 @@ async def send_fax(http: httpx.AsyncClient, patient: str | None, number: str = "
     return communication_id
 
 
-async def arrivals(listener: Listener, path: str, count: int) -> list[dict[str, Any]]:
-    async def probe() -> list[dict[str, Any]] | None:
-        found = listener.received(path)
-        return found if len(found) >= count else None
-
-    return await eventually(probe, within=30, failure=lambda: f"{path} got {listener.records()}")
-
-
-async def test_a_subscription_becomes_active_and_is_searchable(notifying: httpx.AsyncClient, listener: Listener) -> None:
+async def test_a_subscription_becomes_active_and_is_searchable(
+    notifying: httpx.AsyncClient, listener: Listener
+) -> None:
     endpoint = f"{listener.url}/search-{uuid.uuid4().hex[:6]}"
     created = await subscribe(notifying, subscription("Communication?medium=FAXWRIT&status=completed", endpoint))
     assert created["status"] == "active"
@@ -125,7 +94,7 @@ async def test_every_status_step_of_a_patients_fax_arrives_in_order_with_the_hea
     mine = await send_fax(notifying, "Patient/james-oneil")
     final = await wait_final(notifying, mine)
     await wait_final(notifying, other)
-    got = await arrivals(listener, path, 4)
+    got = await listener.wait_for(path, 4)
     bodies = [json.loads(r["body"]) for r in got]
     assert [b["id"] for b in bodies] == [mine] * 4, "nothing about the other patient"
     assert [outbound_status(b) for b in bodies] == ["QUEUED", "PROCESSING", "SENDING", "DELIVERED"]
@@ -147,11 +116,11 @@ async def test_an_empty_payload_is_a_ping_naming_the_version(notifying: httpx.As
     await subscribe(notifying, subscription("Communication?status=completed", f"{listener.url}{path}"))
     communication_id = await send_fax(notifying, None)
     await wait_final(notifying, communication_id)
-    got = await arrivals(listener, path, 1)
-    mine = [r for r in got if f"Communication/{communication_id}/" in r["headers"].get("X-FHIR-Fax-Resource", "")]
+    got = await listener.wait_for(path, 1)
+    mine = [r for r in got if f"Communication/{communication_id}/" in header(r, "X-FHIR-Fax-Resource")]
     assert len(mine) == 1, "only the completed version matches"
     assert mine[0]["body"] == ""
-    assert mine[0]["headers"]["X-FHIR-Fax-Resource"] == f"Communication/{communication_id}/_history/4"
+    assert header(mine[0], "X-FHIR-Fax-Resource") == f"Communication/{communication_id}/_history/4"
 
 
 BAD_INPUT = [
@@ -212,3 +181,77 @@ async def test_bad_updates_are_refused_and_leave_the_subscription_as_it_was(
         document = await database["Subscription"].find_one({"_id": stored["id"]})
         assert document["_fhirfax"]["version"] == 1, f"{message}: the update stored nothing"
         assert await database["Subscription_history"].count_documents({}) == 0, message
+
+
+async def test_the_subscriber_must_still_be_allowed_to_read_each_version_when_it_is_sent(
+    notifying: httpx.AsyncClient, listener: Listener, database: Any
+) -> None:
+    """The rights are those of whoever wrote the Subscription, as they are when each notification is sent."""
+    policy = {"rule": [
+        {"resource": "FHIR:Subscription", "action": ["FHIR:Create", "FHIR:Read"], "effect": "Allow"},
+        {"resource": "FHIR:Communication", "action": ["FHIR:Read", "FHIR:Search"], "effect": "Allow"},
+    ]}  # fmt: skip
+    record, secret = await Clients(database).create("subscriber", policy)
+    path = f"/limited-{uuid.uuid4().hex[:6]}"
+    criteria = f"Communication?category={path[1:]}"
+    async with httpx.AsyncClient(transport=notifying._transport, base_url="http://fhir.test") as limited:
+        await login(limited, record["clientId"], secret)
+        created = await subscribe(limited, subscription(criteria, f"{listener.url}{path}"))
+    denied_id = str(uuid.uuid4())
+    narrowed = {"rule": [*policy["rule"], {"resource": f"FHIR:Communication:{denied_id}", "action": "FHIR:Read",
+                                           "effect": "Deny"}]}  # fmt: skip
+    await Clients(database).update(record["_id"], {"accessPolicy": narrowed})
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": path[1:]}]}]}
+    response = await notifying.put(f"/fhir/Communication/{denied_id}", json={**body, "id": denied_id})
+    assert response.status_code == 201, response.text
+    allowed = (await notifying.post("/fhir/Communication", json=body)).json()["id"]
+    got = await listener.wait_for(path, 1)
+
+    async def refused() -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await database[NOTIFICATIONS].find_one(
+            {"subscription": created["id"], "resource": f"Communication/{denied_id}", "state": "refused"}
+        )
+        return found
+
+    notification = await eventually(refused, within=30, failure=lambda: "the denied version was not refused")
+    assert f"does not allow FHIR:Read on FHIR:Communication:{denied_id}" in notification["detail"]
+    assert [header(r, "X-FHIR-Fax-Resource") for r in listener.received(path)] == [
+        f"Communication/{allowed}/_history/1"
+    ]
+    assert header(got[0], "X-FHIR-Fax-Subscription") == created["id"]
+    refusals = [e["outcomeDesc"] async for e in database["AuditEvent"].find({"outcome": "4"})]
+    assert f"FHIR:Read on FHIR:Communication:{denied_id} refused: notification: " in " ".join(refusals)
+
+
+async def test_after_the_last_try_the_subscription_is_in_error_and_requested_brings_it_back(
+    fax_settings: Settings, database: Any, listener: Listener
+) -> None:
+    fast = {**FAST, "subscription_retry_attempts": 3}
+    path = f"/failing-{uuid.uuid4().hex[:6]}"
+    async with serving_fax(fax_settings.model_copy(update=fast), database) as http:
+        resource = subscription(f"Communication?category={path[1:]}", f"{listener.url}{path}")
+        created = await subscribe(http, resource)
+        body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": path[1:]}]}]}
+        listener.down()
+        try:
+            first = (await http.post("/fhir/Communication", json=body)).json()["id"]
+
+            async def in_error() -> dict[str, Any] | None:
+                found: dict[str, Any] = (await http.get(f"/fhir/Subscription/{created['id']}")).json()
+                return found if found["status"] == "error" else None
+
+            errored = await eventually(in_error, within=30, failure=lambda: "the Subscription never turned error")
+            assert "failed after 3 tries" in errored["error"]
+            assert "answered 503: down for maintenance" in errored["error"]
+            assert [r["status"] for r in listener.records(path)] == [503, 503, 503]
+            second = (await http.post("/fhir/Communication", json=body)).json()["id"]
+        finally:
+            listener.up()
+        again = await http.put(
+            f"/fhir/Subscription/{created['id']}", json={**resource, "id": created["id"]}, headers=FHIR_JSON
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["status"] == "active" and "error" not in again.json()
+        got = await listener.wait_for(path, 1)
+    assert [header(r, "X-FHIR-Fax-Resource") for r in got] == [f"Communication/{first}/_history/1"]
+    assert second not in json.dumps(listener.records(path)), "written while in error: not matched"

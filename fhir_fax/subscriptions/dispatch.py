@@ -21,6 +21,7 @@ from typing import Any
 from ..fhir.search import SearchRegistry
 from ..fhir.store import PENDING, RESERVED, ResourceStore, as_utc, history_collection
 from .criteria import Criteria, for_history, parse_criteria, version_buckets
+from .faults import crash_point
 from .queue import Queue
 from .resource import MATCH_FIELD, channel_of
 
@@ -66,6 +67,7 @@ class Dispatcher:
         else:
             for document, in_history in await self._versions(resource_type, current, first, newest):
                 await self._notify(resource_type, current["_id"], document, in_history)
+            crash_point("subscription-queued")
         await self.store.collection(resource_type).update_one(
             {"_id": current["_id"], f"{RESERVED}.version": newest, f"{RESERVED}.{PENDING}": first},
             {"$unset": {f"{RESERVED}.{PENDING}": ""}},

@@ -31,6 +31,7 @@ from ..fhir.errors import ResourceGone, ResourceNotFound
 from ..fhir.models import now
 from ..fhir.store import PRIVATE, RESERVED, ResourceStore, public
 from ..settings import Settings
+from .faults import crash_point
 from .queue import Notification, Queue
 from .resource import PAYLOAD, Channel, channel_of
 
@@ -134,6 +135,7 @@ class Sender:
         except DeliveryFailed as failure:
             await self.failed(notification, subscription, str(failure))
             return
+        crash_point("subscription-posted")
         if await self.queue.finish(notification, self.owner, "sent"):
             await self.gate.notified(subscriber or {}, [resource], channel.endpoint or "websocket")
 
