@@ -16,8 +16,10 @@ import httpx
 import pytest
 
 from fhir_fax.auth.clients import Clients
+from fhir_fax.runtime import Runtime
 from fhir_fax.settings import Settings
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
+from fhir_fax.subscriptions.resource import check_subscription
 
 from helpers import FHIR_JSON, MEDIA, SEED_SENDER, eventually, login, outbound_status, serving_fax, wait_final
 from hooks import Listener, header
@@ -255,3 +257,73 @@ async def test_after_the_last_try_the_subscription_is_in_error_and_requested_bri
         got = await listener.wait_for(path, 1)
     assert [header(r, "X-FHIR-Fax-Resource") for r in got] == [f"Communication/{first}/_history/1"]
     assert second not in json.dumps(listener.records(path)), "written while in error: not matched"
+
+
+@pytest.fixture
+async def runtime(settings: Settings, database: Any) -> AsyncIterator[Runtime]:
+    """A runtime whose dispatcher the test drives by hand (no background loop)."""
+    built = Runtime.build(settings, database)
+    await built.prepare()
+    yield built
+    await built.close()
+
+
+async def stored_subscription(runtime: Runtime, criteria: str) -> str:
+    resource = subscription(criteria, "https://hooks.example.com/x")
+    checked, _ = check_subscription(resource, runtime.registry, [])
+    stored = await runtime.store.create(checked, private={"client": "test-admin", "scopes": "", "patient": None})
+    await runtime.subscriptions.dispatcher.step()  # the Subscription's own version
+    return str(stored["id"])
+
+
+async def test_versions_written_between_two_passes_each_get_their_notification(runtime: Runtime, database: Any) -> None:
+    """Coalesced steps: every version is read back from history and matched as it was written."""
+    every = await stored_subscription(runtime, "Communication?category=coalesced")
+    completed = await stored_subscription(runtime, "Communication?category=coalesced&status=completed")
+    by_id = await stored_subscription(runtime, "Communication?_id=fixed-id-1&status=in-progress")
+    body = {"resourceType": "Communication", "id": "fixed-id-1", "category": [{"coding": [{"code": "coalesced"}]}]}
+    for status in ("preparation", "in-progress", "completed"):
+        await runtime.store.update("Communication", "fixed-id-1", {**body, "status": status})
+    current = await database["Communication"].find_one({"_id": "fixed-id-1"})
+    assert current["_fhirfax"]["pending"] == 1, "the first version not yet looked at"
+    await runtime.subscriptions.dispatcher.step()
+    queued = await database[NOTIFICATIONS].find({}).sort([("subscription", 1), ("version", 1)]).to_list(None)
+    assert {(n["subscription"], n["version"]) for n in queued} == {
+        (every, 1), (every, 2), (every, 3), (completed, 3), (by_id, 2)
+    }  # fmt: skip
+    assert "pending" not in (await database["Communication"].find_one({"_id": "fixed-id-1"}))["_fhirfax"]
+    assert [n["event"] for n in queued if n["subscription"] == every] == [1, 2, 3]
+
+
+async def test_dispatching_again_after_a_crash_adds_no_duplicate(runtime: Runtime, database: Any) -> None:
+    """Queued but the mark not yet cleared (the process died in between): the next pass adds nothing."""
+    subscription_id = await stored_subscription(runtime, "Communication?status=completed")
+    created = await runtime.store.create({"resourceType": "Communication", "status": "completed"})
+    await runtime.subscriptions.dispatcher.step()
+    await database["Communication"].update_one({"_id": created["id"]}, {"$set": {"_fhirfax.pending": 1}})
+    await runtime.subscriptions.dispatcher.step()
+    queued = await database[NOTIFICATIONS].find({"subscription": subscription_id}).to_list(None)
+    assert [(n["resource"], n["version"]) for n in queued] == [(f"Communication/{created['id']}", 1)]
+    assert await database["Communication"].count_documents({"_fhirfax.pending": {"$gte": 1}}) == 0
+
+
+async def test_subscriptions_that_do_not_match_cost_no_criteria_run(
+    runtime: Runtime, database: Any
+) -> None:
+    """Matching looks only at Subscriptions filed under the version's own keys (and the catch-all ones)."""
+    filed = []
+    for number in range(200):  # the benchmark measures 1,000
+        resource = subscription(f"Communication?patient=Patient/other-{number}", "https://hooks.example.com/x")
+        checked, _ = check_subscription(resource, runtime.registry, [])
+        filed.append(checked)
+    await runtime.store.create_many(filed, validated=True)
+    await runtime.store.collection("Subscription").update_many({}, {"$unset": {"_fhirfax.pending": ""}})
+    mine = await stored_subscription(runtime, "Communication?patient=Patient/james-oneil")
+    body = {"resourceType": "Communication", "status": "completed", "subject": {"reference": "Patient/james-oneil"}}
+    created = await runtime.store.create(body)
+    dispatcher = runtime.subscriptions.dispatcher
+    dispatcher.evaluated = 0
+    await dispatcher.step()
+    assert dispatcher.evaluated == 1, "one criteria run: the matching one"
+    queued = await database[NOTIFICATIONS].find({}).to_list(None)
+    assert [(n["subscription"], n["resource"]) for n in queued] == [(mine, f"Communication/{created['id']}")]

@@ -70,7 +70,8 @@ class Sender:
         self.gate = gate
         self.websockets = websockets
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.lease = timedelta(seconds=max(3 * settings.subscription_timeout_seconds, 30))
+        # Longer than one POST can take: a sender that dies holding a notification leaves it due after this.
+        self.lease = timedelta(seconds=2 * settings.subscription_timeout_seconds + 1)
         self.client = httpx.AsyncClient(
             follow_redirects=False, timeout=settings.subscription_timeout_seconds, trust_env=False
         )

@@ -105,6 +105,7 @@ def as_request(socket: WebSocket, token: str | None) -> Request:
     scope["type"] = "http"
     scope["scheme"] = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "ws"), "http")
     scope["method"] = "GET"
+    scope["state"] = {}  # each bind is judged afresh (the gate caches the caller on the request's state)
     if token:
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"authorization"]
         scope["headers"] = [*headers, (b"authorization", f"Bearer {token}".encode("latin-1", errors="replace"))]
