@@ -307,9 +307,7 @@ async def test_dispatching_again_after_a_crash_adds_no_duplicate(runtime: Runtim
     assert await database["Communication"].count_documents({"_fhirfax.pending": {"$gte": 1}}) == 0
 
 
-async def test_subscriptions_that_do_not_match_cost_no_criteria_run(
-    runtime: Runtime, database: Any
-) -> None:
+async def test_subscriptions_that_do_not_match_cost_no_criteria_run(runtime: Runtime, database: Any) -> None:
     """Matching looks only at Subscriptions filed under the version's own keys (and the catch-all ones)."""
     filed = []
     for number in range(200):  # the benchmark measures 1,000
