@@ -7,6 +7,7 @@ simulator's, sped up. The cross-process guarantees (a killed server, several sen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,9 +21,10 @@ from fhir_fax.runtime import Runtime
 from fhir_fax.settings import Settings
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
 from fhir_fax.subscriptions.resource import check_subscription
+from fhir_fax.subscriptions.sender import Sender
 
 from helpers import FHIR_JSON, MEDIA, SEED_SENDER, eventually, login, outbound_status, serving_fax, wait_final
-from hooks import Listener, header
+from hooks import Listener, header, resource_versions
 
 FAST = {
     "simulator_speed": 1000.0,
@@ -325,3 +327,34 @@ async def test_subscriptions_that_do_not_match_cost_no_criteria_run(runtime: Run
     assert dispatcher.evaluated == 1, "one criteria run: the matching one"
     queued = await database[NOTIFICATIONS].find({}).to_list(None)
     assert [(n["subscription"], n["resource"]) for n in queued] == [(mine, f"Communication/{created['id']}")]
+
+
+async def test_several_senders_on_one_queue_deliver_each_notification_once(
+    runtime: Runtime, database: Any, listener: Listener
+) -> None:
+    """Two senders (as in two server processes) claim from one queue by compare-and-set."""
+    path = f"/shared-{uuid.uuid4().hex[:6]}"
+    resource = subscription(f"Communication?category={path[1:]}", f"{listener.url}{path}")
+    checked, _ = check_subscription(resource, runtime.registry, ["127.0.0.1"])
+    await runtime.store.create(checked, private={"client": "test-admin", "scopes": "", "patient": None})
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": path[1:]}]}]}
+    await runtime.store.create_many([dict(body) for _ in range(30)], validated=True)
+    while await runtime.subscriptions.dispatcher.step():
+        pass
+    senders = [Sender(runtime.settings, runtime.store, runtime.subscriptions.queue, runtime.gate) for _ in range(2)]
+
+    async def drain(sender: Sender) -> int:
+        taken = 0
+        while await database[NOTIFICATIONS].count_documents({"state": "due"}):
+            taken += await sender.step()
+        return taken
+
+    try:
+        shares = await asyncio.gather(*(drain(s) for s in senders))
+    finally:
+        for sender in senders:
+            await sender.close()
+    versions = resource_versions(listener.received(path))
+    assert len(versions) == 30 and len(set(versions)) == 30, "each once"
+    assert sum(shares) == 30
+    assert await database[NOTIFICATIONS].distinct("state") == ["sent"]

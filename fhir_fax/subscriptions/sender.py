@@ -151,7 +151,10 @@ class Sender:
             body = json.dumps(resource, separators=(",", ":")).encode()
         assert channel.endpoint is not None
         try:
-            async with self.client.stream("POST", channel.endpoint, headers=headers, content=body) as response:
+            async with (
+                asyncio.timeout(self.settings.subscription_timeout_seconds),  # in all, not per read
+                self.client.stream("POST", channel.endpoint, headers=headers, content=body) as response,
+            ):
                 if 200 <= response.status_code < 300:
                     return
                 excerpt = b""
@@ -159,6 +162,10 @@ class Sender:
                     excerpt += chunk
                     if len(excerpt) >= EXCERPT:
                         break
+        except TimeoutError:
+            raise DeliveryFailed(
+                f"POST {channel.endpoint} took longer than {self.settings.subscription_timeout_seconds:g} s"
+            ) from None
         except httpx.HTTPError as error:
             raise DeliveryFailed(f"POST {channel.endpoint} failed: {type(error).__name__}: {error}"[:300]) from None
         text = excerpt[:EXCERPT].decode("utf-8", errors="replace")
