@@ -132,17 +132,21 @@ async def run(args: argparse.Namespace, folder: Path, uri: str, endpoint: str) -
         await runtime.prepare()
         await runtime.store.create({"resourceType": "Patient"}, validated=True)  # warm up
         results["throughput"] = await throughput(runtime, client["bench_throughput"], endpoint, args.notifications)
+        print("throughput", results["throughput"], file=sys.stderr)
         await runtime.close()
         costs = {}
-        for case, criteria in (
-            ("no Subscription", []),
-            ("1,000 pinned to other patients", [f"Communication?patient=Patient/other-{n}" for n in range(1000)]),
-            ("1,000 pinning nothing (filter run each)", ["Communication?sent=lt2000-01-01"] * 1000),
-        ):
+        for case, criteria, steps in (
+            ("no Subscription", [], args.steps),
+            ("1,000 pinned to other patients", [f"Communication?patient=Patient/other-{n}" for n in range(1000)],
+             args.steps),
+            ("1,000 pinning nothing (filter run each)", ["Communication?sent=lt2000-01-01"] * 1000,
+             max(args.steps // 10, 5)),
+        ):  # fmt: skip
             runtime = Runtime.build(settings, client[f"bench_cost_{len(costs)}"])
             await runtime.prepare()
             await add_subscriptions(runtime, criteria, endpoint)
-            costs[case] = await step_cost(runtime, counter, args.steps)
+            costs[case] = await step_cost(runtime, counter, steps)
+            print(case, costs[case], file=sys.stderr)
             await runtime.close()
         results["per_status_step"] = costs
         return results

@@ -24,7 +24,7 @@ from ..fhir.store import ResourceStore
 from ..settings import Settings
 from .dispatch import Dispatcher
 from .queue import Queue
-from .resource import check_subscription
+from .resource import MATCH_FIELD, check_subscription
 from .sender import Sender
 from .websocket import UNBOUND_SECONDS, BindingGate, Hub
 
@@ -49,6 +49,8 @@ class Subscriptions:
 
     async def ensure_indexes(self) -> None:
         await self.queue.ensure_indexes()
+        # Each Subscription's match keys: a version finds the few that could match it with one lookup.
+        await self.store.collection("Subscription").create_index(MATCH_FIELD, name="match")
 
     def wake(self, resource_type: str = "", resource_id: str = "") -> None:
         self._wake.set()
