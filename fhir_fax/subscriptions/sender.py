@@ -82,16 +82,12 @@ class Sender:
 
     async def step(self) -> int:
         """Claim and send one batch of due notifications; how many were taken."""
-        candidates = await self.queue.candidates(BATCH * 2, channel="rest-hook")
+        candidates = await self.queue.candidates(BATCH, channel="rest-hook")
         if self.websockets is not None and (bound := self.websockets.bound()):
             candidates += await self.queue.candidates(BATCH, bound, channel="websocket")
-        claimed: list[Notification] = []
-        for candidate in candidates:
-            if len(claimed) >= BATCH:
-                break
-            taken = await self.queue.claim(candidate, self.owner, self.lease)
-            if taken is not None:
-                claimed.append(taken)
+        # Claimed together: a later version of a pair is never claimable while an earlier one is due, claimed or not.
+        taken = await asyncio.gather(*(self.queue.claim(c, self.owner, self.lease) for c in candidates))
+        claimed = [n for n in taken if n is not None]
         if claimed:
             await asyncio.gather(*(self.send(n) for n in claimed))
         return len(claimed)
@@ -126,11 +122,13 @@ class Sender:
             return
         channel = channel_of(subscription)
         try:
-            if channel.type == "websocket":
-                if self.websockets is None or not await self.websockets.send(
+            if channel.type == "websocket":  # live pings: a socket gone meanwhile is not retried
+                taken = self.websockets is not None and await self.websockets.send(
                     subscription["_id"], channel, resource, notification
-                ):
-                    raise DeliveryFailed("no websocket is bound to this Subscription here")
+                )
+                if not taken:
+                    await self.queue.finish(notification, self.owner, "dropped", "no bound websocket took it")
+                    return
             else:
                 await self.post(channel, public(subscription), resource, notification)
         except DeliveryFailed as failure:
