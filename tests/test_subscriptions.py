@@ -83,6 +83,9 @@ async def test_a_subscription_becomes_active_and_is_searchable(
         assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [created["id"]], query
     bundle = (await notifying.get(f"/fhir/Subscription?url={endpoint}-other")).json()
     assert "entry" not in bundle
+    assert (await notifying.delete(f"/fhir/Subscription/{created['id']}")).status_code == 204
+    bundle = (await notifying.get(f"/fhir/Subscription?url={endpoint}")).json()
+    assert "entry" not in bundle, "a deleted Subscription is found no more (nor matched)"
 
 
 async def test_every_status_step_of_a_patients_fax_arrives_in_order_with_the_header(

@@ -88,19 +88,22 @@ class Sender:
         # Claimed together: a later version of a pair is never claimable while an earlier one is due, claimed or not.
         taken = await asyncio.gather(*(self.queue.claim(c, self.owner, self.lease) for c in candidates))
         claimed = [n for n in taken if n is not None]
-        if claimed:
-            await asyncio.gather(*(self.send(n) for n in claimed))
+        if claimed:  # their Subscriptions, read once for the batch
+            ids = sorted({n.subscription for n in claimed})
+            cursor = self.store.collection("Subscription").find({"_id": {"$in": ids}})
+            subscriptions = {document["_id"]: document async for document in cursor}
+            await asyncio.gather(*(self.send(n, subscriptions.get(n.subscription)) for n in claimed))
         return len(claimed)
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification, subscription: dict[str, Any] | None) -> None:
+        """Send one claimed notification; ``subscription`` is its Subscription's stored document (None: gone)."""
         try:
-            await self._send(notification)
+            await self._send(notification, subscription)
         except Exception as error:  # one bad notification never blocks the others: it is retried later
             log.exception("notification %s could not be handled", notification.id)
             await self.queue.retry(notification, self.owner, now() + timedelta(seconds=30), f"{type(error).__name__}")
 
-    async def _send(self, notification: Notification) -> None:
-        subscription = await self.store.find_current("Subscription", notification.subscription)
+    async def _send(self, notification: Notification, subscription: dict[str, Any] | None) -> None:
         if subscription is None or subscription[RESERVED]["deleted"] or subscription.get("status") == "off":
             await self.queue.finish(notification, self.owner, "dropped", "the Subscription was deleted or turned off")
             return
