@@ -23,6 +23,8 @@ def main() -> None:
     fail_file = Path(sys.argv[3]) if len(sys.argv) > 3 else None
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: senders reuse their connections
+
         def do_GET(self) -> None:
             self.send_response(200 if self.path == "/healthz" else 404)
             self.send_header("Content-Length", "0")
