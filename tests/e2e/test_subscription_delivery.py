@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from fhir_fax.subscriptions.faults import CRASH_EXIT_CODE
 
 from helpers import FHIR_JSON, eventually, outbound_status, wait_final_at
 from hooks import Listener, header, resource_versions
-from processes import FaxServer
+from processes import CLI, FaxServer
 
 SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
 FAST = {
@@ -49,6 +51,12 @@ class Deployment:
 
     def server(self, **env: str) -> FaxServer:
         return FaxServer(self.tmp_path / f"server-{uuid.uuid4().hex[:6]}", "--load-fixtures", env={**self.env, **env})
+
+    def worker(self) -> subprocess.Popen[bytes]:
+        """``fhir-fax worker`` alone: delivery and subscription notifications, no HTTP."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_FAX_")} | self.env
+        log = open(self.tmp_path / f"worker-{uuid.uuid4().hex[:6]}.log", "wb")  # noqa: SIM115
+        return subprocess.Popen([*CLI, "worker"], stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +161,8 @@ def test_a_listener_that_answers_503_for_a_while_loses_nothing(server: FaxServer
 def test_a_server_killed_between_the_write_and_the_notification_sends_it_after_restart(
     deployment: Deployment, listener: Listener, crash: str
 ) -> None:
-    """Killed with the versions written but nothing dispatched, or dead right after a POST was taken.
+    """Killed with the versions written but nothing dispatched (a server restarts), or dead right after a POST
+    was taken, the fax still in flight (a ``fhir-fax worker`` takes over delivery and notifications).
 
     (Dying after queueing, before the pending mark is cleared, is ``test_subscriptions``' re-dispatch test.)
     """
@@ -171,13 +180,22 @@ def test_a_server_killed_between_the_write_and_the_notification_sends_it_after_r
         first.stop(signal.SIGKILL)
     else:
         assert first.process.wait(60) == CRASH_EXIT_CODE
-    second = deployment.server()
-    try:
-        wait_final_at(second.url, second.headers, [communication_id])
-        asyncio.run(listener.wait_for(path, 4))
-        time.sleep(0.3)  # a repeat would come with the rest
-    finally:
-        second.stop()
+    if crash.startswith("kill"):
+        second = deployment.server()
+        try:
+            wait_final_at(second.url, second.headers, [communication_id])
+            asyncio.run(listener.wait_for(path, 4))
+            time.sleep(0.3)  # a repeat would come with the rest
+        finally:
+            second.stop()
+    else:
+        worker = deployment.worker()
+        try:
+            asyncio.run(listener.wait_for(path, 5))  # the DELIVERED version is the last to come
+            time.sleep(0.3)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
     arrived = resource_versions(listener.received(path))
     assert list(dict.fromkeys(arrived)) == versions_of(communication_id), "every version, in order"
     # At least once: only the notification whose POST the crash cut off from its record comes twice.
