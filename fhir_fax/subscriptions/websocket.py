@@ -163,6 +163,6 @@ def websocket_extension(path: str) -> Callable[[str], dict[str, Any]]:
     def extension(base_url: str) -> dict[str, Any]:
         origin = base_url.split("/", 3)  # scheme:, "", host[:port], path
         url = f"{origin[0]}//{origin[2]}{path}".replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        return {"url": WEBSOCKET_EXTENSION, "valueUrl": url}
+        return {"url": WEBSOCKET_EXTENSION, "valueUri": url}  # the extension is defined with a uri value
 
     return extension

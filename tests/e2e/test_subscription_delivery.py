@@ -209,7 +209,7 @@ def test_a_websocket_bound_with_a_token_gets_pings_and_one_that_may_not_read_is_
         server, "Communication?patient=Patient/james-oneil", {"type": "websocket", "payload": "application/fhir+json"}
     )
     metadata = httpx.get(f"{server.url}/fhir/metadata", timeout=10).json()
-    url = next(e["valueUrl"] for e in metadata["rest"][0]["extension"] if e["url"].endswith("-websocket"))
+    url = next(e["valueUri"] for e in metadata["rest"][0]["extension"] if e["url"].endswith("-websocket"))
     assert url == server.url.replace("http://", "ws://") + "/fhir/websocket"
     refused = no_reader_token(server)
     socket = websocket.create_connection(url, timeout=30)
