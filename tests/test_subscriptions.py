@@ -234,6 +234,15 @@ async def test_the_subscriber_must_still_be_allowed_to_read_each_version_when_it
     refusals = [e["outcomeDesc"] async for e in database["AuditEvent"].find({"outcome": "4"})]
     assert f"FHIR:Read on FHIR:Communication:{denied_id} refused: notification: " in " ".join(refusals)
 
+    async def disclosure() -> dict[str, Any] | None:  # the delivered one is audited as a read by the subscriber
+        found: dict[str, Any] | None = await database["AuditEvent"].find_one(
+            {"subtype.code": "subscription-notification", "entity.what.reference": f"Communication/{allowed}"}
+        )
+        return found
+
+    audited = await eventually(disclosure, within=30, failure=lambda: "the notification was not audited")
+    assert audited["agent"][0]["who"]["display"] == record["clientId"]
+
 
 async def test_after_the_last_try_the_subscription_is_in_error_and_requested_brings_it_back(
     fax_settings: Settings, database: Any, listener: Listener
