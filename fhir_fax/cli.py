@@ -354,6 +354,8 @@ def worker(args: argparse.Namespace) -> int:
     async def work(runtime: Runtime) -> None:
         await runtime.prepare()
         task = asyncio.create_task(runtime.worker().run())
+        # Subscription notifications too: its own status writes wake it at once (any number may run).
+        notifier = asyncio.create_task(runtime.subscriptions.run()) if settings.subscriptions_enabled else None
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -361,9 +363,11 @@ def worker(args: argparse.Namespace) -> int:
         waiter = asyncio.create_task(stopping.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for running in (task, notifier):
+            if running is not None:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
 
     _with_runtime(settings, work)
     return 0

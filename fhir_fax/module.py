@@ -27,6 +27,7 @@ from .fhir.routes import build_fallback_router, build_fhir_router
 from .fixtures import load_fixtures
 from .runtime import Runtime, RuntimeSlot, fhir_settings
 from .settings import Settings
+from .subscriptions.websocket import websocket_extension, websocket_router
 from .z3.routes import Z3API
 
 log = logging.getLogger("fhir_fax")
@@ -60,6 +61,15 @@ class FaxModule:
         self._database: Database | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._notifier: asyncio.Task[None] | None = None
+        self.websocket_path = f"{self.settings.fhir_path}/websocket"  # the R4 subscription websocket
+        self.fhir.write_checks["Subscription"] = self._check_subscription
+        self.fhir.rest_extensions.append(websocket_extension(self.websocket_path))
+
+    async def _check_subscription(
+        self, request: Any, resource: dict[str, Any], current: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], Any]:
+        return await self.slot().subscriptions.check_write(request, resource, current)
 
     @property
     def runtime(self) -> Runtime | None:
@@ -77,6 +87,7 @@ class FaxModule:
         app.include_router(m2m_router(self.fhir, self.slot), prefix=self.settings.project_api_path)
         app.include_router(smart_apps_router(self.fhir, self.slot), prefix=self.settings.project_api_path)
         app.include_router(webhook_router(self.fax))  # at /fax/webhooks/{carrier}
+        app.include_router(websocket_router(self.websocket_path, lambda: self.slot().subscriptions))
         previous = app.router.lifespan_context
 
         @asynccontextmanager
@@ -121,6 +132,8 @@ class FaxModule:
         self.slot.current = runtime
         if self.settings.worker_enabled:
             self._worker = asyncio.create_task(runtime.worker().run(), name="fhir-fax-worker")
+        if self.settings.subscriptions_enabled:
+            self._notifier = asyncio.create_task(runtime.subscriptions.run(), name="fhir-fax-subscriptions")
         if self.settings.load_fixtures:
             await load_fixtures(runtime.store)
         embedded = self._database.embedded if self._database else None
@@ -129,12 +142,12 @@ class FaxModule:
         log.info("fhir-fax started (FHIR API at %s)", self.settings.fhir_path)
 
     async def stop(self) -> None:
-        for task in (self._worker, self._supervisor):
+        for task in (self._worker, self._notifier, self._supervisor):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._worker = self._supervisor = None
+        self._worker = self._notifier = self._supervisor = None
         runtime, self.slot.current = self.slot.current, None
         self.fhir.detach()
         if runtime is not None:

@@ -43,6 +43,9 @@ from .fhir.search_params import default_registry
 from .fhir.settings import FHIRSettings
 from .fhir.store import ResourceStore
 from .settings import Settings
+from .subscriptions.criteria import WATCHED_TYPES
+from .subscriptions.resource import register_parameters, subscription_indexer
+from .subscriptions.service import Subscriptions
 from .z3.store import Z3Store
 
 
@@ -90,6 +93,7 @@ class Runtime:
     resolver: ReferenceResolver
     service: FaxService
     tracker: Tracker
+    subscriptions: Subscriptions
     definitions: list[dict[str, Any]] = field(default_factory=list)  # OperationDefinitions stored at start
 
     @classmethod
@@ -102,7 +106,10 @@ class Runtime:
         definitions: Iterable[dict[str, Any]] = (),
     ) -> Runtime:
         registry = registry or default_registry()
-        store = ResourceStore(database, registry.indexer)
+        register_parameters(registry)
+        # Communications (and Subscriptions) are marked pending in each write: notifications are recovered from it.
+        watched = frozenset({*WATCHED_TYPES, "Subscription"})
+        store = ResourceStore(database, subscription_indexer(registry, settings.base_url or ""), watched=watched)
         auditor = Auditor(store)
         guard = Guard(settings, database=database, auditor=auditor)
         gate = Gate(
@@ -118,6 +125,7 @@ class Runtime:
         media = Z3MediaChecker(z3, settings.max_pages)
         service = FaxService(settings, database, store, resolver, media, auditor=auditor)
         tracker = Tracker(settings, store, service.outbox, auditor)
+        subscriptions = Subscriptions(settings, store, registry, gate)
         return cls(
             settings=settings,
             database=database,
@@ -130,6 +138,7 @@ class Runtime:
             resolver=resolver,
             service=service,
             tracker=tracker,
+            subscriptions=subscriptions,
             definitions=list(definitions),
         )
 
@@ -159,6 +168,7 @@ class Runtime:
         await self.service.ensure_indexes()
         await document_faxes.ensure_indexes(self.database)
         await self.reception.ensure_indexes()
+        await self.subscriptions.ensure_indexes()
         clients = Clients(self.database)
         await clients.ensure_indexes()
         await assertions.ensure_indexes(self.database)
@@ -177,6 +187,7 @@ class Runtime:
 
     async def close(self) -> None:
         """Write what the auditor still holds, and close outbound connections; the database stays open."""
+        await self.subscriptions.sender.close()
         await self.auditor.close()
         if "reception" in self.__dict__:  # made on first use (a cached property)
             await self.reception.close()

@@ -118,6 +118,24 @@ class Settings(BaseSettings):
     )
     simulator_speed: float = Field(default=1.0, gt=0, description="Simulator clock: 1 real time, 1000 faster.")
 
+    # Subscriptions (notifications about Communications)
+    subscriptions_enabled: bool = Field(
+        default=True, description="Match and deliver Subscription notifications inside `fhir-fax serve`."
+    )
+    subscription_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Hosts a Subscription endpoint may reach over plain http (commas or a JSON list; every other "
+        "endpoint must be https). Default: loopback only, for development; set it empty in production.",
+    )
+    subscription_retry_attempts: int = Field(default=6, ge=1, description="Tries per notification before error.")
+    subscription_retry_delay_seconds: float = Field(
+        default=120.0, ge=0, description="Wait before the second try; each later one waits twice as long."
+    )
+    subscription_timeout_seconds: float = Field(default=10.0, gt=0, description="Longest one rest-hook POST may take.")
+    subscription_poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often delivery looks for work it was not woken for."
+    )
+
     # Telnyx Programmable Fax (FHIR_FAX_CARRIER=telnyx)
     telnyx_api_base: str = "https://api.telnyx.com/v2"
     telnyx_api_key: str | None = None
@@ -196,6 +214,17 @@ class Settings(BaseSettings):
         default=None, description="Bearer token for that server; unset: forward the caller's Authorization."
     )
     reference_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("subscription_allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        """``a.example, b.example`` or ``["a.example"]``; an empty string is no host (https only)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip().lower() for part in text.split(",") if part.strip()]
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

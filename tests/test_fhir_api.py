@@ -239,8 +239,12 @@ async def test_metadata_is_a_valid_capability_statement_of_what_is_registered(ap
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(resources) == {
         "AuditEvent", "CareTeam", "Communication", "Device", "DocumentReference", "HealthcareService",
-        "OperationDefinition", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Task",
+        "OperationDefinition", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
+        "Subscription", "Task",
     }  # fmt: skip
+    assert {"status", "criteria", "url", "_id"} <= {p["name"] for p in resources["Subscription"]["searchParam"]}
+    websocket = "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket"
+    assert {"url": websocket, "valueUri": "ws://fhir.test/fhir/websocket"} in statement["rest"][0]["extension"]
     patient = resources["Patient"]
     assert {i["code"] for i in patient["interaction"]} >= {"read", "vread", "update", "delete", "create"}
     assert {"_id", "_lastUpdated", "_count"} <= {p["name"] for p in patient["searchParam"]}

@@ -63,7 +63,7 @@ def test_the_fhir_layer_imports_only_itself_and_the_errors() -> None:
     assert {module: found for module, found in outside.items() if found} == {}
 
 
-@pytest.mark.parametrize("folder", ["fhir", "auth", "z3", "audit", "errors", "settings", "db"])
+@pytest.mark.parametrize("folder", ["fhir", "auth", "z3", "audit", "errors", "settings", "db", "subscriptions"])
 def test_building_blocks_do_not_import_the_runtime_or_entry_points(folder: str) -> None:
     upward = {
         module: sorted(i for i in imported if i.startswith(ENTRY_POINTS) or i == "fhir_fax.__version__")
@@ -78,6 +78,8 @@ def test_building_blocks_do_not_import_the_runtime_or_entry_points(folder: str) 
         ("auth", ("fhir_fax.fax", "fhir_fax.z3")),  # access decides; it never reaches into the domains it guards
         ("z3", ("fhir_fax.fax",)),  # storage knows nothing of faxes
         ("audit", ("fhir_fax.fax", "fhir_fax.z3", "fhir_fax.auth")),
+        # notifications are about resource versions: the gate is handed in, and a fax is a Communication like any
+        ("subscriptions", ("fhir_fax.auth", "fhir_fax.fax", "fhir_fax.z3")),
     ],
 )
 def test_lower_layers_do_not_reach_up(folder: str, forbidden: tuple[str, ...]) -> None:

@@ -28,10 +28,11 @@ from ..errors import Forbidden
 from ..fhir.compartments import compartment_filter, in_compartment
 from ..fhir.search import SearchRegistry, merge_clauses
 from ..fhir.store import RESERVED, public
+from .clients import Clients
 from .grants import narrows
 from .guard import Guard, Principal
-from .policies import Rule, beyond, denies, id_scope
-from .scopes import permits_action
+from .policies import PolicyError, Rule, beyond, denies, id_scope, parse_policy
+from .scopes import ScopeError, parse_scopes, permits_action
 
 READ = "FHIR:Read"
 DIRECT = (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete")  # the others (history) also show the resource
@@ -227,6 +228,74 @@ class Gate:
         if patient is not None:
             carriers = [c for c in carriers if in_compartment(c, patient, self.registry)]
         await self.auditor.document_read(url, carriers, principal.client_id, self.guard.address(request))
+
+    # -- subscriptions: notifications are reads made later, on behalf of who set the subscription up ------
+
+    async def subscriber(self, request: Request) -> dict[str, Any]:
+        """The caller, as kept with a Subscription it writes: whose rights each notification is checked against.
+
+        A client of ours is kept by id (its current policy applies when a notification is sent, so a policy
+        narrowed or a client deleted later narrows or stops its notifications); an external token's policy
+        came with the token and is kept as it was. The token's scopes and patient in context are kept too.
+        """
+        principal = await self.identify(request)
+        kept: dict[str, Any] = {
+            "client": principal.client_id,
+            "scopes": " ".join(str(s) for s in principal.scopes),
+            "patient": principal.patient,
+        }
+        if principal.external:
+            kept["policy"] = {
+                "rule": [
+                    {"resource": list(r.resources), "action": list(r.actions), "effect": r.effect}
+                    for r in principal.rules
+                ]
+            }
+        return kept
+
+    async def notification_refusal(self, subscriber: dict[str, Any] | None, resource: dict[str, Any]) -> str | None:
+        """Why ``subscriber`` (see ``subscriber``) may not be sent ``resource`` now, or None when it may.
+
+        The same decision as a read of it (``admit``): policy and scopes on its id, and the patient's
+        compartment for a patient-limited token. A refusal is audited.
+        """
+        resource_type = resource["resourceType"]
+        name = f"FHIR:{resource_type}:{resource['id']}"
+        if not subscriber:
+            return "Nobody is recorded as the subscriber, so no rights can be checked; update the Subscription."
+        principal, refusal = await self._subscriber_principal(subscriber)
+        if principal is not None:
+            refusal = principal.refusal(READ, name)
+            patient = principal.patient_limit(READ, resource_type)
+            if refusal is None and patient is not None and not in_compartment(resource, patient, self.registry):
+                where = f"{resource_type}/{resource['id']}"
+                refusal = f"The subscriber's token is limited to Patient/{patient}; {where} is outside it."
+        if refusal is not None and self.auditor is not None:
+            await self.auditor.refused(READ, name, str(subscriber.get("client")), None, f"notification: {refusal}")
+        return refusal
+
+    async def _subscriber_principal(self, subscriber: dict[str, Any]) -> tuple[Principal | None, str | None]:
+        client_id = str(subscriber.get("client"))
+        try:
+            scopes = parse_scopes(str(subscriber.get("scopes") or ""))
+            if "policy" in subscriber:
+                rules = parse_policy(subscriber["policy"])
+            else:
+                record = await Clients(self.database).by_client_id(client_id)
+                if record is None:
+                    return None, f"The subscriber's client {client_id} no longer exists."
+                rules = parse_policy(record["accessPolicy"])
+        except (PolicyError, ScopeError) as error:
+            return None, f"The subscriber's rights cannot be read: {error}"
+        patient = subscriber.get("patient")
+        external = "policy" in subscriber
+        return Principal(client_id, rules, scopes, patient if isinstance(patient, str) else None, external), None
+
+    async def notified(self, subscriber: dict[str, Any], resources: list[dict[str, Any]], endpoint: str) -> None:
+        """Audit a notification that was delivered: a disclosure of the resource version to the subscriber."""
+        faxes = [r for r in resources if r.get("resourceType") == "Communication"]
+        if faxes and self.auditor is not None:
+            await self.auditor.read("subscription-notification", faxes, str(subscriber.get("client")), endpoint)
 
     # -- clients -----------------------------------------------------------------------------------------
 

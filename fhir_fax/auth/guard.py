@@ -49,6 +49,7 @@ class Principal:
     scopes: tuple[Scope, ...]
     patient: str | None = None  # the patient in context (SMART), from a SMART app's or an external token's claim
     scoped: bool = False  # a user's token: its scopes narrow even when it has no resource scope (it then has none)
+    external: bool = False  # from a configured issuer's token (its policy came with it), not one of ours
 
     def may(self, action: str, resource: str) -> bool:
         return self.refusal(action, resource) is None
@@ -147,7 +148,7 @@ class Guard:
                 principal = await self._our_principal(token, base, audience)
             elif self.issuers.knows(issuer):
                 identity = await self.issuers.verify(token, issuer, audience)
-                principal = Principal(identity.who, identity.rules, identity.scopes, identity.patient)
+                principal = Principal(identity.who, identity.rules, identity.scopes, identity.patient, external=True)
             else:
                 raise TokenError(
                     f"The bearer token was issued by someone else ({issuer!r}), whom this server does not trust; "

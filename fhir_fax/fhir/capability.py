@@ -85,6 +85,11 @@ def capability_statement(context: FHIRContext, base_url: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
+                **(
+                    {"extension": [extend(base_url) for extend in context.rest_extensions]}
+                    if context.rest_extensions
+                    else {}
+                ),  # e.g. where the subscription websocket is
                 "documentation": REST_DOCUMENTATION.format(
                     minutes=context.settings.search_snapshot_seconds // 60, most=context.settings.search_snapshot_max
                 ),

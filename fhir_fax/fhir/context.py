@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,6 +14,10 @@ from .search import SearchRegistry
 from .search_params import default_registry
 from .settings import FHIRSettings
 from .store import ResourceStore
+
+# Checks (and may complete) a resource of one type before it is stored: (request, resource, current or None)
+# -> (the resource to store, private data kept with it or None). Raises a FHIR error to refuse the write.
+WriteCheck = Callable[[Request, dict[str, Any], dict[str, Any] | None], Awaitable[tuple[dict[str, Any], Any]]]
 
 
 class AccessGate(Protocol):
@@ -47,6 +51,10 @@ class FHIRContext:
     gate: AccessGate | None = None
     # ``CapabilityStatement.rest.security`` for a server base URL (how to get a token), from the same installer.
     security: Callable[[str], dict[str, Any]] | None = None
+    # Per resource type, a check every create and update of it passes before it is stored (e.g. Subscription).
+    write_checks: dict[str, WriteCheck] = field(default_factory=dict)
+    # Extensions of ``CapabilityStatement.rest`` for a server base URL (e.g. the subscription websocket's URL).
+    rest_extensions: list[Callable[[str], dict[str, Any]]] = field(default_factory=list)
 
     def require_gate(self) -> AccessGate:
         if self.gate is None:
@@ -94,6 +102,15 @@ class FHIRContext:
 
     async def document_was_read(self, request: Request, resource: str, version: Any = None) -> None:
         await self.require_gate().document_disclosed(request, resource, version)
+
+    async def check_write(
+        self, request: Request, resource: dict[str, Any], current: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], Any]:
+        """The resource to store and the private data kept with it, after its type's check (if any)."""
+        check = self.write_checks.get(resource["resourceType"])
+        if check is None:
+            return resource, None
+        return await check(request, resource, current)
 
     def attach(self, database: Any, store: ResourceStore, gate: AccessGate) -> None:
         """What the running server provides (``fhir_fax.runtime``): until then, and after ``detach``, 503."""

@@ -34,6 +34,7 @@ SUPPORTED_TYPES: tuple[str, ...] = (
     "Practitioner",
     "PractitionerRole",
     "RelatedPerson",
+    "Subscription",
     "Task",
 )
 

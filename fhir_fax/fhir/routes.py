@@ -173,7 +173,8 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
             await context.admit(request, "FHIR:Read", existing)  # answering with it discloses it
             if existing is not None:
                 return written_response(request, existing, 200, None)
-        stored = await context.store.create(resource, validated=True)  # validated above
+        resource, private = await context.check_write(request, resource, None)
+        stored = await context.store.create(resource, validated=True, private=private)  # validated above
         return written_response(request, stored, 201, version_location(request, stored))
 
     def create_condition(request: Request) -> str | None:
@@ -235,11 +236,15 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         require_type(resource_type)
         await context.authorize(request, "FHIR:Update", f"FHIR:{resource_type}:{resource_id}")
         body = await read_json(request, settings.max_body_bytes)
+        private = None
         if isinstance(body, dict):  # both what it was and what it becomes must be the caller's to change
             replacement = {**body, "resourceType": resource_type, "id": resource_id}
-            await context.admit(request, "FHIR:Update", replacement, await current(resource_type, resource_id))
+            existing = await current(resource_type, resource_id)
+            await context.admit(request, "FHIR:Update", replacement, existing)
+            if resource_type in context.write_checks:
+                body, private = await context.check_write(request, validate_resource(body, resource_type), existing)
         stored, created = await context.store.update(
-            resource_type, resource_id, body, if_match=request.headers.get("if-match")
+            resource_type, resource_id, body, if_match=request.headers.get("if-match"), private=private
         )
         return written_response(
             request, stored, 201 if created else 200, version_location(request, stored) if created else None

@@ -32,6 +32,11 @@ from .models import format_instant, now, validate_resource
 
 RESERVED = "_fhirfax"
 MAX_WRITE_ATTEMPTS = 50
+# On the current document of a watched type: the first version nobody has yet looked at for notifications.
+# Set in the same write as the version (so no crash can lose it), cleared by a compare-and-set on the version.
+PENDING = "pending"
+# Server-only data a caller keeps with a resource (e.g. who created a Subscription); never shown, kept by ``modify``.
+PRIVATE = "private"
 
 # Computes the search keys stored in ``_fhirfax`` (``keys`` and ``sort``) for one resource.
 Indexer = Callable[[dict[str, Any]], dict[str, Any]]
@@ -63,9 +68,15 @@ def history_collection(resource_type: str) -> str:
 class ResourceStore:
     """Create/read/update/delete/history of FHIR resources in one MongoDB database."""
 
-    def __init__(self, database: Any, indexer_for: IndexerFor | None = None) -> None:
+    def __init__(
+        self, database: Any, indexer_for: IndexerFor | None = None, *, watched: frozenset[str] = frozenset()
+    ) -> None:
         self.database = database
         self.indexer_for = indexer_for
+        # Types whose every version is marked pending (``PENDING``) in its own write, for whoever watches them.
+        self.watched = watched
+        # Called after each write of a watched type (type, id): wakes an in-process watcher at once.
+        self.on_write: Callable[[str, str], None] | None = None
 
     def collection(self, resource_type: str) -> Any:
         return self.database[resource_type]
@@ -84,6 +95,8 @@ class ResourceStore:
             await self.database[history_collection(resource_type)].create_index(
                 [(f"{RESERVED}.sort._lastUpdated", DESCENDING)], name="sort_lastUpdated"
             )
+            if resource_type in self.watched:  # sparse: only the few documents with versions still to look at
+                await self.collection(resource_type).create_index(f"{RESERVED}.{PENDING}", name="pending", sparse=True)
 
     async def _add_created_keys(self, resource_type: str) -> None:
         """Give resources stored before creation keys existed theirs: the time of their first version.
@@ -122,6 +135,7 @@ class ResourceStore:
         method: str,
         moment: datetime,
         created: str | None = None,
+        private: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Stored form of a validated resource: server-owned id and meta, plus reserved fields.
 
@@ -148,8 +162,16 @@ class ResourceStore:
             computed = indexer(public(document))
             reserved["keys"] = computed.get("keys", {})
             reserved["sort"].update(computed.get("sort", {}))
+        if private is not None:
+            reserved[PRIVATE] = private
+        if resource_type in self.watched and version == 1:
+            reserved[PENDING] = 1
         document[RESERVED] = reserved
         return document
+
+    def _written(self, resource_type: str, resource_id: str) -> None:
+        if self.on_write is not None and resource_type in self.watched:
+            self.on_write(resource_type, resource_id)
 
     async def create(
         self,
@@ -159,18 +181,20 @@ class ResourceStore:
         moment: datetime | None = None,
         session: Any = None,
         validated: bool = False,
+        private: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Store ``resource`` as version 1 with a new id (client ids are ignored, as FHIR says).
 
         ``session`` lets a caller make the create part of its own transaction. ``validated`` skips the
         schema check for a resource that already passed it (or that the server built in a shape its tests
-        validate): the check costs more than the write.
+        validate): the check costs more than the write. ``private`` is kept with it, never shown.
         """
         if not validated:
             resource = validate_resource(resource, resource.get("resourceType", ""))
         resource_type = resource["resourceType"]
-        document = self._document(resource, resource_id or str(uuid.uuid4()), 1, "POST", moment or now())
+        document = self._document(resource, resource_id or str(uuid.uuid4()), 1, "POST", moment or now(), None, private)
         await self.collection(resource_type).insert_one(document, session=session)
+        self._written(resource_type, document["_id"])
         return public(document)
 
     async def create_many(self, resources: list[dict[str, Any]], *, validated: bool = False) -> None:
@@ -181,11 +205,22 @@ class ResourceStore:
         documents = [self._document(r, str(uuid.uuid4()), 1, "POST", moment) for r in resources]
         if documents:
             await self.collection(documents[0]["resourceType"]).insert_many(documents, ordered=False)
+            for document in documents:
+                self._written(document["resourceType"], document["_id"])
 
     async def update(
-        self, resource_type: str, resource_id: str, resource: dict[str, Any], *, if_match: str | None = None
+        self,
+        resource_type: str,
+        resource_id: str,
+        resource: dict[str, Any],
+        *,
+        if_match: str | None = None,
+        private: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Replace (or create) ``resource_id``; returns the stored resource and whether it was created."""
+        """Replace (or create) ``resource_id``; returns the stored resource and whether it was created.
+
+        ``private`` (when given) replaces what is kept with it; otherwise the current one is kept.
+        """
         resource = validate_resource(resource, resource_type)
         if resource.get("id") != resource_id:
             raise InvalidRequest(
@@ -202,16 +237,18 @@ class ResourceStore:
                     raise PreconditionFailed(
                         f"If-Match asks for version {wanted} of {resource_type}/{resource_id}, which does not exist."
                     )
-                document = self._document(resource, resource_id, 1, "PUT", now())
+                document = self._document(resource, resource_id, 1, "PUT", now(), None, private)
                 try:
                     await collection.insert_one(document)
                 except DuplicateKeyError:
                     continue  # created concurrently: update it instead
+                self._written(resource_type, resource_id)
                 return public(document), True
             version = current[RESERVED]["version"]
             if wanted is not None and wanted != version:
                 raise version_conflict(resource_type, resource_id, wanted, version)
-            document = self._document(resource, resource_id, version + 1, "PUT", now(), created_of(current))
+            kept = private if private is not None else current[RESERVED].get(PRIVATE)
+            document = self._document(resource, resource_id, version + 1, "PUT", now(), created_of(current), kept)
             if await self._replace(resource_type, current, document):
                 return public(document), current[RESERVED]["deleted"]
             if wanted is not None:
@@ -265,21 +302,28 @@ class ResourceStore:
     async def _replace(
         self, resource_type: str, current: dict[str, Any], document: dict[str, Any], session: Any = None
     ) -> bool:
-        """Copy ``current`` to history, then swap in ``document`` if nobody changed it meanwhile."""
+        """Copy ``current`` to history, then swap in ``document`` if nobody changed it meanwhile.
+
+        For a watched type the new document keeps the first version still pending, or marks its own.
+        """
         version = current[RESERVED]["version"]
         prior = dict(current)
         prior["_id"] = f"{current['_id']}/{version}"
-        prior[RESERVED] = {**current[RESERVED], "id": current["_id"]}
+        prior[RESERVED] = {k: v for k, v in current[RESERVED].items() if k != PENDING} | {"id": current["_id"]}
         history = self.database[history_collection(resource_type)]
         if session is None:
             with contextlib.suppress(DuplicateKeyError):  # copied by an earlier attempt; versions never change
                 await history.insert_one(prior)
         elif await history.count_documents({"_id": prior["_id"]}, limit=1, session=session) == 0:
             await history.insert_one(prior, session=session)  # a duplicate key would abort the transaction
+        if resource_type in self.watched:
+            document[RESERVED][PENDING] = current[RESERVED].get(PENDING, document[RESERVED]["version"])
         result = await self.collection(resource_type).replace_one(
             {"_id": current["_id"], f"{RESERVED}.version": version}, document, session=session
         )
         matched: int = result.matched_count
+        if matched == 1:
+            self._written(resource_type, current["_id"])
         return matched == 1
 
     async def modify(
@@ -306,7 +350,8 @@ class ResourceStore:
                 return None
             changed = validate_resource(changed, resource_type)
             version = current[RESERVED]["version"] + 1
-            document = self._document(changed, resource_id, version, "PUT", now(), created_of(current))
+            kept = current[RESERVED].get(PRIVATE)
+            document = self._document(changed, resource_id, version, "PUT", now(), created_of(current), kept)
             if await self._replace(resource_type, current, document, session):
                 return public(document)
         raise PreconditionFailed(f"{resource_type}/{resource_id} is being changed by many clients at once.")

@@ -1,0 +1,91 @@
+"""``Subscriptions``: the one object the runtime builds for notifications (checks, dispatcher, sender, websockets).
+
+``run()`` is one loop: dispatch marked versions into the queue, then send what is due. It wakes at once when
+this process writes a watched resource (``ResourceStore.on_write``) and otherwise looks every
+``subscription_poll_seconds``, which is how it finds work written by other processes or left by a crash.
+Any number of processes may run it on one database: the pending marks are cleared by compare-and-set,
+the queue's keys are unique, and every notification is claimed by compare-and-set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from typing import Any
+
+from fastapi import Request
+
+from ..db import stop_if_cancelled
+from ..fhir.models import now
+from ..fhir.search import SearchRegistry
+from ..fhir.store import ResourceStore
+from ..settings import Settings
+from .dispatch import Dispatcher
+from .queue import Queue
+from .resource import MATCH_FIELD, check_subscription
+from .sender import Sender
+from .websocket import UNBOUND_SECONDS, BindingGate, Hub
+
+log = logging.getLogger("fhir_fax.subscriptions")
+SWEEP_EVERY = 5.0  # seconds between drops of websocket notifications nobody listens to
+
+
+class Subscriptions:
+    def __init__(self, settings: Settings, store: ResourceStore, registry: SearchRegistry, gate: BindingGate) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.gate = gate
+        self.base_url = settings.base_url or ""
+        self.queue = Queue(store.database)
+        self.dispatcher = Dispatcher(store, registry, self.queue, self.base_url)
+        self.hub = Hub(gate)
+        self.sender = Sender(settings, store, self.queue, gate, self.hub)
+        self._wake = asyncio.Event()
+        self._last_sweep = 0.0
+        store.on_write = self.wake
+
+    async def ensure_indexes(self) -> None:
+        await self.queue.ensure_indexes()
+        # Each Subscription's match keys: a version finds the few that could match it with one lookup.
+        await self.store.collection("Subscription").create_index(MATCH_FIELD, name="match")
+
+    def wake(self, resource_type: str = "", resource_id: str = "") -> None:
+        self._wake.set()
+
+    async def check_write(
+        self, request: Request, resource: dict[str, Any], current: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A Subscription about to be stored: checked and made active, kept with whoever wrote it."""
+        stored, _ = check_subscription(resource, self.registry, self.settings.subscription_allowed_hosts, self.base_url)
+        return stored, await self.gate.subscriber(request)
+
+    async def step(self) -> int:
+        """One pass: dispatch, then send; how much was done."""
+        done = await self.dispatcher.step()
+        done += await self.sender.step()
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = loop.time()
+            await self.queue.drop_stale("websocket", now() - timedelta(seconds=UNBOUND_SECONDS), self.hub.bound())
+        return done
+
+    async def run(self) -> None:
+        """Dispatch and send until cancelled."""
+        log.info("subscription delivery %s started", self.sender.owner)
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    busy = await self.step()
+                except Exception:
+                    stop_if_cancelled()
+                    log.exception("subscription step failed; continuing")
+                    busy = 0
+                if not busy:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.settings.subscription_poll_seconds)
+        finally:
+            await self.sender.close()

@@ -1,0 +1,377 @@
+"""Subscriptions in one process: the resource's checks and search, matching, the queue, access at send time.
+
+Notifications go to a real HTTP listener process (``tests/servers/hook_listener.py``); the faxes are the
+simulator's, sped up. The cross-process guarantees (a killed server, several senders) are in
+``tests/e2e/test_subscription_delivery.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_fax.auth.clients import Clients
+from fhir_fax.runtime import Runtime
+from fhir_fax.settings import Settings
+from fhir_fax.subscriptions.queue import NOTIFICATIONS
+from fhir_fax.subscriptions.resource import check_subscription
+from fhir_fax.subscriptions.sender import Sender
+
+from helpers import FHIR_JSON, MEDIA, SEED_SENDER, eventually, login, outbound_status, serving_fax, wait_final
+from hooks import Listener, header, resource_versions
+
+FAST = {
+    "simulator_speed": 1000.0,
+    "worker_poll_seconds": 0.02,
+    "subscription_poll_seconds": 0.05,
+    "subscription_retry_delay_seconds": 0.05,
+}
+
+
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listener]:
+    found = Listener(tmp_path_factory.mktemp("hooks"))
+    yield found
+    found.stop()
+
+
+@pytest.fixture
+async def notifying(fax_settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving_fax(fax_settings.model_copy(update=FAST), database) as http:
+        yield http
+
+
+def subscription(criteria: str, endpoint: str | None, **channel: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "rest-hook", **channel}
+    if endpoint is not None:
+        body["endpoint"] = endpoint
+    return {"resourceType": "Subscription", "status": "requested", "reason": "tests", "criteria": criteria,
+            "channel": body}  # fmt: skip
+
+
+async def subscribe(http: httpx.AsyncClient, resource: dict[str, Any]) -> dict[str, Any]:
+    response = await http.post("/fhir/Subscription", json=resource, headers=FHIR_JSON)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def send_fax(http: httpx.AsyncClient, patient: str | None, number: str = "+16175550143") -> str:
+    body = {"media": MEDIA, "quality": "standard", "recipientNumber": number, "sender": SEED_SENDER}
+    if patient:
+        body["patient"] = patient
+    response = await http.post("/fax/v1/send", json=body)
+    assert response.status_code == 200, response.text
+    communication_id: str = response.json()["communicationResource"]["id"]
+    return communication_id
+
+
+async def test_a_subscription_becomes_active_and_is_searchable(
+    notifying: httpx.AsyncClient, listener: Listener
+) -> None:
+    endpoint = f"{listener.url}/search-{uuid.uuid4().hex[:6]}"
+    created = await subscribe(notifying, subscription("Communication?medium=FAXWRIT&status=completed", endpoint))
+    assert created["status"] == "active"
+    for query in ("status=active", "criteria=communication?medium", f"url={endpoint}", f"_id={created['id']}"):
+        bundle = (await notifying.get(f"/fhir/Subscription?{query}")).json()
+        assert [e["resource"]["id"] for e in bundle.get("entry", [])] == [created["id"]], query
+    bundle = (await notifying.get(f"/fhir/Subscription?url={endpoint}-other")).json()
+    assert "entry" not in bundle
+    assert (await notifying.delete(f"/fhir/Subscription/{created['id']}")).status_code == 204
+    bundle = (await notifying.get(f"/fhir/Subscription?url={endpoint}")).json()
+    assert "entry" not in bundle, "a deleted Subscription is found no more (nor matched)"
+
+
+async def test_every_status_step_of_a_patients_fax_arrives_in_order_with_the_header(
+    notifying: httpx.AsyncClient, listener: Listener, database: Any
+) -> None:
+    path = f"/patient-{uuid.uuid4().hex[:6]}"
+    created = await subscribe(
+        notifying,
+        subscription("Communication?patient=Patient/james-oneil", f"{listener.url}{path}",
+                     payload="application/fhir+json", header=["Authorization: Bearer hook-secret"]),
+    )  # fmt: skip
+    other = await send_fax(notifying, "Patient/maria-lopez", "+16175550144")
+    mine = await send_fax(notifying, "Patient/james-oneil")
+    final = await wait_final(notifying, mine)
+    await wait_final(notifying, other)
+    got = await listener.wait_for(path, 4)
+    bodies = [json.loads(r["body"]) for r in got]
+    assert [b["id"] for b in bodies] == [mine] * 4, "nothing about the other patient"
+    assert [outbound_status(b) for b in bodies] == ["QUEUED", "PROCESSING", "SENDING", "DELIVERED"]
+    assert [b["meta"]["versionId"] for b in bodies] == ["1", "2", "3", "4"]
+    assert bodies[-1] == final
+    for number, record in enumerate(got, 1):
+        headers = {k.lower(): v for k, v in record["headers"].items()}
+        assert headers["authorization"] == "Bearer hook-secret"
+        assert headers["content-type"] == "application/fhir+json"
+        assert headers["x-fhir-fax-subscription"] == created["id"]
+        assert headers["x-fhir-fax-resource"] == f"Communication/{mine}/_history/{number}"
+        assert headers["x-fhir-fax-event"] == str(number)
+    states: list[str] = []
+
+    async def all_recorded() -> bool | None:  # the listener may have the last POST before the queue records it
+        states[:] = await database[NOTIFICATIONS].distinct("state", {"subscription": created["id"]})
+        return True if states == ["sent"] else None
+
+    await eventually(all_recorded, within=30, failure=lambda: f"notification states: {states}")
+
+
+async def test_an_empty_payload_is_a_ping_naming_the_version(notifying: httpx.AsyncClient, listener: Listener) -> None:
+    path = f"/ping-{uuid.uuid4().hex[:6]}"
+    await subscribe(notifying, subscription("Communication?status=completed", f"{listener.url}{path}"))
+    communication_id = await send_fax(notifying, None)
+    await wait_final(notifying, communication_id)
+    got = await listener.wait_for(path, 1)
+    mine = [r for r in got if f"Communication/{communication_id}/" in header(r, "X-FHIR-Fax-Resource")]
+    assert len(mine) == 1, "only the completed version matches"
+    assert mine[0]["body"] == ""
+    assert header(mine[0], "X-FHIR-Fax-Resource") == f"Communication/{communication_id}/_history/4"
+
+
+BAD_INPUT = [
+    ("Communication?patient=", None, "Subscription.criteria does not parse"),
+    ("Communication?nonsense=1", None, "Unknown search parameter 'nonsense'"),
+    ("Communication?_count=5", None, "'_count', which shapes search pages"),
+    ("Patient?name=x", None, "this server sends notifications about Communication only"),
+    ("Communication?status=completed", "ftp://example.com/hook", "must be an https URL"),
+    ("Communication?status=completed", "http://hooks.example.com/x", "not an allowed host"),
+    ("Communication?status=completed", "https://user:pw@hooks.example.com/x", "carries credentials"),
+]
+
+
+BAD_CHANNELS = [
+    ({"channel": {"type": "email", "endpoint": "mailto:a@example.com"}}, "channel.type 'email' is not offered"),
+    ({"channel": {"type": "rest-hook", "endpoint": "https://h.example.com", "payload": "text/plain"}},
+     "payload 'text/plain' is not offered"),
+    ({"channel": {"type": "rest-hook", "endpoint": "https://h.example.com", "header": ["no colon"]}},
+     "is not 'Name: value'"),
+    ({"channel": {"type": "rest-hook", "endpoint": "https://h.example.com", "header": ["Host: evil"]}},
+     "is set by the server"),
+    ({"status": "error"}, "send requested to re-activate"),
+    ({"channel": {"type": "rest-hook"}}, "needs channel.endpoint"),
+]  # fmt: skip
+
+
+async def test_bad_subscriptions_are_refused_on_create_and_nothing_is_stored(
+    api: httpx.AsyncClient, database: Any
+) -> None:
+    """Each bad input in turn (one server for all of them: they are independent requests)."""
+    cases = [(subscription(c, e or "https://hooks.example.com/x"), m) for c, e, m in BAD_INPUT]
+    good = subscription("Communication?status=completed", "https://hooks.example.com/x")
+    cases += [({**good, **change}, message) for change, message in BAD_CHANNELS]
+    for resource, message in cases:
+        response = await api.post("/fhir/Subscription", json=resource, headers=FHIR_JSON)
+        assert response.status_code == 400, (message, response.text)
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert message in outcome["issue"][0]["diagnostics"], message
+        assert outcome["issue"][0]["expression"][0].startswith("Subscription."), message
+        assert await database["Subscription"].count_documents({}) == 0, message
+        assert await database[NOTIFICATIONS].count_documents({}) == 0, message
+
+
+async def test_bad_updates_are_refused_and_leave_the_subscription_as_it_was(
+    api: httpx.AsyncClient, database: Any
+) -> None:
+    good = subscription("Communication?status=completed", "https://hooks.example.com/x")
+    stored = await subscribe(api, good)
+    cases = [({**good, "criteria": c, "channel": {"type": "rest-hook", "endpoint": e or "https://h.example.com"}}, m)
+             for c, e, m in BAD_INPUT]  # fmt: skip
+    cases += [({**good, **change}, message) for change, message in BAD_CHANNELS]
+    for resource, message in cases:
+        body = {**resource, "id": stored["id"]}
+        response = await api.put(f"/fhir/Subscription/{stored['id']}", json=body, headers=FHIR_JSON)
+        assert response.status_code == 400, (message, response.text)
+        assert message in response.json()["issue"][0]["diagnostics"], message
+        document = await database["Subscription"].find_one({"_id": stored["id"]})
+        assert document["_fhirfax"]["version"] == 1, f"{message}: the update stored nothing"
+        assert await database["Subscription_history"].count_documents({}) == 0, message
+
+
+async def test_the_subscriber_must_still_be_allowed_to_read_each_version_when_it_is_sent(
+    notifying: httpx.AsyncClient, listener: Listener, database: Any
+) -> None:
+    """The rights are those of whoever wrote the Subscription, as they are when each notification is sent."""
+    policy = {"rule": [
+        {"resource": "FHIR:Subscription", "action": ["FHIR:Create", "FHIR:Read"], "effect": "Allow"},
+        {"resource": "FHIR:Communication", "action": ["FHIR:Read", "FHIR:Search"], "effect": "Allow"},
+    ]}  # fmt: skip
+    record, secret = await Clients(database).create("subscriber", policy)
+    path = f"/limited-{uuid.uuid4().hex[:6]}"
+    criteria = f"Communication?category={path[1:]}"
+    async with httpx.AsyncClient(transport=notifying._transport, base_url="http://fhir.test") as limited:
+        await login(limited, record["clientId"], secret)
+        created = await subscribe(limited, subscription(criteria, f"{listener.url}{path}"))
+    denied_id = str(uuid.uuid4())
+    narrowed = {"rule": [*policy["rule"], {"resource": f"FHIR:Communication:{denied_id}", "action": "FHIR:Read",
+                                           "effect": "Deny"}]}  # fmt: skip
+    await Clients(database).update(record["_id"], {"accessPolicy": narrowed})
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": path[1:]}]}]}
+    response = await notifying.put(f"/fhir/Communication/{denied_id}", json={**body, "id": denied_id})
+    assert response.status_code == 201, response.text
+    allowed = (await notifying.post("/fhir/Communication", json=body)).json()["id"]
+    got = await listener.wait_for(path, 1)
+
+    async def refused() -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await database[NOTIFICATIONS].find_one(
+            {"subscription": created["id"], "resource": f"Communication/{denied_id}", "state": "refused"}
+        )
+        return found
+
+    notification = await eventually(refused, within=30, failure=lambda: "the denied version was not refused")
+    assert f"does not allow FHIR:Read on FHIR:Communication:{denied_id}" in notification["detail"]
+    assert [header(r, "X-FHIR-Fax-Resource") for r in listener.received(path)] == [
+        f"Communication/{allowed}/_history/1"
+    ]
+    assert header(got[0], "X-FHIR-Fax-Subscription") == created["id"]
+    refusals = [e["outcomeDesc"] async for e in database["AuditEvent"].find({"outcome": "4"})]
+    assert f"FHIR:Read on FHIR:Communication:{denied_id} refused: notification: " in " ".join(refusals)
+
+    async def disclosure() -> dict[str, Any] | None:  # the delivered one is audited as a read by the subscriber
+        found: dict[str, Any] | None = await database["AuditEvent"].find_one(
+            {"subtype.code": "subscription-notification", "entity.what.reference": f"Communication/{allowed}"}
+        )
+        return found
+
+    audited = await eventually(disclosure, within=30, failure=lambda: "the notification was not audited")
+    assert audited["agent"][0]["who"]["display"] == record["clientId"]
+
+
+async def test_after_the_last_try_the_subscription_is_in_error_and_requested_brings_it_back(
+    fax_settings: Settings, database: Any, listener: Listener
+) -> None:
+    fast = {**FAST, "subscription_retry_attempts": 3}
+    path = f"/failing-{uuid.uuid4().hex[:6]}"
+    async with serving_fax(fax_settings.model_copy(update=fast), database) as http:
+        resource = subscription(f"Communication?category={path[1:]}", f"{listener.url}{path}")
+        created = await subscribe(http, resource)
+        body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": path[1:]}]}]}
+        listener.down()
+        try:
+            first = (await http.post("/fhir/Communication", json=body)).json()["id"]
+
+            async def in_error() -> dict[str, Any] | None:
+                found: dict[str, Any] = (await http.get(f"/fhir/Subscription/{created['id']}")).json()
+                return found if found["status"] == "error" else None
+
+            errored = await eventually(in_error, within=30, failure=lambda: "the Subscription never turned error")
+            assert "failed after 3 tries" in errored["error"]
+            assert "answered 503: down for maintenance" in errored["error"]
+            assert [r["status"] for r in listener.records(path)] == [503, 503, 503]
+            second = (await http.post("/fhir/Communication", json=body)).json()["id"]
+        finally:
+            listener.up()
+        again = await http.put(
+            f"/fhir/Subscription/{created['id']}", json={**resource, "id": created["id"]}, headers=FHIR_JSON
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["status"] == "active" and "error" not in again.json()
+        got = await listener.wait_for(path, 1)
+    assert [header(r, "X-FHIR-Fax-Resource") for r in got] == [f"Communication/{first}/_history/1"]
+    assert second not in json.dumps(listener.records(path)), "written while in error: not matched"
+
+
+@pytest.fixture
+async def runtime(settings: Settings, database: Any) -> AsyncIterator[Runtime]:
+    """A runtime whose dispatcher the test drives by hand (no background loop)."""
+    built = Runtime.build(settings, database)
+    await built.prepare()
+    yield built
+    await built.close()
+
+
+async def stored_subscription(runtime: Runtime, criteria: str) -> str:
+    resource = subscription(criteria, "https://hooks.example.com/x")
+    checked, _ = check_subscription(resource, runtime.registry, [])
+    stored = await runtime.store.create(checked, private={"client": "test-admin", "scopes": "", "patient": None})
+    await runtime.subscriptions.dispatcher.step()  # the Subscription's own version
+    return str(stored["id"])
+
+
+async def test_versions_written_between_two_passes_each_get_their_notification(runtime: Runtime, database: Any) -> None:
+    """Coalesced steps: every version is read back from history and matched as it was written."""
+    every = await stored_subscription(runtime, "Communication?category=coalesced")
+    completed = await stored_subscription(runtime, "Communication?category=coalesced&status=completed")
+    by_id = await stored_subscription(runtime, "Communication?_id=fixed-id-1&status=in-progress")
+    body = {"resourceType": "Communication", "id": "fixed-id-1", "category": [{"coding": [{"code": "coalesced"}]}]}
+    for status in ("preparation", "in-progress", "completed"):
+        await runtime.store.update("Communication", "fixed-id-1", {**body, "status": status})
+    current = await database["Communication"].find_one({"_id": "fixed-id-1"})
+    assert current["_fhirfax"]["pending"] == 1, "the first version not yet looked at"
+    await runtime.subscriptions.dispatcher.step()
+    queued = await database[NOTIFICATIONS].find({}).sort([("subscription", 1), ("version", 1)]).to_list(None)
+    assert {(n["subscription"], n["version"]) for n in queued} == {
+        (every, 1), (every, 2), (every, 3), (completed, 3), (by_id, 2)
+    }  # fmt: skip
+    assert "pending" not in (await database["Communication"].find_one({"_id": "fixed-id-1"}))["_fhirfax"]
+    assert [n["event"] for n in queued if n["subscription"] == every] == [1, 2, 3]
+
+
+async def test_dispatching_again_after_a_crash_adds_no_duplicate(runtime: Runtime, database: Any) -> None:
+    """Queued but the mark not yet cleared (the process died in between): the next pass adds nothing."""
+    subscription_id = await stored_subscription(runtime, "Communication?status=completed")
+    created = await runtime.store.create({"resourceType": "Communication", "status": "completed"})
+    await runtime.subscriptions.dispatcher.step()
+    await database["Communication"].update_one({"_id": created["id"]}, {"$set": {"_fhirfax.pending": 1}})
+    await runtime.subscriptions.dispatcher.step()
+    queued = await database[NOTIFICATIONS].find({"subscription": subscription_id}).to_list(None)
+    assert [(n["resource"], n["version"]) for n in queued] == [(f"Communication/{created['id']}", 1)]
+    assert await database["Communication"].count_documents({"_fhirfax.pending": {"$gte": 1}}) == 0
+
+
+async def test_subscriptions_that_do_not_match_cost_no_criteria_run(runtime: Runtime, database: Any) -> None:
+    """Matching looks only at Subscriptions filed under the version's own keys (and the catch-all ones)."""
+    filed = []
+    for number in range(200):  # the benchmark measures 1,000
+        resource = subscription(f"Communication?patient=Patient/other-{number}", "https://hooks.example.com/x")
+        checked, _ = check_subscription(resource, runtime.registry, [])
+        filed.append(checked)
+    await runtime.store.create_many(filed, validated=True)
+    await runtime.store.collection("Subscription").update_many({}, {"$unset": {"_fhirfax.pending": ""}})
+    mine = await stored_subscription(runtime, "Communication?patient=Patient/james-oneil")
+    body = {"resourceType": "Communication", "status": "completed", "subject": {"reference": "Patient/james-oneil"}}
+    created = await runtime.store.create(body)
+    dispatcher = runtime.subscriptions.dispatcher
+    dispatcher.evaluated = 0
+    await dispatcher.step()
+    assert dispatcher.evaluated == 1, "one criteria run: the matching one"
+    queued = await database[NOTIFICATIONS].find({}).to_list(None)
+    assert [(n["subscription"], n["resource"]) for n in queued] == [(mine, f"Communication/{created['id']}")]
+
+
+async def test_several_senders_on_one_queue_deliver_each_notification_once(
+    runtime: Runtime, database: Any, listener: Listener
+) -> None:
+    """Two senders (as in two server processes) claim from one queue by compare-and-set."""
+    path = f"/shared-{uuid.uuid4().hex[:6]}"
+    resource = subscription(f"Communication?category={path[1:]}", f"{listener.url}{path}")
+    checked, _ = check_subscription(resource, runtime.registry, ["127.0.0.1"])
+    await runtime.store.create(checked, private={"client": "test-admin", "scopes": "", "patient": None})
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": path[1:]}]}]}
+    await runtime.store.create_many([dict(body) for _ in range(30)], validated=True)
+    while await runtime.subscriptions.dispatcher.step():
+        pass
+    senders = [Sender(runtime.settings, runtime.store, runtime.subscriptions.queue, runtime.gate) for _ in range(2)]
+
+    async def drain(sender: Sender) -> int:
+        taken = 0
+        while await database[NOTIFICATIONS].count_documents({"state": "due"}):
+            taken += await sender.step()
+        return taken
+
+    try:
+        shares = await asyncio.gather(*(drain(s) for s in senders))
+    finally:
+        for sender in senders:
+            await sender.close()
+    versions = resource_versions(listener.received(path))
+    assert len(versions) == 30 and len(set(versions)) == 30, "each once"
+    assert sum(shares) == 30
+    assert await database[NOTIFICATIONS].distinct("state") == ["sent"]
