@@ -1,10 +1,11 @@
 """FHIR search: a parameter registry turned into MongoDB filters, keyset paging and a Bundle.
 
 Every value a client sends is parsed into plain strings or datetimes before it becomes part
-of a filter, so no query value can reach MongoDB as an operator, and no value is ever used
-as a regular expression. Paging never loses or repeats a match while resources change: sorts on
-immutable keys (the default creation order, ``_id``) page with keyset cursors; sorts on values that
-change (``_lastUpdated``, ``status``, dates) page through a snapshot of the matching ids taken at
+of a filter, so no query value can reach MongoDB as an operator, and no value is ever read
+as a regular expression (string search's ``:contains`` escapes it into a pattern of literal
+text). Paging never loses or repeats a match while resources change: sorts on immutable keys
+(the default creation order, ``_id``) page with keyset cursors; sorts on values that change
+(``_lastUpdated``, ``status``, dates, names) page through a snapshot of the matching ids taken at
 the first page (see ``search_results``).
 """
 
@@ -25,7 +26,7 @@ from .errors import InvalidRequest
 from .inputs import ascii_int
 from .models import now
 from .search_types import KEYS, SORT_KEYS, Kind, SearchContext, split_escaped, unescape
-from .store import RESERVED
+from .store import RESERVED, public
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # The default order: newest created first, on a key written once at creation (``store.created_sort_key``).
@@ -36,6 +37,9 @@ SNAPSHOT_MAX = 10_000
 SNAPSHOT_SECONDS = 1800
 # Ordered ids of a search's matches, kept for later pages of sorts on values that change (TTL on ``expires``).
 SNAPSHOTS = "search_snapshots"
+# What each type's stored search keys were computed by (``SearchRegistry.add_missing_keys``).
+KEY_RECORDS = "search_keys"
+KEY_FORMAT = 1  # raise when a kind stores its keys differently, so that every stored resource is indexed again
 # Indexes earlier releases created that nothing reads any more (each would still be rewritten at every write).
 OBSOLETE_INDEXES = (("Communication", "patient_lastUpdated"),)
 RESULT_PARAMETERS = ("_count", "_sort", "_total", "_summary", "_elements", "_include", "_revinclude")
@@ -155,13 +159,51 @@ class SearchRegistry:
 
         return index
 
+    def signature(self, resource_type: str) -> dict[str, str]:
+        """What each stored-key parameter of the type computes: a change means the stored keys are stale."""
+        return {
+            name: f"{KEY_FORMAT}:{type(p.kind).__name__}:{p.expression}:{p.sort_field or ''}"
+            for name, p in sorted(self.by_type.get(resource_type, {}).items())
+            if p.kind is not None
+        }
+
+    async def add_missing_keys(self, database: Any) -> dict[str, int]:
+        """Give stored resources the search keys of parameters added (or changed) since they were written.
+
+        Runs at start-up, like the store's creation keys. Each type's parameters are recorded in
+        ``search_keys``; when they are what was recorded, nothing is read. A type without a record had its
+        keys written by the release that first registered it, or had no parameters then: only resources
+        without keys are indexed. Each update is conditional on the version read, so a resource changed
+        meanwhile keeps the keys its writer computed. Returns how many resources got keys, per type.
+        """
+        added: dict[str, int] = {}
+        for resource_type in self.by_type:
+            indexer, signature = self.indexer(resource_type), self.signature(resource_type)
+            record = await database[KEY_RECORDS].find_one({"_id": resource_type})
+            if indexer is None or (record is not None and record.get("parameters") == signature):
+                continue
+            stale: dict[str, Any] = {f"{RESERVED}.deleted": False}
+            if record is None:
+                stale[f"{RESERVED}.keys"] = {"$exists": False}
+            collection, count = database[resource_type], 0
+            async for document in collection.find(stale):
+                computed = indexer(public(document))
+                changes = {f"{RESERVED}.keys": computed["keys"]}
+                changes.update({f"{RESERVED}.sort.{name}": value for name, value in computed["sort"].items()})
+                version = {"_id": document["_id"], f"{RESERVED}.version": document[RESERVED]["version"]}
+                count += (await collection.update_one(version, {"$set": changes})).modified_count
+            added[resource_type] = count
+            await database[KEY_RECORDS].replace_one({"_id": resource_type}, {"parameters": signature}, upsert=True)
+        return added
+
     async def ensure_indexes(self, database: Any) -> None:
-        """One index per indexed parameter (and per sortable one), created at start-up."""
+        """Missing keys added, then one index per indexed parameter (and per sortable one), at start-up."""
+        await self.add_missing_keys(database)
         for resource_type, parameters in self.by_type.items():
             collection = database[resource_type]
             for parameter in parameters.values():
                 if parameter.indexed and parameter.kind is not None:
-                    leaf = {"reference": "r", "token": "c", "date": "lo"}[parameter.type]
+                    leaf = {"reference": "r", "token": "c", "date": "lo", "string": "p"}[parameter.type]
                     await collection.create_index(f"{KEYS}.{parameter.name}.{leaf}", name=f"search_{parameter.name}")
                 if parameter.sort_field:
                     await collection.create_index(parameter.sort_field, name=f"sort_{parameter.name}")
