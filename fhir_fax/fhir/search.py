@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReplaceOne
 from pymongo.errors import OperationFailure
 
 from .cursors import Cursor, decode_cursor, search_binding
@@ -177,9 +177,11 @@ class SearchRegistry:
         meanwhile keeps the keys its writer computed. Returns how many resources got keys, per type.
         """
         added: dict[str, int] = {}
+        done: list[ReplaceOne[Any]] = []
+        records = {record["_id"]: record async for record in database[KEY_RECORDS].find({})}
         for resource_type in self.by_type:
             indexer, signature = self.indexer(resource_type), self.signature(resource_type)
-            record = await database[KEY_RECORDS].find_one({"_id": resource_type})
+            record = records.get(resource_type)
             if indexer is None or (record is not None and record.get("parameters") == signature):
                 continue
             stale: dict[str, Any] = {f"{RESERVED}.deleted": False}
@@ -193,23 +195,32 @@ class SearchRegistry:
                 version = {"_id": document["_id"], f"{RESERVED}.version": document[RESERVED]["version"]}
                 count += (await collection.update_one(version, {"$set": changes})).modified_count
             added[resource_type] = count
-            await database[KEY_RECORDS].replace_one({"_id": resource_type}, {"parameters": signature}, upsert=True)
+            done.append(ReplaceOne({"_id": resource_type}, {"parameters": signature}, upsert=True))
+        if done:
+            await database[KEY_RECORDS].bulk_write(done)
         return added
 
     async def ensure_indexes(self, database: Any) -> None:
-        """Missing keys added, then one index per indexed parameter (and per sortable one), at start-up."""
+        """Missing keys added, then one index per indexed parameter (and per sortable one), at start-up.
+
+        Each collection's indexes are created by one command: a start-up (every test's too) pays one round
+        trip per collection, not one per parameter.
+        """
         await self.add_missing_keys(database)
+        wanted: dict[str, list[IndexModel]] = {}
         for resource_type, parameters in self.by_type.items():
-            collection = database[resource_type]
+            models = wanted.setdefault(resource_type, [])
             for parameter in parameters.values():
                 if parameter.indexed and parameter.kind is not None:
                     leaf = {"reference": "r", "token": "c", "date": "lo", "string": "p"}[parameter.type]
-                    await collection.create_index(f"{KEYS}.{parameter.name}.{leaf}", name=f"search_{parameter.name}")
+                    models.append(IndexModel(f"{KEYS}.{parameter.name}.{leaf}", name=f"search_{parameter.name}"))
                 if parameter.sort_field:
-                    await collection.create_index(parameter.sort_field, name=f"sort_{parameter.name}")
+                    models.append(IndexModel(parameter.sort_field, name=f"sort_{parameter.name}"))
         for resource_type, indexes in self.compound_indexes.items():
-            for name, keys in indexes.items():
-                await database[resource_type].create_index(keys, name=name)
+            wanted.setdefault(resource_type, []).extend(IndexModel(keys, name=name) for name, keys in indexes.items())
+        for resource_type, models in wanted.items():
+            if models:
+                await database[resource_type].create_indexes(models)
         await database[SNAPSHOTS].create_index("expires", expireAfterSeconds=0, name="expires")
         for resource_type, name in OBSOLETE_INDEXES:
             with contextlib.suppress(OperationFailure):  # absent: nothing to drop
