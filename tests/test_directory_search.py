@@ -110,6 +110,7 @@ STRING_CASES = [
     ("name", "contains", "ller"),
     ("name", "contains", "SON"),
     ("name", "contains", "der b"),
+    ("name", "contains", "ÜDEN,smiths"),  # OR
     ("given", "contains", "n"),
 ]
 
