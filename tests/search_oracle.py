@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -107,3 +108,37 @@ def token_matches(resource: dict[str, Any], parameter: str, search: str) -> bool
         if want_code and system == want_system and code == want_code:
             return True
     return False
+
+
+# Letters whose accent is part of the letter (Unicode gives them no decomposition), spelled plainly.
+PLAIN = {"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "\u0131": "i"}
+
+
+def folded(text: str) -> str:
+    """FHIR string matching's equivalence: letters without accents, in one case, single spaces."""
+    decomposed = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", text).casefold())
+    plain = "".join(PLAIN.get(c, c) for c in decomposed if unicodedata.category(c) != "Mn")
+    return " ".join(unicodedata.normalize("NFKD", plain).split())
+
+
+def string_matches(values: list[str], search: str, modifier: str = "") -> bool:
+    """String search on one value of a parameter: ``:exact`` whole and as written, ``:contains`` anywhere,
+    otherwise the start of a value, ignoring case and accents."""
+    for value in values:
+        if modifier == "exact" and value == search:
+            return True
+        if modifier == "contains" and folded(search) in folded(value):
+            return True
+        if not modifier and folded(value).startswith(folded(search)):
+            return True
+    return False
+
+
+def human_name_parts(resource: dict[str, Any], part: str | None = None) -> list[str]:
+    """The strings of a resource's HumanNames: one part (family, given), or every part when ``part`` is None."""
+    found: list[str] = []
+    for name in resource.get("name", []):
+        for key in (part,) if part else ("family", "given", "prefix", "suffix", "text"):
+            value = name.get(key)
+            found += value if isinstance(value, list) else [value] if value else []
+    return found

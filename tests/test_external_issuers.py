@@ -336,6 +336,21 @@ async def test_a_patient_token_cannot_read_outside_the_compartment(
     assert (await api.get("/fhir/Practitioner", headers=headers)).json()["entry"]
 
 
+async def test_a_patient_token_finds_only_its_patient_in_the_directory(
+    api: httpx.AsyncClient, issuer_site: tuple[Signer, str]
+) -> None:
+    both = {"name": "lopez,o'neil", "_count": "50"}
+    found = await api.get("/fhir/Patient", params=both)
+    assert {e["resource"]["id"] for e in found.json()["entry"]} == {"maria-lopez", "james-oneil"}
+    headers = maria_token(issuer_site[0])
+    found = await api.get("/fhir/Patient", params={**both, "_total": "accurate"}, headers=headers)
+    assert found.status_code == 200
+    assert [e["resource"]["id"] for e in found.json()["entry"]] == ["maria-lopez"]
+    assert found.json()["total"] == 1
+    james_phone = await api.get("/fhir/Patient", params={"telecom": "+12175550102"}, headers=headers)
+    assert james_phone.status_code == 200 and "entry" not in james_phone.json()
+
+
 async def test_a_patient_token_cannot_write_outside_the_compartment(
     api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str], two_patients: dict[str, str]
 ) -> None:

@@ -14,7 +14,8 @@ READ_INTERACTIONS = ("read", "vread", "history-instance", "history-type", "searc
 REST_DOCUMENTATION = (
     "Search pages never lose or repeat a match while resources change. Without _sort (newest created first) and "
     "with _sort=_id, pages follow a key that never changes and each page shows the matches as they are when it "
-    "is read. With _sort on a value that changes (_lastUpdated, status, sent, received), the first page fixes "
+    "is read. With _sort on a value that changes (_lastUpdated and every other sortable parameter: status, sent, "
+    "names, birthdate ...), the first page fixes "
     "which resources match and their order; later pages show those resources as they are when each page is read "
     "(deleted ones are left out), for {minutes} minutes after the first page, for at most {most:,} matches "
     "(400 beyond). "

@@ -1,10 +1,11 @@
 """FHIR search: a parameter registry turned into MongoDB filters, keyset paging and a Bundle.
 
 Every value a client sends is parsed into plain strings or datetimes before it becomes part
-of a filter, so no query value can reach MongoDB as an operator, and no value is ever used
-as a regular expression. Paging never loses or repeats a match while resources change: sorts on
-immutable keys (the default creation order, ``_id``) page with keyset cursors; sorts on values that
-change (``_lastUpdated``, ``status``, dates) page through a snapshot of the matching ids taken at
+of a filter, so no query value can reach MongoDB as an operator, and no value is ever read
+as a regular expression (string search's ``:contains`` escapes it into a pattern of literal
+text). Paging never loses or repeats a match while resources change: sorts on immutable keys
+(the default creation order, ``_id``) page with keyset cursors; sorts on values that change
+(``_lastUpdated``, ``status``, dates, names) page through a snapshot of the matching ids taken at
 the first page (see ``search_results``).
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReplaceOne
 from pymongo.errors import OperationFailure
 
 from .cursors import Cursor, decode_cursor, search_binding
@@ -25,7 +26,7 @@ from .errors import InvalidRequest
 from .inputs import ascii_int
 from .models import now
 from .search_types import KEYS, SORT_KEYS, Kind, SearchContext, split_escaped, unescape
-from .store import RESERVED
+from .store import RESERVED, public
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # The default order: newest created first, on a key written once at creation (``store.created_sort_key``).
@@ -36,6 +37,9 @@ SNAPSHOT_MAX = 10_000
 SNAPSHOT_SECONDS = 1800
 # Ordered ids of a search's matches, kept for later pages of sorts on values that change (TTL on ``expires``).
 SNAPSHOTS = "search_snapshots"
+# What each type's stored search keys were computed by (``SearchRegistry.add_missing_keys``).
+KEY_RECORDS = "search_keys"
+KEY_FORMAT = 1  # raise when a kind stores its keys differently, so that every stored resource is indexed again
 # Indexes earlier releases created that nothing reads any more (each would still be rewritten at every write).
 OBSOLETE_INDEXES = (("Communication", "patient_lastUpdated"),)
 RESULT_PARAMETERS = ("_count", "_sort", "_total", "_summary", "_elements", "_include", "_revinclude")
@@ -155,19 +159,70 @@ class SearchRegistry:
 
         return index
 
+    def signature(self, resource_type: str) -> dict[str, str]:
+        """What each stored-key parameter of the type computes: a change means the stored keys are stale."""
+        return {
+            name: f"{KEY_FORMAT}:{type(p.kind).__name__}:{p.expression}:{p.sort_field or ''}"
+            for name, p in sorted(self.by_type.get(resource_type, {}).items())
+            if p.kind is not None
+        }
+
+    async def add_missing_keys(self, database: Any) -> dict[str, int]:
+        """Give stored resources the search keys of parameters added (or changed) since they were written.
+
+        Runs at start-up, like the store's creation keys. Each type's parameters are recorded in
+        ``search_keys``; when they are what was recorded, nothing is read. A type without a record had its
+        keys written by the release that first registered it, or had no parameters then: only resources
+        without keys are indexed. Each update is conditional on the version read, so a resource changed
+        meanwhile keeps the keys its writer computed. Returns how many resources got keys, per type.
+        """
+        added: dict[str, int] = {}
+        done: list[ReplaceOne[Any]] = []
+        records = {record["_id"]: record async for record in database[KEY_RECORDS].find({})}
+        for resource_type in self.by_type:
+            indexer, signature = self.indexer(resource_type), self.signature(resource_type)
+            record = records.get(resource_type)
+            if indexer is None or (record is not None and record.get("parameters") == signature):
+                continue
+            stale: dict[str, Any] = {f"{RESERVED}.deleted": False}
+            if record is None:
+                stale[f"{RESERVED}.keys"] = {"$exists": False}
+            collection, count = database[resource_type], 0
+            async for document in collection.find(stale):
+                computed = indexer(public(document))
+                changes = {f"{RESERVED}.keys": computed["keys"]}
+                changes.update({f"{RESERVED}.sort.{name}": value for name, value in computed["sort"].items()})
+                version = {"_id": document["_id"], f"{RESERVED}.version": document[RESERVED]["version"]}
+                count += (await collection.update_one(version, {"$set": changes})).modified_count
+            added[resource_type] = count
+            done.append(ReplaceOne({"_id": resource_type}, {"parameters": signature}, upsert=True))
+        if done:
+            await database[KEY_RECORDS].bulk_write(done)
+        return added
+
     async def ensure_indexes(self, database: Any) -> None:
-        """One index per indexed parameter (and per sortable one), created at start-up."""
+        """One index per indexed parameter (and per sortable one), then the missing keys, at start-up.
+
+        Each collection's indexes are created by one command: a start-up (every test's too) pays one round
+        trip per collection, not one per parameter. Keys are added after the indexes exist: the embedded
+        server keeps an index up to date at each write far faster than it builds one over stored documents
+        (measured: 35 s to build the name index over 1,000 Patients, 2.5 s to write 1,000 more into it).
+        """
+        wanted: dict[str, list[IndexModel]] = {}
         for resource_type, parameters in self.by_type.items():
-            collection = database[resource_type]
+            models = wanted.setdefault(resource_type, [])
             for parameter in parameters.values():
                 if parameter.indexed and parameter.kind is not None:
-                    leaf = {"reference": "r", "token": "c", "date": "lo"}[parameter.type]
-                    await collection.create_index(f"{KEYS}.{parameter.name}.{leaf}", name=f"search_{parameter.name}")
+                    leaf = {"reference": "r", "token": "c", "date": "lo", "string": "p"}[parameter.type]
+                    models.append(IndexModel(f"{KEYS}.{parameter.name}.{leaf}", name=f"search_{parameter.name}"))
                 if parameter.sort_field:
-                    await collection.create_index(parameter.sort_field, name=f"sort_{parameter.name}")
+                    models.append(IndexModel(parameter.sort_field, name=f"sort_{parameter.name}"))
         for resource_type, indexes in self.compound_indexes.items():
-            for name, keys in indexes.items():
-                await database[resource_type].create_index(keys, name=name)
+            wanted.setdefault(resource_type, []).extend(IndexModel(keys, name=name) for name, keys in indexes.items())
+        for resource_type, models in wanted.items():
+            if models:
+                await database[resource_type].create_indexes(models)
+        await self.add_missing_keys(database)
         await database[SNAPSHOTS].create_index("expires", expireAfterSeconds=0, name="expires")
         for resource_type, name in OBSOLETE_INDEXES:
             with contextlib.suppress(OperationFailure):  # absent: nothing to drop

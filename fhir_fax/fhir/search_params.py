@@ -1,5 +1,6 @@
 """The R4B search parameters this server supports beyond ``_id`` and ``_lastUpdated``.
 
+The directory types' (Patient, Practitioner, Organization ...) are in ``search_params_directory``.
 Communication's come from the FHIR R4B specification (they are FHIR, not fax, knowledge).
 Indexed ones get a MongoDB index at start-up; the per-patient query has its own compound
 index matching the default sort, so ``Communication?patient=X`` reads only what it returns.
@@ -160,12 +161,16 @@ PER_PATIENT_INDEX = [(f"{KEYS}.patient.r", 1), (CREATED_FIELD, DESCENDING)]
 
 
 def default_registry() -> SearchRegistry:
+    # The directory's parameters build on this module's extractors, so that module is imported here.
+    from .search_params_directory import register_directory
+
     registry = SearchRegistry(compound_indexes={"Communication": {"patient_created": PER_PATIENT_INDEX}})
     for parameter in COMMUNICATION:
         registry.register("Communication", parameter)
     for parameter in AUDIT_EVENT:
         registry.register("AuditEvent", parameter)
     add_inbound_parameters(registry)
+    register_directory(registry)
     return registry
 
 

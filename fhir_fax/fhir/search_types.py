@@ -1,4 +1,4 @@
-"""Search parameter kinds (reference, token, date): what each stores at write time and how it filters.
+"""Search parameter kinds (reference, token, date, string): what each stores at write time and how it filters.
 
 Every parameter stores its search keys under ``_fhirfax.keys.<name>`` when a resource is
 written, in a shape that makes the query a plain indexed MongoDB filter:
@@ -7,10 +7,16 @@ written, in a shape that makes the query a plain indexed MongoDB filter:
   ``i``, so it can never be mistaken for a real resource with that id.
 - token: ``[{"s": system or "", "c": code}]``.
 - date: ``{"lo": start, "hi": end}``, the half-open range a (possibly partial) date covers.
+- string: ``{"x": [as written], "n": [normalised], "p": [every prefix of each normalised value]}``, so the
+  default "starts with" search is an equality (``$in``) on ``p``: the one query shape every MongoDB-compatible
+  planner, the embedded server's included, answers from an index (it scans the whole collection for a regular
+  expression, a range inside ``$elemMatch`` or ``$or``).
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -177,8 +183,12 @@ class TokenKind(Kind):
     def filter(self, values: list[str], modifier: str | None, context: SearchContext) -> dict[str, Any]:
         if modifier == "missing":
             return missing_filter(self.name, values, f"{self.field}.0")
-        matches = [{self.field: {"$elemMatch": self._element(value)}} for value in values]
-        match = matches[0] if len(matches) == 1 else {"$or": matches}
+        elements = [self._element(value) for value in values]
+        if all(set(element) == {"c"} for element in elements):  # codes alone: one indexed $in
+            match: dict[str, Any] = {f"{self.field}.c": {"$in": _unique(e["c"] for e in elements)}}
+        else:
+            matches = [{self.field: {"$elemMatch": element}} for element in elements]
+            match = matches[0] if len(matches) == 1 else {"$or": matches}
         return {"$nor": [match]} if modifier == "not" else match
 
     def _element(self, value: str) -> dict[str, str]:
@@ -201,6 +211,23 @@ class TokenKind(Kind):
     def sort_key(self, resource: dict[str, Any]) -> str:
         keys = self.keys(resource)
         return keys[0]["c"] if keys else MISSING_TEXT
+
+
+@dataclass(frozen=True)
+class BooleanKind(TokenKind):
+    """A boolean element searched as a token (``active=true``): the only codes are ``true`` and ``false``."""
+
+    def keys(self, resource: dict[str, Any]) -> list[dict[str, str]]:
+        return [
+            {"s": "", "c": "true" if value else "false"} for value in self.extract(resource) if isinstance(value, bool)
+        ]
+
+    def filter(self, values: list[str], modifier: str | None, context: SearchContext) -> dict[str, Any]:
+        if modifier != "missing":
+            for value in values:
+                if unescape(value) not in ("true", "false"):
+                    raise InvalidRequest(f"{self.name} takes true or false, got {value!r}.", expression=[self.name])
+        return super().filter(values, modifier, context)
 
 
 @dataclass(frozen=True)
@@ -249,3 +276,86 @@ class DateKind(Kind):
     def sort_key(self, resource: dict[str, Any]) -> str:
         keys = self.keys(resource)
         return sortable_instant(keys["lo"]) if keys else MISSING_TEXT
+
+
+# Prefixes are stored up to this many characters; a longer search value matches its first PREFIX_MAX characters
+# on the index and the rest on the normalised value.
+PREFIX_MAX = 24
+_SPACES = re.compile(r"\s+")
+# Letters that carry their accent in the letter itself, so NFKD does not split them: their plain forms.
+_PLAIN_LETTERS = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "\u0131": "i"})
+
+
+def normalise_text(text: str) -> str:
+    """FHIR's string matching key: case- and accent-insensitive (``Müller`` -> ``muller``), spaces collapsed.
+
+    Casefolding first turns ``ß`` into ``ss``; NFKD then splits letters from their accents (and compatibility
+    forms such as ``ﬁ`` into ``fi``), and the combining marks are dropped; the few letters NFKD keeps whole
+    (``ø``, ``ł``, ``æ`` ...) get their plain forms.
+    """
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    stripped = "".join(char for char in decomposed if not unicodedata.combining(char))
+    return _SPACES.sub(" ", stripped.translate(_PLAIN_LETTERS)).strip()
+
+
+def prefixes(normalised: str) -> list[str]:
+    """Every prefix of ``normalised`` up to PREFIX_MAX characters, shortest first."""
+    return [normalised[:length] for length in range(1, min(len(normalised), PREFIX_MAX) + 1)]
+
+
+@dataclass(frozen=True)
+class StringKind(Kind):
+    """A string (or the string parts of a HumanName, an Address ...): FHIR's string search.
+
+    Default: case- and accent-insensitive "starts with" on any of the values; ``:exact``: the whole value,
+    exactly as written; ``:contains``: anywhere in a value (case- and accent-insensitive, unindexed: the
+    value is escaped and never read as a pattern).
+    """
+
+    modifiers: frozenset[str] = field(default=frozenset({"missing", "exact", "contains"}))
+
+    def keys(self, resource: dict[str, Any]) -> dict[str, list[str]] | None:
+        written = _unique(value.strip() for value in self.extract(resource) if isinstance(value, str))
+        written = [value for value in written if value]
+        if not written:
+            return None
+        normalised = _unique(normalise_text(value) for value in written)
+        return {
+            "x": written,
+            "n": normalised,
+            "p": _unique(prefix for value in normalised for prefix in prefixes(value)),
+        }
+
+    def filter(self, values: list[str], modifier: str | None, context: SearchContext) -> dict[str, Any]:
+        if modifier == "missing":
+            return missing_filter(self.name, values, f"{self.field}.n")
+        if modifier == "exact":
+            return {f"{self.field}.x": {"$in": _unique(values)}}
+        wanted = _unique(normalise_text(value) for value in values)
+        if "" in wanted:
+            raise InvalidRequest(
+                f"{self.name} has a value with nothing to match once spaces are removed; give some text.",
+                expression=[self.name],
+            )
+        if modifier == "contains":
+            return {f"{self.field}.n": {"$regex": "|".join(re.escape(value) for value in wanted)}}
+        short = [value for value in wanted if len(value) <= PREFIX_MAX]
+        clauses: list[dict[str, Any]] = [{f"{self.field}.p": {"$in": short}}] if short else []
+        for value in wanted:
+            if len(value) > PREFIX_MAX:
+                clauses.append(
+                    {
+                        f"{self.field}.p": value[:PREFIX_MAX],
+                        f"{self.field}.n": {"$regex": "^" + re.escape(value)},
+                    }
+                )
+        return clauses[0] if len(clauses) == 1 else {"$or": clauses}
+
+    def sort_key(self, resource: dict[str, Any]) -> str:
+        keys = self.keys(resource)
+        return keys["n"][0] if keys else MISSING_TEXT
+
+
+def _unique(values: Any) -> list[str]:
+    """The values in their first order, each once."""
+    return list(dict.fromkeys(values))
