@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from fhir_fax.auth.clients import Clients
+from fhir_fax.auth.smart_store import SmartStore
 from fhir_fax.runtime import Runtime
 from fhir_fax.settings import Settings
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
@@ -25,6 +27,7 @@ from fhir_fax.subscriptions.sender import Sender
 
 from helpers import FHIR_JSON, MEDIA, SEED_SENDER, eventually, login, outbound_status, serving_fax, wait_final
 from hooks import Listener, header, resource_versions
+from smart_helpers import Flow, make_app, make_user, token_for
 
 FAST = {
     "simulator_speed": 1000.0,
@@ -375,3 +378,50 @@ async def test_several_senders_on_one_queue_deliver_each_notification_once(
     assert len(versions) == 30 and len(set(versions)) == 30, "each once"
     assert sum(shares) == 30
     assert await database[NOTIFICATIONS].distinct("state") == ["sent"]
+
+
+def token_grant(access_token: str) -> str:
+    """The grant (token family) an app's access token belongs to."""
+    return str(jwt.decode(access_token, options={"verify_signature": False})["grant"])
+
+
+async def test_a_subscription_made_by_a_signed_in_user_is_checked_against_that_users_grant(
+    notifying: httpx.AsyncClient, listener: Listener, database: Any
+) -> None:
+    """A SMART app's user subscribes for a patient in context: notifications keep to that patient, and stop when
+    the grant is revoked (the user's rights are those of the sign-in, as they are when each is sent)."""
+    username = await make_user(database)
+    app = await make_app(database)
+    path = f"/user-{uuid.uuid4().hex[:6]}"
+    criteria = f"Communication?category={path[1:]}"
+    async with httpx.AsyncClient(transport=notifying._transport, base_url="http://fhir.test") as web:
+        flow = Flow(app, "launch/patient patient/Communication.rs patient/Subscription.cruds")
+        token = await token_for(web, flow, username, patient="maria-lopez")
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        created = await subscribe(web, subscription(criteria, f"{listener.url}{path}"))
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": path[1:]}]}]}
+    maria = await notifying.post("/fhir/Communication", json={**body, "subject": {"reference": "Patient/maria-lopez"}})
+    james = await notifying.post("/fhir/Communication", json={**body, "subject": {"reference": "Patient/james-oneil"}})
+    assert maria.status_code == james.status_code == 201
+    await listener.wait_for(path, 1)
+
+    async def settled(resource: str, state: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await database[NOTIFICATIONS].find_one(
+            {"subscription": created["id"], "resource": resource, "state": state}
+        )
+        return found
+
+    refused = await eventually(
+        lambda: settled(f"Communication/{james.json()['id']}", "refused"), within=30, failure=lambda: "not refused"
+    )
+    assert "limited to Patient/maria-lopez" in refused["detail"]
+    assert [header(r, "X-FHIR-Fax-Resource") for r in listener.received(path)] == [
+        f"Communication/{maria.json()['id']}/_history/1"
+    ]
+    await SmartStore(database).revoke_grant(token_grant(token["access_token"]), "signed out")
+    later = await notifying.post("/fhir/Communication", json={**body, "subject": {"reference": "Patient/maria-lopez"}})
+    stopped = await eventually(
+        lambda: settled(f"Communication/{later.json()['id']}", "refused"), within=30, failure=lambda: "not refused"
+    )
+    assert "revoked" in stopped["detail"]
+    assert len(listener.received(path)) == 1

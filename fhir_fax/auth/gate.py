@@ -33,6 +33,8 @@ from .grants import narrows
 from .guard import Guard, Principal
 from .policies import PolicyError, Rule, beyond, denies, id_scope, parse_policy
 from .scopes import ScopeError, parse_scopes, permits_action
+from .smart_store import SmartStore
+from .tokens import TokenError
 
 READ = "FHIR:Read"
 DIRECT = (READ, "FHIR:Create", "FHIR:Update", "FHIR:Delete")  # the others (history) also show the resource
@@ -244,6 +246,10 @@ class Gate:
             "scopes": " ".join(str(s) for s in principal.scopes),
             "patient": principal.patient,
         }
+        if principal.grant is not None:  # a signed-in user through an app: checked through that grant
+            grant = await SmartStore(self.database).grant(principal.grant)
+            if grant is not None:
+                kept["grant"] = {"id": principal.grant, "app": grant["clientId"], "user": grant["userId"]}
         if principal.external:
             kept["policy"] = {
                 "rule": [
@@ -276,6 +282,20 @@ class Gate:
 
     async def _subscriber_principal(self, subscriber: dict[str, Any]) -> tuple[Principal | None, str | None]:
         client_id = str(subscriber.get("client"))
+        grant = subscriber.get("grant")
+        if isinstance(grant, dict):
+            patient = subscriber.get("patient")
+            try:
+                principal = await self.guard.user_principal(
+                    str(grant.get("id")),
+                    str(grant.get("app")),
+                    str(grant.get("user")),
+                    str(subscriber.get("scopes") or ""),
+                    patient if isinstance(patient, str) else None,
+                )
+            except (TokenError, PolicyError, ScopeError) as error:
+                return None, f"The subscriber's sign-in no longer gives access: {error}"
+            return principal, None
         try:
             scopes = parse_scopes(str(subscriber.get("scopes") or ""))
             if "policy" in subscriber:

@@ -50,6 +50,7 @@ class Principal:
     patient: str | None = None  # the patient in context (SMART), from a SMART app's or an external token's claim
     scoped: bool = False  # a user's token: its scopes narrow even when it has no resource scope (it then has none)
     external: bool = False  # from a configured issuer's token (its policy came with it), not one of ours
+    grant: str | None = None  # a SMART app's token: its grant (token family), which a revocation ends
 
     def may(self, action: str, resource: str) -> bool:
         return self.refusal(action, resource) is None
@@ -177,26 +178,35 @@ class Guard:
         )
 
     async def _user_principal(self, claims: dict[str, Any]) -> Principal:
+        return await self.user_principal(
+            str(claims["grant"]), claims["client_id"], claims["sub"], claims.get("scope", ""), claims.get("patient")
+        )
+
+    async def user_principal(
+        self, grant_id: str, app_id: str, user_id: str, scope: str, patient: str | None
+    ) -> Principal:
         """A SMART app's token: the user's current policy, the granted scopes, the patient in context.
 
         Its grant must not be revoked (a replayed code or refresh token, or RFC 7009 revocation, revokes it), and
-        the app and the user must still exist (the user not disabled): each is looked up on every request.
+        the app and the user must still exist (the user not disabled): each is looked up on every request, and
+        again for each notification of a Subscription the user made (the grant is recorded with it).
         """
-        grant = await SmartStore(self.database).grant(str(claims["grant"]))
+        grant = await SmartStore(self.database).grant(grant_id)
         if grant is None or grant.get("revoked"):
             raise TokenError("The bearer token was revoked; sign in to the app again.")
-        app = await Apps(self.database).by_client_id(claims["client_id"])
+        app = await Apps(self.database).by_client_id(app_id)
         if app is None:
             raise TokenError("The token's app is no longer registered.")
-        user = await Users(self.database).get(claims["sub"])
+        user = await Users(self.database).get(user_id)
         if user is None or user.get("disabled"):
             raise TokenError("The token's user no longer exists or may no longer sign in.")
         return Principal(
             f"{user['username']} via {app['clientId']}",
             parse_policy(user["accessPolicy"]),
-            parse_scopes(claims.get("scope", "")),
-            claims.get("patient"),
+            parse_scopes(scope),
+            patient,
             scoped=True,
+            grant=grant_id,
         )
 
     def address(self, request: Request) -> str | None:
