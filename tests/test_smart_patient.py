@@ -101,3 +101,40 @@ async def test_an_ehr_launch_brings_its_patient(fax_api: httpx.AsyncClient, data
         web.headers["authorization"] = f"Bearer {token['access_token']}"
         assert (await web.get("/fhir/Communication")).status_code == 200
         assert (await web.get(f"/fhir/Patient/{JAMES}")).status_code == 403, "patient/Communication only"
+
+
+async def test_a_patient_token_sees_only_its_patients_related_persons_and_care_teams(
+    fax_api: httpx.AsyncClient, database: Any
+) -> None:
+    """RelatedPerson (by ``patient``) and CareTeam (by ``patient`` and ``participant``) are in the compartment."""
+    made: dict[str, str] = {}
+    for name, resource in {
+        "maria-mother": {"resourceType": "RelatedPerson", "patient": {"reference": f"Patient/{MARIA}"}},
+        "james-mother": {"resourceType": "RelatedPerson", "patient": {"reference": f"Patient/{JAMES}"}},
+        "maria-team": {"resourceType": "CareTeam", "subject": {"reference": f"Patient/{MARIA}"}},
+        "james-team": {"resourceType": "CareTeam", "subject": {"reference": f"Patient/{JAMES}"}},
+        "maria-member": {"resourceType": "CareTeam", "participant": [{"member": {"reference": f"Patient/{MARIA}"}}]},
+    }.items():
+        response = await fax_api.post(f"/fhir/{resource['resourceType']}", json=resource)
+        assert response.status_code == 201, response.text
+        made[name] = response.json()["id"]
+    found = await fax_api.get("/fhir/RelatedPerson", params={"patient": f"Patient/{MARIA}"})
+    assert [e["resource"]["id"] for e in found.json()["entry"]] == [made["maria-mother"]]
+    username = await make_user(database)
+    app = await make_app(database)
+    async with httpx.AsyncClient(transport=fax_api._transport, base_url="http://fhir.test") as web:
+        body = await token_for(web, Flow(app, "launch/patient patient/*.rs"), username, patient=MARIA)
+        web.headers["authorization"] = f"Bearer {body['access_token']}"
+        related = await web.get("/fhir/RelatedPerson")
+        assert related.status_code == 200, related.text
+        assert {e["resource"]["id"] for e in related.json().get("entry", [])} == {made["maria-mother"]}
+        teams = await web.get("/fhir/CareTeam")
+        assert {e["resource"]["id"] for e in teams.json().get("entry", [])} == {
+            made["maria-team"],
+            made["maria-member"],
+        }
+        for path in (f"/fhir/RelatedPerson/{made['james-mother']}", f"/fhir/CareTeam/{made['james-team']}"):
+            refused = await web.get(path)
+            assert refused.status_code == 403, path
+            assert "limited to Patient/maria-lopez" in refused.json()["issue"][0]["diagnostics"]
+        assert (await web.get(f"/fhir/RelatedPerson/{made['maria-mother']}")).status_code == 200

@@ -18,6 +18,8 @@ PATIENT_COMPARTMENT: dict[str, tuple[str, ...]] = {
     "Communication": ("subject", "sender", "recipient"),
     "AuditEvent": ("patient",),
     "DocumentReference": ("subject", "author"),
+    "CareTeam": ("patient", "participant"),
+    "RelatedPerson": ("patient",),
     "Task": ("patient",),  # Task.for: a triage Task joins its patient's compartment once the fax is filed
 }
 LIMITED_TYPES = frozenset({"Patient", *PATIENT_COMPARTMENT})

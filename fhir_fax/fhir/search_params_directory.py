@@ -180,6 +180,18 @@ HEALTHCARE_SERVICE: tuple[SearchParameter, ...] = (
     active_parameter("HealthcareService", "The Healthcare Service is currently marked as active"),
 )
 
+
+def participants(resource: dict[str, Any]) -> list[str]:
+    """CareTeam.participant.member references (the compartment's ``participant``)."""
+    found: list[str] = []
+    for participant in resource.get("participant") or []:
+        member = participant.get("member") if isinstance(participant, dict) else None
+        reference = member.get("reference") if isinstance(member, dict) else None
+        if isinstance(reference, str):
+            found.append(reference)
+    return found
+
+
 CARE_TEAM: tuple[SearchParameter, ...] = (
     name_parameter(
         "A portion of the care team's name." + SERVER_DEFINED.format(type="CareTeam"), "CareTeam.name",
@@ -187,6 +199,12 @@ CARE_TEAM: tuple[SearchParameter, ...] = (
     ),
     identifier_parameter("CareTeam", "External Ids for this team"),
     telecom_parameter("CareTeam", "The value in any kind of contact", standard=False),
+    indexed_parameter(ReferenceKind("subject", references("subject")), "reference",
+                      "Who care plan is for", "CareTeam.subject", indexed=True),
+    indexed_parameter(ReferenceKind("patient", references("subject", "Patient"), targets=("Patient",)), "reference",
+                      "Who care plan is for", "CareTeam.subject.where(resolve() is Patient)", indexed=True),
+    indexed_parameter(ReferenceKind("participant", participants), "reference",
+                      "Who is involved", "CareTeam.participant.member", indexed=True),
 )  # fmt: skip
 
 RELATED_PERSON: tuple[SearchParameter, ...] = (
@@ -194,7 +212,9 @@ RELATED_PERSON: tuple[SearchParameter, ...] = (
     identifier_parameter("RelatedPerson", "An Identifier of the RelatedPerson"),
     telecom_parameter("RelatedPerson", "The value in any kind of contact"),
     active_parameter("RelatedPerson", "Indicates if the related person record is active"),
-)
+    indexed_parameter(ReferenceKind("patient", references("patient"), targets=("Patient",)), "reference",
+                      "The patient this related person is related to", "RelatedPerson.patient", indexed=True),
+)  # fmt: skip
 
 DIRECTORY: dict[str, tuple[SearchParameter, ...]] = {
     "Patient": PATIENT,
