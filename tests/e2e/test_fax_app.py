@@ -7,7 +7,9 @@ docs/screenshots/ (the README shows the main ones).
 
 from __future__ import annotations
 
+import csv
 import filecmp
+import io
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,8 +61,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[webdriver.Chrome]:
+def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(downloads: Path) -> Iterator[webdriver.Chrome]:
     with chromium() as driver:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
         yield driver
 
 
@@ -120,6 +128,12 @@ def launch_standalone(server: FaxServer, browser: webdriver.Chrome, patient_id: 
     wait(browser, lambda d: "Test" in text_of(d, "patient-banner"))
 
 
+def no_policy_violations(browser: webdriver.Chrome) -> None:
+    """Nothing the pages did was blocked by the Content-Security-Policy (so nothing needs more than it allows)."""
+    blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert blocked == []
+
+
 def log_rows(browser: webdriver.Chrome) -> list[dict[str, str]]:
     """The log's rows, read in one script (the log re-renders while faxes are in flight)."""
     rows: list[dict[str, str]] = browser.execute_script(
@@ -162,7 +176,7 @@ def test_the_app_is_served_with_a_strict_policy_and_registered(server: FaxServer
 
 
 def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
-    server: FaxServer, browser: webdriver.Chrome, documents: list[Path]
+    server: FaxServer, browser: webdriver.Chrome, documents: list[Path], downloads: Path
 ) -> None:
     patient_id = new_patient(server, "Standalone")
     launch_standalone(server, browser, patient_id)
@@ -225,6 +239,19 @@ def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
     wait(browser, lambda d: text_of(d, "fax-preview-page") == "Page 1 of 4")
     shot(browser, "6-log-preview")
 
+    # The log as CSV, made in the browser: newest first, the reason of the stop, the link of the resend.
+    browser.find_element(By.ID, "export-csv").click()
+    csv_file = downloads / f"faxes-{patient_id}.csv"
+    wait(browser, lambda d: csv_file.exists() and csv_file.read_text().count("\n") == 4)
+    table = list(csv.reader(io.StringIO(csv_file.read_text())))
+    assert table[0] == ["id", "sent", "status", "reason", "pages", "from", "to", "last change", "resend of"]
+    assert [(r[0], r[2], r[3], r[4], r[6], r[8]) for r in table[1:]] == [
+        (rows[0]["id"], "DELIVERED", "", "4", f"Fax {GOOD}", f"Communication/{stopped}"),
+        (stopped, "STOPPED", "The line was busy.", "4", f"Fax {BUSY}", ""),
+        (rows[2]["id"], "DELIVERED", "", "4", f"Fax {GOOD}", ""),
+    ]
+    no_policy_violations(browser)
+
 
 def test_an_ehr_launch_shows_only_that_patients_faxes(server: FaxServer, browser: webdriver.Chrome) -> None:
     mine, other = new_patient(server, "Ehr"), new_patient(server, "Other")
@@ -240,6 +267,18 @@ def test_an_ehr_launch_shows_only_that_patients_faxes(server: FaxServer, browser
     assert "Patient: Test Ehr" in text_of(browser, "patient-banner")
     assert "launch=" not in browser.current_url and "code=" not in browser.current_url
     shot(browser, "7-ehr-launch")
+
+    # At tablet width nothing runs off the side.
+    browser.set_window_size(820, 1100)
+    try:
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        element(browser, "#nav-send").click()
+        element(browser, "#send-view")
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        shot(browser, "9-tablet-send")
+    finally:
+        browser.set_window_size(1280, 900)
+    no_policy_violations(browser)
 
 
 def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.Chrome, documents: list[Path]) -> None:
@@ -271,6 +310,9 @@ def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.C
     keys.send_keys(Keys.SPACE).perform()
     assert browser.find_element(By.ID, "cover-page").is_selected()
     tab_to("send-button")
+    outline = browser.execute_script("return getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("none", ""), "the focused control shows it"
     shot(browser, "8-keyboard-focus")
     keys.send_keys(Keys.ENTER).perform()
     wait(browser, lambda d: d.find_element(By.ID, "steps").get_attribute("data-status") == "DELIVERED")
+    no_policy_violations(browser)

@@ -266,6 +266,7 @@ export class SendForm {
     try {
       const created = await this.app.api.operation("Communication/$send-fax", parameters);
       this.follow(created);
+      $("progress").scrollIntoView({ block: "nearest" });
       await this.app.log.update(created);
       this.app.watch();
     } catch (error) {
