@@ -24,7 +24,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from helpers import FHIR_JSON
 from processes import FaxServer
@@ -196,6 +196,28 @@ def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
     assert text_of(browser, "recipient-number-hint") == f"Will fax {GOOD}."
     browser.find_element(By.ID, "cover-page").click()
     browser.find_element(By.ID, "cover-note").send_keys("Referral for cardiology review.")
+    # The server's refusal shows next to the field it names, and nothing is sent.
+    sender = Select(browser.find_element(By.ID, "sender"))
+    sender.select_by_value("Organization/harbor-cardiology")
+    browser.find_element(By.ID, "send-button").click()
+    wait(browser, lambda d: text_of(d, "sender-error") != "")
+    assert "+16175550141" in text_of(browser, "sender-error") and "not onboarded" in text_of(browser, "sender-error")
+    assert text_of(browser, "send-error") == "" and text_of(browser, "recipient-error") == ""
+    assert browser.find_element(By.ID, "progress").get_attribute("hidden") is not None, "nothing was sent"
+    sent = httpx.get(f"{server.url}/fhir/Communication?patient=Patient/{patient_id}", headers=server.headers)
+    assert sent.json().get("entry", []) == []
+    sender.select_by_value(SENDER)
+
+    # The directory: entries with a fax number, or the server's refusal in plain words.
+    browser.find_element(By.ID, "directory-query").send_keys("Chen")
+    browser.find_element(By.ID, "directory-search").click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#directory-results li") or text_of(d, "recipient-error"))
+    refusal = text_of(browser, "recipient-error")
+    if refusal:  # a server without name search on the directory answers 400, said as such
+        assert refusal.startswith("The directory could not be searched: ") and "name" in refusal
+    else:
+        assert "+16175550144" in text_of(browser, "directory-results")
+
     browser.find_element(By.ID, "preview-button").click()
     wait(browser, lambda d: text_of(d, "dry-run-pages") != "")
     assert text_of(browser, "dry-run-pages") == "4 pages will be sent.", "cover + 1 + 2"

@@ -25,9 +25,27 @@ export async function errorFrom(response) {
   } catch {
     /* not JSON */
   }
+  return errorOf(body, response.status);
+}
+
+/** The SMART client has read the body of a refused request already; its message ends with that body. */
+function errorOfClient(error) {
+  if (error.response && !error.response.bodyUsed) return errorFrom(error.response);
+  const text = String(error.message || error);
+  const at = text.indexOf("\n\n{");
+  let body = null;
+  try {
+    body = at >= 0 ? JSON.parse(text.slice(at + 2)) : null;
+  } catch {
+    /* keep the text */
+  }
+  return body ? errorOf(body, error.status || 0) : new ServerError(text.split("\n")[0], [], error.status || 0);
+}
+
+function errorOf(body, status) {
   if (body?.resourceType === "OperationOutcome") {
     const issues = body.issue || [];
-    const message = issues.map((i) => i.diagnostics || i.details?.text || i.code).join(" ") || response.statusText;
+    const message = issues.map((i) => i.diagnostics || i.details?.text || i.code).join(" ") || `Error ${status}.`;
     const fields = new Set();
     for (const issue of issues) {
       for (const expression of issue.expression || []) {
@@ -37,10 +55,10 @@ export async function errorFrom(response) {
       const named = fieldOf(issue.diagnostics);
       if (named) fields.add(named);
     }
-    return new ServerError(message, [...fields], response.status);
+    return new ServerError(message, [...fields], status);
   }
-  const message = body?.message || body?.error_description || `The server answered ${response.status}.`;
-  return new ServerError(message, fieldOf(message) ? [fieldOf(message)] : [], response.status);
+  const message = body?.message || body?.error_description || `The server answered ${status}.`;
+  return new ServerError(message, fieldOf(message) ? [fieldOf(message)] : [], status);
 }
 
 export class Api {
@@ -60,8 +78,7 @@ export class Api {
     try {
       return await this.client.request({ url: path, headers: { "Cache-Control": "no-cache" } });
     } catch (error) {
-      if (error.response) throw await errorFrom(error.response);
-      throw new ServerError(String(error.message || error));
+      throw await errorOfClient(error);
     }
   }
 
