@@ -155,6 +155,8 @@ def send_by_api(server: FaxServer, patient_id: str, number: str = GOOD) -> str:
 def test_the_vendored_smart_client_is_the_npm_build_unmodified() -> None:
     assert filecmp.cmp(VENDORED / "fhir-client.min.js", NPM / "build" / "fhir-client.min.js", shallow=False)
     assert filecmp.cmp(VENDORED / "fhirclient-LICENSE.txt", NPM / "LICENSE", shallow=False)
+    notices = "fhir-client.min.js.LICENSE.txt"
+    assert filecmp.cmp(VENDORED / notices, NPM / "build" / notices, shallow=False)
 
 
 def test_the_app_is_served_with_a_strict_policy_and_registered(server: FaxServer) -> None:
