@@ -28,10 +28,12 @@ from ..settings import Settings
 CLIENT_ID = "fhir-fax-app"
 BUCKET = "fax-app"  # the Z3 bucket the app uploads documents to (created at start-up)
 PATH = "/apps/fax/"
-# What the app may ask for: a patient's faxes (read, create = send/upload/resend) and the directory.
+# What the app may ask for: a patient's faxes (read, create = send/upload/resend), the directory, and a refresh
+# token for the working session (online_access), so that a session outlives one access token.
 SCOPES = [
     "openid",
     "fhirUser",
+    "online_access",
     "launch",
     "launch/patient",
     "patient/*.rs",

@@ -69,7 +69,9 @@ export class Api {
     this.origin = new URL(this.fhirBase).origin;
   }
 
-  headers(extra = {}) {
+  /** The Authorization header, after the SMART client has refreshed an expiring token (online_access). */
+  async headers(extra = {}) {
+    await this.client.refreshIfNeeded();
     return { Authorization: this.client.getAuthorizationHeader(), ...extra };
   }
 
@@ -98,7 +100,7 @@ export class Api {
   async operation(path, parameters) {
     const response = await fetch(`${this.fhirBase}/${path}`, {
       method: "POST",
-      headers: this.headers({ "Content-Type": "application/fhir+json", Accept: "application/fhir+json" }),
+      headers: await this.headers({ "Content-Type": "application/fhir+json", Accept: "application/fhir+json" }),
       body: JSON.stringify({ resourceType: "Parameters", parameter: parameters }),
     });
     if (!response.ok) throw await errorFrom(response);
@@ -108,7 +110,7 @@ export class Api {
   /** A page of a sent fax as an image blob (GET {fax API}/faxes/{id}/preview?page=N). */
   async faxPage(id, page) {
     const url = `${this.origin}${this.config.faxApiPath}/faxes/${encodeURIComponent(id)}/preview?page=${page}`;
-    const response = await fetch(url, { headers: this.headers() });
+    const response = await fetch(url, { headers: await this.headers() });
     if (!response.ok) throw await errorFrom(response);
     return { blob: await response.blob(), pages: Number(response.headers.get("Fax-Pages")) || null };
   }
@@ -119,7 +121,7 @@ export class Api {
     const path = key.split("/").map(encodeURIComponent).join("/");
     const response = await fetch(`${this.origin}${projectApiPath}/z3/${bucket}/${path}`, {
       method: "POST",
-      headers: this.headers({ "Content-Type": "application/json" }),
+      headers: await this.headers({ "Content-Type": "application/json" }),
       body: JSON.stringify({ action: "upload" }),
     });
     if (!response.ok) throw await errorFrom(response);
