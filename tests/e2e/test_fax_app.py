@@ -326,11 +326,14 @@ def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.C
     launch_standalone(server, browser, patient_id)
     keys = ActionChains(browser)
 
-    def tab_to(element_id: str, limit: int = 60) -> None:
+    def tab_to(element_id: str, limit: int = 60, back: bool = False) -> None:
         for _ in range(limit):
             if browser.execute_script("return document.activeElement && document.activeElement.id") == element_id:
                 return
-            keys.send_keys(Keys.TAB).perform()
+            if back:
+                ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+            else:
+                keys.send_keys(Keys.TAB).perform()
         raise AssertionError(f"#{element_id} cannot be reached with the Tab key")
 
     browser.execute_script("document.activeElement && document.activeElement.blur()")
@@ -344,7 +347,15 @@ def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.C
     tab_to("recipient-number")
     keys.send_keys("+1617").perform()
     assert "7 to 15 digits" in text_of(browser, "recipient-number-hint"), "checked as it is typed"
-    keys.send_keys("5550143").perform()
+    # Sending now is refused in the app, next to the number, and nothing reaches the server.
+    tab_to("send-button")
+    keys.send_keys(Keys.ENTER).perform()
+    wait(browser, lambda d: text_of(d, "recipient-error") != "")
+    assert text_of(browser, "recipient-error") == "An international number has 7 to 15 digits after the +."
+    stored = httpx.get(f"{server.url}/fhir/Communication?patient=Patient/{patient_id}", headers=server.headers)
+    assert stored.json().get("entry", []) == []
+    tab_to("recipient-number", back=True)
+    keys.send_keys(Keys.END).send_keys("5550143").perform()
     assert text_of(browser, "recipient-number-hint") == f"Will fax {GOOD}."
     tab_to("cover-page")
     keys.send_keys(Keys.SPACE).perform()
