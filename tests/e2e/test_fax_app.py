@@ -144,6 +144,40 @@ def drop(browser: webdriver.Chrome, path: Path) -> None:
     )
 
 
+CONTRAST = """
+const rgb = text => (text.match(/[\\d.]+/g) || []).map(Number);
+const luminance = ([r, g, b]) => {
+  const [R, G, B] = [r, g, b].map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * R + 0.7152 * G + 0.0722 * B;
+};
+const background = element => {
+  for (let e = element; e; e = e.parentElement) {
+    const color = rgb(getComputedStyle(e).backgroundColor);
+    if (color.length === 3 || color[3] > 0) return color.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+const low = [];
+let checked = 0;
+for (const element of document.querySelectorAll("header *, main *")) {
+  const own = [...element.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+  if (!own || !element.getClientRects().length || getComputedStyle(element).visibility === "hidden") continue;
+  const [a, b] = [luminance(rgb(getComputedStyle(element).color)), luminance(background(element))];
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  checked += 1;
+  const what = `${element.tagName}#${element.id} "${element.textContent.trim().slice(0, 30)}"`;
+  if (!(ratio >= 4.5)) low.push(`${what} ${ratio.toFixed(2)}`);
+}
+return [checked, low];
+"""
+
+
+def good_contrast(browser: webdriver.Chrome) -> None:
+    """Every visible text in the header and main has a contrast of at least 4.5:1 with what is behind it."""
+    checked, low = browser.execute_script(CONTRAST)
+    assert checked > 20 and low == []
+
+
 def no_policy_violations(browser: webdriver.Chrome) -> None:
     """Nothing the pages did was blocked by the Content-Security-Policy (so nothing needs more than it allows)."""
     blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
@@ -256,6 +290,7 @@ def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
     wait(browser, lambda d: d.find_element(By.ID, "steps").get_attribute("data-status") == "STOPPED")
     assert text_of(browser, "progress-status") == "Stopped: The line was busy."
     shot(browser, "4-send-stopped")
+    good_contrast(browser)
 
     # The log (never reloaded) shows both; resend the stopped one to a good number.
     element(browser, "#nav-log").click()
@@ -274,6 +309,7 @@ def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
     linked = httpx.get(f"{server.url}/fhir/Communication/{rows[0]['id']}", headers=server.headers).json()
     assert linked["partOf"] == [{"reference": f"Communication/{stopped}"}]
     shot(browser, "5-log-resent")
+    good_contrast(browser)
 
     browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{rows[2]["id"]}"] button').click()
     wait(browser, lambda d: text_of(d, "fax-preview-page") == "Page 1 of 4")

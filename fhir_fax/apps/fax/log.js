@@ -196,6 +196,13 @@ export class FaxLog {
       $("fax-preview-prev").disabled = page <= 1;
       $("fax-preview-next").disabled = shown.pages !== null && page >= shown.pages;
     } catch (error) {
+      if (page > 1 && pages === null && error.status >= 400 && error.status < 500) {
+        // The count was unknown (a single document before the carrier reported it): this was past the end.
+        this.preview.pages = page - 1;
+        $("fax-preview-page").textContent = `Page ${page - 1} of ${page - 1}`;
+        $("fax-preview-next").disabled = true;
+        return;
+      }
       $("fax-preview-page").textContent = `The page could not be shown: ${error.message}`;
     }
   }
