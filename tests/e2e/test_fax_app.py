@@ -392,6 +392,7 @@ def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.C
     assert stored.json().get("entry", []) == []
     tab_to("recipient-number", back=True)
     keys.send_keys(Keys.END).send_keys("5550143").perform()
+    assert text_of(browser, "recipient-error") == "", "the error goes once the number is changed"
     assert text_of(browser, "recipient-number-hint") == f"Will fax {GOOD}."
     tab_to("cover-page")
     keys.send_keys(Keys.SPACE).perform()

@@ -39,6 +39,14 @@ export class SendForm {
       this.add([...event.dataTransfer.files]);
     });
     $("recipient-number").addEventListener("input", () => this.checkNumber());
+    // An error about a field goes away once the field is changed.
+    const clears = { "recipient-number": "recipient-error", sender: "sender-error", quality: "quality-error",
+      "cover-page": "cover-page-error", "cover-note": "cover-note-error" };
+    for (const [field, error] of Object.entries(clears)) {
+      $(field).addEventListener(field === "cover-note" || field === "recipient-number" ? "input" : "change", () => {
+        $(error).textContent = "";
+      });
+    }
     $("directory-search").addEventListener("click", () => this.searchDirectory());
     $("directory-query").addEventListener("keydown", (event) => {
       if (event.key === "Enter") {
