@@ -268,7 +268,7 @@ def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
     if refusal:  # a server without name search on the directory answers 400, said as such
         assert refusal.startswith("The directory could not be searched: ") and "name" in refusal
     else:
-        assert "+16175550144" in text_of(browser, "directory-results")
+        assert "Amelia Chen — Practitioner — +16175550143" in text_of(browser, "directory-results")
 
     browser.find_element(By.ID, "preview-button").click()
     wait(browser, lambda d: text_of(d, "dry-run-pages") != "")

@@ -13,7 +13,8 @@ const ERROR_FOR = {
   coverPage: "cover-page-error",
   coverNote: "cover-note-error",
 };
-const DIRECTORY = ["Practitioner", "PractitionerRole", "Organization", "HealthcareService"];
+// Searched by name; PractitionerRoles (which have no name) are found through the Practitioners found.
+const DIRECTORY = ["Practitioner", "Organization", "HealthcareService"];
 
 export class SendForm {
   constructor(app) {
@@ -154,6 +155,18 @@ export class SendForm {
       DIRECTORY.map((type) => this.app.api.search(`${type}?name=${encodeURIComponent(text)}&_count=20`, 20)),
     );
     const failures = results.filter((r) => r.status === "rejected").map((r) => r.reason);
+    const practitioners = results[0].status === "fulfilled" ? results[0].value : [];
+    const names = new Map(practitioners.map((p) => [`Practitioner/${p.id}`, nameOf(p)]));
+    if (practitioners.length) {
+      try {
+        const who = [...names.keys()].map(encodeURIComponent).join(",");
+        const roles = await this.app.api.search(`PractitionerRole?practitioner=${who}&_count=20`, 20);
+        for (const role of roles) role.name = `${names.get(role.practitioner?.reference) || "Practitioner"} (role)`;
+        results.push({ status: "fulfilled", value: roles });
+      } catch {
+        /* roles are a convenience: the practitioners found are shown anyway */
+      }
+    }
     const found = results.flatMap((r) => (r.status === "fulfilled" ? r.value : [])).filter((r) => faxNumberOf(r));
     if (failures.length === results.length) {
       $("recipient-error").textContent = `The directory could not be searched: ${failures[0].message}`;
