@@ -221,6 +221,7 @@ def test_the_app_is_served_with_a_strict_policy_and_registered(server: FaxServer
         missing = httpx.get(f"{server.url}/apps/fax/{name}")
         assert missing.status_code == 404, name
         assert missing.text == "Not found"
+    assert f"fhir-fax: the fax app is at {server.url}/apps/fax/" in server.log.read_text(), "serve says where"
     apps = httpx.get(f"{server.url}/v1/smart-apps", headers=server.headers).json()
     app = next(a for a in apps if a["clientId"] == "fhir-fax-app")
     assert app["type"] == "public"
