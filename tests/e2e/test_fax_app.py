@@ -405,3 +405,30 @@ def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.C
     keys.send_keys(Keys.ENTER).perform()
     wait(browser, lambda d: d.find_element(By.ID, "steps").get_attribute("data-status") == "DELIVERED")
     no_policy_violations(browser)
+
+
+def test_numbers_are_checked_as_e164_and_csv_cells_cannot_be_formulas(
+    server: FaxServer, browser: webdriver.Chrome
+) -> None:
+    """The app's own rules (words.js), run in the browser as the app runs them."""
+    browser.get(f"{server.url}/apps/fax/config.json")
+    checked = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        import("/apps/fax/words.js").then(words => done({
+          numbers: ["+16175550143", "+1 (617) 555-0143", "6175550143", "+0123456789", "+1617", "+1617555014312345",
+                    "+1617abc", ""].map(n => [n, words.checkNumber(n).ok, words.checkNumber(n).message]),
+          csv: words.toCsv([["=1+1", "+123", "-2", "@x", "plain", 'say "hi", then go']]),
+        })).catch(e => done({error: String(e)}));"""
+    )
+    assert "error" not in checked, checked
+    assert checked["numbers"] == [
+        ["+16175550143", True, "Will fax +16175550143."],
+        ["+1 (617) 555-0143", True, "Will fax +16175550143."],
+        ["6175550143", False, "Start with + and the country code, e.g. +1 for the US."],
+        ["+0123456789", False, "A country code never starts with 0."],
+        ["+1617", False, "An international number has 7 to 15 digits after the +."],
+        ["+1617555014312345", False, "An international number has 7 to 15 digits after the +."],
+        ["+1617abc", False, "Only digits may follow the +."],
+        ["", False, ""],
+    ]
+    assert checked["csv"] == '\'=1+1,\'+123,\'-2,\'@x,plain,"say ""hi"", then go"\r\n'

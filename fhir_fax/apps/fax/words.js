@@ -20,6 +20,7 @@ export function checkNumber(text) {
   if (value === "") return { ok: false, message: "" };
   if (!value.startsWith("+")) return { ok: false, message: "Start with + and the country code, e.g. +1 for the US." };
   if (!/^\+\d*$/.test(value)) return { ok: false, message: "Only digits may follow the +." };
+  if (value.startsWith("+0")) return { ok: false, message: "A country code never starts with 0." };
   if (!E164.test(value)) return { ok: false, message: "An international number has 7 to 15 digits after the +." };
   return { ok: true, value, message: `Will fax ${value}.` };
 }
