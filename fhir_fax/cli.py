@@ -61,6 +61,8 @@ def serve(args: argparse.Namespace) -> int:
             f"{settings.bootstrap_user} / {settings.bootstrap_password}",
             flush=True,
         )
+    if settings.fax_app_enabled:
+        print(f"fhir-fax: the fax app is at {base}/apps/fax/", flush=True)
     # X-Forwarded-For/-Proto are believed from FHIR_FAX_TRUSTED_PROXIES only (uvicorn's own default trusts loopback).
     proxies = TrustedProxies.of(settings.trusted_proxies)
     uvicorn.run(

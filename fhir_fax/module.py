@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from .apps.fax_app import BUCKET, fax_app_router, register_fax_app
 from .auth.apps_http import smart_apps_router
 from .auth.discovery import rest_security
 from .auth.m2m import m2m_router
@@ -88,6 +89,8 @@ class FaxModule:
         app.include_router(smart_apps_router(self.fhir, self.slot), prefix=self.settings.project_api_path)
         app.include_router(webhook_router(self.fax))  # at /fax/webhooks/{carrier}
         app.include_router(websocket_router(self.websocket_path, lambda: self.slot().subscriptions))
+        if self.settings.fax_app_enabled:
+            app.include_router(fax_app_router(self.settings))  # the fax app at /apps/fax/
         previous = app.router.lifespan_context
 
         @asynccontextmanager
@@ -130,6 +133,9 @@ class FaxModule:
         await runtime.prepare()
         self.fhir.attach(runtime.database, runtime.store, runtime.gate)
         self.slot.current = runtime
+        if self.settings.fax_app_enabled:
+            await register_fax_app(runtime.database, self.settings)
+            await runtime.z3.create_bucket(BUCKET)  # where the app uploads the documents it faxes
         if self.settings.worker_enabled:
             self._worker = asyncio.create_task(runtime.worker().run(), name="fhir-fax-worker")
         if self.settings.subscriptions_enabled:

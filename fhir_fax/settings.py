@@ -185,6 +185,9 @@ class Settings(BaseSettings):
         description='Browser origins (JSON list; ["*"] for any) whose scripts may call the API: SMART apps that '
         "run in a browser need it. Tokens travel in headers, never cookies, so no credentials are allowed.",
     )
+    fax_app_enabled: bool = Field(
+        default=True, description="Serve the fax app at /apps/fax/ and register it as a public SMART app."
+    )
     sign_in_seconds: int = Field(
         default=600, ge=60, description="How long a sign-in and consent at /oauth/authorize may take."
     )

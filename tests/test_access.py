@@ -28,6 +28,9 @@ PUBLIC = {
     ("GET", "/.well-known/openid-configuration"): "OpenID Connect discovery",
     ("POST", "/fax/webhooks/{carrier}"): "carrier webhooks: verified by signature (test_webhooks, test_carriers)",
     ("GET", "/healthz"): "liveness",
+    ("GET", "/apps/fax/"): "the fax app's page: static, no data; the app signs in through SMART",
+    ("GET", "/apps/fax/config.json"): "the fax app's client id and API paths, all public anyway",
+    ("GET", "/apps/fax/{name}"): "the fax app's static files (a fixed list; anything else 404)",
     ("PUT", "/v1/z3/{bucket}/{key}"): "upload to a signed URL: its signature is the permission (test_z3_urls)",
     ("GET", "/openapi.json"): "the API description",
     ("GET", "/docs"): "the API description",
@@ -75,7 +78,7 @@ ROUTES = sorted((method, path.format(**EXAMPLE_PATH_VALUES)) for method, path in
 
 def test_the_route_list_covers_every_api() -> None:
     prefixes = {path.split("/")[1] for _, path in ROUTES}
-    assert prefixes == {"fhir", "fax", "v1", "oauth"}
+    assert prefixes == {"fhir", "fax", "v1", "oauth"}, "only the fax app's static files are public under /apps"
     assert ("POST", "/v1/m2m") in ROUTES and ("GET", "/fax/v1/faxes/c1/preview") in ROUTES
     assert ("POST", "/oauth/launch") in ROUTES and ("POST", "/v1/smart-apps") in ROUTES
     assert len(ROUTES) >= 25

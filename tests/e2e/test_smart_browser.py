@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,17 +22,15 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from browsers import chromium, pick_patient, sign_in_and_allow
 from helpers import FHIR_JSON
 from processes import FaxServer
 
 SDK = Path(__file__).resolve().parent.parent / "sdk" / "node_modules" / "fhirclient" / "build" / "fhir-client.js"
 USER, PASSWORD = "dr.browser", "browser password"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 LAUNCH = """<!doctype html><html><head><meta charset="utf-8"><title>launch</title>
 <script src="fhir-client.js"></script></head><body><p id="status">launching</p><script>
@@ -99,30 +96,8 @@ def server(tmp_path: Path, mongo_uri: str, app_site: tuple[str, Path]) -> Iterat
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-    ):  # fmt: skip
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def sign_in_and_allow(browser: webdriver.Chrome) -> None:
-    wait = WebDriverWait(browser, 60)
-    wait.until(expected_conditions.presence_of_element_located((By.NAME, "username"))).send_keys(USER)
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, 'button[name="decision"][value="allow"]')))
-    browser.find_element(By.CSS_SELECTOR, 'button[name="decision"][value="allow"]').click()
 
 
 def result(browser: webdriver.Chrome) -> dict[str, Any]:
@@ -155,18 +130,13 @@ def test_the_smart_js_client_completes_a_standalone_and_an_ehr_launch(
 
     # Standalone: the app knows only the FHIR base; the user signs in, consents and picks a patient.
     browser.get(f"{app_url}/launch.html?standalone={fhir_base}")
-    sign_in_and_allow(browser)
-    wait = WebDriverWait(browser, 60)
-    wait.until(
-        expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, 'input[name="patient"][value="james-oneil"]'))
-    )
-    browser.find_element(By.CSS_SELECTOR, 'input[name="patient"][value="james-oneil"]').click()
-    browser.find_element(By.CSS_SELECTOR, 'button[name="step"][value="patient"]').click()
+    sign_in_and_allow(browser, USER, PASSWORD)
+    pick_patient(browser, "james-oneil")
     assert result(browser) == {"patient": "james-oneil", "subjects": ["Patient/james-oneil"]}
 
     # EHR launch: the EHR makes the context and opens the app's launch URL with iss and launch.
     launch = httpx.post(f"{server.url}/oauth/launch", json={"patient": "Patient/maria-lopez"}, headers=server.headers)
     assert launch.status_code == 200, launch.text
     browser.get(f"{app_url}/launch.html?iss={fhir_base}&launch={launch.json()['launch']}")
-    sign_in_and_allow(browser)
+    sign_in_and_allow(browser, USER, PASSWORD)
     assert result(browser) == {"patient": "maria-lopez", "subjects": ["Patient/maria-lopez"]}, "no picker"

@@ -104,6 +104,15 @@ def test_the_wheel_holds_the_fixtures(installed: tuple[Path, Path, Path]) -> Non
     assert shipped >= FIXTURE_FILES
 
 
+def test_the_wheel_holds_the_fax_app_and_its_smart_client(installed: tuple[Path, Path, Path]) -> None:
+    wheel, _, _ = installed
+    names = set(zipfile.ZipFile(wheel).namelist())
+    app = REPOSITORY / "fhir_fax" / "apps" / "fax"
+    files = {str(p.relative_to(REPOSITORY)) for p in app.rglob("*") if p.is_file() and p.suffix != ".pyc"}
+    assert "fhir_fax/apps/fax/vendor/fhir-client.min.js" in files and "fhir_fax/apps/fax/index.html" in files
+    assert files <= names, "every file of the app is in the wheel: an installed server needs no Node"
+
+
 def test_the_virtualenv_runs_the_wheel_not_the_checkout(installed: tuple[Path, Path, Path]) -> None:
     _, venv, workdir = installed
     found = outside_the_checkout(venv, workdir, "python", "-c", "import fhir_fax; print(fhir_fax.__file__)")

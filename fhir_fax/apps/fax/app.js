@@ -1,0 +1,102 @@
+// The fax app's start: the SMART launch (standalone or from an EHR), then the patient's log and the send form.
+//
+// Status refresh: `refresh(id)` re-reads one Communication and hands it to the log and the send view. For now a
+// timer calls it once a second, and only while a fax shown here is in flight (not completed or stopped); when
+// the server offers Subscriptions over a websocket, the notification handler calls the same `refresh`.
+import { Api } from "./api.js";
+import { FaxLog } from "./log.js";
+import { SendForm } from "./send.js";
+import { finished, nameOf } from "./words.js";
+
+const $ = (id) => document.getElementById(id);
+const POLL_MS = 1000;
+
+class FaxApp {
+  constructor(client, config) {
+    this.client = client;
+    this.api = new Api(client, config);
+    this.patientId = client.patient.id;
+    this.timer = null;
+    this.log = new FaxLog(this);
+    this.send = new SendForm(this);
+    $("nav-log").addEventListener("click", () => this.show("log"));
+    $("nav-send").addEventListener("click", () => this.show("send"));
+  }
+
+  async start() {
+    try {
+      const patient = await this.api.read(`Patient/${this.patientId}`);
+      const born = patient.birthDate ? `, born ${patient.birthDate}` : "";
+      $("patient-banner").textContent = `Patient: ${nameOf(patient)}${born}`;
+    } catch {
+      $("patient-banner").textContent = `Patient/${this.patientId}`;
+    }
+    this.show("log", false);
+    this.say("");
+    await Promise.all([this.log.load(), this.send.loadSenders()]);
+    this.watch();
+  }
+
+  say(text) {
+    $("app-status").textContent = text;
+  }
+
+  show(view, focus = true) {
+    for (const name of ["log", "send"]) {
+      $(`${name}-view`).hidden = name !== view;
+      if (name === view) $(`nav-${name}`).setAttribute("aria-current", "page");
+      else $(`nav-${name}`).removeAttribute("aria-current");
+    }
+    if (focus) $(`${view}-heading`).focus();
+  }
+
+  /** Re-read one fax and show it everywhere (the hook a websocket notification will call). */
+  async refresh(id) {
+    const communication = await this.api.read(`Communication/${id}`);
+    await this.log.update(communication);
+    this.send.updated(communication);
+    return communication;
+  }
+
+  /** Poll the faxes in flight until none is; stops by itself. */
+  watch() {
+    if (this.timer !== null) return;
+    const tick = async () => {
+      const flying = this.log.inFlight();
+      if (this.send.current && !finished(this.send.current) && !flying.includes(this.send.current.id)) {
+        flying.push(this.send.current.id);
+      }
+      if (!flying.length) {
+        this.timer = null;
+        return;
+      }
+      await Promise.allSettled(flying.map((id) => this.refresh(id)));
+      this.timer = setTimeout(tick, POLL_MS);
+    };
+    this.timer = setTimeout(tick, POLL_MS);
+  }
+}
+
+async function main() {
+  const config = await (await fetch("config.json")).json();
+  const here = new URL(location.href);
+  const appUrl = `${location.origin}${location.pathname}`;
+  const options = { clientId: config.clientId, redirectUri: appUrl, scope: "", pkceMode: "required" };
+  const standaloneScopes = config.scopes.filter((s) => s !== "launch");
+  if (here.searchParams.has("launch") || here.searchParams.has("iss")) {
+    // An EHR launch (or a launch with a given server): always a fresh authorization, never an old session.
+    await FHIR.oauth2.authorize({ ...options, scope: config.scopes.filter((s) => s !== "launch/patient").join(" ") });
+    return;
+  }
+  const iss = `${location.origin}${config.fhirPath}`;
+  const client = await FHIR.oauth2.init({ ...options, iss, scope: standaloneScopes.join(" ") });
+  if (!client.patient.id) {
+    $("app-status").textContent = "This sign-in has no patient: launch the app with a patient.";
+    return;
+  }
+  await new FaxApp(client, config).start();
+}
+
+main().catch((error) => {
+  $("app-status").textContent = `The app could not start: ${error.message || error}`;
+});
