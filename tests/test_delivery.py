@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -307,14 +306,6 @@ async def test_a_worker_that_lost_its_lease_cannot_stop_the_fax_another_worker_t
     assert job["state"] == "submitted" and job["status"] != "STOPPED"
     final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
     assert final["status"] != "stopped"
-
-
-async def test_the_repair_query_reads_an_index(manual: Any, database: Any) -> None:
-    """Reconciliation asks every second which Communications lag behind their job; that must not read every job."""
-    api, _, _ = manual
-    await send_to(api, "+16175550143")
-    plan = await database.fax_jobs.find({"synced": False, "last_news_at": {"$lt": datetime.now(UTC)}}).explain()
-    assert "COLLSCAN" not in json.dumps(plan, default=str), plan
 
 
 async def test_reconciliation_runs_under_a_steady_backlog(manual: Any, database: Any) -> None:

@@ -137,6 +137,7 @@ class Job:
     lease_expires: datetime | None = None
     synced: bool = True
     repair: Repair | None = None
+    last_news_at: datetime | None = None  # the last news of the attempt (or the last poll), for reconciliation
 
     @classmethod
     def of(cls, document: Mapping[str, Any]) -> Job:
@@ -183,6 +184,7 @@ class Job:
             lease_expires=document.get("lease_expires"),
             synced=bool(document.get("synced", True)),
             repair=None if repair is None else _repair(repair),
+            last_news_at=document.get("last_news_at"),
         )
 
     @property

@@ -91,7 +91,7 @@ class Tracker:
         retry_at = None if final else self.retry.retry_at(attempt, failure, now(), job.kill_at)
         message = failure.message or "The carrier reported a failure without a reason."
         record = {"attempt": attempt, "code": failure.code, "message": message, "at": at, "retry_at": retry_at}
-        updated = await self.outbox.fail_attempt(fax_id, attempt, record, retry_at, holder=holder)
+        updated = await self.outbox.fail_attempt(fax_id, attempt, record, retry_at, holder=holder, kill_at=job.kill_at)
         if updated is None:
             return False
         fields = {"fax": fax_id, "attempt": attempt, "code": failure.code}

@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -24,9 +24,9 @@ from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
 from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
 from .faults import crash_point
-from .jobs import Job, UnreadableJob
+from .jobs import Job, JobState
 from .media import pinned_document
-from .outbox import Outbox
+from .outbox import Outbox, next_check
 from .render import render_fax, rendering_location
 from .status import Failure
 from .tracking import Tracker
@@ -46,6 +46,7 @@ class Worker:
         self.z3 = z3
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = timedelta(seconds=settings.lease_seconds)
+        self.quiet = timedelta(seconds=settings.stuck_after_seconds)  # poll the carrier after this long without news
         self._last_reconcile = 0.0
 
     async def run(self) -> None:
@@ -75,19 +76,10 @@ class Worker:
         if loop.time() - self._last_reconcile >= RECONCILE_EVERY:
             self._last_reconcile = loop.time()
             await self.reconcile()
-        try:
-            job = await self.claim()
-        except UnreadableJob:  # taken but not a job: the outbox set it aside, held by this worker until its back-off
-            return True
-        if job is None:
-            return False
-        await self.isolated(job, "the attempt could not be made", lambda: self.attempt(job), hold=True)
-        return True
-
-    async def claim(self) -> Job | None:
-        """An abandoned attempt first (its worker died), else the next due one."""
-        job = await self.outbox.claim_abandoned(self.owner, self.lease)
-        return job if job is not None else await self.outbox.claim_due(self.owner, self.lease)
+        claimed = await self.outbox.claim(self.owner, self.lease)
+        for job in claimed.jobs:
+            await self.isolated(job, "the attempt could not be made", partial(self.attempt, job), hold=True)
+        return bool(claimed)  # a record that is not a job was taken too: the outbox set it aside
 
     async def attempt(self, job: Job) -> None:
         """Prepare and hand over one attempt; a takeover first asks the carrier whether it has it."""
@@ -102,7 +94,7 @@ class Worker:
         already = await self.transport.find(reference, job.to_number, job.created)
         if already is not None:
             log.info("fax %s attempt %s: the carrier already has it as %s", job.id, attempt, already, extra=fields)
-            await self.outbox.record_submission(job, self.owner, self.transport.name, already)
+            await self.outbox.record_submission(job, self.owner, self.transport.name, already, self.quiet)
             return
         try:
             submission = await self.prepare(job, reference)
@@ -122,7 +114,7 @@ class Worker:
             await self.tracker.fail(job.id, attempt, Failure(error.code, error.message), now(), holder=self.owner)
             return
         crash_point("after-submit")
-        if not await self.outbox.record_submission(job, self.owner, self.transport.name, carrier_id):
+        if not await self.outbox.record_submission(job, self.owner, self.transport.name, carrier_id, self.quiet):
             log.info("fax %s attempt %s: the job moved on while submitting", job.id, attempt, extra=fields)
         crash_point("after-record")
 
@@ -180,24 +172,38 @@ class Worker:
             await self.tracker.set_aside(job, what, error, self.owner if hold else None)
 
     async def reconcile(self) -> None:
-        """Poll the carrier for quiet faxes, enforce kill time, finish interrupted Communication updates.
+        """Stop faxes at their kill time, poll the carrier for quiet ones, finish interrupted Communication updates.
 
-        Each job is handled on its own (``isolated``): one that fails is set aside with back-off and
-        the pass goes on, so kill time and repairs keep working for every other fax. Kill time comes
-        before repairs so that a job whose Communication cannot be repaired is still stopped on time.
+        Only what is due is read (``Outbox.to_check``, ``Outbox.unsynced``: one indexed range each), so the
+        cost does not grow with the faxes ever sent. Each job is handled on its own (``isolated``): one that
+        fails is set aside with back-off and the pass goes on, so kill time and repairs keep working for every
+        other fax. Kill time comes before repairs so that a job whose Communication cannot be repaired is
+        still stopped on time.
         """
         moment = now()
-        quiet_since = moment - timedelta(seconds=self.settings.stuck_after_seconds)
-        for job in await self.outbox.quiet_submissions(quiet_since):
-            await self.isolated(job, "the carrier could not be polled", partial(self.poll_one, job))
-        for job in await self.outbox.past_kill_time(moment):
-            await self.isolated(
-                job,
-                "it could not be stopped at its kill time",
-                partial(self.tracker.fail, job.id, job.attempt, PAST_KILL_TIME, moment, final=True),
-            )
-        for job in await self.outbox.unsynced(moment - timedelta(seconds=5)):
+        for job in await self.outbox.to_check(moment):
+            await self.isolated(job, "it could not be checked (kill time, poll)", partial(self.check, job, moment))
+        for job in await self.outbox.unsynced(moment):
             await self.isolated(job, "its Communication could not be updated", partial(self.tracker.sync, job))
+
+    async def check(self, job: Job, moment: datetime) -> None:
+        """A waiting job is due for a look: stop it at its kill time, else poll it if it went quiet."""
+        kill_at = as_utc(job.kill_at)
+        waiting = job.state in (JobState.QUEUED, JobState.SUBMITTED)
+        if waiting and kill_at <= moment:
+            if not await self.tracker.fail(job.id, job.attempt, PAST_KILL_TIME, moment, final=True):
+                await self.outbox.check_later(job, None)  # it moved on meanwhile: its new state has its own times
+            return
+        if job.state is JobState.SUBMITTED:
+            quiet_until = as_utc(job.last_news_at or moment) + self.quiet
+            if quiet_until > moment:  # news came since this look was planned: look again once it goes quiet
+                await self.outbox.check_later(job, min(quiet_until, kill_at))
+            else:
+                await self.poll_one(job)
+        elif job.state is JobState.QUEUED:
+            await self.outbox.check_later(job, kill_at)
+        else:  # with a worker, or finished: nothing for reconciliation until it is waiting again
+            await self.outbox.check_later(job, None)
 
     async def poll_one(self, job: Job) -> None:
         """Ask the carrier about the job's current attempt; only news about that very attempt is applied."""
@@ -211,7 +217,7 @@ class Worker:
                         "fax %s attempt %s: the carrier's fax %s reports %r; ignored",
                         job.id, job.attempt, carrier_id, event.reference, extra={"fax": job.id},
                     )  # fmt: skip
-        await self.outbox.touch(job.id)
+        await self.outbox.check_later(job, next_check(now(), self.quiet, job.kill_at), polled=True)
 
 
 def create_worker(settings: Settings, database: Any) -> Worker:

@@ -26,7 +26,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo.errors import OperationFailure
 
 from ....db import stop_if_cancelled
 from ....fhir.models import now
@@ -61,7 +61,10 @@ class Simulator:
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index("reference", name="reference")
-        await self.collection.create_index([("done", ASCENDING), ("next_at", ASCENDING)], name="due")
+        # Only faxes still in the air have a next step (``next_at``): the push reads those, never the finished.
+        await self.collection.create_index("next_at", name="next_step", sparse=True)
+        with contextlib.suppress(OperationFailure):
+            await self.collection.drop_index("due")  # (done, next_at): read every finished fax's entry
 
     async def start(self, sink: EventSink) -> None:
         await self.ensure_indexes()
@@ -139,16 +142,17 @@ class Simulator:
 
     async def _push_due(self, sink: EventSink) -> None:
         moment = now()
-        due = await self.collection.find({"done": False, "next_at": {"$lte": moment}}).limit(100).to_list(None)
+        due = await self.collection.find({"next_at": {"$lte": moment}}).limit(100).to_list(None)
         for record in due:
             index = record["emitted"]
             step = record["timeline"][index]
             following = index + 1
             done = following >= len(record["timeline"])
-            next_at = None if done else self._at(record["submitted_at"], record["timeline"][following]["after"])
-            claimed = await self.collection.update_one(
-                {"_id": record["_id"], "emitted": index},
-                {"$set": {"emitted": following, "done": done, "next_at": next_at}},
-            )
+            update: dict[str, Any] = {"$set": {"emitted": following, "done": done}}
+            if done:
+                update["$unset"] = {"next_at": ""}
+            else:
+                update["$set"]["next_at"] = self._at(record["submitted_at"], record["timeline"][following]["after"])
+            claimed = await self.collection.update_one({"_id": record["_id"], "emitted": index}, update)
             if claimed.modified_count == 1:
                 await sink(self._event(record, step))
