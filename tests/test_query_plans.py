@@ -175,4 +175,3 @@ async def test_jobs_written_before_due_times_get_theirs_at_start(fax_settings: S
     async with serving_fax(settings, database):
         job = await database.fax_jobs.find_one({"communication_id": communication_id})
     assert job["due_at"] == job["next_attempt_at"] and job["check_at"] == job["kill_at"] and "sync_at" in job
-

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -209,12 +210,14 @@ class Outbox:
         A queued job becomes PROCESSING for its attempt; an active one whose lease lapsed (its worker probably
         died) is taken over. Another worker may win any of them, which is then simply not in the result.
         A record that is not a job is taken (held under this worker's lease until its back-off ends) and set
-        aside.
+        aside. Each claim holds its own lease (``owner`` plus a token): when a job is taken over, even by the
+        same worker (its attempt outlived the lease), the first holder's renewal fails and it stands down.
         """
         moment = now()
         claimed = Claimed()
         for document in await self.due(moment, limit):
-            job = await self._claim_one(document, owner, lease, moment, claimed)
+            token = f"{owner}/{uuid.uuid4().hex[:8]}"
+            job = await self._claim_one(document, token, lease, moment, claimed)
             if job is not None:
                 claimed.jobs.append(job)
         return claimed
