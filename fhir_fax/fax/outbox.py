@@ -118,6 +118,7 @@ class Claimed:
 
     jobs: list[Job] = field(default_factory=list)
     set_aside: int = 0
+    takeovers: set[str] = field(default_factory=set)  # jobs taken over from a lapsed lease (the carrier may have them)
 
     def __bool__(self) -> bool:
         return bool(self.jobs) or self.set_aside > 0
@@ -240,6 +241,7 @@ class Outbox:
         elif state == JobState.ACTIVE.value:
             where["lease_expires"] = {"$lt": moment}
             update, position = {"$set": changes}, {}
+            claimed.takeovers.add(str(document["_id"]))
         else:  # finished or handed over since it was scheduled: it has nothing left to claim
             await self.collection.update_one({"_id": document["_id"], "state": state}, {"$unset": {"due_at": ""}})
             return None

@@ -103,7 +103,9 @@ class Worker:
             return False
         claimed = await self.outbox.claim(self.owner, self.lease, free)
         attempts = [
-            self.isolated(job, "the attempt could not be made", partial(self.attempt, job), hold=True)
+            self.isolated(
+                job, "the attempt could not be made", partial(self.attempt, job, job.id in claimed.takeovers), hold=True
+            )
             for job in claimed.jobs
         ]
         if running is None:
@@ -115,8 +117,12 @@ class Worker:
                 task.add_done_callback(running.discard)
         return bool(claimed)  # a record that is not a job was taken too: the outbox set it aside
 
-    async def attempt(self, job: Job) -> None:
-        """Prepare and hand over one attempt; a takeover first asks the carrier whether it has it."""
+    async def attempt(self, job: Job, takeover: bool = True) -> None:
+        """Prepare and hand over one attempt; a takeover first asks the carrier whether it has it.
+
+        ``takeover`` False: the attempt was queued, so it was never handed over (a retry is a new attempt, and an
+        attempt the carrier may have taken stays with a worker until taken over); the carrier is not asked.
+        """
         attempt, reference = job.attempt, job.reference
         holder = job.lease_owner or self.owner  # this claim's own lease: a takeover, even by this worker, ends it
         fields = {"fax": job.id, "attempt": attempt, "worker": holder}
@@ -126,7 +132,7 @@ class Worker:
             return
         await self.tracker.sync(job)  # PROCESSING
         crash_point("after-claim")
-        already = await self.transport.find(reference, job.to_number, job.created)
+        already = await self.transport.find(reference, job.to_number, job.created) if takeover else None
         if already is not None:
             log.info("fax %s attempt %s: the carrier already has it as %s", job.id, attempt, already, extra=fields)
             await self.outbox.record_submission(job, holder, self.transport.name, already, self.quiet)
