@@ -148,11 +148,12 @@ async def test_every_query_of_sending_and_delivery_reads_an_index(
 async def test_a_finished_fax_has_no_due_time(fax_settings: Settings, database: Any) -> None:
     """The due-time indexes hold only faxes something must still happen to (they are sparse)."""
     settings = fax_settings.model_copy(update={"simulator_speed": 1000.0, "worker_poll_seconds": 0.02})
-    async with serving_fax(settings, database) as api:
+    async with serving_fax(settings.model_copy(update={"worker_enabled": False}), database) as api:
         body = {"media": MEDIA, "quality": "standard", "recipientNumber": "+16175550143", "sender": SEED_SENDER}
         communication_id = (await api.post("/fax/v1/send", json=body)).json()["communicationResource"]["id"]
         queued = await database.fax_jobs.find_one({"communication_id": communication_id})
         assert queued["due_at"] == queued["created"] and queued["check_at"] == queued["kill_at"]
+    async with serving_fax(settings, database) as api:
         await wait_final(api, communication_id)
     job = await database.fax_jobs.find_one({"communication_id": communication_id})
     assert job["state"] == "done" and job["synced"] is True

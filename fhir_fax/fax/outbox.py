@@ -269,27 +269,31 @@ class Outbox:
 
     # -- transitions ---------------------------------------------------------------------------------
 
-    async def record_submission(self, job: Job, owner: str, carrier: str, carrier_id: str, quiet: timedelta) -> bool:
+    async def record_submission(
+        self, job: Job, owner: str, carrier: str, carrier_id: str, quiet: timedelta, *, shown: bool = False
+    ) -> bool:
         """The carrier accepted the attempt: remember its id before anything else happens.
 
         Reconciliation looks at the job again after ``quiet`` without news (a poll), or at its kill time.
+        ``shown``: the Communication shows ``job``'s status; recorded here too (``mark_synced`` in the same
+        write) unless news moved the job on meanwhile.
         """
         moment = now()
-        result = await self.collection.update_one(
-            _held(job, owner),
-            {
-                "$set": {
-                    "state": JobState.SUBMITTED.value,
-                    "carrier": carrier,
-                    f"carrier_ids.{job.attempt}": carrier_id,
-                    "lease_owner": None,
-                    "lease_expires": None,
-                    "last_news_at": moment,
-                    "check_at": next_check(moment, quiet, job.kill_at),
-                },
-                "$unset": {"due_at": ""},
-            },
-        )
+        changes = {
+            "state": JobState.SUBMITTED.value,
+            "carrier": carrier,
+            f"carrier_ids.{job.attempt}": carrier_id,
+            "lease_owner": None,
+            "lease_expires": None,
+            "last_news_at": moment,
+            "check_at": next_check(moment, quiet, job.kill_at),
+        }
+        if shown:
+            in_line = {**_held(job, owner), "rank": job.position.rank}
+            synced = {"$set": {**changes, "synced": True}, "$unset": {"due_at": "", "sync_at": "", "repair": ""}}
+            if (await self.collection.update_one(in_line, synced)).modified_count == 1:
+                return True
+        result = await self.collection.update_one(_held(job, owner), {"$set": changes, "$unset": {"due_at": ""}})
         return bool(result.modified_count == 1)
 
     async def advance(self, fax_id: str, attempt: int, status: OutboundStatus, extra: dict[str, Any]) -> Job | None:

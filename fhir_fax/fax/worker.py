@@ -130,12 +130,12 @@ class Worker:
         if as_utc(job.kill_at) <= now():  # claimed late (workers were down): it is stopped, never sent
             await self.tracker.fail(job.id, attempt, PAST_KILL_TIME, now(), final=True, holder=holder)
             return
-        await self.tracker.sync(job)  # PROCESSING
+        shown = await self.tracker.sync(job, mark=False)  # PROCESSING; recorded with the hand-over
         crash_point("after-claim")
         already = await self.transport.find(reference, job.to_number, job.created) if takeover else None
         if already is not None:
             log.info("fax %s attempt %s: the carrier already has it as %s", job.id, attempt, already, extra=fields)
-            await self.outbox.record_submission(job, holder, self.transport.name, already, self.quiet)
+            await self.outbox.record_submission(job, holder, self.transport.name, already, self.quiet, shown=shown)
             return
         try:
             submission = await self.prepare(job, reference)
@@ -156,7 +156,10 @@ class Worker:
             await self.tracker.fail(job.id, attempt, Failure(error.code, error.message), now(), holder=holder)
             return
         crash_point("after-submit")
-        if not await self.outbox.record_submission(job, holder, self.transport.name, carrier_id, self.quiet):
+        recorded = await self.outbox.record_submission(
+            job, holder, self.transport.name, carrier_id, self.quiet, shown=shown
+        )
+        if not recorded:
             log.info("fax %s attempt %s: the job moved on while submitting", job.id, attempt, extra=fields)
         crash_point("after-record")
 
