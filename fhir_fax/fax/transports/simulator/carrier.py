@@ -45,6 +45,7 @@ log = logging.getLogger("fhir_fax.simulator")
 COLLECTION = "simulator_faxes"
 SECONDS_PER_PAGE = {"standard": 10.0, "fine": 20.0, "superfine": 40.0}
 PROCESSING_AFTER, SENDING_AFTER = 2.0, 4.0
+PUSH_AT_ONCE = 16  # faxes whose news is applied at once
 IDLE_WAIT = 1.0  # seconds: the longest the push sleeps (faxes another process submitted are found by then)
 OUTCOMES = {"0002": "BUSY", "0003": "NO_ANSWER", "0004": "FAILED", "0486": "486", "0005": "UNKNOWN"}
 
@@ -178,12 +179,16 @@ class Simulator:
         moment = now()
         horizon = moment + timedelta(seconds=IDLE_WAIT)
         pending = await self.collection.find({"next_at": {"$lte": horizon}}).sort("next_at", 1).limit(200).to_list(None)
-        following = None
-        for record in pending:
-            if as_utc(record["next_at"]) > moment:
-                following = as_utc(record["next_at"])
-                break
-            await self._push_record(record, moment, sink)
+        due = [record for record in pending if as_utc(record["next_at"]) <= moment]
+        following = next((as_utc(r["next_at"]) for r in pending if as_utc(r["next_at"]) > moment), None)
+        for start in range(0, len(due), PUSH_AT_ONCE):  # news of different faxes is independent: applied together
+            batch = due[start : start + PUSH_AT_ONCE]
+            results = await asyncio.gather(*(self._push_record(r, moment, sink) for r in batch), return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):  # one fax's news failed: the others' still went; polls catch up
+                    log.error("simulator push failed", exc_info=result)
+                elif isinstance(result, BaseException):
+                    raise result
         return following
 
     async def _push_record(self, record: dict[str, Any], moment: datetime, sink: EventSink) -> None:
