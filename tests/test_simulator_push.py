@@ -58,3 +58,21 @@ async def test_steps_due_one_at_a_time_are_each_pushed(database: Any) -> None:
         )
         await simulator._push_due(sink)
     assert pushed == ["PROCESSING", "SENDING", "DELIVERED"]
+
+
+async def test_the_push_plans_its_next_wake_at_the_next_step_of_what_it_pushed(database: Any) -> None:
+    simulator = Simulator(database)
+    await simulator.ensure_indexes()
+
+    async def sink(event: StatusEvent) -> None:
+        pass
+
+    carrier_id = await simulator.submit(submission("fax-d:1"))
+    record = await database.simulator_faxes.find_one({"_id": carrier_id})
+    moment = now() - timedelta(seconds=record["timeline"][0]["after"]) - timedelta(milliseconds=1)
+    await database.simulator_faxes.update_one(
+        {"_id": carrier_id}, {"$set": {"submitted_at": moment, "next_at": moment}}
+    )  # PROCESSING is due, SENDING two seconds later
+    following = await simulator._push_due(sink)
+    stored = await database.simulator_faxes.find_one({"_id": carrier_id})
+    assert stored["emitted"] == 1 and following == stored["next_at"], "it wakes for SENDING, not a second later"

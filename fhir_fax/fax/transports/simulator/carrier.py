@@ -180,18 +180,21 @@ class Simulator:
         horizon = moment + timedelta(seconds=IDLE_WAIT)
         pending = await self.collection.find({"next_at": {"$lte": horizon}}).sort("next_at", 1).limit(200).to_list(None)
         due = [record for record in pending if as_utc(record["next_at"]) <= moment]
-        following = next((as_utc(r["next_at"]) for r in pending if as_utc(r["next_at"]) > moment), None)
+        upcoming = [as_utc(r["next_at"]) for r in pending if as_utc(r["next_at"]) > moment]
         for start in range(0, len(due), PUSH_AT_ONCE):  # news of different faxes is independent: applied together
             batch = due[start : start + PUSH_AT_ONCE]
             results = await asyncio.gather(*(self._push_record(r, moment, sink) for r in batch), return_exceptions=True)
             for result in results:
-                if isinstance(result, Exception):  # one fax's news failed: the others' still went; polls catch up
+                if isinstance(result, datetime):  # the pushed fax's next step
+                    upcoming.append(result)
+                elif isinstance(result, Exception):  # one fax's news failed: the others' still went; polls catch up
                     log.error("simulator push failed", exc_info=result)
                 elif isinstance(result, BaseException):
                     raise result
-        return following
+        return min(upcoming, default=None)
 
-    async def _push_record(self, record: dict[str, Any], moment: datetime, sink: EventSink) -> None:
+    async def _push_record(self, record: dict[str, Any], moment: datetime, sink: EventSink) -> datetime | None:
+        """Push the fax's latest due step; returns when its next step is due (None when it is finished)."""
         timeline, submitted = record["timeline"], record["submitted_at"]
         index = record["emitted"]
         while index + 1 < len(timeline) and self._at(submitted, timeline[index + 1]["after"]) <= moment:
@@ -200,10 +203,12 @@ class Simulator:
         following = index + 1
         done = following >= len(timeline)
         update: dict[str, Any] = {"$set": {"emitted": following, "done": done}}
-        if done:
+        next_at = None if done else self._at(submitted, timeline[following]["after"])
+        if next_at is None:
             update["$unset"] = {"next_at": ""}
         else:
-            update["$set"]["next_at"] = self._at(submitted, timeline[following]["after"])
+            update["$set"]["next_at"] = next_at
         claimed = await self.collection.update_one({"_id": record["_id"], "emitted": record["emitted"]}, update)
         if claimed.modified_count == 1:
             await sink(self._event(record, step))
+        return next_at
