@@ -193,24 +193,38 @@ class Server:
 # -- sections -------------------------------------------------------------------------------------------
 
 
-def section_ops(server: Server, n: int) -> dict[str, Any]:
+def idle_rate(server: Server, seconds: float = 5.0) -> float:
+    """Operations a second while nothing is sent (driver heartbeats, the worker's idle queries)."""
     time.sleep(2)
-    idle_from, idle_start = server.operations(), time.perf_counter()
-    time.sleep(5)
-    idle_rate = (server.operations() - idle_from) / (time.perf_counter() - idle_start)
     before, started = server.operations(), time.perf_counter()
-    sending, ids = server.send_many(n, concurrency=4)
-    sent = server.operations()
+    time.sleep(seconds)
+    return (server.operations() - before) / (time.perf_counter() - started)
+
+
+def section_ops(server: Server, n: int, work: Path) -> dict[str, Any]:
+    """Per send: a second server without a worker (so no delivery runs meanwhile). Per delivered fax: this one."""
+    quiet = Server(work / "sends-only", server.speed, {"FHIR_FAX_WORKER_ENABLED": "false"})
+    try:
+        quiet.start_database()
+        quiet.start_app()
+        quiet.upload_document()
+        rate = idle_rate(quiet)
+        before, started = quiet.operations(), time.perf_counter()
+        quiet.send_many(n, concurrency=4)
+        per_send = (quiet.operations() - before - rate * (time.perf_counter() - started)) / n
+    finally:
+        quiet.stop()
+    rate = idle_rate(server)
+    before, started = server.operations(), time.perf_counter()
+    _, ids = server.send_many(n, concurrency=4)
     server.wait_delivered(ids, 300)
     time.sleep(0.5)  # the last Communication versions and audit events
-    done, elapsed = server.operations(), time.perf_counter() - started
-    per_send = (sent - before - idle_rate * sending) / n
-    total = (done - before - idle_rate * elapsed) / n
+    total = (server.operations() - before - rate * (time.perf_counter() - started)) / n
     delivered = server.count("fax_jobs", {"communication_id": {"$in": ids}, "status": "DELIVERED"})
     return {
         "faxes": n,
         "delivered": delivered,
-        "idle_ops_per_second": round(idle_rate, 1),
+        "idle_ops_per_second": round(rate, 1),
         "ops_per_send": round(per_send, 1),
         "ops_per_delivered_fax_including_send": round(total, 1),
     }
@@ -367,7 +381,7 @@ def main() -> None:
             server.upload_document()
             print(f"{section} ...", flush=True)
             if section == "ops":
-                report[section] = section_ops(server, args.ops_faxes)
+                report[section] = section_ops(server, args.ops_faxes, work)
             elif section == "drain":
                 report[section] = section_drain(server, args.faxes)
             elif section == "throughput":
