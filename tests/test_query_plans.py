@@ -173,6 +173,9 @@ async def test_jobs_written_before_due_times_get_theirs_at_start(fax_settings: S
         {"communication_id": communication_id},
         {"$unset": {"due_at": "", "check_at": ""}, "$set": {"synced": False}},
     )
+    await database.fax_jobs.create_index([("state", 1), ("next_attempt_at", 1)], name="due")  # as the old version had
     async with serving_fax(settings, database):
         job = await database.fax_jobs.find_one({"communication_id": communication_id})
     assert job["due_at"] == job["next_attempt_at"] and job["check_at"] == job["kill_at"] and "sync_at" in job
+    names = {index["name"] for index in await (await database.fax_jobs.list_indexes()).to_list(None)}
+    assert "due" not in names, "done once: the next start reads no job for it"

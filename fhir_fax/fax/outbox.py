@@ -46,6 +46,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.errors import OperationFailure
 
+from ..db import maybe_await
 from ..fhir.models import now
 from ..fhir.store import as_utc
 from .jobs import Job, JobState, OutboundStatus, Position, UnreadableJob
@@ -153,13 +154,16 @@ class Outbox:
         await self.collection.create_index("communication_id", name="communication", unique=True)
         for name in ("media", "rendered"):  # the access gate asks which faxes carry a document (fax/document_faxes.py)
             await self.collection.create_index(name, name=f"carries_{name}")
-        for name in OBSOLETE_INDEXES:
+        existing = {index["name"] async for index in await maybe_await(self.collection.list_indexes())}
+        obsolete = [name for name in OBSOLETE_INDEXES if name in existing]
+        if obsolete:  # written by a version before due times: give its jobs theirs, once (a read of every job)
+            await self.schedule_unscheduled()
+        for name in obsolete:
             with contextlib.suppress(OperationFailure):
                 await self.collection.drop_index(name)
-        await self.schedule_unscheduled()
 
     async def schedule_unscheduled(self) -> None:
-        """Give jobs written before due times existed theirs (at start-up; none after the first start)."""
+        """Give jobs written before due times existed theirs (the first start of this version only)."""
         unfinished = [JobState.QUEUED.value, JobState.ACTIVE.value, JobState.SUBMITTED.value]
         old = {"state": {"$in": unfinished}, "due_at": {"$exists": False}, "check_at": {"$exists": False}}
         async for document in self.collection.find(old):
