@@ -26,15 +26,19 @@ def bench_app(settings: Settings) -> FastAPI:
 
     @app.post("/bench/insert", include_in_schema=False)
     async def insert(request: Request) -> JSONResponse:
-        await module.guard.principal(request)
+        runtime = module.runtime
+        assert runtime is not None
+        await runtime.guard.principal(request)
         document = {"_id": str(uuid.uuid4()), **(await request.json())}
-        await module.guard.database["bench_baseline"].insert_one(document)
+        await runtime.database["bench_baseline"].insert_one(document)
         return JSONResponse({"id": document["_id"]})
 
     @app.get("/bench/read/{document_id}", include_in_schema=False)
     async def read(request: Request, document_id: str) -> JSONResponse:
-        await module.guard.principal(request)
-        document = await module.guard.database["bench_baseline"].find_one({"_id": document_id})
+        runtime = module.runtime
+        assert runtime is not None
+        await runtime.guard.principal(request)
+        document = await runtime.database["bench_baseline"].find_one({"_id": document_id})
         if document is None:
             return JSONResponse({"message": "not found"}, status_code=404)
         return JSONResponse(document)

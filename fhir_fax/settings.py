@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     # Delivery
     worker_enabled: bool = Field(default=True, description="Run the delivery worker inside `fhir-fax serve`.")
     worker_poll_seconds: float = Field(default=0.5, gt=0, description="How often an idle worker looks for work.")
+    worker_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Attempts one worker prepares and hands over at once (the carrier's own "
+        "declared limit, if lower, wins).",
+    )
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a worker may hold a job unrenewed.")
     retry_max_attempts: int = Field(default=3, ge=1, description="Attempts per fax (HylaFAX: 3 tries).")
     retry_delay_seconds: float = Field(default=180.0, ge=0, description="Wait before the first retry.")

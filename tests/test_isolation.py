@@ -52,9 +52,10 @@ async def poison(database: Any, communication_id: str) -> None:
 
 async def interrupted(database: Any, communication_id: str, **changes: Any) -> None:
     """The job moved on but its writer died before the Communication showed it (long enough ago)."""
+    a_minute_ago = now() - timedelta(minutes=1)
     await database.fax_jobs.update_one(
         {"communication_id": communication_id},
-        {"$set": {"synced": False, "last_news_at": now() - timedelta(minutes=1), **changes}},
+        {"$set": {"synced": False, "sync_at": a_minute_ago, "last_news_at": a_minute_ago, **changes}},
     )
 
 
@@ -72,8 +73,8 @@ async def test_a_poisoned_record_does_not_stop_kill_time_or_repair_for_the_other
     await poison(database, poisoned)
     past = now() - timedelta(seconds=1)
     # The poisoned fax comes first in every reconciliation query: unsynced, and past its kill time.
-    await interrupted(database, poisoned, kill_at=past)
-    await database.fax_jobs.update_one({"communication_id": late}, {"$set": {"kill_at": past}})
+    await interrupted(database, poisoned, kill_at=past, check_at=past)
+    await database.fax_jobs.update_one({"communication_id": late}, {"$set": {"kill_at": past, "check_at": past}})
     await interrupted(database, behind, status="PROCESSING", rank=1, position=11, state="active")
 
     with caplog.at_level(logging.WARNING, logger="fhir_fax"):
@@ -91,7 +92,7 @@ async def test_a_poisoned_record_does_not_stop_kill_time_or_repair_for_the_other
     await worker.reconcile()  # still within the back-off: not tried again
     assert (await job_of(database, poisoned))["repair"]["failures"] == 1
 
-    await interrupted(database, poisoned, **{"repair.after": past})
+    await interrupted(database, poisoned, **{"repair.after": past, "check_at": past})
     await worker.reconcile()  # due again: tried again, and the back-off grows
     again = await job_of(database, poisoned)
     assert again["repair"]["failures"] == 2
@@ -109,7 +110,7 @@ async def test_fifty_poisoned_jobs_do_not_starve_the_fifty_first(manual: Any, da
             for n in range(50)
         ]  # no attempt number: the kill-time step cannot even name the attempt it stops
     )
-    await database.fax_jobs.update_many({}, {"$set": {"kill_at": past}})
+    await database.fax_jobs.update_many({}, {"$set": {"kill_at": past, "check_at": past}})
     await worker.reconcile()
     await worker.reconcile()
     assert await status_of(api, template["communication_id"]) == ("stopped", "STOPPED")
@@ -130,8 +131,7 @@ async def test_a_job_the_worker_cannot_handle_is_set_aside_and_the_next_one_is_s
     assert job["lease_expires"] >= job["repair"]["after"] - timedelta(seconds=1), "nobody takes it over before then"
     assert any(job["_id"] in r.getMessage() for r in caplog.records)
 
-    assert await worker.step() is True
-    assert (await job_of(database, fine))["state"] == "submitted", "the next job was sent"
+    assert (await job_of(database, fine))["state"] == "submitted", "the next job was sent (taken in the same step)"
     assert await database.simulator_faxes.count_documents({}) == 1
     assert await worker.step() is False, "the broken job is not taken again during its back-off"
     assert (await job_of(database, broken))["repair"]["failures"] == 1
@@ -153,12 +153,18 @@ async def test_a_poll_applies_only_news_about_the_attempt_it_asked_for(
 ) -> None:
     api, worker = manual
     asked, other = await send(api), await send(api)
-    assert await worker.step() is True and await worker.step() is True
+    assert await worker.step() is True  # both taken (in one step: a worker has several attempts in hand)
     other_job = await job_of(database, other)
     # The record of "asked" names the carrier fax of "other" (a damaged record); "other" itself is not quiet.
     await database.fax_jobs.update_one(
         {"communication_id": asked},
-        {"$set": {"carrier_ids.1": other_job["carrier_ids"]["1"], "last_news_at": now() - timedelta(minutes=10)}},
+        {
+            "$set": {
+                "carrier_ids.1": other_job["carrier_ids"]["1"],
+                "last_news_at": now() - timedelta(minutes=10),
+                "check_at": now(),
+            }
+        },
     )
     await database.fax_jobs.update_one(
         {"communication_id": other}, {"$set": {"last_news_at": now() + timedelta(minutes=10)}}

@@ -143,6 +143,7 @@ class Job:
     documents: tuple[Mapping[str, Any], ...] | None = None
     cover: Mapping[str, Any] | None = None
     resend_of: str | None = None  # the Communication this fax sends again
+    last_news_at: datetime | None = None  # the last news of the attempt (or the last poll), for reconciliation
 
     @classmethod
     def of(cls, document: Mapping[str, Any]) -> Job:
@@ -192,6 +193,7 @@ class Job:
             documents=None if document.get("documents") is None else tuple(document["documents"]),
             cover=document.get("cover"),
             resend_of=document.get("resend_of"),
+            last_news_at=document.get("last_news_at"),
         )
 
     @property

@@ -15,28 +15,48 @@ back-off) and hands out jobs as ``jobs.Job`` read models, never as raw documents
 compare-and-set on the job document (the only coordination between workers, wherever they run, is the
 database), and only ever moves ``(attempt, rank)`` (``jobs.Position``) forward.
 
+Nothing periodic reads finished jobs. What must happen next to a job is a due time, and every periodic
+query is one range on one of them (a sparse index each, so a finished job is in none of them and the
+history of faxes ever sent costs nothing):
+
+- ``due_at``: when a worker may take the job: a queued job's next attempt, an active job's lease end
+  (a takeover). Only queued and active jobs have it.
+- ``check_at``: when reconciliation must look at a waiting job: a queued job's kill time; a submitted
+  job's next poll (no news for ``stuck_after``) or its kill time, whichever comes first.
+- ``sync_at``: while the Communication may lag behind the job (``synced=false``): when to bring it in
+  line if the writer that moved the job did not (it died in between).
+
 A job that could not be handled (its Communication no longer validates, a field is missing, the
 carrier's poll failed) is set aside: ``repair`` records the error, how many times it happened and
-when to try again (5 s, then doubling up to 10 minutes). No claim or reconciliation query returns a
-job before its ``repair.after``, so one bad record is retried slowly and never crowds out the rest.
+when to try again (5 s, then doubling up to 10 minutes), and each of its due times moves to then. So
+no claim or reconciliation query returns it before its ``repair.after``, and one bad record is retried
+slowly and never crowds out the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING
+from pymongo.errors import OperationFailure
 
+from ..db import maybe_await
 from ..fhir.models import now
+from ..fhir.store import as_utc
 from .jobs import Job, JobState, OutboundStatus, Position, UnreadableJob
 
 COLLECTION = "fax_jobs"
 REPAIR_FIRST_DELAY = 5.0  # seconds before a job set aside is tried again; doubles each time
 REPAIR_MAX_DELAY = 600.0
+SYNC_GRACE = timedelta(seconds=5)  # a Communication lagging this long behind its job is repaired by reconciliation
+DUE_FIELDS = ("due_at", "check_at", "sync_at")
+OBSOLETE_INDEXES = ("due", "leases", "news", "unsynced")  # flags and states scanned before due times existed
 log = logging.getLogger("fhir_fax.outbox")
 
 
@@ -77,6 +97,8 @@ class FaxJob:
             rank=self.status.rank,
             position=Position.of(self.attempt, self.status).key,
             next_attempt_at=self.created,
+            due_at=self.created,
+            check_at=self.kill_at,
             lease_owner=None,
             lease_expires=None,
             carrier_ids={},
@@ -84,11 +106,6 @@ class FaxJob:
             synced=True,
         )
         return data
-
-
-def _not_set_aside(moment: datetime) -> dict[str, Any]:
-    """Filter: jobs that are not waiting out a repair back-off (no ``repair``, or its time has come)."""
-    return {"repair.after": {"$not": {"$gt": moment}}}
 
 
 def repair_delay(failures: int) -> timedelta:
@@ -99,6 +116,28 @@ def repair_delay(failures: int) -> timedelta:
 def _forward_of(target: Position) -> dict[str, Any]:
     """Filter: jobs whose position is before ``target`` and that are not finished."""
     return {"state": {"$ne": JobState.DONE.value}, "position": {"$lt": target.key}}
+
+
+@dataclass
+class Claimed:
+    """What one claim took: the jobs to attempt, and how many records it took but set aside (not jobs)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    set_aside: int = 0
+    takeovers: set[str] = field(default_factory=set)  # jobs taken over from a lapsed lease (the carrier may have them)
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs) or self.set_aside > 0
+
+
+def _unsynced(moment: datetime) -> dict[str, Any]:
+    """Changes: the Communication lags behind the job from now on, until ``mark_synced``."""
+    return {"synced": False, "sync_at": moment + SYNC_GRACE}
+
+
+def next_check(moment: datetime, quiet: timedelta, kill_at: datetime) -> datetime:
+    """When reconciliation looks at a submitted job next: after ``quiet`` without news, or at its kill time."""
+    return min(moment + quiet, as_utc(kill_at))
 
 
 def _job(document: Mapping[str, Any] | None) -> Job | None:
@@ -115,15 +154,36 @@ class Outbox:
         self.collection = database[COLLECTION]
 
     async def ensure_indexes(self) -> None:
-        await self.collection.create_index([("state", ASCENDING), ("next_attempt_at", ASCENDING)], name="due")
+        for name in DUE_FIELDS:  # sparse: a finished job is in none of them
+            await self.collection.create_index(name, name=name, sparse=True)
         await self.collection.create_index("communication_id", name="communication", unique=True)
-        await self.collection.create_index([("state", ASCENDING), ("lease_expires", ASCENDING)], name="leases")
-        await self.collection.create_index([("state", ASCENDING), ("last_news_at", ASCENDING)], name="news")
-        # Reconciliation looks for jobs whose Communication lags (every second): without this it reads them all.
-        await self.collection.create_index([("synced", ASCENDING), ("last_news_at", ASCENDING)], name="unsynced")
         # The access gate asks which faxes carry a document (fax/document_faxes.py).
         for name in ("media", "rendered", "documents.media"):
             await self.collection.create_index(name, name=f"carries_{name.replace('.', '_')}")
+        existing = {index["name"] async for index in await maybe_await(self.collection.list_indexes())}
+        obsolete = [name for name in OBSOLETE_INDEXES if name in existing]
+        if obsolete:  # written by a version before due times: give its jobs theirs, once (a read of every job)
+            await self.schedule_unscheduled()
+        for name in obsolete:
+            with contextlib.suppress(OperationFailure):
+                await self.collection.drop_index(name)
+
+    async def schedule_unscheduled(self) -> None:
+        """Give jobs written before due times existed theirs (the first start of this version only)."""
+        unfinished = [JobState.QUEUED.value, JobState.ACTIVE.value, JobState.SUBMITTED.value]
+        old = {"state": {"$in": unfinished}, "due_at": {"$exists": False}, "check_at": {"$exists": False}}
+        async for document in self.collection.find(old):
+            state, moment = document.get("state"), now()
+            changes: dict[str, Any] = {}
+            if state == JobState.QUEUED.value:
+                changes = {"due_at": document.get("next_attempt_at") or moment, "check_at": document.get("kill_at")}
+            elif state == JobState.ACTIVE.value:
+                changes = {"due_at": document.get("lease_expires") or moment}
+            else:
+                changes = {"check_at": moment}
+            await self.collection.update_one({"_id": document["_id"]}, {"$set": changes})
+        lagging = {"synced": False, "sync_at": {"$exists": False}}
+        await self.collection.update_many(lagging, {"$set": {"sync_at": now()}})
 
     async def enqueue(self, job: FaxJob, *, session: Any = None) -> None:
         await self.collection.insert_one(job.document(), session=session)
@@ -149,50 +209,61 @@ class Outbox:
             return None
         return _job(await self.collection.find_one({"_id": where["_id"]}))
 
-    async def _take(
-        self, candidates: dict[str, Any], update: dict[str, Any], sort: list[tuple[str, int]] | None = None
-    ) -> Job | None:
-        """Claim one job matching ``candidates``: pick one, then compare-and-set it (another taker may win)."""
-        for _ in range(10):
-            candidate = await self.collection.find_one(candidates, {"_id": 1}, sort=sort)
-            if candidate is None:
-                return None
-            try:
-                job = await self._change({"_id": candidate["_id"], **candidates}, update)
-            except UnreadableJob as problem:  # taken, but not a job: held (lease) until its back-off ends
-                await self.put_aside_unreadable(problem, owner=update["$set"].get("lease_owner"))
-                raise
+    async def due(self, moment: datetime, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` jobs a worker may take now (queued and due, or active with a lapsed lease), oldest first."""
+        cursor = self.collection.find({"due_at": {"$lte": moment}}).sort("due_at", ASCENDING).limit(limit)
+        found: list[dict[str, Any]] = await cursor.to_list(None)
+        return found
+
+    async def claim(self, owner: str, lease: timedelta, limit: int = 1) -> Claimed:
+        """Take up to ``limit`` due jobs: one read for all of them, then a compare-and-set on each.
+
+        A queued job becomes PROCESSING for its attempt; an active one whose lease lapsed (its worker probably
+        died) is taken over. Another worker may win any of them, which is then simply not in the result.
+        A record that is not a job is taken (held under this worker's lease until its back-off ends) and set
+        aside. Each claim holds its own lease (``owner`` plus a token): when a job is taken over, even by the
+        same worker (its attempt outlived the lease), the first holder's renewal fails and it stands down.
+        """
+        moment = now()
+        claimed = Claimed()
+        for document in await self.due(moment, limit):
+            token = f"{owner}/{uuid.uuid4().hex[:8]}"
+            job = await self._claim_one(document, token, lease, moment, claimed)
             if job is not None:
-                return job
-        return None
+                claimed.jobs.append(job)
+        return claimed
 
-    async def claim_due(self, owner: str, lease: timedelta) -> Job | None:
-        """Take the next queued job that is due: it becomes PROCESSING for its attempt."""
-        moment = now()
-        processing = OutboundStatus.PROCESSING
-        return await self._take(
-            {"state": JobState.QUEUED.value, "next_attempt_at": {"$lte": moment}, **_not_set_aside(moment)},
-            {
-                "$set": {
-                    "state": JobState.ACTIVE.value,
-                    "status": processing.value,
-                    "rank": processing.rank,
-                    "lease_owner": owner,
-                    "lease_expires": moment + lease,
-                    "synced": False,
-                },
-                "$inc": {"position": processing.rank - OutboundStatus.QUEUED.rank},  # (attempt, QUEUED) -> PROCESSING
-            },
-            sort=[("next_attempt_at", ASCENDING)],
-        )
-
-    async def claim_abandoned(self, owner: str, lease: timedelta) -> Job | None:
-        """Take over an active job whose worker stopped renewing its lease (it probably died)."""
-        moment = now()
-        return await self._take(
-            {"state": JobState.ACTIVE.value, "lease_expires": {"$lt": moment}, **_not_set_aside(moment)},
-            {"$set": {"lease_owner": owner, "lease_expires": moment + lease}},
-        )
+    async def _claim_one(
+        self, document: dict[str, Any], owner: str, lease: timedelta, moment: datetime, claimed: Claimed
+    ) -> Job | None:
+        state, expires = document.get("state"), moment + lease
+        where: dict[str, Any] = {"_id": document["_id"], "state": state, "due_at": {"$lte": moment}}
+        changes: dict[str, Any] = {"lease_owner": owner, "lease_expires": expires, "due_at": expires}
+        update: dict[str, Any]
+        if state == JobState.QUEUED.value:
+            processing = OutboundStatus.PROCESSING
+            where["attempt"] = document.get("attempt")
+            changes.update(state=JobState.ACTIVE.value, status=processing.value, rank=processing.rank)
+            changes.update(_unsynced(moment))
+            # (attempt, QUEUED) -> (attempt, PROCESSING)
+            update = {"$set": changes, "$unset": {"check_at": ""}, "$inc": {"position": processing.rank}}
+            position = {"position": int(document.get("position", 0)) + processing.rank}
+        elif state == JobState.ACTIVE.value:
+            where["lease_expires"] = {"$lt": moment}
+            update, position = {"$set": changes}, {}
+            claimed.takeovers.add(str(document["_id"]))
+        else:  # finished or handed over since it was scheduled: it has nothing left to claim
+            await self.collection.update_one({"_id": document["_id"], "state": state}, {"$unset": {"due_at": ""}})
+            return None
+        result = await self.collection.update_one(where, update)
+        if result.matched_count != 1:
+            return None
+        try:
+            return Job.of({**document, **changes, **position})  # exactly what the compare-and-set wrote
+        except UnreadableJob as problem:  # taken, but not a job: held (lease) until its back-off ends
+            await self.put_aside_unreadable(problem, owner=owner)
+            claimed.set_aside += 1
+            return None
 
     async def renew(self, job: Job, owner: str, lease: timedelta) -> bool:
         """Extend this worker's lease on an attempt it still holds; False when another worker took the job over.
@@ -200,41 +271,58 @@ class Outbox:
         Checked right before the hand-over to the carrier: a worker whose lease ran out while it prepared the
         document must not submit, because the worker that took over has asked the carrier and submitted itself.
         """
-        result = await self.collection.update_one(_held(job, owner), {"$set": {"lease_expires": now() + lease}})
+        expires = now() + lease
+        result = await self.collection.update_one(
+            _held(job, owner), {"$set": {"lease_expires": expires, "due_at": expires}}
+        )
         return bool(result.modified_count == 1)
 
     # -- transitions ---------------------------------------------------------------------------------
 
-    async def record_submission(self, job: Job, owner: str, carrier: str, carrier_id: str) -> bool:
-        """The carrier accepted the attempt: remember its id before anything else happens."""
-        result = await self.collection.update_one(
-            _held(job, owner),
-            {
-                "$set": {
-                    "state": JobState.SUBMITTED.value,
-                    "carrier": carrier,
-                    f"carrier_ids.{job.attempt}": carrier_id,
-                    "lease_owner": None,
-                    "lease_expires": None,
-                    "last_news_at": now(),
-                }
-            },
-        )
+    async def record_submission(
+        self, job: Job, owner: str, carrier: str, carrier_id: str, quiet: timedelta, *, shown: bool = False
+    ) -> bool:
+        """The carrier accepted the attempt: remember its id before anything else happens.
+
+        Reconciliation looks at the job again after ``quiet`` without news (a poll), or at its kill time.
+        ``shown``: the Communication shows ``job``'s status; recorded here too (``mark_synced`` in the same
+        write) unless news moved the job on meanwhile.
+        """
+        moment = now()
+        changes = {
+            "state": JobState.SUBMITTED.value,
+            "carrier": carrier,
+            f"carrier_ids.{job.attempt}": carrier_id,
+            "lease_owner": None,
+            "lease_expires": None,
+            "last_news_at": moment,
+            "check_at": next_check(moment, quiet, job.kill_at),
+        }
+        if shown:
+            in_line = {**_held(job, owner), "rank": job.position.rank}
+            synced = {"$set": {**changes, "synced": True}, "$unset": {"due_at": "", "sync_at": "", "repair": ""}}
+            if (await self.collection.update_one(in_line, synced)).modified_count == 1:
+                return True
+        result = await self.collection.update_one(_held(job, owner), {"$set": changes, "$unset": {"due_at": ""}})
         return bool(result.modified_count == 1)
 
     async def advance(self, fax_id: str, attempt: int, status: OutboundStatus, extra: dict[str, Any]) -> Job | None:
         """Move to ``status`` of ``attempt`` if that is forward; returns the job after, or None."""
         target = Position.of(attempt, status)
+        moment = now()
         changes = {
             "attempt": attempt,
             "status": status.value,
             "rank": target.rank,
             "position": target.key,
-            "synced": False,
-            "last_news_at": now(),
+            **_unsynced(moment),
+            "last_news_at": moment,
             **extra,
         }
-        return await self._change({"_id": fax_id, **_forward_of(target)}, {"$set": changes})
+        update: dict[str, Any] = {"$set": changes}
+        if target.final:  # nothing is due for a finished job but bringing its Communication in line
+            update["$unset"] = {"due_at": "", "check_at": ""}
+        return await self._change({"_id": fax_id, **_forward_of(target)}, update)
 
     async def fail_attempt(
         self,
@@ -244,16 +332,24 @@ class Outbox:
         retry_at: datetime | None,
         *,
         holder: str | None = None,
+        kill_at: datetime | None = None,
     ) -> Job | None:
-        """Attempt ``attempt`` failed: queue the next one at ``retry_at``, or stop for good if None."""
+        """Attempt ``attempt`` failed: queue the next one at ``retry_at``, or stop for good if None.
+
+        ``kill_at``: the fax's kill time, when reconciliation stops a retry no worker took in time (without it,
+        reconciliation looks at the retry when it is due).
+        """
+        moment = now()
+        unset: dict[str, Any] = {}
         if retry_at is None:
             status, state = OutboundStatus.STOPPED, JobState.DONE
             target = Position.of(attempt, status)
             moves: dict[str, Any] = {}
+            unset = {"due_at": "", "check_at": ""}
         else:
             status, state = OutboundStatus.QUEUED, JobState.QUEUED
             target = Position.of(attempt + 1, status)
-            moves = {"next_attempt_at": retry_at}
+            moves = {"next_attempt_at": retry_at, "due_at": retry_at, "check_at": kill_at or retry_at}
         changes = {
             "attempt": target.attempt,
             "status": status.value,
@@ -261,23 +357,23 @@ class Outbox:
             "state": state.value,
             **moves,
             "position": target.key,
-            "synced": False,
-            "last_news_at": now(),
-            "finished_at": now(),
+            **_unsynced(moment),
+            "last_news_at": moment,
+            "finished_at": moment,
             "lease_owner": None,
             "lease_expires": None,
         }
         held = {"state": JobState.ACTIVE.value, "lease_owner": holder} if holder is not None else {}
-        return await self._change(
-            {"_id": fax_id, **_forward_of(target), **held},
-            {"$set": changes, "$push": {"failures": failure}},
-        )
+        update: dict[str, Any] = {"$set": changes, "$push": {"failures": failure}}
+        if unset:
+            update["$unset"] = unset
+        return await self._change({"_id": fax_id, **_forward_of(target), **held}, update)
 
     async def mark_synced(self, job: Job) -> None:
         """``job``'s Communication shows its status (unless the job has moved on since)."""
         await self.collection.update_one(
             {"_id": job.id, "attempt": job.attempt, "rank": job.position.rank},
-            {"$set": {"synced": True}, "$unset": {"repair": ""}},
+            {"$set": {"synced": True}, "$unset": {"repair": "", "sync_at": ""}},
         )
 
     async def record_rendering(self, fax_id: str, rendering: str) -> None:
@@ -287,42 +383,49 @@ class Outbox:
     async def set_aside(self, fax_id: str, error: str, owner: str | None = None) -> datetime:
         """Record that handling the job failed; returns when it may be tried again.
 
-        ``owner``: the worker holding the job's lease keeps it until then, so no other worker
-        takes it over earlier.
+        Each due time the job has moves to then, so no claim or reconciliation query returns it earlier.
+        ``owner``: the worker holding the job's lease keeps it until then, so no other worker takes it over
+        earlier.
         """
-        stored = await self.collection.find_one({"_id": fax_id}, {"repair": 1})
+        stored = await self.collection.find_one({"_id": fax_id}, {"repair": 1, **{name: 1 for name in DUE_FIELDS}})
         previous = (stored or {}).get("repair") or {}
         count = previous.get("failures")
         failures = (count if isinstance(count, int) else 0) + 1
         moment = now()
         after = moment + repair_delay(failures)
         repair = {"failures": failures, "error": error[:1000], "at": moment, "after": after}
-        await self.collection.update_one({"_id": fax_id}, {"$set": {"repair": repair}})
+        later = {name: after for name in DUE_FIELDS if stored is not None and name in stored}
+        update: dict[str, Any] = {"$set": {"repair": repair}}
+        if later:
+            update["$max"] = later
+        await self.collection.update_one({"_id": fax_id}, update)
         if owner is not None:
             held = {"_id": fax_id, "state": JobState.ACTIVE.value, "lease_owner": owner}
-            await self.collection.update_one(held, {"$set": {"lease_expires": after}})
+            await self.collection.update_one(held, {"$set": {"lease_expires": after, "due_at": after}})
         return after
 
     # -- reconciliation ------------------------------------------------------------------------------
 
-    async def quiet_submissions(self, older_than: datetime, limit: int = 50) -> list[Job]:
-        """Submitted jobs with no news since ``older_than`` (a lost webhook, perhaps)."""
-        where = {"state": JobState.SUBMITTED.value, "last_news_at": {"$lt": older_than}, **_not_set_aside(now())}
-        return await self._list(where, limit)
+    async def to_check(self, moment: datetime, limit: int = 50) -> list[Job]:
+        """Waiting jobs reconciliation must look at now: a kill time reached, or a submission gone quiet."""
+        return await self._list({"check_at": {"$lte": moment}}, limit)
 
-    async def touch(self, fax_id: str) -> None:
-        await self.collection.update_one({"_id": fax_id}, {"$set": {"last_news_at": now()}})
+    async def unsynced(self, moment: datetime, limit: int = 50) -> list[Job]:
+        """Jobs whose Communication may still lag behind them (a writer died in between)."""
+        return await self._list({"sync_at": {"$lte": moment}}, limit)
 
-    async def unsynced(self, older_than: datetime, limit: int = 50) -> list[Job]:
-        """Jobs whose Communication may not show their latest status yet (a writer died in between)."""
-        where = {"synced": False, "last_news_at": {"$lt": older_than}, **_not_set_aside(now())}
-        return await self._list(where, limit)
+    async def check_later(self, job: Job, at: datetime | None, *, polled: bool = False) -> None:
+        """Reconciliation looked at ``job``: look again at ``at`` (None: never; it is with a worker or finished).
 
-    async def past_kill_time(self, moment: datetime, limit: int = 50) -> list[Job]:
-        """Jobs not with a worker and not finished whose kill time has passed."""
-        waiting = [JobState.QUEUED.value, JobState.SUBMITTED.value]
-        where = {"state": {"$in": waiting}, "kill_at": {"$lt": moment}, **_not_set_aside(moment)}
-        return await self._list(where, limit)
+        ``polled``: the carrier was just asked, which counts as news (the next poll waits a full quiet period).
+        """
+        changes: dict[str, Any] = {"last_news_at": now()} if polled else {}
+        update: dict[str, Any] = {"$unset": {"check_at": ""}} if at is None else {}
+        if at is not None:
+            changes["check_at"] = at
+        if changes:
+            update["$set"] = changes
+        await self.collection.update_one({"_id": job.id, "state": job.state.value}, update)
 
     async def _list(self, where: dict[str, Any], limit: int) -> list[Job]:
         """The jobs matching ``where``; damaged records among them are set aside (back-off) and left out."""

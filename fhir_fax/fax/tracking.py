@@ -91,7 +91,7 @@ class Tracker:
         retry_at = None if final else self.retry.retry_at(attempt, failure, now(), job.kill_at)
         message = failure.message or "The carrier reported a failure without a reason."
         record = {"attempt": attempt, "code": failure.code, "message": message, "at": at, "retry_at": retry_at}
-        updated = await self.outbox.fail_attempt(fax_id, attempt, record, retry_at, holder=holder)
+        updated = await self.outbox.fail_attempt(fax_id, attempt, record, retry_at, holder=holder, kill_at=job.kill_at)
         if updated is None:
             return False
         fields = {"fax": fax_id, "attempt": attempt, "code": failure.code}
@@ -104,10 +104,12 @@ class Tracker:
         await self.sync(updated)
         return True
 
-    async def sync(self, job: Job) -> None:
+    async def sync(self, job: Job, *, mark: bool = True) -> bool:
         """Make the Communication show ``job``'s status (no-op if it already does or is further on).
 
-        On failure the job stays unsynced and is set aside with back-off; nothing is raised.
+        On failure the job stays unsynced and is set aside with back-off; nothing is raised. True when the
+        Communication shows it; ``mark`` False leaves recording that on the job to the caller's next write of
+        it (the worker's hand-over), which saves a write.
         """
         try:
             updated = await self.store.modify("Communication", job.communication_id, lambda c: show_job(c, job))
@@ -118,8 +120,10 @@ class Tracker:
         except Exception as error:
             stop_if_cancelled()
             await self.set_aside(job, "its Communication could not be updated", error)
-            return
-        await self.outbox.mark_synced(job)
+            return False
+        if mark:
+            await self.outbox.mark_synced(job)
+        return True
 
     async def set_aside(self, job: Job, what: str, error: BaseException, owner: str | None = None) -> None:
         """Log why ``job`` could not be handled and leave it for later (growing back-off), never for good."""

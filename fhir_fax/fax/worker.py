@@ -1,7 +1,9 @@
 """The delivery worker: claims due jobs, hands them to the carrier, and reconciles what went quiet.
 
 Runs inside ``fhir-fax serve`` (by default) or alone as ``fhir-fax worker``; any number may run
-at once against one database, which is their only coordination.
+at once against one database, which is their only coordination. One worker has up to ``slots``
+attempts in hand at once (``FHIR_FAX_WORKER_CONCURRENCY``, lowered to what the carrier declares),
+each in its own task, and spaces its submissions by the carrier's declared rate (``pacing``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -22,11 +24,12 @@ from ..fhir.store import as_utc
 from ..settings import Settings
 from ..z3.locations import Z3Location, parse_z3_url
 from ..z3.store import Z3Store
+from . import pacing
 from .documents import DocumentProblem, count_pages, run_pdfium, sniff_type
 from .faults import crash_point
-from .jobs import Job, UnreadableJob
+from .jobs import Job, JobState
 from .media import pinned_document
-from .outbox import Outbox
+from .outbox import Outbox, next_check
 from .packet import packet_submission
 from .render import render_fax, rendering_location
 from .status import Failure
@@ -47,12 +50,18 @@ class Worker:
         self.z3 = z3
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = timedelta(seconds=settings.lease_seconds)
+        self.quiet = timedelta(seconds=settings.stuck_after_seconds)  # poll the carrier after this long without news
+        self.slots = pacing.slots(settings.worker_concurrency, transport.capabilities)
+        self.pace = pacing.Pace(transport.capabilities.rate_per_second)
         self._last_reconcile = 0.0
+        self._running: set[asyncio.Task[None]] | None = None  # attempts in progress, while ``run`` runs
+        self._renderings: dict[tuple[str, str], asyncio.Future[bytes]] = {}
 
     async def run(self) -> None:
-        """Work until cancelled."""
+        """Work until cancelled: each claimed attempt runs in its own task, up to ``slots`` at once."""
         await self.transport.start(self.tracker.apply)
-        log.info("worker %s started (carrier: %s)", self.owner, self.transport.name)
+        log.info("worker %s started (carrier: %s, %s at once)", self.owner, self.transport.name, self.slots)
+        running = self._running = set()
         try:
             while True:
                 try:
@@ -62,68 +71,96 @@ class Worker:
                     log.exception("worker step failed; continuing")
                     busy = False
                 if not busy:
-                    await asyncio.sleep(self.settings.worker_poll_seconds)
+                    await self._wait(running)
         finally:
+            self._running = None
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
             await self.transport.stop()
 
-    async def step(self) -> bool:
-        """Reconcile when it is due, then do one job if there is one (True when a job was taken).
+    async def _wait(self, running: set[asyncio.Task[None]]) -> None:
+        """Until the next look for work: the poll interval, or, with every slot taken, until an attempt ends."""
+        if len(running) >= self.slots:
+            await asyncio.wait(running, timeout=RECONCILE_EVERY, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(self.settings.worker_poll_seconds)
 
-        Reconciliation is due once a second whether or not jobs are waiting: under a steady backlog it
-        would otherwise never run, and kill time, polls of quiet faxes and repairs would wait for a lull.
+    async def step(self) -> bool:
+        """Reconcile when it is due, then take as many due jobs as there are free slots (True when any was taken).
+
+        Under ``run`` the attempts continue in their own tasks and this returns at once; called alone (tests,
+        ``fhir-fax send``) it returns when they are done. Reconciliation is due once a second whether or not
+        jobs are waiting: under a steady backlog it would otherwise never run, and kill time, polls of quiet
+        faxes and repairs would wait for a lull.
         """
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_reconcile >= RECONCILE_EVERY:
             self._last_reconcile = loop.time()
             await self.reconcile()
-        try:
-            job = await self.claim()
-        except UnreadableJob:  # taken but not a job: the outbox set it aside, held by this worker until its back-off
-            return True
-        if job is None:
+        running = self._running
+        free = self.slots - (len(running) if running is not None else 0)
+        if free <= 0:
             return False
-        await self.isolated(job, "the attempt could not be made", lambda: self.attempt(job), hold=True)
-        return True
+        claimed = await self.outbox.claim(self.owner, self.lease, free)
+        attempts = [
+            self.isolated(
+                job, "the attempt could not be made", partial(self.attempt, job, job.id in claimed.takeovers), hold=True
+            )
+            for job in claimed.jobs
+        ]
+        if running is None:
+            await asyncio.gather(*attempts)
+        else:
+            for attempt in attempts:
+                task = asyncio.create_task(attempt)
+                running.add(task)
+                task.add_done_callback(running.discard)
+        return bool(claimed)  # a record that is not a job was taken too: the outbox set it aside
 
-    async def claim(self) -> Job | None:
-        """An abandoned attempt first (its worker died), else the next due one."""
-        job = await self.outbox.claim_abandoned(self.owner, self.lease)
-        return job if job is not None else await self.outbox.claim_due(self.owner, self.lease)
+    async def attempt(self, job: Job, takeover: bool = True) -> None:
+        """Prepare and hand over one attempt; a takeover first asks the carrier whether it has it.
 
-    async def attempt(self, job: Job) -> None:
-        """Prepare and hand over one attempt; a takeover first asks the carrier whether it has it."""
+        ``takeover`` False: the attempt was queued, so it was never handed over (a retry is a new attempt, and an
+        attempt the carrier may have taken stays with a worker until taken over); the carrier is not asked.
+        """
         attempt, reference = job.attempt, job.reference
-        fields = {"fax": job.id, "attempt": attempt, "worker": self.owner}
-        log.info("fax %s attempt %s claimed by %s", job.id, attempt, self.owner, extra=fields)
+        holder = job.lease_owner or self.owner  # this claim's own lease: a takeover, even by this worker, ends it
+        fields = {"fax": job.id, "attempt": attempt, "worker": holder}
+        log.info("fax %s attempt %s claimed by %s", job.id, attempt, holder, extra=fields)
         if as_utc(job.kill_at) <= now():  # claimed late (workers were down): it is stopped, never sent
-            await self.tracker.fail(job.id, attempt, PAST_KILL_TIME, now(), final=True, holder=self.owner)
+            await self.tracker.fail(job.id, attempt, PAST_KILL_TIME, now(), final=True, holder=holder)
             return
-        await self.tracker.sync(job)  # PROCESSING
+        shown = await self.tracker.sync(job, mark=False)  # PROCESSING; recorded with the hand-over
         crash_point("after-claim")
-        already = await self.transport.find(reference, job.to_number, job.created)
+        already = await self.transport.find(reference, job.to_number, job.created) if takeover else None
         if already is not None:
             log.info("fax %s attempt %s: the carrier already has it as %s", job.id, attempt, already, extra=fields)
-            await self.outbox.record_submission(job, self.owner, self.transport.name, already)
+            await self.outbox.record_submission(job, holder, self.transport.name, already, self.quiet, shown=shown)
             return
         try:
             submission = await self.prepare(job, reference)
         except DocumentProblem as problem:
             failure = Failure("FAILED", str(problem))
-            await self.tracker.fail(job.id, attempt, failure, now(), final=True, holder=self.owner)
+            await self.tracker.fail(job.id, attempt, failure, now(), final=True, holder=holder)
             return
-        if not await self.outbox.renew(job, self.owner, self.lease):
+        await self.pace.wait()  # the carrier's declared rate; before the renewal, so waiting never costs the lease
+        if not await self.outbox.renew(job, holder, self.lease):
             log.info("fax %s attempt %s: taken over while preparing", job.id, attempt, extra=fields)
             return
         try:
             carrier_id = await self.transport.submit(submission)
         except TransportError as error:
             if error.maybe_taken:  # no answer is not a refusal: the takeover asks the carrier before any resend
-                await self.tracker.set_aside(job, "the carrier gave no answer to the hand-over", error, self.owner)
+                await self.tracker.set_aside(job, "the carrier gave no answer to the hand-over", error, holder)
                 return
-            await self.tracker.fail(job.id, attempt, Failure(error.code, error.message), now(), holder=self.owner)
+            await self.tracker.fail(job.id, attempt, Failure(error.code, error.message), now(), holder=holder)
             return
         crash_point("after-submit")
-        if not await self.outbox.record_submission(job, self.owner, self.transport.name, carrier_id):
+        recorded = await self.outbox.record_submission(
+            job, holder, self.transport.name, carrier_id, self.quiet, shown=shown
+        )
+        if not recorded:
             log.info("fax %s attempt %s: the job moved on while submitting", job.id, attempt, extra=fields)
         crash_point("after-record")
 
@@ -153,8 +190,30 @@ class Worker:
     async def rendered(self, job: Job, location: Z3Location, document: bytes) -> bytes:
         """The fax-line rendering (TIFF Class F) of the pinned version, made once and kept in Z3 beside the original.
 
-        Found again by the version it renders (never by its name, which any uploader could write to).
+        Found again by the version it renders (never by its name, which any uploader could write to). Attempts
+        of this worker that need the same rendering at once wait for the one that makes it.
         """
+        key = (str(job.media_version if job.media_version is not None else job.media), job.quality)
+        pending = self._renderings.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        made: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._renderings[key] = made
+        try:
+            tiff = await self._render(job, location, document)
+        except asyncio.CancelledError:
+            made.cancel()
+            raise
+        except Exception as error:
+            made.set_exception(error)
+            made.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._renderings[key]
+        made.set_result(tiff)
+        return tiff
+
+    async def _render(self, job: Job, location: Z3Location, document: bytes) -> bytes:
         target = rendering_location(location, job.quality)
         source = job.media_version
         if source is not None:
@@ -180,27 +239,41 @@ class Worker:
             await work()
         except Exception as error:
             stop_if_cancelled()
-            await self.tracker.set_aside(job, what, error, self.owner if hold else None)
+            await self.tracker.set_aside(job, what, error, (job.lease_owner or self.owner) if hold else None)
 
     async def reconcile(self) -> None:
-        """Poll the carrier for quiet faxes, enforce kill time, finish interrupted Communication updates.
+        """Stop faxes at their kill time, poll the carrier for quiet ones, finish interrupted Communication updates.
 
-        Each job is handled on its own (``isolated``): one that fails is set aside with back-off and
-        the pass goes on, so kill time and repairs keep working for every other fax. Kill time comes
-        before repairs so that a job whose Communication cannot be repaired is still stopped on time.
+        Only what is due is read (``Outbox.to_check``, ``Outbox.unsynced``: one indexed range each), so the
+        cost does not grow with the faxes ever sent. Each job is handled on its own (``isolated``): one that
+        fails is set aside with back-off and the pass goes on, so kill time and repairs keep working for every
+        other fax. Kill time comes before repairs so that a job whose Communication cannot be repaired is
+        still stopped on time.
         """
         moment = now()
-        quiet_since = moment - timedelta(seconds=self.settings.stuck_after_seconds)
-        for job in await self.outbox.quiet_submissions(quiet_since):
-            await self.isolated(job, "the carrier could not be polled", partial(self.poll_one, job))
-        for job in await self.outbox.past_kill_time(moment):
-            await self.isolated(
-                job,
-                "it could not be stopped at its kill time",
-                partial(self.tracker.fail, job.id, job.attempt, PAST_KILL_TIME, moment, final=True),
-            )
-        for job in await self.outbox.unsynced(moment - timedelta(seconds=5)):
+        for job in await self.outbox.to_check(moment):
+            await self.isolated(job, "it could not be checked (kill time, poll)", partial(self.check, job, moment))
+        for job in await self.outbox.unsynced(moment):
             await self.isolated(job, "its Communication could not be updated", partial(self.tracker.sync, job))
+
+    async def check(self, job: Job, moment: datetime) -> None:
+        """A waiting job is due for a look: stop it at its kill time, else poll it if it went quiet."""
+        kill_at = as_utc(job.kill_at)
+        waiting = job.state in (JobState.QUEUED, JobState.SUBMITTED)
+        if waiting and kill_at <= moment:
+            if not await self.tracker.fail(job.id, job.attempt, PAST_KILL_TIME, moment, final=True):
+                await self.outbox.check_later(job, None)  # it moved on meanwhile: its new state has its own times
+            return
+        if job.state is JobState.SUBMITTED:
+            quiet_until = as_utc(job.last_news_at or moment) + self.quiet
+            if quiet_until > moment:  # news came since this look was planned: look again once it goes quiet
+                await self.outbox.check_later(job, min(quiet_until, kill_at))
+            else:
+                await self.poll_one(job)
+        elif job.state is JobState.QUEUED:
+            await self.outbox.check_later(job, kill_at)
+        else:  # with a worker, or finished: nothing for reconciliation until it is waiting again
+            await self.outbox.check_later(job, None)
 
     async def poll_one(self, job: Job) -> None:
         """Ask the carrier about the job's current attempt; only news about that very attempt is applied."""
@@ -214,7 +287,7 @@ class Worker:
                         "fax %s attempt %s: the carrier's fax %s reports %r; ignored",
                         job.id, job.attempt, carrier_id, event.reference, extra={"fax": job.id},
                     )  # fmt: skip
-        await self.outbox.touch(job.id)
+        await self.outbox.check_later(job, next_check(now(), self.quiet, job.kill_at), polled=True)
 
 
 def create_worker(settings: Settings, database: Any) -> Worker:

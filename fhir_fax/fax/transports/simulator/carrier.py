@@ -15,6 +15,12 @@ servers. Destination numbers choose the outcome:
 | 0005 | UNKNOWN (a failure with no reason) |
 | 0006 | BUSY on the first attempt, delivered on later ones |
 | anything else | delivered |
+
+Like a real carrier's status callbacks, its news is pushed when it happens: the push wakes at the next
+step's time (never more often than ``tick``, and at least every ``IDLE_WAIT`` for faxes submitted by other
+processes), so an idle simulator costs one indexed query a second. When several steps of one fax are due
+at one wake (a fast clock), only the latest is pushed: the earlier ones are already superseded, as a
+carrier's last state is what a late callback carries. ``poll`` still reports every step.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo.errors import OperationFailure
 
 from ....db import stop_if_cancelled
 from ....fhir.models import now
+from ....fhir.store import as_utc
 from ...status import FAILURE_MESSAGES, Failure, StatusEvent
 from ..base import Capabilities, EventSink, Submission
 
@@ -38,6 +45,8 @@ log = logging.getLogger("fhir_fax.simulator")
 COLLECTION = "simulator_faxes"
 SECONDS_PER_PAGE = {"standard": 10.0, "fine": 20.0, "superfine": 40.0}
 PROCESSING_AFTER, SENDING_AFTER = 2.0, 4.0
+PUSH_AT_ONCE = 16  # faxes whose news is applied at once
+IDLE_WAIT = 1.0  # seconds: the longest the push sleeps (faxes another process submitted are found by then)
 OUTCOMES = {"0002": "BUSY", "0003": "NO_ANSWER", "0004": "FAILED", "0486": "486", "0005": "UNKNOWN"}
 
 
@@ -59,10 +68,15 @@ class Simulator:
         self.speed = speed
         self.tick = tick
         self._task: asyncio.Task[None] | None = None
+        self._soonest: datetime | None = None  # the first step of a fax submitted since the push last looked
+        self._submitted = asyncio.Event()
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index("reference", name="reference")
-        await self.collection.create_index([("done", ASCENDING), ("next_at", ASCENDING)], name="due")
+        # Only faxes still in the air have a next step (``next_at``): the push reads those, never the finished.
+        await self.collection.create_index("next_at", name="next_step", sparse=True)
+        with contextlib.suppress(OperationFailure):
+            await self.collection.drop_index("due")  # (done, next_at): read every finished fax's entry
 
     async def start(self, sink: EventSink) -> None:
         await self.ensure_indexes()
@@ -99,6 +113,9 @@ class Simulator:
                 "done": False,
             }
         )
+        first = self._at(submitted, timeline[0]["after"])
+        self._soonest = first if self._soonest is None else min(self._soonest, first)
+        self._submitted.set()
         return carrier_id
 
     async def find(self, reference: str, to_number: str, since: datetime) -> str | None:
@@ -129,27 +146,70 @@ class Simulator:
         return StatusEvent(record["reference"], step["status"], at, pages=pages, failure=failure, source="simulator")
 
     async def _push(self, sink: EventSink) -> None:
-        """Deliver each due step once (compare-and-set on ``emitted``, so several processes may run this)."""
+        """Deliver due steps (compare-and-set on ``emitted``, so several processes may run this), then sleep
+        until the next step is due, a fax is submitted, or ``IDLE_WAIT`` has passed."""
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
+            following: datetime | None = None
             try:
-                await self._push_due(sink)
+                following = await self._push_due(sink)
             except Exception:  # keep the simulated carrier alive; the poller reconciles what was missed
                 stop_if_cancelled()
                 log.exception("simulator push failed")
-            await asyncio.sleep(self.tick)
+            await self._sleep_until(following, started)
 
-    async def _push_due(self, sink: EventSink) -> None:
+    async def _sleep_until(self, following: datetime | None, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._soonest = None
+        self._submitted.clear()
+        while True:
+            soonest = min((t for t in (following, self._soonest) if t is not None), default=None)
+            wait = IDLE_WAIT if soonest is None else min(IDLE_WAIT, (soonest - now()).total_seconds())
+            wait = max(wait, self.tick - (loop.time() - started))  # never more often than ``tick``
+            if wait <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._submitted.wait(), wait)
+            except TimeoutError:
+                return
+            self._submitted.clear()  # a submission: its first step may come before the planned wake
+
+    async def _push_due(self, sink: EventSink) -> datetime | None:
+        """Push what is due; returns when the next step not yet due is (within ``IDLE_WAIT``), if any."""
         moment = now()
-        due = await self.collection.find({"done": False, "next_at": {"$lte": moment}}).limit(100).to_list(None)
-        for record in due:
-            index = record["emitted"]
-            step = record["timeline"][index]
-            following = index + 1
-            done = following >= len(record["timeline"])
-            next_at = None if done else self._at(record["submitted_at"], record["timeline"][following]["after"])
-            claimed = await self.collection.update_one(
-                {"_id": record["_id"], "emitted": index},
-                {"$set": {"emitted": following, "done": done, "next_at": next_at}},
-            )
-            if claimed.modified_count == 1:
-                await sink(self._event(record, step))
+        horizon = moment + timedelta(seconds=IDLE_WAIT)
+        pending = await self.collection.find({"next_at": {"$lte": horizon}}).sort("next_at", 1).limit(200).to_list(None)
+        due = [record for record in pending if as_utc(record["next_at"]) <= moment]
+        upcoming = [as_utc(r["next_at"]) for r in pending if as_utc(r["next_at"]) > moment]
+        for start in range(0, len(due), PUSH_AT_ONCE):  # news of different faxes is independent: applied together
+            batch = due[start : start + PUSH_AT_ONCE]
+            results = await asyncio.gather(*(self._push_record(r, moment, sink) for r in batch), return_exceptions=True)
+            for result in results:
+                if isinstance(result, datetime):  # the pushed fax's next step
+                    upcoming.append(result)
+                elif isinstance(result, Exception):  # one fax's news failed: the others' still went; polls catch up
+                    log.error("simulator push failed", exc_info=result)
+                elif isinstance(result, BaseException):
+                    raise result
+        return min(upcoming, default=None)
+
+    async def _push_record(self, record: dict[str, Any], moment: datetime, sink: EventSink) -> datetime | None:
+        """Push the fax's latest due step; returns when its next step is due (None when it is finished)."""
+        timeline, submitted = record["timeline"], record["submitted_at"]
+        index = record["emitted"]
+        while index + 1 < len(timeline) and self._at(submitted, timeline[index + 1]["after"]) <= moment:
+            index += 1  # a later step is due as well: the earlier one is superseded
+        step = timeline[index]
+        following = index + 1
+        done = following >= len(timeline)
+        update: dict[str, Any] = {"$set": {"emitted": following, "done": done}}
+        next_at = None if done else self._at(submitted, timeline[following]["after"])
+        if next_at is None:
+            update["$unset"] = {"next_at": ""}
+        else:
+            update["$set"]["next_at"] = next_at
+        claimed = await self.collection.update_one({"_id": record["_id"], "emitted": record["emitted"]}, update)
+        if claimed.modified_count == 1:
+            await sink(self._event(record, step))
+        return next_at

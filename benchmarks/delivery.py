@@ -1,0 +1,402 @@
+"""Delivery at scale, in one command: drain, idle cost against history, send throughput beside the worker,
+database operations per send and per delivered fax, and RSS over a soak.
+
+Starts the embedded database in its own process and the production app with its delivery worker
+(``bench_server.py``: what ``fhir-fax serve`` runs, plus the bare baseline endpoints) in another, the
+simulator as the carrier. Sections (``--sections``, all by default):
+
+- ``ops``: database operations (the database's own ``serverStatus.opcounters``, all kinds summed) per send,
+  and per delivered fax including its send; the idle rate (driver heartbeats, the worker's idle queries)
+  is measured first and subtracted.
+- ``drain``: N faxes accepted as fast as the API takes them (concurrency 32), simulator at 1000x; the time
+  until every one is DELIVERED against the time it took to accept them.
+- ``throughput``: ``POST /fax/v1/send`` with the worker running (simulator at ``--speed``) beside the bare
+  insert endpoint, concurrency 32, p50/p99 (``loadgen.py``).
+- ``history``: finished faxes inserted directly (jobs and the simulator's records, shaped as the product
+  writes them) up to each size of ``--history``; for each, the database's CPU while the server is idle,
+  and the send-to-DELIVERED time of a few faxes.
+- ``soak``: mixed sends and reads with deliveries for ``--soak`` seconds; the server's RSS sampled.
+
+The machine is shared: run it when it is quiet, and read ratios measured in one run rather than absolute
+figures. Writes ``benchmarks/results/delivery.json``. Not a test; stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from load import Process, machine, percentile
+from pymongo import AsyncMongoClient, MongoClient
+
+from fhir_fax.embedded import EmbeddedDatabase, free_port
+from fhir_fax.z3.locations import Z3Location
+from fhir_fax.z3.store import Z3Store
+
+from loadgen import sdk_body
+from serving import wait_until_serving
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PDF = HERE.parent / "fhir_fax" / "data" / "fixtures" / "referral-letter.pdf"
+ADMIN = ("bench-admin", "bench-admin-secret")
+SENDER_NUMBER = "+12223334444"
+DATABASE = "bench"
+SECTIONS = ("ops", "drain", "throughput", "history", "soak")
+
+
+class Server:
+    """The embedded database and the app (worker on, simulator carrier), each in its own process."""
+
+    def __init__(self, work: Path, speed: float, extra: dict[str, str] | None = None) -> None:
+        self.work = work
+        self.speed = speed
+        self.extra = extra or {}
+        self.database_server = EmbeddedDatabase(work / "data")
+        self.app: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.token = ""
+
+    def start_database(self) -> None:
+        self.uri = self.database_server.start()
+        assert self.database_server.process is not None
+        self.database_process = Process(self.database_server.process.pid)
+
+    def start_app(self) -> None:
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FHIR_FAX_")},
+            "FHIR_FAX_MONGODB_URI": self.uri,
+            "FHIR_FAX_DATABASE_NAME": DATABASE,
+            "FHIR_FAX_PORT": str(port),
+            "FHIR_FAX_LOAD_FIXTURES": "true",
+            "FHIR_FAX_WORKER_ENABLED": "true",
+            "FHIR_FAX_CARRIER": "simulator",
+            "FHIR_FAX_SIMULATOR_SPEED": str(self.speed),
+            "FHIR_FAX_CARRIER_FAX_NUMBER": SENDER_NUMBER,
+            "FHIR_FAX_BOOTSTRAP_CLIENT_ID": ADMIN[0],
+            "FHIR_FAX_BOOTSTRAP_CLIENT_SECRET": ADMIN[1],
+            "FHIR_FAX_TOKEN_LIFETIME_SECONDS": "86400",
+            **self.extra,
+        }
+        log = self.work / "server.log"
+        with open(log, "ab") as out:
+            self.app = subprocess.Popen(
+                [sys.executable, str(HERE / "bench_server.py")], stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+        self.url = f"http://127.0.0.1:{port}"
+        wait_until_serving(self.app, self.url, log)
+        self.process = Process(self.app.pid)
+        answer = httpx.post(
+            f"{self.url}/oauth/token",
+            data={"grant_type": "client_credentials", "client_id": ADMIN[0], "client_secret": ADMIN[1]},
+        )
+        answer.raise_for_status()
+        self.token = answer.json()["access_token"]
+        headers = {"authorization": f"Bearer {self.token}"}
+        httpx.post(f"{self.url}/fax/v1/onboard", json={"faxNumber": SENDER_NUMBER}, headers=headers).raise_for_status()
+
+    def upload_document(self) -> None:
+        async def upload() -> None:
+            client = AsyncMongoClient(self.uri, tz_aware=True)
+            await Z3Store(client[DATABASE]).put(
+                Z3Location("bench", "referral-letter.pdf"), PDF.read_bytes(), "application/pdf"
+            )
+            await client.close()
+
+        asyncio.run(upload())
+
+    def stop_app(self) -> None:
+        if self.app is not None and self.app.poll() is None:
+            self.app.terminate()
+            try:
+                self.app.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.app.kill()
+        self.app = None
+
+    def stop(self) -> None:
+        self.stop_app()
+        self.database_server.stop()
+
+    # -- measuring --------------------------------------------------------------------------------------
+
+    def operations(self) -> int:
+        """Every operation the database has counted so far (``serverStatus.opcounters``, all kinds)."""
+        with MongoClient(self.uri) as client:
+            counters = client.admin.command("serverStatus")["opcounters"]
+        return int(sum(v for v in counters.values() if isinstance(v, int)))
+
+    def count(self, collection: str, query: dict[str, Any]) -> int:
+        with MongoClient(self.uri) as client:
+            return int(client[DATABASE][collection].count_documents(query))
+
+    def send_many(self, n: int, concurrency: int = 32) -> tuple[float, list[str]]:
+        """Send ``n`` faxes as fast as the API takes them; (seconds, Communication ids)."""
+
+        async def run() -> tuple[float, list[str]]:
+            ids: list[str] = []
+            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            headers = {"authorization": f"Bearer {self.token}"}
+            async with httpx.AsyncClient(base_url=self.url, headers=headers, limits=limits, timeout=120) as http:
+                remaining = list(range(n))
+
+                async def sender() -> None:
+                    while remaining:
+                        remaining.pop()
+                        answer = await http.post("/fax/v1/send", json=sdk_body())
+                        answer.raise_for_status()
+                        ids.append(answer.json()["communicationResource"]["id"])
+
+                started = time.perf_counter()
+                await asyncio.gather(*(sender() for _ in range(concurrency)))
+                return time.perf_counter() - started, ids
+
+        return asyncio.run(run())
+
+    def wait_delivered(self, ids: list[str], limit: float) -> float:
+        """Seconds from now until every job of ``ids`` is finished (or ``limit``).
+
+        Asks only about those not yet seen finished, four times a second: the measurement itself must not
+        load the database it measures.
+        """
+        started = time.perf_counter()
+        remaining = set(ids)
+        with MongoClient(self.uri) as client:
+            jobs = client[DATABASE].fax_jobs
+            while remaining and time.perf_counter() - started < limit:
+                query = {"communication_id": {"$in": sorted(remaining)}, "state": "done"}
+                remaining -= {j["communication_id"] for j in jobs.find(query, {"communication_id": 1})}
+                if remaining:
+                    time.sleep(0.25)
+        return time.perf_counter() - started
+
+    def idle_database_cpu(self, seconds: float) -> float:
+        """Percent of one core the database used over ``seconds`` while nothing was sent."""
+        before = self.database_process.cpu_seconds()
+        time.sleep(seconds)
+        return (self.database_process.cpu_seconds() - before) / seconds * 100
+
+
+# -- sections -------------------------------------------------------------------------------------------
+
+
+def idle_rate(server: Server, seconds: float = 5.0) -> float:
+    """Operations a second while nothing is sent (driver heartbeats, the worker's idle queries)."""
+    time.sleep(2)
+    before, started = server.operations(), time.perf_counter()
+    time.sleep(seconds)
+    return (server.operations() - before) / (time.perf_counter() - started)
+
+
+def section_ops(server: Server, n: int, work: Path) -> dict[str, Any]:
+    """Per send: a second server without a worker (so no delivery runs meanwhile). Per delivered fax: this one."""
+    quiet = Server(work / "sends-only", server.speed, {"FHIR_FAX_WORKER_ENABLED": "false"})
+    try:
+        quiet.start_database()
+        quiet.start_app()
+        quiet.upload_document()
+        rate = idle_rate(quiet)
+        before, started = quiet.operations(), time.perf_counter()
+        quiet.send_many(n, concurrency=4)
+        per_send = (quiet.operations() - before - rate * (time.perf_counter() - started)) / n
+    finally:
+        quiet.stop()
+    rate = idle_rate(server)
+    before, started = server.operations(), time.perf_counter()
+    _, ids = server.send_many(n, concurrency=4)
+    server.wait_delivered(ids, 300)
+    time.sleep(0.5)  # the last Communication versions and audit events
+    total = (server.operations() - before - rate * (time.perf_counter() - started)) / n
+    delivered = server.count("fax_jobs", {"communication_id": {"$in": ids}, "status": "DELIVERED"})
+    return {
+        "faxes": n,
+        "delivered": delivered,
+        "idle_ops_per_second": round(rate, 1),
+        "ops_per_send": round(per_send, 1),
+        "ops_per_delivered_fax_including_send": round(total, 1),
+    }
+
+
+def section_drain(server: Server, n: int) -> dict[str, Any]:
+    accept, ids = server.send_many(n)
+    started_after_accept = server.wait_delivered(ids, 600)
+    drain = accept + started_after_accept
+    return {
+        "faxes": n,
+        "accept_seconds": round(accept, 2),
+        "all_finished_seconds": round(drain, 2),
+        "drain_ratio": round(drain / accept, 2),
+        "delivered": server.count("fax_jobs", {"communication_id": {"$in": ids}, "status": "DELIVERED"}),
+    }
+
+
+def run_loadgen(server: Server, scenario: str, requests: int, seconds: float) -> dict[str, Any]:
+    spec = {
+        "scenario": scenario, "concurrency": 32, "requests": requests, "seconds": seconds,
+        "url": server.url, "token": server.token, "mongodb_uri": server.uri, "database": DATABASE,
+    }  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(HERE / "loadgen.py")], input=json.dumps(spec), capture_output=True, text=True
+    )
+    if run.returncode != 0:
+        raise SystemExit(f"{scenario} failed:\n{run.stderr[-3000:]}")
+    measured = json.loads(run.stdout)
+    latencies = measured["latencies_ms"]
+    return {
+        "requests": measured["requests"],
+        "requests_per_s": round(measured["requests"] / measured["seconds"], 1),
+        "p50_ms": round(percentile(latencies, 0.5), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+    }
+
+
+def section_throughput(server: Server, requests: int, seconds: float) -> dict[str, Any]:
+    run_loadgen(server, "baseline_insert", 200, 5)  # warm-up
+    run_loadgen(server, "sdk_send", 100, 5)
+    baseline = run_loadgen(server, "baseline_insert", requests, seconds)
+    send = run_loadgen(server, "sdk_send", requests, seconds)
+    return {
+        "baseline_insert": baseline,
+        "sdk_send": send,
+        "ratio": round(send["requests_per_s"] / baseline["requests_per_s"], 3),
+        "p99_over_p50": round(send["p99_ms"] / send["p50_ms"], 2),
+    }
+
+
+def seed_history(server: Server, total: int) -> None:
+    """Bring the finished faxes in the database up to ``total``: jobs and simulator records as the product
+    leaves them once a fax is DELIVERED (a template fax is read from the database and copied)."""
+
+    async def seed() -> None:
+        client = AsyncMongoClient(server.uri, tz_aware=True)
+        database = client[DATABASE]
+        have = await database.fax_jobs.count_documents({"_id": {"$regex": "^history-"}})
+        job = await database.fax_jobs.find_one({"state": "done", "status": "DELIVERED"})
+        record = await database.simulator_faxes.find_one({"done": True})
+        assert job is not None and record is not None, "deliver one fax first"
+        batch = 2000
+        for start in range(have, total, batch):
+            jobs, records = [], []
+            for n in range(start, min(total, start + batch)):
+                fax_id, carrier_id = f"history-{n}", f"sim-history-{n}"
+                jobs.append({**job, "_id": fax_id, "communication_id": str(uuid.uuid4()),
+                             "carrier_ids": {"1": carrier_id}})  # fmt: skip
+                records.append({**record, "_id": carrier_id, "reference": f"{fax_id}:1"})
+            await database.fax_jobs.insert_many(jobs, ordered=False)
+            await database.simulator_faxes.insert_many(records, ordered=False)
+        await client.close()
+
+    asyncio.run(seed())
+
+
+def section_history(server: Server, sizes: list[int], seconds: float) -> list[dict[str, Any]]:
+    results = []
+    _warm, ids = server.send_many(1, 1)
+    server.wait_delivered(ids, 120)
+    for size in sizes:
+        seed_history(server, size)
+        time.sleep(3)
+        cpu = server.idle_database_cpu(seconds)
+        latencies = []
+        for _ in range(5):
+            started = time.perf_counter()
+            _, ids = server.send_many(1, 1)
+            server.wait_delivered(ids, 120)
+            latencies.append(time.perf_counter() - started)
+        results.append({
+            "finished_faxes": size,
+            "idle_database_cpu_percent": round(cpu, 1),
+            "send_to_delivered_median_s": round(statistics.median(latencies), 3),
+        })  # fmt: skip
+        print(f"  history {size:>8}: idle DB CPU {cpu:5.1f}%  send->DELIVERED {statistics.median(latencies):.3f}s",
+              flush=True)  # fmt: skip
+    return results
+
+
+def section_soak(server: Server, seconds: float) -> dict[str, Any]:
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.monotonic() - started, server.process.memory_mb()))
+            stop.wait(2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    sent = 0
+    while time.monotonic() - started < seconds:
+        _, ids = server.send_many(100, 8)
+        sent += len(ids)
+    stop.set()
+    sampler.join()
+    server.wait_delivered([], 0)
+    half = [m for t, m in samples if t >= seconds / 2]
+    return {
+        "seconds": round(time.monotonic() - started, 1),
+        "faxes": sent,
+        "rss_mb_start": round(samples[0][1], 1),
+        "rss_mb_middle": round(half[0], 1) if half else None,
+        "rss_mb_end": round(samples[-1][1], 1),
+        "rss_mb_max": round(max(m for _, m in samples), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="which sections, comma-separated")
+    parser.add_argument("--faxes", type=int, default=300, help="faxes in the drain")
+    parser.add_argument("--ops-faxes", type=int, default=40, help="faxes whose operations are counted")
+    parser.add_argument("--history", default="0,20000,100000", help="finished faxes for the idle measurements")
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--speed", type=float, default=1.0, help="simulator speed during the throughput section")
+    parser.add_argument("--requests", type=int, default=1500, help="requests per throughput cell")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time limit per throughput cell")
+    parser.add_argument("--soak", type=float, default=60.0, help="soak length in seconds")
+    parser.add_argument("--output", type=Path, default=RESULTS / "delivery.json")
+    args = parser.parse_args()
+    chosen = [s for s in SECTIONS if s in args.sections.split(",")]
+    report: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine()}
+    for section in chosen:
+        work = Path(tempfile.mkdtemp(prefix=f"fhir-fax-delivery-{section}-"))
+        speed = args.speed if section in ("throughput", "soak") else 1000.0
+        server = Server(work, speed)
+        try:
+            server.start_database()
+            server.start_app()
+            server.upload_document()
+            print(f"{section} ...", flush=True)
+            if section == "ops":
+                report[section] = section_ops(server, args.ops_faxes, work)
+            elif section == "drain":
+                report[section] = section_drain(server, args.faxes)
+            elif section == "throughput":
+                report[section] = section_throughput(server, args.requests, args.seconds)
+            elif section == "history":
+                sizes = [int(s) for s in args.history.split(",") if s]
+                report[section] = section_history(server, sizes, args.idle_seconds)
+            elif section == "soak":
+                report[section] = section_soak(server, args.soak)
+            print(f"  {json.dumps(report[section])}", flush=True)
+        finally:
+            server.stop()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
