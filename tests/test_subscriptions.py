@@ -30,7 +30,7 @@ from hooks import Listener, header, resource_versions
 from smart_helpers import Flow, make_app, make_user, token_for
 
 FAST = {
-    "simulator_speed": 1000.0,
+    "simulator_speed": 10.0,  # slow enough that every status step is its own version (none superseded)
     "worker_poll_seconds": 0.02,
     "subscription_poll_seconds": 0.05,
     "subscription_retry_delay_seconds": 0.05,

@@ -31,7 +31,7 @@ from processes import CLI, FaxServer
 
 SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
 FAST = {
-    "FHIR_FAX_SIMULATOR_SPEED": "1000",
+    "FHIR_FAX_SIMULATOR_SPEED": "10",  # every status step its own version (at 1000x SENDING is superseded)
     "FHIR_FAX_WORKER_POLL_SECONDS": "0.05",
     "FHIR_FAX_LEASE_SECONDS": "1",
     "FHIR_FAX_SUBSCRIPTION_POLL_SECONDS": "0.05",
