@@ -20,6 +20,8 @@ The Communication has the shape the hosted service gives received faxes and Otte
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import shutil
 import uuid
@@ -229,13 +231,21 @@ class Reception:
         bucket = self.settings.inbound_bucket
         pdf = Z3Location(bucket, f"{name}.pdf")
         metadata = {"receivedFax": fax_id}
-        versions = [(await self.z3.put(pdf, accepted.pdf, PDF, metadata)).version]
+        versions = [await self.kept(pdf, accepted.pdf, PDF, metadata)]
         original = None
         if accepted.original is not None:
             extension = "tif" if accepted.original_type == "image/tiff" else "bin"
             original = Z3Location(bucket, f"{name}.original.{extension}")
-            versions.append((await self.z3.put(original, accepted.original, accepted.original_type, metadata)).version)
+            versions.append(await self.kept(original, accepted.original, accepted.original_type, metadata))
         return Stored(pdf, accepted, original, tuple(versions))
+
+    async def kept(self, location: Z3Location, data: bytes, content_type: str | None, metadata: dict[str, Any]) -> Any:
+        """Store one received document and pin it, as a sent fax's documents are: a received fax is a record, so
+        a later upload to its key or a delete of the key never removes it, and the SHA-1 the Communication shows
+        (``contentAttachment.hash``) downloads it."""
+        version = (await self.z3.put(location, data, content_type, metadata)).version
+        await self.z3.pin(version, location, base64.b64encode(hashlib.sha1(data).digest()).decode())
+        return version
 
     def url(self, location: Z3Location) -> str:
         if self.project_api_base:
