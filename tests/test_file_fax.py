@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from fhir_fax.auth.clients import Clients
 from fhir_fax.fhir.compartments import PATIENT_COMPARTMENT, compartment_filter
 from fhir_fax.fhir.models import model_class
 from fhir_fax.fhir.search_params import default_registry
+from fhir_fax.settings import Settings
 
 from helpers import FHIR_JSON, login, seed_request, serving_fax
 from inbound_helpers import REFERRAL, download, inbound_counts, simulate
+from smart_helpers import Flow, make_app, make_user, token_for
 
 MARIA = "Patient/maria-lopez"
 
@@ -211,3 +214,85 @@ async def test_the_patient_compartment_is_searched_through_indexes(fax_api: http
         [(key, _)] = branch.items()
         plan = str(await database["DocumentReference"].find(branch).explain())
         assert "IXSCAN" in plan and f"'indexName': 'search_{key.split('.')[2]}'" in plan, plan
+
+
+async def test_a_filed_task_names_no_other_suggested_patient(fax_api: httpx.AsyncClient, database: Any) -> None:
+    # another patient the letter also points at: Maria's family name and birth date
+    other = f"lee-{uuid.uuid4().hex[:8]}"
+    namesake = {
+        "resourceType": "Patient",
+        "id": other,
+        "identifier": [{"system": "urn:mrn", "value": f"MRN-{other}"}],
+        "name": [{"family": "Lopez", "given": ["Bartholomew"]}],
+        "birthDate": "1958-04-17",
+    }
+    assert (await fax_api.put(f"/fhir/Patient/{other}", json=namesake, headers=FHIR_JSON)).status_code == 201
+    fax = (await simulate(fax_api, REFERRAL, caller="+16175550141")).json()  # Harbor Cardiology's line
+    suggested = {i["valueReference"]["reference"] for i in fax["task"]["input"]}
+    assert {MARIA, f"Patient/{other}"} <= suggested, "both patients were suggested to staff"
+    assert (await file(fax_api, fax["communication"]["id"], filing(MARIA))).status_code == 201
+    task = (await fax_api.get(f"/fhir/Task/{fax['task']['id']}")).json()
+    patients = [i for i in task["input"] if i["type"]["coding"][0]["code"] == "suggested-patient"]
+    assert [i["valueReference"]["reference"] for i in patients] == [MARIA], "only the filed patient's suggestion"
+    assert any(i["type"]["coding"][0]["code"] == "suggested-sender" for i in task["input"]), "the sender's stays"
+    # Maria's patient-limited token reads the filed Task, and nothing of the other patient
+    username = await make_user(database, fhir_user="Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c")
+    app = await make_app(database)
+    async with httpx.AsyncClient(transport=fax_api._transport, base_url="http://fhir.test") as web:
+        flow = Flow(app, "openid fhirUser launch/patient patient/*.rs")
+        token = await token_for(web, flow, username, patient="maria-lopez")
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        found = await web.get("/fhir/Task", params={"patient": MARIA})
+        read = await web.get(f"/fhir/Task/{fax['task']['id']}")
+    assert found.status_code == read.status_code == 200, (found.text, read.text)
+    assert fax["task"]["id"] in {e["resource"]["id"] for e in found.json()["entry"]}
+    for text in (found.text, read.text):
+        assert other not in text and "Bartholomew" not in text
+
+
+async def test_filing_needs_the_rights_to_write_the_document_reference_and_the_task(
+    fax_settings: Settings, database: Any
+) -> None:
+    async with serving_fax(fax_settings, database) as api:
+        fax = await received(api)
+        before = await state(database, fax)
+        for name, denied, message in (
+            ("no documents", ("FHIR:Create", "FHIR:DocumentReference"),
+             "does not allow FHIR:Create on FHIR:DocumentReference"),
+            ("no tasks", ("FHIR:Update", "FHIR:Task:*"),
+             f"does not allow FHIR:Update on FHIR:Task:{fax['task']['id']}"),
+        ):  # fmt: skip
+            policy = {
+                "rule": [
+                    {"resource": "FHIR:*", "action": "FHIR:*", "effect": "Allow"},
+                    {"resource": denied[1], "action": denied[0], "effect": "Deny"},
+                ]
+            }
+            record, secret = await Clients(database).create(name, policy)
+            async with httpx.AsyncClient(transport=api._transport, base_url="http://fhir.test") as http:
+                await login(http, record["clientId"], secret)
+                response = await file(http, fax["communication"]["id"], filing(MARIA))
+            assert response.status_code == 403, response.text
+            assert message in response.json()["issue"][0]["diagnostics"]
+            assert await state(database, fax) == before, "nothing stored"
+            assert await database["DocumentReference"].count_documents({}) == 0
+        # a SMART token without DocumentReference or Task scopes is refused the same way
+        username = await make_user(database)
+        app = await make_app(database)
+        async with httpx.AsyncClient(transport=api._transport, base_url="http://fhir.test") as web:
+            flow = Flow(app, "openid fhirUser user/Communication.u user/Patient.r")
+            web.headers["authorization"] = f"Bearer {(await token_for(web, flow, username))['access_token']}"
+            scoped = await file(web, fax["communication"]["id"], filing(MARIA))
+        assert scoped.status_code == 403, scoped.text
+        assert "DocumentReference" in scoped.json()["issue"][0]["diagnostics"]
+        assert await state(database, fax) == before
+        # filed: asking again answers the DocumentReference, and that read is audited like any other
+        document = (await file(api, fax["communication"]["id"], filing(MARIA))).json()
+        assert (await file(api, fax["communication"]["id"], filing(MARIA))).status_code == 200
+        reads = await database["AuditEvent"].count_documents(
+            {"entity.what.reference": f"DocumentReference/{document['id']}", "subtype.code": "read"}
+        )
+        assert reads == 1
+    refused = await database["AuditEvent"].find({"subtype.code": "access-refused"}).to_list(None)
+    described = " ".join(e["outcomeDesc"] for e in refused)
+    assert "FHIR:Create on FHIR:DocumentReference" in described and "FHIR:Update on FHIR:Task" in described
