@@ -231,21 +231,24 @@ class Reception:
         bucket = self.settings.inbound_bucket
         pdf = Z3Location(bucket, f"{name}.pdf")
         metadata = {"receivedFax": fax_id}
-        versions = [await self.kept(pdf, accepted.pdf, PDF, metadata)]
+        versions = [(await self.z3.put(pdf, accepted.pdf, PDF, metadata)).version]
         original = None
         if accepted.original is not None:
             extension = "tif" if accepted.original_type == "image/tiff" else "bin"
             original = Z3Location(bucket, f"{name}.original.{extension}")
-            versions.append(await self.kept(original, accepted.original, accepted.original_type, metadata))
+            versions.append((await self.z3.put(original, accepted.original, accepted.original_type, metadata)).version)
         return Stored(pdf, accepted, original, tuple(versions))
 
-    async def kept(self, location: Z3Location, data: bytes, content_type: str | None, metadata: dict[str, Any]) -> Any:
-        """Store one received document and pin it, as a sent fax's documents are: a received fax is a record, so
-        a later upload to its key or a delete of the key never removes it, and the SHA-1 the Communication shows
-        (``contentAttachment.hash``) downloads it."""
-        version = (await self.z3.put(location, data, content_type, metadata)).version
-        await self.z3.pin(version, location, base64.b64encode(hashlib.sha1(data).digest()).decode())
-        return version
+    async def pin(self, stored: Stored, session: Any) -> None:
+        """Pin the stored documents, as a sent fax's are, in the reception's transaction: a received fax is a
+        record, so a later upload to its key or a delete of the key never removes it, and the SHA-1 its
+        Communication shows (``contentAttachment.hash``) downloads it. A delivery that lost the race to record
+        the same fax pins nothing, and discards its copy."""
+        documents = [(stored.pdf, stored.info.pdf), (stored.original, stored.info.original)]
+        for version, (location, data) in zip(stored.versions, documents, strict=False):
+            if location is not None and data is not None:
+                digest = base64.b64encode(hashlib.sha1(data).digest()).decode()
+                await self.z3.pin(version, location, digest, session=session)
 
     def url(self, location: Z3Location) -> str:
         if self.project_api_base:
@@ -291,6 +294,8 @@ class Reception:
 
         async def write(session: Any) -> Received:
             await self.records.insert_one(record, session=session)
+            if stored is not None:
+                await self.pin(stored, session)
             saved = await self.store.create(communication, resource_id=communication_id, moment=moment, session=session)
             saved_task = None
             if task is not None:
