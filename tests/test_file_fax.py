@@ -11,10 +11,14 @@ import pytest
 from test_external_issuers import Signer, external_settings, issuer_site, maria_token  # noqa: F401 (a fixture)
 
 from fhir_fax.auth.clients import Clients
+from fhir_fax.fax.inbound import COLLECTION as INBOUND
+from fhir_fax.fax.inbound_repair import repair_received
 from fhir_fax.fhir.compartments import PATIENT_COMPARTMENT, compartment_filter
 from fhir_fax.fhir.models import model_class
 from fhir_fax.fhir.search_params import default_registry
+from fhir_fax.fhir.store import ResourceStore
 from fhir_fax.settings import Settings
+from fhir_fax.z3.store import GRIDFS_BUCKET, Z3Store
 
 from helpers import FHIR_JSON, login, seed_request, serving_fax
 from inbound_helpers import REFERRAL, download, inbound_counts, simulate
@@ -296,3 +300,30 @@ async def test_filing_needs_the_rights_to_write_the_document_reference_and_the_t
     refused = await database["AuditEvent"].find({"subtype.code": "access-refused"}).to_list(None)
     described = " ".join(e["outcomeDesc"] for e in refused)
     assert "FHIR:Create on FHIR:DocumentReference" in described and "FHIR:Update on FHIR:Task" in described
+
+
+async def test_faxes_received_before_the_fixes_are_repaired_once(fax_api: httpx.AsyncClient, database: Any) -> None:
+    other = f"lee-{uuid.uuid4().hex[:8]}"
+    namesake = {"resourceType": "Patient", "id": other, "name": [{"family": "Lopez"}], "birthDate": "1958-04-17"}
+    assert (await fax_api.put(f"/fhir/Patient/{other}", json=namesake, headers=FHIR_JSON)).status_code == 201
+    fax = await received(fax_api)
+    assert (await file(fax_api, fax["communication"]["id"], filing(MARIA))).status_code == 201
+    record = await database[INBOUND].find_one({"communication_id": fax["communication"]["id"]})
+    # as a release before the fixes left it: documents unpinned, the other suggestion on the filed Task
+    await database[INBOUND].update_one({"_id": record["_id"]}, {"$unset": {"repaired": ""}})
+    await database[f"{GRIDFS_BUCKET}.files"].update_many(
+        {"metadata.receivedFax": record["fax_id"]}, {"$unset": {"metadata.pinned": "", "metadata.sha1": ""}}
+    )
+    await database["Task"].update_one({"_id": fax["task"]["id"]}, {"$set": {"input": fax["task"]["input"]}})
+    assert other in (await fax_api.get(f"/fhir/Task/{fax['task']['id']}")).text
+    store, z3 = ResourceStore(database, default_registry().indexer), Z3Store(database)
+    assert await repair_received(database[INBOUND], store, z3) == 1
+    assert await repair_received(database[INBOUND], store, z3) == 0, "once"
+    task = (await fax_api.get(f"/fhir/Task/{fax['task']['id']}")).json()
+    assert other not in str(task) and MARIA in str(task["input"]) and task["status"] == "completed"
+    attachment = fax["communication"]["payload"][0]["contentAttachment"]
+    path = attachment["url"].split("/v1/z3/", 1)[1]
+    assert (await fax_api.delete(f"/v1/z3/{path}")).status_code == 204
+    by_hash = await fax_api.post(f"/v1/z3/{path}", json={"action": "download", "hash": attachment["hash"]})
+    assert by_hash.status_code == 200, by_hash.text
+    assert (await fax_api.get(by_hash.json()["signedUrl"])).content == REFERRAL

@@ -30,7 +30,8 @@ from ..fhir.http import FHIRResponse, version_headers
 from ..fhir.models import format_instant, now
 from ..fhir.operations import Operation, OperationCall
 from .inbound import COLLECTION as INBOUND
-from .terminology import FILED_DOCUMENT_SYSTEM, INBOUND_STATUS_EXTENSION, SUGGESTED_PATIENT
+from .suggestions import filed_inputs
+from .terminology import FILED_DOCUMENT_SYSTEM, INBOUND_STATUS_EXTENSION
 
 if TYPE_CHECKING:
     from .routes import FaxAPI
@@ -145,19 +146,6 @@ def document_reference(
     if category is not None:
         document["category"] = [category]
     return document
-
-
-def filed_inputs(inputs: list[dict[str, Any]], patient: str) -> list[dict[str, Any]]:
-    """A filed Task's inputs: every suggested patient but the one filed to is dropped (they name other people)."""
-    return [
-        item
-        for item in inputs
-        if not is_suggested_patient(item) or (item.get("valueReference") or {}).get("reference") == patient
-    ]
-
-
-def is_suggested_patient(item: dict[str, Any]) -> bool:
-    return any(c.get("code") == SUGGESTED_PATIENT for c in (item.get("type") or {}).get("coding", []))
 
 
 def file_operation(fax: FaxAPI) -> Operation:

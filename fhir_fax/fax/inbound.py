@@ -41,6 +41,7 @@ from ..z3.locations import Z3Location
 from ..z3.store import Z3Store
 from .documents import DocumentProblem
 from .inbound_document import PDF, AcceptedDocument, accept, read_texts
+from .inbound_repair import REPAIRED, repair_received
 from .inbound_shape import Documents, caller_number, received_communication, triage_task
 from .numbers import OWNER_TYPES, FaxNumbers
 from .phone import E164
@@ -110,6 +111,8 @@ class Reception:
     async def ensure_indexes(self) -> None:
         await self.records.create_index("documents", name="documents")
         await self.records.create_index("communication_id", name="communication")
+        await self.records.create_index("repaired", name="repaired")
+        await repair_received(self.records, self.store, self.z3)  # once: what was received before the fixes
         # What each reception looks up (suggestions.py, numbers.find_owner): patients by birth date or
         # identifier, senders and owners by fax number; without these every fax would scan the collections.
         await self.database["Patient"].create_index("birthDate", name="inbound_birth_date")
@@ -290,6 +293,7 @@ class Reception:
             "to": notice.to_number,
             "received": moment,
             "documents": [] if stored is None else [str(s) for s in (stored.pdf, stored.original) if s is not None],
+            "repaired": REPAIRED,  # written as ``inbound_repair`` would leave it
         }
 
         async def write(session: Any) -> Received:
