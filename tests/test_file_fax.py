@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,18 @@ import pytest
 from test_external_issuers import Signer, external_settings, issuer_site, maria_token  # noqa: F401 (a fixture)
 
 from fhir_fax.auth.clients import Clients
+from fhir_fax.fax.inbound import COLLECTION as INBOUND
+from fhir_fax.fax.inbound_repair import repair_received
+from fhir_fax.fhir.compartments import PATIENT_COMPARTMENT, compartment_filter
 from fhir_fax.fhir.models import model_class
+from fhir_fax.fhir.search_params import default_registry
+from fhir_fax.fhir.store import ResourceStore
+from fhir_fax.settings import Settings
+from fhir_fax.z3.store import GRIDFS_BUCKET, Z3Store
 
 from helpers import FHIR_JSON, login, seed_request, serving_fax
 from inbound_helpers import REFERRAL, download, inbound_counts, simulate
+from smart_helpers import Flow, make_app, make_user, token_for
 
 MARIA = "Patient/maria-lopez"
 
@@ -189,3 +198,132 @@ async def test_a_patient_token_sees_only_faxes_filed_to_its_patient(
         assert {e["resource"]["id"] for e in tasks["entry"]} == {maria_fax["task"]["id"]}
         documents = (await api.get("/fhir/DocumentReference", headers=headers)).json()
         assert [e["resource"]["subject"]["reference"] for e in documents["entry"]] == [MARIA]
+
+
+async def test_the_patient_compartment_is_searched_through_indexes(fax_api: httpx.AsyncClient, database: Any) -> None:
+    registry = default_registry()
+    unindexed = [
+        f"{resource_type}.{member}"
+        for resource_type, members in PATIENT_COMPARTMENT.items()
+        if resource_type in registry.by_type
+        for member in members
+        if not registry.by_type[resource_type][member].indexed
+    ]
+    assert unindexed == [], "a compartment member without an index makes every patient-limited search a scan"
+    fax = await received(fax_api)
+    assert (await file(fax_api, fax["communication"]["id"], filing(MARIA))).status_code == 201
+    # each branch of the compartment's $or reads through its own index (MongoDB unions them; the embedded
+    # server's planner scans an $or today, so the branches are checked one by one)
+    for branch in compartment_filter("DocumentReference", "maria-lopez")["$or"]:
+        [(key, _)] = branch.items()
+        plan = str(await database["DocumentReference"].find(branch).explain())
+        assert "IXSCAN" in plan and f"'indexName': 'search_{key.split('.')[2]}'" in plan, plan
+
+
+async def test_a_filed_task_names_no_other_suggested_patient(fax_api: httpx.AsyncClient, database: Any) -> None:
+    # another patient the letter also points at: Maria's family name and birth date
+    other = f"lee-{uuid.uuid4().hex[:8]}"
+    namesake = {
+        "resourceType": "Patient",
+        "id": other,
+        "identifier": [{"system": "urn:mrn", "value": f"MRN-{other}"}],
+        "name": [{"family": "Lopez", "given": ["Bartholomew"]}],
+        "birthDate": "1958-04-17",
+    }
+    assert (await fax_api.put(f"/fhir/Patient/{other}", json=namesake, headers=FHIR_JSON)).status_code == 201
+    fax = (await simulate(fax_api, REFERRAL, caller="+16175550141")).json()  # Harbor Cardiology's line
+    suggested = {i["valueReference"]["reference"] for i in fax["task"]["input"]}
+    assert {MARIA, f"Patient/{other}"} <= suggested, "both patients were suggested to staff"
+    assert (await file(fax_api, fax["communication"]["id"], filing(MARIA))).status_code == 201
+    task = (await fax_api.get(f"/fhir/Task/{fax['task']['id']}")).json()
+    patients = [i for i in task["input"] if i["type"]["coding"][0]["code"] == "suggested-patient"]
+    assert [i["valueReference"]["reference"] for i in patients] == [MARIA], "only the filed patient's suggestion"
+    assert any(i["type"]["coding"][0]["code"] == "suggested-sender" for i in task["input"]), "the sender's stays"
+    # Maria's patient-limited token reads the filed Task, and nothing of the other patient
+    username = await make_user(database, fhir_user="Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c")
+    app = await make_app(database)
+    async with httpx.AsyncClient(transport=fax_api._transport, base_url="http://fhir.test") as web:
+        flow = Flow(app, "openid fhirUser launch/patient patient/*.rs")
+        token = await token_for(web, flow, username, patient="maria-lopez")
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        found = await web.get("/fhir/Task", params={"patient": MARIA})
+        read = await web.get(f"/fhir/Task/{fax['task']['id']}")
+    assert found.status_code == read.status_code == 200, (found.text, read.text)
+    assert fax["task"]["id"] in {e["resource"]["id"] for e in found.json()["entry"]}
+    for text in (found.text, read.text):
+        assert other not in text and "Bartholomew" not in text
+
+
+async def test_filing_needs_the_rights_to_write_the_document_reference_and_the_task(
+    fax_settings: Settings, database: Any
+) -> None:
+    async with serving_fax(fax_settings, database) as api:
+        fax = await received(api)
+        before = await state(database, fax)
+        for name, denied, message in (
+            ("no documents", ("FHIR:Create", "FHIR:DocumentReference"),
+             "does not allow FHIR:Create on FHIR:DocumentReference"),
+            ("no tasks", ("FHIR:Update", "FHIR:Task:*"),
+             f"does not allow FHIR:Update on FHIR:Task:{fax['task']['id']}"),
+        ):  # fmt: skip
+            policy = {
+                "rule": [
+                    {"resource": "FHIR:*", "action": "FHIR:*", "effect": "Allow"},
+                    {"resource": denied[1], "action": denied[0], "effect": "Deny"},
+                ]
+            }
+            record, secret = await Clients(database).create(name, policy)
+            async with httpx.AsyncClient(transport=api._transport, base_url="http://fhir.test") as http:
+                await login(http, record["clientId"], secret)
+                response = await file(http, fax["communication"]["id"], filing(MARIA))
+            assert response.status_code == 403, response.text
+            assert message in response.json()["issue"][0]["diagnostics"]
+            assert await state(database, fax) == before, "nothing stored"
+            assert await database["DocumentReference"].count_documents({}) == 0
+        # a SMART token without DocumentReference or Task scopes is refused the same way
+        username = await make_user(database)
+        app = await make_app(database)
+        async with httpx.AsyncClient(transport=api._transport, base_url="http://fhir.test") as web:
+            flow = Flow(app, "openid fhirUser user/Communication.u user/Patient.r")
+            web.headers["authorization"] = f"Bearer {(await token_for(web, flow, username))['access_token']}"
+            scoped = await file(web, fax["communication"]["id"], filing(MARIA))
+        assert scoped.status_code == 403, scoped.text
+        assert "DocumentReference" in scoped.json()["issue"][0]["diagnostics"]
+        assert await state(database, fax) == before
+        # filed: asking again answers the DocumentReference, and that read is audited like any other
+        document = (await file(api, fax["communication"]["id"], filing(MARIA))).json()
+        assert (await file(api, fax["communication"]["id"], filing(MARIA))).status_code == 200
+        reads = await database["AuditEvent"].count_documents(
+            {"entity.what.reference": f"DocumentReference/{document['id']}", "subtype.code": "read"}
+        )
+        assert reads == 1
+    refused = await database["AuditEvent"].find({"subtype.code": "access-refused"}).to_list(None)
+    described = " ".join(e["outcomeDesc"] for e in refused)
+    assert "FHIR:Create on FHIR:DocumentReference" in described and "FHIR:Update on FHIR:Task" in described
+
+
+async def test_faxes_received_before_the_fixes_are_repaired_once(fax_api: httpx.AsyncClient, database: Any) -> None:
+    other = f"lee-{uuid.uuid4().hex[:8]}"
+    namesake = {"resourceType": "Patient", "id": other, "name": [{"family": "Lopez"}], "birthDate": "1958-04-17"}
+    assert (await fax_api.put(f"/fhir/Patient/{other}", json=namesake, headers=FHIR_JSON)).status_code == 201
+    fax = await received(fax_api)
+    assert (await file(fax_api, fax["communication"]["id"], filing(MARIA))).status_code == 201
+    record = await database[INBOUND].find_one({"communication_id": fax["communication"]["id"]})
+    # as a release before the fixes left it: documents unpinned, the other suggestion on the filed Task
+    await database[INBOUND].update_one({"_id": record["_id"]}, {"$unset": {"repaired": ""}})
+    await database[f"{GRIDFS_BUCKET}.files"].update_many(
+        {"metadata.receivedFax": record["fax_id"]}, {"$unset": {"metadata.pinned": "", "metadata.sha1": ""}}
+    )
+    await database["Task"].update_one({"_id": fax["task"]["id"]}, {"$set": {"input": fax["task"]["input"]}})
+    assert other in (await fax_api.get(f"/fhir/Task/{fax['task']['id']}")).text
+    store, z3 = ResourceStore(database, default_registry().indexer), Z3Store(database)
+    assert await repair_received(database[INBOUND], store, z3) == 1
+    assert await repair_received(database[INBOUND], store, z3) == 0, "once"
+    task = (await fax_api.get(f"/fhir/Task/{fax['task']['id']}")).json()
+    assert other not in str(task) and MARIA in str(task["input"]) and task["status"] == "completed"
+    attachment = fax["communication"]["payload"][0]["contentAttachment"]
+    path = attachment["url"].split("/v1/z3/", 1)[1]
+    assert (await fax_api.delete(f"/v1/z3/{path}")).status_code == 204
+    by_hash = await fax_api.post(f"/v1/z3/{path}", json={"action": "download", "hash": attachment["hash"]})
+    assert by_hash.status_code == 200, by_hash.text
+    assert (await fax_api.get(by_hash.json()["signedUrl"])).content == REFERRAL

@@ -204,3 +204,28 @@ async def test_refused_faxes_store_nothing(fax_api: httpx.AsyncClient, database:
         assert "does not allow Fax:Receive" in response.json()["message"]
         assert (await http.get("/fax/v1/inbound/config")).status_code == 403
     assert await inbound_counts(database) == before
+
+
+async def test_received_documents_are_pinned_so_an_upload_or_a_delete_keeps_them(
+    fax_api: httpx.AsyncClient, database: Any
+) -> None:
+    tiff = fax_tiff(pages=1, text="Lab results")
+    communication = (await simulate(fax_api, tiff, fax_id=f"pin-{uuid.uuid4().hex[:8]}")).json()["communication"]
+    received = [entry["contentAttachment"] for entry in communication["payload"]]
+    assert len(received) == 2, "the PDF and the carrier's TIFF"
+    kept = [await download(fax_api, attachment["url"]) for attachment in received]
+    assert kept[1] == tiff
+    for attachment, original in zip(received, kept, strict=True):
+        path = attachment["url"].split("/v1/z3/", 1)[1]
+        upload = await fax_api.post(f"/v1/z3/{path}", json={"action": "upload"})
+        assert upload.status_code == 200, upload.text
+        replaced = await fax_api.put(upload.json()["signedUrl"], content=b"%PDF-1.4 other bytes")
+        assert replaced.status_code == 200, replaced.text
+        assert await download(fax_api, attachment["url"]) == b"%PDF-1.4 other bytes", "the key holds the upload"
+        by_hash = await fax_api.post(f"/v1/z3/{path}", json={"action": "download", "hash": attachment["hash"]})
+        assert by_hash.status_code == 200, by_hash.text
+        assert (await fax_api.get(by_hash.json()["signedUrl"])).content == original, "the received version stays"
+        assert (await fax_api.delete(f"/v1/z3/{path}")).status_code == 204
+        after = await fax_api.post(f"/v1/z3/{path}", json={"action": "download", "hash": attachment["hash"]})
+        assert after.status_code == 200, after.text
+        assert (await fax_api.get(after.json()["signedUrl"])).content == original, "and outlives the key"

@@ -172,3 +172,27 @@ async def test_a_resend_follows_the_rules_of_a_send(held: httpx.AsyncClient, dat
     )
     assert both.status_code == 400 and "at most one of 'recipient' and 'recipientNumber'" in both.json()["message"]
     assert await stored_counts(database) == before
+
+
+async def test_an_original_without_a_sender_is_refused_naming_it(held: httpx.AsyncClient, database: Any) -> None:
+    original = await send(held, [await put(database, pdf_with_pages(1))], ANSWERS)
+    await database.fax_jobs.update_one(
+        {"communication_id": original["id"]}, {"$set": {"state": "done", "status": "STOPPED"}}
+    )
+    current = (await held.get(f"/fhir/Communication/{original['id']}")).json()
+    current.pop("sender")
+    changed = await held.put(f"/fhir/Communication/{original['id']}", json=current, headers=FHIR_JSON)
+    assert changed.status_code == 200, changed.text  # R4B makes sender optional
+    before = await stored_counts(database)
+    message = (
+        f"Communication/{original['id']} names no sender (sender.reference), so it cannot be resent as it was; "
+        "send it as a new fax with a sender, or restore the original's sender."
+    )
+    sdk = await held.post("/fax/v1/resend", json={"communicationId": original["id"]})
+    assert sdk.status_code == 422, sdk.text
+    assert sdk.json() == {"message": message, "code": 422}
+    fhir = await held.post(f"/fhir/Communication/{original['id']}/$resend", json=resend_parameters())
+    assert fhir.status_code == 422, fhir.text
+    issue = fhir.json()["issue"][0]
+    assert issue["diagnostics"] == message and issue["expression"] == ["sender"]
+    assert await stored_counts(database) == before

@@ -6,8 +6,12 @@ reception record filed and writes the AuditEvent. Filing again to the same patie
 answers the same DocumentReference; filing to another patient is a 409 (the fax is someone's record now).
 
 Access: ``FHIR:Update`` on the Communication (and its patient-compartment rules), ``FHIR:Read`` on the
-patient. A patient that does not exist or was deleted is a 422 naming it. Never done automatically:
-suggestions (``suggestions.py``) only propose.
+patient, ``FHIR:Create`` on DocumentReference and ``FHIR:Update`` on the triage Task: all checked before
+anything is written. A patient that does not exist or was deleted is a 422 naming it. Never done
+automatically: suggestions (``suggestions.py``) only propose.
+
+Filing puts the Task in the patient's compartment (``Task.for``), so the Task keeps no suggestion of any
+other patient: their names, identifiers and birth dates are not the filed patient's to read.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Response
+from fastapi import Request, Response
 from pymongo.errors import PyMongoError
 
 from ..audit import FAX_EVENTS, SUCCESS, audit_event
@@ -26,6 +30,7 @@ from ..fhir.http import FHIRResponse, version_headers
 from ..fhir.models import format_instant, now
 from ..fhir.operations import Operation, OperationCall
 from .inbound import COLLECTION as INBOUND
+from .suggestions import filed_inputs
 from .terminology import FILED_DOCUMENT_SYSTEM, INBOUND_STATUS_EXTENSION
 
 if TYPE_CHECKING:
@@ -177,12 +182,18 @@ def file_operation(fax: FaxAPI) -> Operation:
         await context.admit(request, "FHIR:Read", found)
         filed = record.get("filed")
         if filed is not None:
-            return await earlier(filed, patient)
+            return await earlier(request, filed, patient)
         if not communication.get("payload"):
             raise Unprocessable(f"Communication/{communication_id} has no document to file.", expression=["patient"])
         principal = await context.require_gate().identify(request)
         document_id = str(uuid.uuid4())
         document = document_reference(communication, patient, record["fax_id"], kind, category, note)
+        # what is written besides the Communication: the caller must be allowed to write it too
+        await context.authorize(request, "FHIR:Create", "FHIR:DocumentReference")
+        await context.admit(request, "FHIR:Create", {**document, "id": document_id})
+        if record.get("task_id"):
+            await context.authorize(request, "FHIR:Update", f"FHIR:Task:{record['task_id']}")
+            await context.admit(request, "FHIR:Update", await store.read("Task", record["task_id"]))
         moment = now()
 
         def with_subject(current: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +202,7 @@ def file_operation(fax: FaxAPI) -> Operation:
         def completed(current: dict[str, Any]) -> dict[str, Any]:
             task = {
                 **current,
+                "input": filed_inputs(current.get("input", []), patient),
                 "status": "completed",
                 "for": {"reference": patient},
                 "lastModified": format_instant(moment),
@@ -201,6 +213,8 @@ def file_operation(fax: FaxAPI) -> Operation:
                     "valueReference": {"reference": f"DocumentReference/{document_id}"},
                 }
             ]
+            if not task["input"]:
+                del task["input"]
             if note:
                 task["note"] = [*current.get("note", []), {"text": note, "time": format_instant(moment)}]
             return task
@@ -231,12 +245,13 @@ def file_operation(fax: FaxAPI) -> Operation:
             saved = await in_transaction(runtime.database.client, write)
         except Conflict:
             again = await runtime.database[INBOUND].find_one({"_id": record["_id"]})
-            return await earlier((again or {}).get("filed"), patient)
+            return await earlier(request, (again or {}).get("filed"), patient)
         except PyMongoError:
             raise Unavailable("The fax could not be filed (the database did not take the write); retry.") from None
         return FHIRResponse(saved, status_code=201, headers=version_headers(saved))
 
-    async def earlier(filed: dict[str, Any] | None, patient: str) -> Response:
+    async def earlier(request: Request, filed: dict[str, Any] | None, patient: str) -> Response:
+        """The answer for a fax filed before: its DocumentReference, admitted and audited as any read of it."""
         if filed is None:
             raise Unavailable("The fax could not be filed; retry.")
         if filed["patient"] != patient:
@@ -245,6 +260,8 @@ def file_operation(fax: FaxAPI) -> Operation:
                 expression=["patient"],
             )
         existing = await fax.runtime().store.read("DocumentReference", filed["document"])
+        await fax.fhir.admit(request, "FHIR:Read", existing)
+        await fax.fhir.was_read(request, "read", [existing])
         return FHIRResponse(existing, status_code=200, headers=version_headers(existing))
 
     return Operation(

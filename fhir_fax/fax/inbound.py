@@ -20,6 +20,8 @@ The Communication has the shape the hosted service gives received faxes and Otte
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import shutil
 import uuid
@@ -39,6 +41,7 @@ from ..z3.locations import Z3Location
 from ..z3.store import Z3Store
 from .documents import DocumentProblem
 from .inbound_document import PDF, AcceptedDocument, accept, read_texts
+from .inbound_repair import REPAIRED, repair_received
 from .inbound_shape import Documents, caller_number, received_communication, triage_task
 from .numbers import OWNER_TYPES, FaxNumbers
 from .phone import E164
@@ -108,6 +111,8 @@ class Reception:
     async def ensure_indexes(self) -> None:
         await self.records.create_index("documents", name="documents")
         await self.records.create_index("communication_id", name="communication")
+        await self.records.create_index("repaired", name="repaired")
+        await repair_received(self.records, self.store, self.z3)  # once: what was received before the fixes
         # What each reception looks up (suggestions.py, numbers.find_owner): patients by birth date or
         # identifier, senders and owners by fax number; without these every fax would scan the collections.
         await self.database["Patient"].create_index("birthDate", name="inbound_birth_date")
@@ -237,6 +242,17 @@ class Reception:
             versions.append((await self.z3.put(original, accepted.original, accepted.original_type, metadata)).version)
         return Stored(pdf, accepted, original, tuple(versions))
 
+    async def pin(self, stored: Stored, session: Any) -> None:
+        """Pin the stored documents, as a sent fax's are, in the reception's transaction: a received fax is a
+        record, so a later upload to its key or a delete of the key never removes it, and the SHA-1 its
+        Communication shows (``contentAttachment.hash``) downloads it. A delivery that lost the race to record
+        the same fax pins nothing, and discards its copy."""
+        documents = [(stored.pdf, stored.info.pdf), (stored.original, stored.info.original)]
+        for version, (location, data) in zip(stored.versions, documents, strict=False):
+            if location is not None and data is not None:
+                digest = base64.b64encode(hashlib.sha1(data).digest()).decode()
+                await self.z3.pin(version, location, digest, session=session)
+
     def url(self, location: Z3Location) -> str:
         if self.project_api_base:
             return f"{self.project_api_base.rstrip('/')}/z3/{location.bucket}/{location.key}"
@@ -277,10 +293,13 @@ class Reception:
             "to": notice.to_number,
             "received": moment,
             "documents": [] if stored is None else [str(s) for s in (stored.pdf, stored.original) if s is not None],
+            "repaired": REPAIRED,  # written as ``inbound_repair`` would leave it
         }
 
         async def write(session: Any) -> Received:
             await self.records.insert_one(record, session=session)
+            if stored is not None:
+                await self.pin(stored, session)
             saved = await self.store.create(communication, resource_id=communication_id, moment=moment, session=session)
             saved_task = None
             if task is not None:

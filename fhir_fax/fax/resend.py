@@ -120,10 +120,17 @@ async def resend(
     documents = job_documents(job)
     urls = attachment_urls(original, [d.media for d in documents], caller.project_api_bases)
     subject = (original.get("subject") or {}).get("reference")
+    sender = (original.get("sender") or {}).get("reference")
+    if not isinstance(sender, str) or not sender:
+        raise Unprocessable(
+            f"Communication/{communication_id} names no sender (sender.reference), so it cannot be resent as it was; "
+            "send it as a new fax with a sender, or restore the original's sender.",
+            expression=["sender"],
+        )
     request = SendFaxRequest(
         media=urls[0] if len(urls) == 1 else tuple(urls),
         quality=job.quality,
-        sender=str(original["sender"]["reference"]),
+        sender=sender,
         recipient=recipient,
         recipientNumber=recipient_number,
         patient=subject if isinstance(subject, str) else None,

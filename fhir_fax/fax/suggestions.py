@@ -197,3 +197,16 @@ async def sender_suggestions(database: Any, caller: str | None) -> list[Suggesti
             evidence = [f"its fax number {caller} is the caller's"]
             found.append(Suggestion(f"{resource_type}/{resource['_id']}", display, 0.9, evidence, SUGGESTED_SENDER))
     return found[:SUGGESTIONS]
+
+
+def filed_inputs(inputs: list[dict[str, Any]], patient: str) -> list[dict[str, Any]]:
+    """A filed Task's inputs: every suggested patient but the one filed to is dropped (they name other people)."""
+    return [
+        item
+        for item in inputs
+        if not is_suggested_patient(item) or (item.get("valueReference") or {}).get("reference") == patient
+    ]
+
+
+def is_suggested_patient(item: dict[str, Any]) -> bool:
+    return any(c.get("code") == SUGGESTED_PATIENT for c in (item.get("type") or {}).get("coding", []))

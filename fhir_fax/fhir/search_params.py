@@ -233,7 +233,7 @@ DOCUMENT_REFERENCE: tuple[SearchParameter, ...] = (
                       "Who/what is the subject of the document", "DocumentReference.subject.where(resolve() is "
                       "Patient)", indexed=True),
     indexed_parameter(ReferenceKind("author", references("author")), "reference", "Who and/or what authored the "
-                      "document", "DocumentReference.author"),
+                      "document", "DocumentReference.author", indexed=True),  # a compartment member
     indexed_parameter(TokenKind("status", _plain_token("status")), "token", "current | superseded | "
                       "entered-in-error", "DocumentReference.status"),
     indexed_parameter(TokenKind("type", _concept("type")), "token", "Kind of document", "DocumentReference.type"),

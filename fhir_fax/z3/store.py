@@ -155,16 +155,16 @@ class Z3Store:
             await self.database[f"{GRIDFS_BUCKET}.chunks"].delete_many({"files_id": file_id})
         return bool(result.deleted_count)
 
-    async def pin(self, version: Any, location: Z3Location, sha1: str | None) -> bool:
+    async def pin(self, version: Any, location: Z3Location, sha1: str | None, session: Any = None) -> bool:
         """Keep ``version`` for as long as a fax may need it; False when it is already gone.
 
         Idempotent: pinning a pinned version changes nothing (and writes nothing), so sending the same
-        document many times costs one keyed update each.
+        document many times costs one keyed update each. ``session``: pinned in the caller's transaction.
         """
         fields = {"metadata.pinned": True, "metadata.location": f"{location.bucket}/{location.key}"}
         if sha1:
             fields["metadata.sha1"] = sha1
-        result = await self.files.update_one({"_id": version}, {"$set": fields})
+        result = await self.files.update_one({"_id": version}, {"$set": fields}, session=session)
         return bool(result.matched_count == 1)
 
     async def pinned_version(self, location: Z3Location, sha1: str) -> Any:
