@@ -425,3 +425,44 @@ async def test_a_subscription_made_by_a_signed_in_user_is_checked_against_that_u
     )
     assert "revoked" in stopped["detail"]
     assert len(listener.received(path)) == 1
+
+
+async def test_a_patient_limited_token_only_reaches_subscriptions_made_for_its_patient(
+    notifying: httpx.AsyncClient, listener: Listener, database: Any
+) -> None:
+    """``patient/*`` scopes keep Subscriptions to those whose recorded subscriber has the same patient in context:
+    another client's (and its channel.header secret) is neither found nor read, changed or deleted."""
+    patient = "maria-lopez"
+    secret = f"Authorization: Bearer s3cret-{uuid.uuid4().hex[:8]}"
+    theirs = await subscribe(
+        notifying, subscription(f"Communication?patient=Patient/{patient}", f"{listener.url}/x", header=[secret])
+    )
+    username = await make_user(database)
+    app = await make_app(database)
+    async with httpx.AsyncClient(transport=notifying._transport, base_url="http://fhir.test") as web:
+        token = await token_for(web, Flow(app, "launch/patient patient/*.cruds"), username, patient=patient)
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        mine = await subscribe(web, subscription(f"Communication?patient=Patient/{patient}", f"{listener.url}/mine"))
+        found = await web.get("/fhir/Subscription", params={"_total": "accurate"})
+        assert found.status_code == 200, found.text
+        ids = [e["resource"]["id"] for e in found.json().get("entry", [])]
+        assert mine["id"] in ids and theirs["id"] not in ids
+        assert found.json()["total"] == len(ids) and "s3cret" not in found.text
+        assert (await web.get(f"/fhir/Subscription/{mine['id']}")).status_code == 200
+        refusals_before = await database["AuditEvent"].count_documents({"subtype.code": "access-refused"})
+        changed = {**subscription("Communication?", f"{listener.url}/stolen"), "id": theirs["id"]}
+        for answer in (
+            await web.get(f"/fhir/Subscription/{theirs['id']}"),
+            await web.put(f"/fhir/Subscription/{theirs['id']}", json=changed, headers=FHIR_JSON),
+            await web.delete(f"/fhir/Subscription/{theirs['id']}"),
+        ):
+            assert answer.status_code == 403, answer.text
+            message = answer.json()["issue"][0]["diagnostics"]
+            assert f"limited to Patient/{patient}" in message and f"Subscription/{theirs['id']}" in message
+            assert "s3cret" not in answer.text
+    refusals = await database["AuditEvent"].find({"subtype.code": "access-refused"}).to_list(None)
+    assert len(refusals) - refusals_before >= 3
+    assert sum(f"FHIR:Subscription:{theirs['id']}" in e["outcomeDesc"] for e in refusals) >= 3
+    kept = await notifying.get(f"/fhir/Subscription/{theirs['id']}")
+    assert kept.status_code == 200 and kept.json()["meta"]["versionId"] == "1"
+    assert kept.json()["channel"]["endpoint"] == f"{listener.url}/x"
