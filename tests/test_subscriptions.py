@@ -466,3 +466,44 @@ async def test_a_patient_limited_token_only_reaches_subscriptions_made_for_its_p
     kept = await notifying.get(f"/fhir/Subscription/{theirs['id']}")
     assert kept.status_code == 200 and kept.json()["meta"]["versionId"] == "1"
     assert kept.json()["channel"]["endpoint"] == f"{listener.url}/x"
+
+
+async def test_a_dead_endpoint_with_many_queued_versions_does_not_delay_other_subscriptions(
+    runtime: Runtime, database: Any, listener: Listener
+) -> None:
+    """Later versions waiting behind one being retried wait as long as it does, so they never fill the batch."""
+    code = f"dead-{uuid.uuid4().hex[:6]}"
+    dead, _ = check_subscription(subscription(f"Communication?category={code}", "http://127.0.0.1:1/dead"),
+                                 runtime.registry, ["127.0.0.1"])  # fmt: skip
+    kept = {"client": "test-admin", "scopes": "", "patient": None}
+    dead_id = (await runtime.store.create(dead, private=kept))["id"]
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
+    written = await runtime.store.create(body)
+    for _ in range(40):  # more later versions of one pair than a batch takes
+        await runtime.store.update("Communication", written["id"], {**body, "id": written["id"]})
+    dispatcher = runtime.subscriptions.dispatcher
+    while await dispatcher.step():
+        pass
+    path = f"/healthy-{uuid.uuid4().hex[:6]}"
+    healthy, _ = check_subscription(subscription(f"Communication?category={path[1:]}", f"{listener.url}{path}"),
+                                    runtime.registry, ["127.0.0.1"])  # fmt: skip
+    healthy_id = (await runtime.store.create(healthy, private=kept))["id"]
+    other = {**body, "category": [{"coding": [{"code": path[1:]}]}]}
+    await runtime.store.create(other)
+    while await dispatcher.step():
+        pass
+    sender = Sender(runtime.settings, runtime.store, runtime.subscriptions.queue, runtime.gate)
+    try:
+        for _ in range(10):  # each pass claims what it can; none may be filled by blocked versions
+            await sender.step()
+            if await database[NOTIFICATIONS].find_one({"subscription": healthy_id, "state": "sent"}):
+                break
+    finally:
+        await sender.close()
+    assert await database[NOTIFICATIONS].find_one({"subscription": healthy_id, "state": "sent"}), "not delivered"
+    assert len(listener.received(path)) == 1
+    first = await database[NOTIFICATIONS].find_one({"subscription": dead_id, "version": 1})
+    assert first["state"] == "due" and first["attempts"] == 1, "the dead endpoint's first version waits to retry"
+    later = await database[NOTIFICATIONS].find({"subscription": dead_id, "version": {"$gt": 1}}).to_list(None)
+    assert len(later) == 40 and all(n["state"] == "due" and n["attempts"] == 0 for n in later)
+    assert all(n["due_at"] >= first["due_at"] for n in later), "each waits as long as the version before it"
