@@ -507,3 +507,25 @@ async def test_a_dead_endpoint_with_many_queued_versions_does_not_delay_other_su
     later = await database[NOTIFICATIONS].find({"subscription": dead_id, "version": {"$gt": 1}}).to_list(None)
     assert len(later) == 40 and all(n["state"] == "due" and n["attempts"] == 0 for n in later)
     assert all(n["due_at"] >= first["due_at"] for n in later), "each waits as long as the version before it"
+
+
+async def test_re_keying_at_start_up_keeps_a_subscriptions_match_keys(runtime: Runtime, database: Any) -> None:
+    """When Subscription's parameters change, start-up re-keys stored ones with the store's indexer, so they
+    stay filed under their criteria and still match."""
+    code = f"rekey-{uuid.uuid4().hex[:6]}"
+    checked, _ = check_subscription(subscription(f"Communication?category={code}", "https://hooks.example.com/x"),
+                                    runtime.registry, [])  # fmt: skip
+    created = await runtime.store.create(checked, private={"client": "test-admin", "scopes": "", "patient": None})
+    before = (await database["Subscription"].find_one({"_id": created["id"]}))["_fhirfax"]["keys"]
+    assert before["match"]
+    await database["Subscription"].update_one({"_id": created["id"]}, {"$unset": {"_fhirfax.keys.status": ""}})
+    await database["search_keys"].update_one({"_id": "Subscription"}, {"$set": {"parameters": "an older release"}})
+    await runtime.prepare()  # a start-up
+    after = (await database["Subscription"].find_one({"_id": created["id"]}))["_fhirfax"]["keys"]
+    assert after == before, "re-keyed (status is back), match keys kept"
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
+    written = await runtime.store.create(body)
+    while await runtime.subscriptions.dispatcher.step():
+        pass
+    queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
+    assert [n["resource"] for n in queued] == [f"Communication/{written['id']}"]
