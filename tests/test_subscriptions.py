@@ -529,3 +529,40 @@ async def test_re_keying_at_start_up_keeps_a_subscriptions_match_keys(runtime: R
         pass
     queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
     assert [n["resource"] for n in queued] == [f"Communication/{written['id']}"]
+
+
+async def test_a_patient_limited_subscription_queues_nothing_about_other_patients(
+    notifying: httpx.AsyncClient, listener: Listener, database: Any
+) -> None:
+    """Its criteria are narrowed to the patient's compartment when matched: another patient's faxes are not queued,
+    numbered or refused (so the event numbers it gets say nothing about them)."""
+    username = await make_user(database)
+    app = await make_app(database)
+    path = f"/narrow-{uuid.uuid4().hex[:6]}"
+    async with httpx.AsyncClient(transport=notifying._transport, base_url="http://fhir.test") as web:
+        flow = Flow(app, "launch/patient patient/Communication.rs patient/Subscription.cruds")
+        token = await token_for(web, flow, username, patient="maria-lopez")
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        created = await subscribe(web, subscription(f"Communication?category={path[1:]}", f"{listener.url}{path}"))
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": path[1:]}]}]}
+    others = []
+    for _ in range(2):
+        answer = await notifying.post(
+            "/fhir/Communication", json={**body, "subject": {"reference": "Patient/james-oneil"}}
+        )
+        assert answer.status_code == 201
+        others.append(answer.json()["id"])
+
+    async def looked_at() -> bool | None:
+        marked = await database["Communication"].count_documents(
+            {"_id": {"$in": others}, "_fhirfax.pending": {"$exists": True}}
+        )
+        return True if marked == 0 else None
+
+    await eventually(looked_at, within=30, failure=lambda: "not dispatched")
+    maria = await notifying.post("/fhir/Communication", json={**body, "subject": {"reference": "Patient/maria-lopez"}})
+    [got] = await listener.wait_for(path, 1)
+    assert header(got, "X-FHIR-Fax-Resource") == f"Communication/{maria.json()['id']}/_history/1"
+    assert header(got, "X-FHIR-Fax-Event") == "1"
+    queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
+    assert [n["resource"] for n in queued] == [f"Communication/{maria.json()['id']}"]

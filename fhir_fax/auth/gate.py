@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import Request
 
 from ..errors import Forbidden
-from ..fhir.compartments import SUBSCRIBER_KEPT, compartment_filter, in_compartment
+from ..fhir.compartments import PATIENT_COMPARTMENT, SUBSCRIBER_KEPT, compartment_filter, in_compartment
 from ..fhir.search import SearchRegistry, merge_clauses
 from ..fhir.store import PRIVATE, RESERVED, history_collection, public
 from .clients import Clients
@@ -268,7 +268,8 @@ class Gate:
 
         A client of ours is kept by id (its current policy applies when a notification is sent, so a policy
         narrowed or a client deleted later narrows or stops its notifications); an external token's policy
-        came with the token and is kept as it was. The token's scopes and patient in context are kept too.
+        came with the token and is kept as it was. The token's scopes and patient in context are kept too, and
+        the types its reads are kept to that patient for (``limited``): the dispatcher matches those only there.
         """
         principal = await self.identify(request)
         kept: dict[str, Any] = {
@@ -276,6 +277,8 @@ class Gate:
             "scopes": " ".join(str(s) for s in principal.scopes),
             "patient": principal.patient,
         }
+        if principal.patient is not None:  # the types its reads are kept to the patient for: matched only there
+            kept["limited"] = sorted(t for t in PATIENT_COMPARTMENT if principal.limited(READ, t))
         if principal.grant is not None:  # a signed-in user through an app: checked through that grant
             grant = await SmartStore(self.database).grant(principal.grant)
             if grant is not None:
