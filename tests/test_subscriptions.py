@@ -411,10 +411,19 @@ async def test_a_subscription_made_by_a_signed_in_user_is_checked_against_that_u
         )
         return found
 
-    refused = await eventually(
-        lambda: settled(f"Communication/{james.json()['id']}", "refused"), within=30, failure=lambda: "not refused"
+    async def looked_at() -> bool | None:  # matched inside maria-lopez's compartment only: never queued
+        pending = await database["Communication"].find_one(
+            {"_id": james.json()["id"], "_fhirfax.pending": {"$exists": True}}
+        )
+        return True if pending is None else None
+
+    await eventually(looked_at, within=30, failure=lambda: "not dispatched")
+    assert (
+        await database[NOTIFICATIONS].find_one(
+            {"subscription": created["id"], "resource": f"Communication/{james.json()['id']}"}
+        )
+        is None
     )
-    assert "limited to Patient/maria-lopez" in refused["detail"]
     assert [header(r, "X-FHIR-Fax-Resource") for r in listener.received(path)] == [
         f"Communication/{maria.json()['id']}/_history/1"
     ]
