@@ -162,7 +162,7 @@ class Runtime:
         """Indexes, the stored OperationDefinitions and the bootstrap client; safe to repeat."""
         sandbox.configure(sandbox.Limits.of(self.settings))  # documents are read in a process with these limits
         await self.store.ensure_indexes(SUPPORTED_TYPES)
-        await self.registry.ensure_indexes(self.database)
+        await self.registry.ensure_indexes(self.database, self.store.indexer_for)  # the keys the store writes
         for definition in self.definitions:
             await self.store.put_if_changed(definition)
         await self.service.ensure_indexes()

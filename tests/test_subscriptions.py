@@ -411,10 +411,19 @@ async def test_a_subscription_made_by_a_signed_in_user_is_checked_against_that_u
         )
         return found
 
-    refused = await eventually(
-        lambda: settled(f"Communication/{james.json()['id']}", "refused"), within=30, failure=lambda: "not refused"
+    async def looked_at() -> bool | None:  # matched inside maria-lopez's compartment only: never queued
+        pending = await database["Communication"].find_one(
+            {"_id": james.json()["id"], "_fhirfax.pending": {"$exists": True}}
+        )
+        return True if pending is None else None
+
+    await eventually(looked_at, within=30, failure=lambda: "not dispatched")
+    assert (
+        await database[NOTIFICATIONS].find_one(
+            {"subscription": created["id"], "resource": f"Communication/{james.json()['id']}"}
+        )
+        is None
     )
-    assert "limited to Patient/maria-lopez" in refused["detail"]
     assert [header(r, "X-FHIR-Fax-Resource") for r in listener.received(path)] == [
         f"Communication/{maria.json()['id']}/_history/1"
     ]
@@ -425,3 +434,144 @@ async def test_a_subscription_made_by_a_signed_in_user_is_checked_against_that_u
     )
     assert "revoked" in stopped["detail"]
     assert len(listener.received(path)) == 1
+
+
+async def test_a_patient_limited_token_only_reaches_subscriptions_made_for_its_patient(
+    notifying: httpx.AsyncClient, listener: Listener, database: Any
+) -> None:
+    """``patient/*`` scopes keep Subscriptions to those whose recorded subscriber has the same patient in context:
+    another client's (and its channel.header secret) is neither found nor read, changed or deleted."""
+    patient = "maria-lopez"
+    secret = f"Authorization: Bearer s3cret-{uuid.uuid4().hex[:8]}"
+    theirs = await subscribe(
+        notifying, subscription(f"Communication?patient=Patient/{patient}", f"{listener.url}/x", header=[secret])
+    )
+    username = await make_user(database)
+    app = await make_app(database)
+    async with httpx.AsyncClient(transport=notifying._transport, base_url="http://fhir.test") as web:
+        token = await token_for(web, Flow(app, "launch/patient patient/*.cruds"), username, patient=patient)
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        mine = await subscribe(web, subscription(f"Communication?patient=Patient/{patient}", f"{listener.url}/mine"))
+        found = await web.get("/fhir/Subscription", params={"_total": "accurate"})
+        assert found.status_code == 200, found.text
+        ids = [e["resource"]["id"] for e in found.json().get("entry", [])]
+        assert mine["id"] in ids and theirs["id"] not in ids
+        assert found.json()["total"] == len(ids) and "s3cret" not in found.text
+        assert (await web.get(f"/fhir/Subscription/{mine['id']}")).status_code == 200
+        refusals_before = await database["AuditEvent"].count_documents({"subtype.code": "access-refused"})
+        changed = {**subscription("Communication?", f"{listener.url}/stolen"), "id": theirs["id"]}
+        for answer in (
+            await web.get(f"/fhir/Subscription/{theirs['id']}"),
+            await web.put(f"/fhir/Subscription/{theirs['id']}", json=changed, headers=FHIR_JSON),
+            await web.delete(f"/fhir/Subscription/{theirs['id']}"),
+        ):
+            assert answer.status_code == 403, answer.text
+            message = answer.json()["issue"][0]["diagnostics"]
+            assert f"limited to Patient/{patient}" in message and f"Subscription/{theirs['id']}" in message
+            assert "s3cret" not in answer.text
+    refusals = await database["AuditEvent"].find({"subtype.code": "access-refused"}).to_list(None)
+    assert len(refusals) - refusals_before >= 3
+    assert sum(f"FHIR:Subscription:{theirs['id']}" in e["outcomeDesc"] for e in refusals) >= 3
+    kept = await notifying.get(f"/fhir/Subscription/{theirs['id']}")
+    assert kept.status_code == 200 and kept.json()["meta"]["versionId"] == "1"
+    assert kept.json()["channel"]["endpoint"] == f"{listener.url}/x"
+
+
+async def test_a_dead_endpoint_with_many_queued_versions_does_not_delay_other_subscriptions(
+    runtime: Runtime, database: Any, listener: Listener
+) -> None:
+    """Later versions waiting behind one being retried wait as long as it does, so they never fill the batch."""
+    code = f"dead-{uuid.uuid4().hex[:6]}"
+    dead, _ = check_subscription(subscription(f"Communication?category={code}", "http://127.0.0.1:1/dead"),
+                                 runtime.registry, ["127.0.0.1"])  # fmt: skip
+    kept = {"client": "test-admin", "scopes": "", "patient": None}
+    dead_id = (await runtime.store.create(dead, private=kept))["id"]
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
+    written = await runtime.store.create(body)
+    for _ in range(40):  # more later versions of one pair than a batch takes
+        await runtime.store.update("Communication", written["id"], {**body, "id": written["id"]})
+    dispatcher = runtime.subscriptions.dispatcher
+    while await dispatcher.step():
+        pass
+    path = f"/healthy-{uuid.uuid4().hex[:6]}"
+    healthy, _ = check_subscription(subscription(f"Communication?category={path[1:]}", f"{listener.url}{path}"),
+                                    runtime.registry, ["127.0.0.1"])  # fmt: skip
+    healthy_id = (await runtime.store.create(healthy, private=kept))["id"]
+    other = {**body, "category": [{"coding": [{"code": path[1:]}]}]}
+    await runtime.store.create(other)
+    while await dispatcher.step():
+        pass
+    sender = Sender(runtime.settings, runtime.store, runtime.subscriptions.queue, runtime.gate)
+    try:
+        for _ in range(10):  # each pass claims what it can; none may be filled by blocked versions
+            await sender.step()
+            if await database[NOTIFICATIONS].find_one({"subscription": healthy_id, "state": "sent"}):
+                break
+    finally:
+        await sender.close()
+    assert await database[NOTIFICATIONS].find_one({"subscription": healthy_id, "state": "sent"}), "not delivered"
+    assert len(listener.received(path)) == 1
+    first = await database[NOTIFICATIONS].find_one({"subscription": dead_id, "version": 1})
+    assert first["state"] == "due" and first["attempts"] == 1, "the dead endpoint's first version waits to retry"
+    later = await database[NOTIFICATIONS].find({"subscription": dead_id, "version": {"$gt": 1}}).to_list(None)
+    assert len(later) == 40 and all(n["state"] == "due" and n["attempts"] == 0 for n in later)
+    assert all(n["due_at"] >= first["due_at"] for n in later), "each waits as long as the version before it"
+
+
+async def test_re_keying_at_start_up_keeps_a_subscriptions_match_keys(runtime: Runtime, database: Any) -> None:
+    """When Subscription's parameters change, start-up re-keys stored ones with the store's indexer, so they
+    stay filed under their criteria and still match."""
+    code = f"rekey-{uuid.uuid4().hex[:6]}"
+    checked, _ = check_subscription(subscription(f"Communication?category={code}", "https://hooks.example.com/x"),
+                                    runtime.registry, [])  # fmt: skip
+    created = await runtime.store.create(checked, private={"client": "test-admin", "scopes": "", "patient": None})
+    before = (await database["Subscription"].find_one({"_id": created["id"]}))["_fhirfax"]["keys"]
+    assert before["match"]
+    await database["Subscription"].update_one({"_id": created["id"]}, {"$unset": {"_fhirfax.keys.status": ""}})
+    await database["search_keys"].update_one({"_id": "Subscription"}, {"$set": {"parameters": "an older release"}})
+    await runtime.prepare()  # a start-up
+    after = (await database["Subscription"].find_one({"_id": created["id"]}))["_fhirfax"]["keys"]
+    assert after == before, "re-keyed (status is back), match keys kept"
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
+    written = await runtime.store.create(body)
+    while await runtime.subscriptions.dispatcher.step():
+        pass
+    queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
+    assert [n["resource"] for n in queued] == [f"Communication/{written['id']}"]
+
+
+async def test_a_patient_limited_subscription_queues_nothing_about_other_patients(
+    notifying: httpx.AsyncClient, listener: Listener, database: Any
+) -> None:
+    """Its criteria are narrowed to the patient's compartment when matched: another patient's faxes are not queued,
+    numbered or refused (so the event numbers it gets say nothing about them)."""
+    username = await make_user(database)
+    app = await make_app(database)
+    path = f"/narrow-{uuid.uuid4().hex[:6]}"
+    async with httpx.AsyncClient(transport=notifying._transport, base_url="http://fhir.test") as web:
+        flow = Flow(app, "launch/patient patient/Communication.rs patient/Subscription.cruds")
+        token = await token_for(web, flow, username, patient="maria-lopez")
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        created = await subscribe(web, subscription(f"Communication?category={path[1:]}", f"{listener.url}{path}"))
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": path[1:]}]}]}
+    others = []
+    for _ in range(2):
+        answer = await notifying.post(
+            "/fhir/Communication", json={**body, "subject": {"reference": "Patient/james-oneil"}}
+        )
+        assert answer.status_code == 201
+        others.append(answer.json()["id"])
+
+    async def looked_at() -> bool | None:
+        marked = await database["Communication"].count_documents(
+            {"_id": {"$in": others}, "_fhirfax.pending": {"$exists": True}}
+        )
+        return True if marked == 0 else None
+
+    await eventually(looked_at, within=30, failure=lambda: "not dispatched")
+    maria = await notifying.post("/fhir/Communication", json={**body, "subject": {"reference": "Patient/maria-lopez"}})
+    [got] = await listener.wait_for(path, 1)
+    assert header(got, "X-FHIR-Fax-Resource") == f"Communication/{maria.json()['id']}/_history/1"
+    assert header(got, "X-FHIR-Fax-Event") == "1"
+    queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
+    assert [n["resource"] for n in queued] == [f"Communication/{maria.json()['id']}"]

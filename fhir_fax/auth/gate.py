@@ -25,9 +25,9 @@ from typing import Any
 from fastapi import Request
 
 from ..errors import Forbidden
-from ..fhir.compartments import compartment_filter, in_compartment
+from ..fhir.compartments import PATIENT_COMPARTMENT, SUBSCRIBER_KEPT, compartment_filter, in_compartment
 from ..fhir.search import SearchRegistry, merge_clauses
-from ..fhir.store import RESERVED, public
+from ..fhir.store import PRIVATE, RESERVED, history_collection, public
 from .clients import Clients
 from .grants import narrows
 from .guard import Guard, Principal
@@ -99,13 +99,43 @@ class Gate:
             if refusal is not None:
                 await self.refuse(request, principal, refusal, action, name)
             patient = principal.patient_limit(action, resource_type)
-            if patient is not None and not in_compartment(resource, patient, self.registry):
-                what = f"{resource_type}/{resource['id']}" if resource.get("id") else "This resource"
+            what = f"{resource_type}/{resource['id']}" if resource.get("id") else "This resource"
+            if resource_type in SUBSCRIBER_KEPT:
+                if patient is not None and action != "FHIR:Create" and not await self.made_for(resource, patient):
+                    reason = (
+                        f"This token is limited to Patient/{patient}; {what} was not made by a token with "
+                        f"Patient/{patient} in context ({action} refused). Create your own {resource_type}."
+                    )
+                    await self.refuse(request, principal, reason, action, name)
+            elif patient is not None and not in_compartment(resource, patient, self.registry):
                 reason = (
                     f"This token is limited to Patient/{patient}'s compartment; {what} is outside it "
                     f"({action} refused)."
                 )
                 await self.refuse(request, principal, reason, action, name)
+
+    async def made_for(self, resource: dict[str, Any], patient: str) -> bool:
+        """Was ``resource`` (a ``SUBSCRIBER_KEPT`` type) written by a token with ``patient`` in context?
+
+        Its current version's recorded subscriber decides (a deleted one's: its last live version's). One not
+        stored yet (a PUT that creates it) becomes the caller's own.
+        """
+        resource_type, resource_id = resource["resourceType"], resource.get("id")
+        if not resource_id or self.database is None:
+            return True
+        current = await self.database[resource_type].find_one({"_id": resource_id}, {RESERVED: 1})
+        if current is None:
+            return True
+        reserved = current[RESERVED]
+        if reserved.get("deleted"):
+            live = await self.database[history_collection(resource_type)].find_one(
+                {f"{RESERVED}.id": resource_id, f"{RESERVED}.{PRIVATE}": {"$exists": True}},
+                {RESERVED: 1},
+                sort=[(f"{RESERVED}.version", -1)],
+            )
+            reserved = live[RESERVED] if live is not None else {}
+        kept = reserved.get(PRIVATE)
+        return isinstance(kept, dict) and kept.get("patient") == patient
 
     # -- searches ----------------------------------------------------------------------------------------
 
@@ -238,7 +268,8 @@ class Gate:
 
         A client of ours is kept by id (its current policy applies when a notification is sent, so a policy
         narrowed or a client deleted later narrows or stops its notifications); an external token's policy
-        came with the token and is kept as it was. The token's scopes and patient in context are kept too.
+        came with the token and is kept as it was. The token's scopes and patient in context are kept too, and
+        the types its reads are kept to that patient for (``limited``): the dispatcher matches those only there.
         """
         principal = await self.identify(request)
         kept: dict[str, Any] = {
@@ -246,6 +277,8 @@ class Gate:
             "scopes": " ".join(str(s) for s in principal.scopes),
             "patient": principal.patient,
         }
+        if principal.patient is not None:  # the types its reads are kept to the patient for: matched only there
+            kept["limited"] = sorted(t for t in PATIENT_COMPARTMENT if principal.limited(READ, t))
         if principal.grant is not None:  # a signed-in user through an app: checked through that grant
             grant = await SmartStore(self.database).grant(principal.grant)
             if grant is not None:

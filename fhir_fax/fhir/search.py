@@ -39,6 +39,8 @@ SNAPSHOT_SECONDS = 1800
 SNAPSHOTS = "search_snapshots"
 # What each type's stored search keys were computed by (``SearchRegistry.add_missing_keys``).
 KEY_RECORDS = "search_keys"
+# The store's indexer per type (``ResourceStore.indexer_for``), which may add keys beyond the parameters'.
+IndexerFor = Callable[[str], Callable[[dict[str, Any]], dict[str, Any]] | None] | None
 KEY_FORMAT = 1  # raise when a kind stores its keys differently, so that every stored resource is indexed again
 # Indexes earlier releases created that nothing reads any more (each would still be rewritten at every write).
 OBSOLETE_INDEXES = (("Communication", "patient_lastUpdated"),)
@@ -167,7 +169,7 @@ class SearchRegistry:
             if p.kind is not None
         }
 
-    async def add_missing_keys(self, database: Any) -> dict[str, int]:
+    async def add_missing_keys(self, database: Any, indexer_for: IndexerFor = None) -> dict[str, int]:
         """Give stored resources the search keys of parameters added (or changed) since they were written.
 
         Runs at start-up, like the store's creation keys. Each type's parameters are recorded in
@@ -175,12 +177,15 @@ class SearchRegistry:
         keys written by the release that first registered it, or had no parameters then: only resources
         without keys are indexed. Each update is conditional on the version read, so a resource changed
         meanwhile keeps the keys its writer computed. Returns how many resources got keys, per type.
+        ``indexer_for`` is the store's (the runtime hands it in): a type its writer files under more keys than
+        its parameters' (a Subscription's match keys) keeps them, since ``keys`` is replaced whole.
         """
         added: dict[str, int] = {}
         done: list[ReplaceOne[Any]] = []
         records = {record["_id"]: record async for record in database[KEY_RECORDS].find({})}
         for resource_type in self.by_type:
-            indexer, signature = self.indexer(resource_type), self.signature(resource_type)
+            indexer = (indexer_for or self.indexer)(resource_type)
+            signature = self.signature(resource_type)
             record = records.get(resource_type)
             if indexer is None or (record is not None and record.get("parameters") == signature):
                 continue
@@ -200,7 +205,7 @@ class SearchRegistry:
             await database[KEY_RECORDS].bulk_write(done)
         return added
 
-    async def ensure_indexes(self, database: Any) -> None:
+    async def ensure_indexes(self, database: Any, indexer_for: IndexerFor = None) -> None:
         """One index per indexed parameter (and per sortable one), then the missing keys, at start-up.
 
         Each collection's indexes are created by one command: a start-up (every test's too) pays one round
@@ -222,7 +227,7 @@ class SearchRegistry:
         for resource_type, models in wanted.items():
             if models:
                 await database[resource_type].create_indexes(models)
-        await self.add_missing_keys(database)
+        await self.add_missing_keys(database, indexer_for)
         await database[SNAPSHOTS].create_index("expires", expireAfterSeconds=0, name="expires")
         for resource_type, name in OBSOLETE_INDEXES:
             with contextlib.suppress(OperationFailure):  # absent: nothing to drop

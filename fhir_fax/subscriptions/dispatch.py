@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 from ..db import maybe_await, stop_if_cancelled
+from ..fhir.compartments import PATIENT_COMPARTMENT, compartment_filter
 from ..fhir.search import SearchRegistry
-from ..fhir.store import PENDING, RESERVED, ResourceStore, as_utc, history_collection
+from ..fhir.store import PENDING, PRIVATE, RESERVED, ResourceStore, as_utc, history_collection
 from .criteria import Criteria, for_history, parse_criteria, version_buckets
 from .faults import crash_point
 from .queue import Queue
@@ -107,7 +109,14 @@ class Dispatcher:
         # the collection when other conditions are added); status and age are checked here.
         cursor = self.store.collection("Subscription").find(
             {MATCH_FIELD: {"$in": version_buckets(document, resource_id)}},
-            {"status": 1, "criteria": 1, "channel": 1, f"{RESERVED}.version": 1, f"{RESERVED}.created": 1},
+            {
+                "status": 1,
+                "criteria": 1,
+                "channel": 1,
+                f"{RESERVED}.version": 1,
+                f"{RESERVED}.created": 1,
+                f"{RESERVED}.{PRIVATE}": 1,
+            },
         )
         candidates: list[tuple[dict[str, Any], Criteria]] = []
         async for subscription in cursor:
@@ -162,13 +171,31 @@ class Dispatcher:
             self._parsed.move_to_end(key)
             return self._parsed[key]
         try:
-            parsed: Criteria | None = parse_criteria(subscription.get("criteria"), self.registry, self.base_url)
+            parsed: Criteria | None = narrowed(
+                parse_criteria(subscription.get("criteria"), self.registry, self.base_url),
+                subscription[RESERVED].get(PRIVATE),
+            )
         except Exception:
             parsed = None
         self._parsed[key] = parsed
         if len(self._parsed) > PARSED_KEPT:
             self._parsed.popitem(last=False)
         return parsed
+
+
+def narrowed(criteria: Criteria, subscriber: Any) -> Criteria:
+    """The criteria as matched for ``subscriber``: kept to its patient's compartment when its reads of the type
+    were (``limited``, recorded by the gate), so other patients' versions are never queued or numbered (they
+    would only be refused when sent, and the gaps in event numbers would tell of them)."""
+    if not isinstance(subscriber, dict) or not isinstance(patient := subscriber.get("patient"), str):
+        return criteria
+    limited = subscriber.get("limited")
+    if not isinstance(limited, list) or criteria.resource_type not in limited:
+        return criteria
+    if criteria.resource_type not in PATIENT_COMPARTMENT:
+        return criteria
+    compartment = compartment_filter(criteria.resource_type, patient)
+    return replace(criteria, filter={"$and": [criteria.filter, compartment]} if criteria.filter else compartment)
 
 
 def _time_text(document: dict[str, Any]) -> str:

@@ -13,7 +13,10 @@ re-reads versions whose pending mark it had not yet cleared) adds nothing. State
   was deleted or turned off, or no websocket was bound): finished, kept a week for inspection (TTL).
 
 Per (Subscription, resource) versions go out in order: a notification is claimable only when no earlier
-version of the same pair is still due or held.
+version of the same pair is still due or held. A later version found blocked waits as long as the version
+before it (its ``due_at`` moves up to the blocker's), and a retry moves the pair's later versions with it, so
+versions that cannot be sent yet never sort first and fill a sender's batch: one failing endpoint does not
+stall everyone's notifications. A version that finishes makes the next one of its pair due at once.
 """
 
 from __future__ import annotations
@@ -154,9 +157,14 @@ class Queue:
                 "version": {"$lt": notification.version},
                 "state": {"$in": list(UNFINISHED)},
             },
-            {"_id": 1},
+            {"_id": 1, "due_at": 1},
+            sort=[("version", ASCENDING)],
         )
-        if earlier is not None:
+        if earlier is not None:  # it waits as long as the version before it, behind it in the due order
+            if earlier["due_at"] > notification.due_at:
+                await self.collection.update_one(
+                    {"_id": notification.id, "state": "due"}, {"$max": {"due_at": earlier["due_at"]}}
+                )
             return None
         document = await self.collection.find_one_and_update(
             {"_id": notification.id, "state": "due", "due_at": notification.due_at},
@@ -173,14 +181,31 @@ class Queue:
         result = await self.collection.update_one(
             {"_id": notification.id, "state": "due", "owner": owner}, {"$set": fields, "$unset": {"due_at": ""}}
         )
+        if result.modified_count:  # the next version of the pair, which may have been waiting behind it
+            await self.collection.update_many(
+                {**self._later(notification), "owner": {"$exists": False}}, {"$min": {"due_at": now()}}
+            )
         return bool(result.modified_count)
 
     async def retry(self, notification: Notification, owner: str, at: datetime, error: str) -> bool:
+        """Try again at ``at``; the pair's later versions (sent only after it) wait until then too."""
         result = await self.collection.update_one(
             {"_id": notification.id, "state": "due", "owner": owner},
             {"$set": {"due_at": at, "detail": error}, "$inc": {"attempts": 1}, "$unset": {"owner": ""}},
         )
+        if result.modified_count:
+            await self.collection.update_many(self._later(notification), {"$max": {"due_at": at}})
         return bool(result.modified_count)
+
+    @staticmethod
+    def _later(notification: Notification) -> dict[str, Any]:
+        """The due notifications of the same (Subscription, resource) for later versions (the ``order`` index)."""
+        return {
+            "subscription": notification.subscription,
+            "resource": f"{notification.resource_type}/{notification.resource_id}",
+            "version": {"$gt": notification.version},
+            "state": "due",
+        }
 
     async def hold(self, subscription: str, error: str | None = None, notification: Notification | None = None) -> None:
         """The Subscription is in error: its unsent notifications wait until it is re-activated."""

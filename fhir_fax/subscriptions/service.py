@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import Request
 
 from ..db import stop_if_cancelled
+from ..fhir.compartments import SUBSCRIBER_PATIENT
 from ..fhir.models import now
 from ..fhir.search import SearchRegistry
 from ..fhir.store import ResourceStore
@@ -51,6 +52,8 @@ class Subscriptions:
         await self.queue.ensure_indexes()
         # Each Subscription's match keys: a version finds the few that could match it with one lookup.
         await self.store.collection("Subscription").create_index(MATCH_FIELD, name="match")
+        # A patient-limited token's searches keep to the Subscriptions made for its patient (auth/gate.py).
+        await self.store.collection("Subscription").create_index(SUBSCRIBER_PATIENT, name="subscriber_patient")
 
     def wake(self, resource_type: str = "", resource_id: str = "") -> None:
         self._wake.set()
