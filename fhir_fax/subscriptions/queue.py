@@ -161,9 +161,10 @@ class Queue:
             sort=[("version", ASCENDING)],
         )
         if earlier is not None:  # it waits as long as the version before it, behind it in the due order
-            if earlier["due_at"] > notification.due_at:
+            waits_until = earlier.get("due_at")  # a held one has none: it waits for re-activation
+            if waits_until is not None and waits_until > notification.due_at:
                 await self.collection.update_one(
-                    {"_id": notification.id, "state": "due"}, {"$max": {"due_at": earlier["due_at"]}}
+                    {"_id": notification.id, "state": "due"}, {"$max": {"due_at": waits_until}}
                 )
             return None
         document = await self.collection.find_one_and_update(
