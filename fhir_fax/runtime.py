@@ -118,6 +118,7 @@ class Runtime:
             database=database,
             carriers=document_faxes.carriers_of(database),
             newest=document_faxes.newest_of(database),
+            uploader=document_faxes.uploader_of(database),
             auditor=auditor,
         )
         z3 = Z3Store(database)

@@ -43,6 +43,8 @@ AUDITED_READS = ("Communication", "DocumentReference")  # what carries a patient
 Carriers = Callable[[str, Any], Awaitable[list[str]]]
 # The version of a document a send would pin now (its newest upload), or None.
 Newest = Callable[[str], Awaitable[Any]]
+# The patient a version of a document was uploaded under (the uploader's token's patient in context), or None.
+Uploader = Callable[[Any], Awaitable[str | None]]
 
 
 class Gate:
@@ -54,6 +56,7 @@ class Gate:
         database: Any = None,
         carriers: Carriers | None = None,
         newest: Newest | None = None,
+        uploader: Uploader | None = None,
         auditor: Any = None,
     ) -> None:
         """Built whole by the runtime (``fhir_fax.runtime``); without a database nothing is served."""
@@ -62,6 +65,7 @@ class Gate:
         self.database = database
         self.carriers = carriers
         self.newest = newest
+        self.uploader = uploader
         self.auditor = auditor  # fhir_fax.audit.Auditor
 
     # -- who, and may they at all ------------------------------------------------------------------------
@@ -197,8 +201,10 @@ class Gate:
 
         Policy and scopes as for anything; for a token limited to one patient, documents belong to the
         Communications (faxes) that carry them: reading needs a carrier in the patient's compartment,
-        changing or deleting needs no carrier outside it, faxing (``attaching``) needs a carrier inside or
-        none at all (a new upload), and listing is refused (it would name other patients' documents).
+        changing or deleting needs no carrier outside it, faxing (``attaching``, which also shows the pages
+        in a preview) needs a carrier of the version it would pin inside, or none and that version uploaded
+        under the same patient (the caller's own new upload: ``uploadedFor``), and listing is refused (it would
+        name other patients' documents).
         ``version`` (the Z3 upload a download hands out) narrows reading to the faxes that pinned it.
         """
         principal = await self.authorize(request, action, resource)
@@ -212,8 +218,14 @@ class Gate:
         if attaching and self.newest is not None:  # the send pins the newest upload: judge that one
             version = await self.newest(url)
         reading = action == "Z3:GetObject"
-        carriers = await self.carrying(url, version if reading else None)
+        carriers = await self.carrying(url, version if reading or attaching else None)
         inside = [c for c in carriers if in_compartment(c, patient, self.registry)]
+        if attaching and not carriers and version is not None and not await self.uploaded_under(version, patient):
+            reason = (
+                f"This token is limited to Patient/{patient}; {url} was not uploaded under Patient/{patient} and "
+                f"no fax in Patient/{patient}'s compartment carries it."
+            )
+            await self.refuse(request, principal, reason, action, resource)
         if reading and not attaching:
             if not inside:
                 reason = (
@@ -228,6 +240,10 @@ class Gate:
             )
             await self.refuse(request, principal, reason, action, resource)
         return principal
+
+    async def uploaded_under(self, version: Any, patient: str) -> bool:
+        """Was this version uploaded by a token with ``patient`` in context? (Unlimited clients' uploads: no.)"""
+        return self.uploader is not None and await self.uploader(version) == patient
 
     async def carrying(self, url: str, version: Any = None) -> list[dict[str, Any]]:
         """The current Communications of the faxes that carry the document at ``url`` (that ``version``)."""

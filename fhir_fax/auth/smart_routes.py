@@ -27,9 +27,9 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
-from authlib.oauth2.rfc6749 import OAuth2Error
+from authlib.oauth2.rfc6749 import AccessDeniedError, OAuth2Error
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -42,6 +42,7 @@ from ..sdk_http import SDKRoute
 from ..settings import Settings
 from . import discovery
 from .addresses import TrustedProxies, caller_address
+from .apps import Apps
 from .limiter import FailureLimiter
 from .oauth_http import OAuthRoute
 from .policies import allows, id_scope, parse_policy
@@ -242,6 +243,14 @@ class SmartAPI:
         launched = await store.launch(launch) if launch else None
         patient = (launched or {}).get("patient")
         own = user.get("fhirUser") or ""
+        if patient is not None:
+            refusal = await self.launch_refusal(context, user, patient)
+            if refusal is not None:
+                await store.finish(record["_id"])
+                who = user["username"]
+                await self.refused(context, "authorize", f"Patient/{patient}", refusal.description, who=who)
+                refusal.state, refusal.redirect_uri = dict(params).get("state"), grant.redirect_uri
+                return await self.oauth_refusal(context, refusal, client_id)
         # patient/ scopes mean nothing without a patient in context: they ask for one as launch/patient does.
         wants_patient = any(s == "launch/patient" or s.startswith("patient/") for s in record["consented"])
         if patient is None and wants_patient:
@@ -287,6 +296,11 @@ class SmartAPI:
             lambda: server.create_authorization_response(oauth_request, grant_user=grantee, grant=grant)
         )
         location = dict(headers).get("Location")
+        if grantee is not None and location is not None and "error" in query_of(location):
+            reason = query_of(location).get("error_description", "")  # e.g. the launch was used meanwhile
+            await self.refused(
+                context, "authorize", f"App/{grant.request.client.get_client_id()}", reason, who=grantee.who
+            )
         if location is None:
             return error_page("server_error", "The authorization could not be completed; start again.", 500)
         return RedirectResponse(location, status_code=302, headers={"cache-control": "no-store"})
@@ -351,6 +365,19 @@ class SmartAPI:
                 )
         patients.sort(key=lambda p: (p["name"].lower(), p["id"]))
         return page("patients.html", **{**values, "title": "Choose a patient"}, patients=patients, error=error)
+
+    async def launch_refusal(self, context: Context, user: dict[str, Any], patient: str) -> OAuth2Error | None:
+        """Why this user may not open the EHR launch's patient (None when they may), as for the picker.
+
+        A patient user works on their own record only; anyone else needs to be allowed to read the patient. Without
+        this a launch id (it travels in URLs) would put any patient in a token, past the user's own limits.
+        """
+        own = user.get("fhirUser") or ""
+        if own.startswith("Patient/") and own != f"Patient/{patient}":
+            return AccessDeniedError("The EHR launched this app on a patient that is not your own record.")
+        if not await self.may_pick(context, user, patient):
+            return AccessDeniedError("The signed-in user may not open this patient, which the EHR launched the app on.")
+        return None
 
     async def may_pick(self, context: Context, user: dict[str, Any], patient: str) -> bool:
         if (
@@ -446,8 +473,11 @@ class SmartAPI:
             gate = runtime.gate
             principal = await gate.authorize(request, "App:Launch", "App:Launch")
             body = await read_json(request, self.settings.max_body_bytes)
-            if not isinstance(body, dict) or set(body) - {"patient", "encounter"}:
-                raise Invalid('The body is {"patient": "Patient/<id>"} with an optional "encounter": "Encounter/<id>".')
+            if not isinstance(body, dict) or set(body) - {"patient", "encounter", "clientId"}:
+                raise Invalid(
+                    'The body is {"patient": "Patient/<id>"} with an optional "encounter": "Encounter/<id>" and '
+                    'an optional "clientId": the app the launch is for.'
+                )
             if "patient" not in body:
                 raise Invalid('patient is required: {"patient": "Patient/<id>"}.')
             context: dict[str, str] = {}
@@ -463,9 +493,20 @@ class SmartAPI:
                 if document is None:
                     raise NotFound(f"{value} does not exist; launch with a patient of this server.")
                 context[name] = resource_id
-            return {"launch": await SmartStore(runtime.database).create_launch(context, principal.client_id)}
+            app = body.get("clientId")
+            if app is not None:
+                if not isinstance(app, str) or not app or len(app) > 100:
+                    raise Invalid("clientId must be the client_id of a registered app.")
+                if await Apps(runtime.database).by_client_id(app) is None:
+                    raise NotFound(f"No app has client_id {app}; name a registered app or leave clientId out.")
+            store = SmartStore(runtime.database)
+            return {"launch": await store.create_launch(context, principal.client_id, app)}
 
         return router
+
+
+def query_of(location: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(location).query))
 
 
 def _basic_client(request: Request) -> str | None:

@@ -295,8 +295,10 @@ class SmartChecks:
         if launch:
             if "launch" not in requested:
                 raise InvalidRequestError("A launch parameter needs the scope launch.")
-            if self.context.run(self.context.store.launch(launch)) is None:
-                raise InvalidRequestError("The launch is unknown or has expired; launch the app from the EHR again.")
+            client_id = grant.request.client.get_client_id()
+            refusal = self.context.run(self.context.store.claim_launch(launch, client_id))
+            if refusal is not None:
+                raise InvalidRequestError(refusal)
         elif "launch" in requested:
             raise InvalidRequestError("The scope launch needs the launch parameter the EHR gave the app.")
 
@@ -357,6 +359,11 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
             "challenge": data["code_challenge"],
             "authTime": grantee.auth_time,
         }
+        launch = data.get("launch")
+        if launch and not self.context.run(self.context.store.use_launch(launch, fields["clientId"])):
+            raise InvalidRequestError(  # single use: a second sign-in raced this one with the same launch
+                "The launch was already used; launch the app from the EHR again.", redirect_uri=data["redirect_uri"]
+            )
         self.context.run(self.context.store.save_code(code, fields, self.context.settings.authorization_code_seconds))
 
     def query_authorization_code(self, code: str, client: AppClient) -> StoredCode:

@@ -10,7 +10,9 @@ sees the same): sign-ins in progress, authorization codes, grants, refresh token
   from it. The guard checks a user token's grant on every request, so revoking it stops all of them at once.
 - *Refresh tokens* (``smart_refresh_tokens``): by SHA-256; each use marks it used (compare-and-set) and issues a
   new one in the same family. An old one used again revokes the family (RFC 9700 refresh token rotation).
-- *Launches* (``smart_launches``): the context an EHR created with ``POST /oauth/launch``; an hour.
+- *Launches* (``smart_launches``): the context an EHR created with ``POST /oauth/launch``; an hour to start, then
+  single use. A launch belongs to one app (``clientId``): the one the EHR named, else the first to present it. Its
+  id travels in a URL (history, Referer), so once an app's code is issued for it, it is used up: a copy is useless.
 """
 
 from __future__ import annotations
@@ -174,12 +176,42 @@ class SmartStore:
 
     # -- launches --------------------------------------------------------------------------------------
 
-    async def create_launch(self, context: dict[str, Any], by: str) -> str:
+    async def create_launch(self, context: dict[str, Any], by: str, client_id: str | None = None) -> str:
         launch = opaque()
-        record = {"_id": launch, "context": context, "by": by, "created": now(), "removeAt": now() + LAUNCH_LIFETIME}
+        record: dict[str, Any] = {
+            "_id": launch, "context": context, "by": by, "used": False, "created": now(),
+            "removeAt": now() + LAUNCH_LIFETIME,
+        }  # fmt: skip
+        if client_id is not None:
+            record["clientId"] = client_id
         await self.database[LAUNCHES].insert_one(record)
         return launch
 
     async def launch(self, launch: str) -> dict[str, Any] | None:
-        record = await self.database[LAUNCHES].find_one({"_id": launch, "removeAt": {"$gt": now()}})
+        record = await self.database[LAUNCHES].find_one(
+            {"_id": launch, "removeAt": {"$gt": now()}, "used": {"$ne": True}}
+        )
         return None if record is None else dict(record["context"])
+
+    async def claim_launch(self, launch: str, client_id: str) -> str | None:
+        """Bind the launch to this app if no app has it yet; None when the app may use it, else why not."""
+        live = {"_id": launch, "removeAt": {"$gt": now()}}
+        await self.database[LAUNCHES].update_one(
+            {**live, "clientId": {"$exists": False}}, {"$set": {"clientId": client_id}}
+        )
+        record = await self.database[LAUNCHES].find_one(live)
+        if record is None:
+            return "The launch is unknown or has expired; launch the app from the EHR again."
+        if record.get("clientId") != client_id:
+            return "The launch was made for another app; launch this app from the EHR."
+        if record.get("used"):
+            return "The launch was already used; launch the app from the EHR again."
+        return None
+
+    async def use_launch(self, launch: str, client_id: str) -> bool:
+        """Use the launch up (compare-and-set) as a code is issued for it; False when it was used already."""
+        taken = await self.database[LAUNCHES].update_one(
+            {"_id": launch, "clientId": client_id, "used": {"$ne": True}, "removeAt": {"$gt": now()}},
+            {"$set": {"used": True}},
+        )
+        return bool(taken.modified_count == 1)

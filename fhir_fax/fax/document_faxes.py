@@ -62,3 +62,13 @@ def newest_of(database: Any) -> Any:
         return None if info is None else info.version
 
     return newest
+
+
+def uploader_of(database: Any) -> Any:
+    """``uploaded_for(version)``: the patient the upload ``version`` was made under (its uploader's token's
+    patient in context, kept by the signed upload URL), or None (an unlimited client's upload, or an old one)."""
+
+    async def uploaded_for(version: Any) -> str | None:
+        return await Z3Store(database).uploaded_for(version)
+
+    return uploaded_for

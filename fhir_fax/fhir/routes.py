@@ -140,6 +140,15 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         document = await context.store.find_current(resource_type, resource_id)
         return None if document is None or document[RESERVED]["deleted"] else public(document)
 
+    async def last_live(resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The newest version that was not a deletion, of a deleted resource (None if it never existed)."""
+        if await context.store.find_current(resource_type, resource_id) is None:
+            return None
+        for version in await context.store.history(resource_type, resource_id, 2):  # a deletion follows a live one
+            if version.resource is not None:
+                return version.resource
+        return None
+
     @router.get("/metadata", summary="CapabilityStatement")
     async def metadata(request: Request) -> Response:
         return FHIRResponse(capability_statement(context, context.base_url(request)))
@@ -240,7 +249,10 @@ def build_fhir_router(context: FHIRContext) -> APIRouter:
         if isinstance(body, dict):  # both what it was and what it becomes must be the caller's to change
             replacement = {**body, "resourceType": resource_type, "id": resource_id}
             existing = await current(resource_type, resource_id)
-            await context.admit(request, "FHIR:Update", replacement, existing)
+            # A deleted resource still belongs to whom it was about (a fax's documents stay tied to its id):
+            # re-creating it is judged against its last live version too.
+            judged = existing if existing is not None else await last_live(resource_type, resource_id)
+            await context.admit(request, "FHIR:Update", replacement, judged)
             if resource_type in context.write_checks:
                 body, private = await context.check_write(request, validate_resource(body, resource_type), existing)
         stored, created = await context.store.update(

@@ -29,6 +29,7 @@ from .signing import (
     ACTION,
     EXPIRES,
     NONCE,
+    PATIENT,
     SIGNATURE,
     VERSION,
     claim_upload,
@@ -97,6 +98,7 @@ class Z3API:
             params[SIGNATURE],
             nonce=params.get(NONCE),
             version=params.get(VERSION),
+            patient=params.get(PATIENT),
         )
         if problem:
             raise Forbidden(problem)
@@ -150,7 +152,11 @@ class Z3API:
             await self.fhir.document(request, permission, resource, version=pinned)
             key_bytes = await signing_key(self.database)
             ttl = self.settings.z3_url_ttl_seconds
-            url = presign(key_bytes, self.project_api(request), location, action, ttl, version=version)
+            # The uploader's patient in context goes with the upload: a token limited to a patient may then attach
+            # a document no fax carries only if it was uploaded under that patient (see the gate's ``document``).
+            principal = getattr(request.state, "principal", None)
+            patient = getattr(principal, "patient", None) if action == "upload" else None
+            url = presign(key_bytes, self.project_api(request), location, action, ttl, version=version, patient=patient)
             if action == "download":  # handing out the URL is the disclosure: it is on record
                 await self.fhir.document_was_read(request, resource, version=pinned)
             return {"signedUrl": url}
@@ -191,7 +197,11 @@ class Z3API:
                     '{"action": "upload"}.'
                 )
             try:
-                stored = await store.put_stream(location, request.stream(), request.headers.get("content-type"), limit)
+                uploaded_for = request.query_params.get(PATIENT)  # signed: checked above
+                metadata = {"uploadedFor": uploaded_for} if uploaded_for else None
+                stored = await store.put_stream(
+                    location, request.stream(), request.headers.get("content-type"), limit, metadata=metadata
+                )
             except ObjectTooLarge as error:
                 await release_upload(self.database, nonce)
                 raise TooLarge(str(error)) from None

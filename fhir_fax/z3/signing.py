@@ -7,6 +7,7 @@ process signs and verifies alike, and a restart does not invalidate URLs already
 An upload URL also carries a random ``nonce`` under the signature and is good for one upload: the
 first PUT records the nonce (``claim_upload``, an insert that only one caller can win, kept until
 the URL expires), so a second PUT of a leaked or replayed URL is refused and stores nothing. A
+upload URL made for a token with a patient in context carries that ``patient`` under the signature too. A
 download URL may carry a ``version`` under the signature: it then returns that upload and nothing
 else, whatever the key holds now (how a carrier fetches, and a client reads, a faxed document).
 """
@@ -32,6 +33,8 @@ from .locations import Z3Location
 SECRETS = "server_secrets"
 KEY_ID = "z3-url-signing"
 EXPIRES, SIGNATURE, ACTION, NONCE, VERSION = "expires", "signature", "action", "nonce", "version"
+PATIENT = "patient"  # an upload URL's uploader's patient in context, kept with the upload (``uploadedFor``)
+PATIENT_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 USED_UPLOAD_URLS = "z3_used_upload_urls"
 TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
@@ -61,6 +64,7 @@ def presign(
     ttl_seconds: int,
     *,
     version: str | None = None,
+    patient: str | None = None,
 ) -> str:
     """``{project_api}/z3/{bucket}/{key}?action=..&expires=..[&nonce=..|&version=..]&signature=..``.
 
@@ -71,6 +75,8 @@ def presign(
     bound = ""
     if action == "upload":
         bound = f"{NONCE}={secrets.token_urlsafe(16)}"
+        if patient is not None:  # under the signature: an upload cannot be passed off as another patient's
+            bound += f"&{PATIENT}={patient}"
     elif version is not None:
         bound = f"{VERSION}={version}"
     signature = _signature(key, action, location, expires, bound)
@@ -87,6 +93,7 @@ def verify(
     *,
     nonce: str | None = None,
     version: str | None = None,
+    patient: str | None = None,
 ) -> str | None:
     """None when the signature is valid and current, else why not."""
     moment = ascii_int(expires)
@@ -99,6 +106,10 @@ def verify(
         if nonce is None or not TOKEN.fullmatch(nonce):
             return "The signed upload URL is malformed (nonce); ask for a new one."
         bound = f"{NONCE}={nonce}"
+        if patient is not None:
+            if not PATIENT_ID.fullmatch(patient):
+                return "The signed upload URL is malformed (patient); ask for a new one."
+            bound += f"&{PATIENT}={patient}"
     elif version is not None:
         if not TOKEN.fullmatch(version):
             return "The signed URL is malformed (version)."

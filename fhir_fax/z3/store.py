@@ -181,6 +181,12 @@ class Z3Store:
         document = await self.files.find_one({"_id": version})
         return self._info(document) if document else None
 
+    async def uploaded_for(self, version: Any) -> str | None:
+        """The patient in context of the token that uploaded ``version`` (``metadata.uploadedFor``), if any."""
+        document = await self.files.find_one({"_id": version}, {"metadata.uploadedFor": 1})
+        found = ((document or {}).get("metadata") or {}).get("uploadedFor")
+        return found if isinstance(found, str) else None
+
     async def put_stream(
         self,
         location: Z3Location,
