@@ -288,6 +288,16 @@ async def two_patients(api: httpx.AsyncClient) -> dict[str, str]:
     }
 
 
+async def upload_as(api: httpx.AsyncClient, headers: dict[str, str], key: str, content: bytes | None = None) -> str:
+    """Upload through a signed URL asked for with ``headers``: the upload records that token's patient."""
+    signed = await api.post(f"/v1/z3/my-bucket/{key}", json={"action": "upload"}, headers=headers)
+    assert signed.status_code == 200, signed.text
+    body = content if content is not None else (FIXTURES / "referral-letter.pdf").read_bytes()
+    stored = await api.put(signed.json()["signedUrl"], content=body, headers={"content-type": "application/pdf"})
+    assert stored.status_code == 200, stored.text
+    return f"z3://my-bucket/{key}"
+
+
 def maria_token(signer: Signer, scope: str = "patient/*.crs", **changes: Any) -> dict[str, str]:
     return bearer(signer.token(scope=scope, patient="maria-lopez", **changes))
 
@@ -382,16 +392,22 @@ async def test_a_patient_token_cannot_write_outside_the_compartment(
 async def test_a_patient_token_faxes_only_about_its_patient(
     api: httpx.AsyncClient, database: Any, issuer_site: tuple[Signer, str]
 ) -> None:
-    headers = maria_token(issuer_site[0])
+    headers = maria_token(issuer_site[0], realm_access={"roles": ["admin"]})  # may also upload
+    media = await upload_as(api, headers, f"maria/{uuid.uuid4().hex}.pdf")  # uploaded under Maria
     for patient, message in (
         ("Patient/james-oneil", "limited to Patient/maria-lopez"),
         (None, "a fax it sends must name that patient"),
     ):
-        response = await api.post("/fax/v1/send", json=seed_request(patient=patient), headers=headers)
+        response = await api.post("/fax/v1/send", json=seed_request(media=media, patient=patient), headers=headers)
         assert response.status_code == 403, response.text
         assert message in response.json()["message"]
     assert await stored_counts(database) == {"Communication": 0, "fax_jobs": 0, "fax_idempotency": 0}
-    sent = await api.post("/fax/v1/send", json=seed_request(patient="Patient/maria-lopez"), headers=headers)
+    staff = await api.post("/fax/v1/send", json=seed_request(patient="Patient/maria-lopez"), headers=headers)
+    assert staff.status_code == 403, "a staff upload no fax carries is not Maria's to fax"
+    assert "was not uploaded under Patient/maria-lopez" in staff.json()["message"]
+    sent = await api.post(
+        "/fax/v1/send", json=seed_request(media=media, patient="Patient/maria-lopez"), headers=headers
+    )
     assert sent.status_code == 200, sent.text
     assert sent.json()["communicationResource"]["subject"] == {"reference": "Patient/maria-lopez"}
 
@@ -531,15 +547,13 @@ async def test_a_patient_token_reads_only_the_versions_its_patients_faxes_pinned
     assert own.status_code == 200 and own.json()["signedUrl"]
     [event] = await _events(database, "document-read")
     assert {"what": {"reference": f"Communication/{maria.json()['communicationResource']['id']}"}} in event["entity"]
-    # Faxing the key now would pin James's version: refused; a fresh upload no fax pinned may be faxed.
+    # Faxing the key now would pin James's version: refused, and nothing is stored.
     before = await stored_counts(database)
     about_maria = seed_request(media=media, patient="Patient/maria-lopez")
     refused = await api.post("/fax/v1/send", json=about_maria, headers=headers)
     assert refused.status_code == 403, refused.text
     assert "carried by a fax outside Patient/maria-lopez's compartment" in refused.json()["message"]
     assert await stored_counts(database) == before
-    await Z3Store(database).put(key, pdf + b"\n% Maria's own edition\n", "application/pdf")
-    assert (await api.post("/fax/v1/send", json=about_maria, headers=headers)).status_code == 200
 
 
 async def test_a_patient_token_gets_every_document_of_its_patients_packets_and_no_other(

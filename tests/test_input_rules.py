@@ -144,12 +144,13 @@ async def test_an_onboarded_number_with_a_trailing_newline_is_refused(api: httpx
 
 
 async def test_a_bucket_name_with_a_trailing_newline_is_refused(api: httpx.AsyncClient, database: Any) -> None:
+    before = await Z3Store(database).list_buckets()  # the fax app's upload bucket, made at start-up
     created = await api.put("/v1/z3/letters%0A")
     assert created.status_code == 400
     assert "'letters\\n', which is not a valid bucket name" in created.json()["message"]
     presigned = await api.post("/v1/z3/letters%0A/a.pdf", json={"action": "upload"})
     assert presigned.status_code == 400 and "not a valid bucket name" in presigned.json()["message"]
-    assert await Z3Store(database).list_buckets() == []
+    assert await Z3Store(database).list_buckets() == before
 
 
 # -- nesting depth -----------------------------------------------------------------------------------

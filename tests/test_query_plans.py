@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient, monitoring
 from fhir_fax.fhir.models import now
 from fhir_fax.settings import Settings
 
-from helpers import MEDIA, SEED_SENDER, serving_fax, wait_final
+from helpers import MEDIA, SEED_SENDER, eventually, serving_fax, wait_final
 
 # Collections whose size does not follow the number of faxes sent, with why a full read of them is fine.
 SMALL = {
@@ -116,6 +116,11 @@ async def test_every_query_of_sending_and_delivery_reads_an_index(
             body = {"media": MEDIA, "quality": "standard", "recipientNumber": "+16175550143", "sender": SEED_SENDER}
             killed = (await paused.post("/fax/v1/send", json=body)).json()["communicationResource"]["id"]
         assert (await wait_final(api, killed))["status"] == "stopped"
+
+        async def reconciled() -> bool | None:  # reconciliation runs once a second, whatever the fax did
+            return True if any(c == "fax_jobs" and "check_at" in q for c, q, _ in recorder.seen) else None
+
+        await eventually(reconciled, within=30, failure=lambda: "no reconciliation pass was seen")
         recorder.recording = False
 
     finished = await database.fax_jobs.find_one({"state": "done"}, {"_id": 0})
