@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 # The unmodified Oystehr SDK, used by the compatibility tests.
-SDK_STAMP := tests/sdk/node_modules/.installed
-$(SDK_STAMP): tests/sdk/package-lock.json
-	cd tests/sdk && npm ci --silent --no-fund --no-audit
+SDK_STAMP := node-clients/node_modules/.installed
+$(SDK_STAMP): node-clients/package-lock.json
+	cd node-clients && npm ci --silent --no-fund --no-audit
 	touch $(SDK_STAMP)
 
 install: $(STAMP) $(SDK_STAMP)
@@ -64,4 +64,4 @@ soak: $(STAMP)
 	$(BIN)/python benchmarks/load.py --soak 300
 
 clean:
-	rm -rf $(VENV) fhir-fax-data .pytest_cache .mypy_cache build dist tests/sdk/node_modules
+	rm -rf $(VENV) fhir-fax-data .pytest_cache .mypy_cache build dist node-clients/node_modules

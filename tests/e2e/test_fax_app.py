@@ -34,7 +34,7 @@ from processes import FaxServer
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("FHIR_FAX_SCREENSHOTS", ROOT / "build" / "screenshots"))
 VENDORED = ROOT / "fhir_fax" / "apps" / "fax" / "vendor"
-NPM = ROOT / "tests" / "sdk" / "node_modules" / "fhirclient"
+NPM = ROOT / "node-clients" / "node_modules" / "fhirclient"
 USER, PASSWORD = "clinic.staff", "fax app password"
 SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
 GOOD, BUSY = "+16175550143", "+16175550002"

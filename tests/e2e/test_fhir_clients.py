@@ -26,7 +26,7 @@ from fhir_fax.z3.store import Z3Store
 from helpers import FIXTURES, SEED_SENDER, SENDER_NUMBER
 from processes import FaxServer
 
-SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
+SDK_DIR = Path(__file__).resolve().parents[2] / "node-clients"
 RUNS, FAXES, PAGE = 10, 30, 3
 
 

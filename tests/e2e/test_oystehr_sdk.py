@@ -20,7 +20,7 @@ from fhir_fax.z3.store import Z3Store
 from helpers import FIXTURES, SEED_RECIPIENT, SENDER_NUMBER, assert_matches_seed
 from processes import FaxServer
 
-SDK_DIR = Path(__file__).resolve().parent.parent / "sdk"
+SDK_DIR = Path(__file__).resolve().parents[2] / "node-clients"
 
 
 @pytest.fixture

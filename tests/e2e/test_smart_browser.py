@@ -29,7 +29,7 @@ from browsers import chromium, pick_patient, sign_in_and_allow
 from helpers import FHIR_JSON
 from processes import FaxServer
 
-SDK = Path(__file__).resolve().parent.parent / "sdk" / "node_modules" / "fhirclient" / "build" / "fhir-client.js"
+SDK = Path(__file__).resolve().parents[2] / "node-clients" / "node_modules" / "fhirclient" / "build" / "fhir-client.js"
 USER, PASSWORD = "dr.browser", "browser password"
 
 LAUNCH = """<!doctype html><html><head><meta charset="utf-8"><title>launch</title>
