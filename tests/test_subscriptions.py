@@ -146,6 +146,14 @@ BAD_INPUT = [
     ("Communication?status=completed", "ftp://example.com/hook", "must be an https URL"),
     ("Communication?status=completed", "http://hooks.example.com/x", "not an allowed host"),
     ("Communication?status=completed", "https://user:pw@hooks.example.com/x", "carries credentials"),
+    # Inside the server's own network: the cloud metadata service, a private range, link-local IPv6, a name of
+    # localhost, and 127.0.0.1 spelled as one number (the resolver's form); none is an allowed host here.
+    ("Communication?status=completed", "https://169.254.169.254/latest/meta-data", "not a public internet address"),
+    ("Communication?status=completed", "https://10.1.2.3/hook", "'10.1.2.3' is not a public internet address"),
+    ("Communication?status=completed", "https://[fe80::1]/hook", "not a public internet address"),
+    ("Communication?status=completed", "https://app.localhost/hook", "not a public internet address"),
+    ("Communication?status=completed", "https://2130706433:8080/hook", "not a public internet address"),
+    ("Communication?status=completed", "http://10.1.2.3/hook", "not a public internet address"),
 ]
 
 
@@ -516,6 +524,45 @@ async def test_a_dead_endpoint_with_many_queued_versions_does_not_delay_other_su
     later = await database[NOTIFICATIONS].find({"subscription": dead_id, "version": {"$gt": 1}}).to_list(None)
     assert len(later) == 40 and all(n["state"] == "due" and n["attempts"] == 0 for n in later)
     assert all(n["due_at"] >= first["due_at"] for n in later), "each waits as long as the version before it"
+
+
+@pytest.mark.parametrize("allowed", [[], ["localhost"]], ids=["not-allowed", "allowed"])
+async def test_a_name_that_resolves_inside_the_network_is_not_posted_to_unless_allowed(
+    settings: Settings, database: Any, listener: Listener, allowed: list[str]
+) -> None:
+    """The send-time check: a stored endpoint whose name resolves to loopback (stored before the rule, or a name
+    that changed where it points) is refused when sent, and the listener behind it hears nothing. The same
+    Subscription is delivered when its host is allowed, so the refusal is the rule, not a dead endpoint."""
+    built = Runtime.build(settings.model_copy(update={"subscription_allowed_hosts": allowed}), database)
+    await built.prepare()
+    code = f"inside-{uuid.uuid4().hex[:6]}"
+    path = f"/{code}"
+    endpoint = listener.url.replace("127.0.0.1", "localhost") + path
+    stored = await built.store.create(
+        {**subscription(f"Communication?category={code}", endpoint), "status": "active"},
+        private={"client": "test-admin", "scopes": "", "patient": None},
+    )
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
+    await built.store.create(body)
+    while await built.subscriptions.dispatcher.step():
+        pass
+    sender = Sender(built.settings, built.store, built.subscriptions.queue, built.gate)
+    try:
+        await sender.step()
+    finally:
+        await sender.close()
+        await built.close()
+    queued = await database[NOTIFICATIONS].find({"subscription": stored["id"]}).to_list(None)
+    assert len(queued) == 1, queued
+    if allowed:
+        assert queued[0]["state"] == "sent", queued
+        assert len(listener.received(path)) == 1
+        return
+    assert listener.records(path) == [], "nothing reached the endpoint"
+    for notification in queued:
+        assert notification["state"] == "due" and notification["attempts"] == 1
+        assert "not sent: localhost resolves to" in notification["detail"], notification["detail"]
+        assert "which is not a public address" in notification["detail"]
 
 
 async def test_re_keying_at_start_up_keeps_a_subscriptions_match_keys(runtime: Runtime, database: Any) -> None:

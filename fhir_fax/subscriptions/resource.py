@@ -20,6 +20,7 @@ from ..fhir.errors import InvalidRequest
 from ..fhir.search import SearchParameter, SearchRegistry, indexed_parameter
 from ..fhir.search_types import KEYS, Kind, SearchContext, TokenKind, unescape
 from .criteria import Criteria, parse_criteria
+from .destination import allowed, host_refusal
 
 CHANNEL_TYPES = ("rest-hook", "websocket")
 PAYLOAD = "application/fhir+json"
@@ -51,7 +52,10 @@ def channel_of(subscription: dict[str, Any]) -> Channel:
 
 
 def endpoint_refusal(endpoint: str | None, allowed_hosts: list[str]) -> str | None:
-    """Why a rest-hook may not POST to ``endpoint``, or None. https, or http to an allowed host; no credentials."""
+    """Why a rest-hook may not POST to ``endpoint``, or None.
+
+    https to a public host, or http to an allowed host; no credentials (see ``destination`` for what is public).
+    """
     if not endpoint:
         return "A rest-hook Subscription needs channel.endpoint, the https URL to POST notifications to."
     try:
@@ -64,9 +68,11 @@ def endpoint_refusal(endpoint: str | None, allowed_hosts: list[str]) -> str | No
         return f"channel.endpoint {endpoint!r} names no host; give an absolute https URL."
     if parts.username or parts.password:
         return "channel.endpoint carries credentials; put them in channel.header (e.g. Authorization: Bearer ...)."
+    if parts.scheme in ("http", "https") and (refusal := host_refusal(host, allowed_hosts)) is not None:
+        return refusal
     if parts.scheme == "https":
         return None
-    if parts.scheme == "http" and host in {h.lower().strip("[]") for h in allowed_hosts}:
+    if parts.scheme == "http" and allowed(host, allowed_hosts):
         return None
     if parts.scheme == "http":
         return (

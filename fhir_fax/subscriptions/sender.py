@@ -31,6 +31,7 @@ from ..fhir.errors import ResourceGone, ResourceNotFound
 from ..fhir.models import now
 from ..fhir.store import PRIVATE, RESERVED, ResourceStore, public
 from ..settings import Settings
+from .destination import Unsafe, checked_address
 from .faults import crash_point
 from .queue import Notification, Queue
 from .resource import PAYLOAD, Channel, channel_of
@@ -152,17 +153,24 @@ class Sender:
             body = json.dumps(resource, separators=(",", ":")).encode()
         assert channel.endpoint is not None
         try:
-            async with (
-                asyncio.timeout(self.settings.subscription_timeout_seconds),  # in all, not per read
-                self.client.stream("POST", channel.endpoint, headers=headers, content=body) as response,
-            ):
-                if 200 <= response.status_code < 300:
-                    return
-                excerpt = b""
-                async for chunk in response.aiter_bytes():
-                    excerpt += chunk
-                    if len(excerpt) >= EXCERPT:
-                        break
+            async with asyncio.timeout(self.settings.subscription_timeout_seconds):  # in all, not per read
+                request = await self.request(channel.endpoint, headers, body)
+                response = await self.client.send(request, stream=True)
+                try:
+                    if 200 <= response.status_code < 300:
+                        return
+                    excerpt = b""
+                    async for chunk in response.aiter_bytes():
+                        excerpt += chunk
+                        if len(excerpt) >= EXCERPT:
+                            break
+                finally:
+                    await response.aclose()
+        except Unsafe as refusal:
+            raise DeliveryFailed(f"POST {channel.endpoint} not sent: {refusal}") from None
+        except OSError as error:
+            reason = f"POST {channel.endpoint} not sent: its host does not resolve ({error})"
+            raise DeliveryFailed(reason[:300]) from None
         except TimeoutError:
             raise DeliveryFailed(
                 f"POST {channel.endpoint} took longer than {self.settings.subscription_timeout_seconds:g} s"
@@ -172,6 +180,23 @@ class Sender:
         text = excerpt[:EXCERPT].decode("utf-8", errors="replace")
         moved = " (redirects are not followed)" if 300 <= response.status_code < 400 else ""
         raise DeliveryFailed(f"POST {channel.endpoint} answered {response.status_code}{moved}: {text}")
+
+    async def request(self, endpoint: str, headers: dict[str, str], body: bytes) -> httpx.Request:
+        """The POST, addressed to the checked address of the endpoint's host (``destination.checked_address``).
+
+        The URL names the address, so the connection cannot go anywhere else; the ``Host`` header and TLS (SNI
+        and the certificate's name check) keep the host's name.
+        """
+        url = httpx.URL(endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        address = await checked_address(url.host, port, self.settings.subscription_allowed_hosts)
+        if address is None:
+            return self.client.build_request("POST", url, headers=headers, content=body)
+        headers = {**headers, "Host": url.netloc.decode("ascii")}
+        pinned = url.copy_with(host=address)
+        return self.client.build_request(
+            "POST", pinned, headers=headers, content=body, extensions={"sni_hostname": url.host}
+        )
 
     async def failed(self, notification: Notification, subscription: dict[str, Any], reason: str) -> None:
         """Retry later with back-off; after the last try the Subscription turns ``error`` and its queue is held."""
