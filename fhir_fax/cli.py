@@ -284,9 +284,14 @@ def users(args: argparse.Namespace) -> int:
             raise LookupError(f"no user {args.username}")
         return [f"{verb} {args.username}"]
 
+    return _print_lines(settings, work, UserError)
+
+
+def _print_lines(settings: Settings, work: Callable[[Runtime], Awaitable[list[str]]], refused: type[Exception]) -> int:
+    """Run a registry command and print its lines: exit 2 for input ``refused`` says is wrong, 1 for no such record."""
     try:
         lines = _with_runtime(settings, work)
-    except UserError as error:
+    except refused as error:
         print(f"fhir-fax: {error}", file=sys.stderr)
         return 2
     except LookupError as error:
@@ -335,16 +340,7 @@ def apps(args: argparse.Namespace) -> int:
             raise LookupError(f"no app {args.id}")
         return [f"deleted {args.id}"]
 
-    try:
-        lines = _with_runtime(settings, work)
-    except AppError as error:
-        print(f"fhir-fax: {error}", file=sys.stderr)
-        return 2
-    except LookupError as error:
-        print(f"fhir-fax: {error.args[0]}", file=sys.stderr)
-        return 1
-    print("\n".join(lines))
-    return 0
+    return _print_lines(settings, work, AppError)
 
 
 def worker(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from pymongo.errors import DuplicateKeyError
 from ..fhir.models import now
 from .clients import HASHING, check_jwks, new_secret
 from .policies import PolicyError
+from .records import Records
 from .scopes import ScopeError, parse_scopes
 
 COLLECTION = "smart_apps"
@@ -83,9 +84,9 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Apps:
+class Apps(Records):
     def __init__(self, database: Any) -> None:
-        self.collection = database[COLLECTION]
+        super().__init__(database, COLLECTION)
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index("clientId", name="clientId", unique=True)
@@ -151,14 +152,6 @@ class Apps:
     async def by_client_id(self, client_id: str) -> dict[str, Any] | None:
         record: dict[str, Any] | None = await self.collection.find_one({"clientId": client_id})
         return record
-
-    async def get(self, record_id: str) -> dict[str, Any] | None:
-        record: dict[str, Any] | None = await self.collection.find_one({"_id": record_id})
-        return record
-
-    async def list(self) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = await self.collection.find({}).sort("created", 1).to_list(None)
-        return records
 
     async def delete(self, record_id: str) -> bool:
         """Delete by record id or client id; its tokens stop working at once (the guard looks the app up)."""

@@ -81,8 +81,8 @@ def endpoints(issuer: str) -> dict[str, str]:
     }
 
 
-def smart_configuration(issuer: str) -> dict[str, Any]:
-    """``/.well-known/smart-configuration`` (SMART App Launch 2.x)."""
+def _endpoints_metadata(issuer: str) -> dict[str, str]:
+    """Where each endpoint is, as both metadata documents name them."""
     urls = endpoints(issuer)
     return {
         "issuer": issuer,
@@ -91,6 +91,13 @@ def smart_configuration(issuer: str) -> dict[str, Any]:
         "token_endpoint": urls["token"],
         "introspection_endpoint": urls["introspect"],
         "revocation_endpoint": urls["revoke"],
+    }
+
+
+def smart_configuration(issuer: str) -> dict[str, Any]:
+    """``/.well-known/smart-configuration`` (SMART App Launch 2.x)."""
+    return {
+        **_endpoints_metadata(issuer),
         "grant_types_supported": [*APP_GRANT_TYPES, *GRANT_TYPES],
         "response_types_supported": ["code"],
         "code_challenge_methods_supported": ["S256"],
@@ -103,14 +110,8 @@ def smart_configuration(issuer: str) -> dict[str, Any]:
 
 def openid_configuration(issuer: str, fhir_path: str) -> dict[str, Any]:
     """``/.well-known/openid-configuration``: the OpenID Connect provider metadata of the same server."""
-    urls = endpoints(issuer)
     return {
-        "issuer": issuer,
-        "jwks_uri": f"{issuer}/.well-known/jwks.json",
-        "authorization_endpoint": urls["authorize"],
-        "token_endpoint": urls["token"],
-        "introspection_endpoint": urls["introspect"],
-        "revocation_endpoint": urls["revoke"],
+        **_endpoints_metadata(issuer),
         "response_types_supported": ["code"],
         "grant_types_supported": list(APP_GRANT_TYPES),
         "subject_types_supported": ["public"],

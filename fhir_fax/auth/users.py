@@ -24,6 +24,7 @@ from pymongo.errors import DuplicateKeyError
 from ..fhir.models import now
 from .clients import ALLOW_EVERYTHING, HASHING
 from .policies import PolicyError, parse_policy
+from .records import Records
 
 COLLECTION = "auth_users"
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
@@ -76,9 +77,9 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Users:
+class Users(Records):
     def __init__(self, database: Any) -> None:
-        self.collection = database[COLLECTION]
+        super().__init__(database, COLLECTION)
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index("username", name="username", unique=True)
@@ -121,14 +122,6 @@ class Users:
     async def by_username(self, username: str) -> dict[str, Any] | None:
         record: dict[str, Any] | None = await self.collection.find_one({"username": username})
         return record
-
-    async def get(self, record_id: str) -> dict[str, Any] | None:
-        record: dict[str, Any] | None = await self.collection.find_one({"_id": record_id})
-        return record
-
-    async def list(self) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = await self.collection.find({}).sort("created", 1).to_list(None)
-        return records
 
     async def set_password(self, username: str, password: str) -> bool:
         check_password(password)
