@@ -34,6 +34,8 @@ from fhir_fax.auth.users import Users
 from browsers import (
     chromium,
     csp_violations,
+    fits_width,
+    low_contrast,
     pick_patient,
     shown,
     sign_in_and_allow,
@@ -213,6 +215,10 @@ def test_a_received_fax_appears_without_a_reload_and_is_filed_to_the_suggested_p
     assert item.find_element(By.CSS_SELECTOR, ".pager span").text == "Page 1 of 1"
     browser.execute_script("arguments[0].scrollIntoView()", item)
     shot(browser, "2-inbox")
+    checked, low = low_contrast(browser)
+    assert checked > 15 and low == []
+    past = httpx.get(f"{server.url}/fax/v1/faxes/{communication_id}/preview?page=2", headers=server.headers)
+    assert (past.status_code, past.json()["message"]) == (404, "The fax has 1 pages; ask for page 1 to 1.")
 
     suggestion.find_element(By.XPATH, f'.//button[. = "File to {patient["display"]}"]').click()
     wait_for(browser, lambda d: not in_inbox(d, communication_id))
@@ -285,6 +291,7 @@ def test_not_patient_related_and_filing_to_a_searched_patient_by_keyboard(
                                     for p in (chosen, deleted)))  # fmt: skip
     gone = httpx.delete(f"{server.url}/fhir/Patient/{deleted['id']}", headers=server.headers)
     assert gone.status_code in (200, 204), gone.text
+    assert fits_width(browser, 820), "at tablet width nothing runs off the side"
     tab_to(browser, lambda d: focused(d, "e.textContent === arguments[0]", f"File to {deleted['display']}"))
     shot(browser, "3-inbox-keyboard")
     ActionChains(browser).send_keys(Keys.ENTER).perform()
@@ -363,6 +370,9 @@ def test_the_outbox_filters_by_status_dates_and_sender_with_failures_first(
     shown_stopped = next(r for r in rows if r["id"] == stopped)
     assert "Stopped: The line was busy." in shown_stopped["text"] and patient["display"] in shown_stopped["text"]
     shot(browser, "4-outbox")
+    checked, low = low_contrast(browser)
+    assert checked > 20 and low == []
+    assert fits_width(browser, 820), "at tablet width the table scrolls in its own box, not the page"
 
     show_outbox(browser, status="stopped")
     ids = {r["id"] for r in outbox_rows(browser)}
@@ -433,3 +443,39 @@ def test_a_user_whose_policy_cannot_read_the_inbox_is_told_so(
     assert browser.find_elements(By.CSS_SELECTOR, "li.fax-item") == []
     shot(browser, "5-inbox-refused")
     assert csp_violations(browser) == []
+
+
+def test_the_clinic_views_words_and_queries(server: FaxServer, browser: webdriver.Chrome) -> None:
+    """clinic_words.js, run in the browser as the app runs it: evidence in plain words, the outbox's searches."""
+    browser.get(f"{server.url}/apps/fax/config.json")
+    said = browser.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        import("/apps/fax/clinic_words.js").then(w => done({
+          evidence: w.evidenceWords("page 1: identifier 'MRN-7'; page 2: birth date '04/17/1958'; " +
+                                    "page 2: family name \\"O'Neil\\""),
+          odd: w.evidenceWords("seen by hand"),
+          confidence: [0.99, 0.55, 0.3].map(w.confidenceWords),
+          counts: [0, 1, 2].map(w.unfiledWords),
+          any: w.outboxQueries({}),
+          narrowed: w.outboxQueries({status: "stopped", from: "2026-11-01", to: "2026-11-30"},
+                                    ["HealthcareService/a b", "Organization/o"]),
+          backwards: w.filterProblem({from: "2026-11-30", to: "2026-11-01"}),
+        })).catch(e => done({error: String(e)}));"""
+    )
+    assert "error" not in said, said
+    assert said["evidence"] == (
+        "Found on page 1: record number MRN-7. Found on page 2: birth date 04/17/1958, family name O'Neil."
+    )
+    assert said["odd"] == "Found: seen by hand"
+    assert said["confidence"] == ["Strong match (99%)", "Likely match (55%)", "Possible match (30%)"]
+    assert said["counts"] == ["0 unfiled faxes", "1 unfiled fax", "2 unfiled faxes"]
+    outbound = "medium=FAXWRIT&category:not=urn%3Afhir-fax%3Afax-direction%7Cinbound"
+    assert said["any"] == [
+        f"Communication?status=stopped&{outbound}&_sort=-sent&_count=100",
+        f"Communication?status:not=stopped&{outbound}&_sort=-sent&_count=100",
+    ]
+    assert said["narrowed"] == [
+        f"Communication?status=stopped&{outbound}&sent=ge2026-11-01&sent=le2026-11-30"
+        "&sender=HealthcareService%2Fa%20b,Organization%2Fo&_sort=-sent&_count=100"
+    ]
+    assert said["backwards"] == "The end date is before the start date."

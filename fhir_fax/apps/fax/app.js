@@ -93,9 +93,9 @@ async function main() {
   // Standalone: the start page asks "a patient's faxes" or "clinic inbox and outbox" (each its own scopes).
   const view = await chooseView(here);
   const scopes = view === "clinic" ? config.clinicScopes : standaloneScopes;
-  const client = await FHIR.oauth2.init({ ...options, iss, scope: scopes.join(" ") });
-  $("switch-view").hidden = false;
+  $("switch-view").hidden = false; // also a way out when the authorization fails
   $("switch-view").addEventListener("click", () => switchView(appUrl));
+  const client = await FHIR.oauth2.init({ ...options, iss, scope: scopes.join(" ") });
   if (!client.patient.id) {
     if (view === "clinic") {
       await new ClinicApp(client, config).start();

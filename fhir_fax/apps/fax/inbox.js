@@ -74,6 +74,8 @@ export class Inbox {
     const tasks = all.filter((t) => !this.gone.has(t.id));
     this.total = (Number.isInteger(bundle.total) ? bundle.total : all.length) - (all.length - tasks.length);
     this.clinic.count(this.total);
+    $("inbox-more").textContent =
+      this.total > tasks.length ? `Showing the ${tasks.length} newest of ${this.total}; file these to see the rest.` : "";
     await this.readPatients(tasks);
     this.render(tasks, communications);
   }
@@ -212,7 +214,8 @@ export class Inbox {
       const patient = this.patients.get(suggestion.reference);
       const name = patient ? nameOf(patient) : suggestion.name;
       const details = born(patient);
-      const button = make("button", { type: "button", class: "primary" }, `File to ${name}`);
+      const button = make("button", { type: "button", class: "primary", "aria-describedby": `fax-${item.task.id}-title` },
+        `File to ${name}`);
       button.addEventListener("click", () => this.file(item, suggestion.reference, name, error));
       list.append(make("li", { "data-patient": suggestion.reference },
         make("p", {}, make("strong", {}, name), details ? `, ${details}` : "", ` — ${confidenceWords(suggestion.confidence)}`),
@@ -258,7 +261,7 @@ export class Inbox {
         for (const patient of found) {
           const name = nameOf(patient);
           const details = born(patient);
-          const button = make("button", { type: "button" }, `File to ${name}`);
+          const button = make("button", { type: "button", "aria-describedby": `fax-${id}-title` }, `File to ${name}`);
           button.addEventListener("click", () => this.file(item, `Patient/${patient.id}`, name, error));
           results.append(make("li", { "data-patient": `Patient/${patient.id}` },
             make("span", {}, name, details ? `, ${details}` : ""), button));
