@@ -246,6 +246,8 @@ def test_a_received_fax_appears_without_a_reload_and_is_filed_to_the_suggested_p
     logged = browser.find_element(By.CSS_SELECTOR, row)
     assert logged.get_attribute("data-status") == "RECEIVED"
     assert "Received" in logged.text and f"Fax machine at {number}" in logged.text
+    logged.find_element(By.CSS_SELECTOR, "button").click()  # its pages, now that it is this patient's
+    wait_for(browser, lambda d: text_by_id(d, "fax-preview-page") == "Page 1 of 1")
     assert csp_violations(browser) == []
 
 
