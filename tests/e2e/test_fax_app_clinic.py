@@ -213,7 +213,6 @@ def test_a_received_fax_appears_without_a_reload_and_is_filed_to_the_suggested_p
     wait_for(browser, lambda d: d.execute_script(
         "return arguments[0].querySelector('.page-preview img').naturalWidth > 0", item))  # fmt: skip
     assert item.find_element(By.CSS_SELECTOR, ".pager span").text == "Page 1 of 1"
-    browser.execute_script("arguments[0].scrollIntoView()", item)
     shot(browser, "2-inbox")
     checked, low = low_contrast(browser)
     assert checked > 15 and low == []

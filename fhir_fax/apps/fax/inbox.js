@@ -82,10 +82,13 @@ export class Inbox {
 
   refused(error) {
     const denied = error.status === 401 || error.status === 403;
-    $("inbox-error").textContent = denied
-      ? `You may not see the inbox of received faxes: ${error.message} Ask an administrator for access to ` +
-        "received faxes (Task and Communication)."
-      : `The inbox could not be read: ${error.message}`;
+    $("inbox-error").textContent =
+      error.status === 403
+        ? `You may not see the inbox of received faxes: ${error.message} Ask an administrator for access to ` +
+          "received faxes (Task and Communication)."
+        : error.status === 401
+          ? `Your sign-in is no longer valid (${error.message}): choose "Change view" to sign in again.`
+          : `The inbox could not be read: ${error.message}`;
     this.clinic.count(null);
     if (denied) {
       for (const id of [...this.items.keys()]) this.drop(id);
