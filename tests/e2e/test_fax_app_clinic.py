@@ -298,7 +298,7 @@ def test_not_patient_related_and_filing_to_a_searched_patient_by_keyboard(
     ActionChains(browser).send_keys(Keys.ENTER).perform()
     wait_for(browser, lambda d: text_by_id(d, f"fax-{task_id}-error") != "")
     refusal = text_by_id(browser, f"fax-{task_id}-error")
-    assert refusal.startswith("Not filed: ") and deleted["reference"] in refusal, refusal
+    assert refusal == f"Not filed: patient: {deleted['reference']} was deleted; file the fax to an existing patient."
     assert get(server, f"Task/{task_id}")["status"] == "requested", "nothing was filed"
     assert "subject" not in get(server, f"Communication/{misread_id}")
     assert entries(get(server, "DocumentReference", related=f"Communication/{misread_id}")) == []
