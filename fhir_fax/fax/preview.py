@@ -37,13 +37,14 @@ async def preview(
     communication_id: str,
     page: str | None,
     check_document: Callable[[Z3Location], Awaitable[None]],
+    communication: dict[str, Any] | None = None,
 ) -> bytes:
     number = ascii_int(page)
     if number is None or number < 1:
         raise Invalid("page must be a page number from 1 up, e.g. ?page=1.", expression=["page"])
     job = await Outbox(database).for_communication(communication_id)
     if job is None:
-        return await received_page(database, communication_id, number, check_document)
+        return await received_page(database, communication or {"id": communication_id}, number, check_document)
     z3 = Z3Store(database)
     if job.documents is not None or job.cover is not None:  # a packet: its cover, then each document
         for pinned in job_documents(job):
@@ -72,36 +73,49 @@ async def preview(
     return await run_pdfium(preview_png, tiff, number)
 
 
+def received_hash(communication: dict[str, Any], location: Z3Location) -> str | None:
+    """The SHA-1 the received fax's Communication gives for the document at ``location`` (its payload)."""
+    name = f"{location.bucket}/{location.key}"
+    for item in communication.get("payload") or []:
+        attachment = (item or {}).get("contentAttachment") or {}
+        if str(attachment.get("url") or "").endswith(name) and attachment.get("hash"):
+            return str(attachment["hash"])
+    return None
+
+
 async def received_page(
     database: Any,
-    communication_id: str,
+    communication: dict[str, Any],
     number: int,
     check_document: Callable[[Z3Location], Awaitable[None]],
 ) -> bytes:
     """A page of a received fax: its stored PDF (the reception's first document), at fine resolution.
 
-    Staff triage a received fax by its pages before filing it, so the preview serves both directions. The
-    rendering is kept beside the PDF, found by the version it renders, as a sent fax's is.
+    Staff triage a received fax by its pages before filing it, so the preview serves both directions. The page
+    comes from the version the reception pinned (the SHA-1 its Communication names), never from whatever the key
+    holds now; the rendering is kept beside the PDF, found by the version it renders, as a sent fax's is.
     """
+    communication_id = communication["id"]
     record = await database[INBOUND].find_one({"communication_id": communication_id}, {"documents": 1})
     if record is None or not record.get("documents"):
         raise NotFound(f"There is no fax for Communication/{communication_id}.")
     location = parse_z3_url(record["documents"][0], ())
     await check_document(location)
     z3 = Z3Store(database)
-    info = await z3.stat(location)
-    if info is None:
-        raise Unprocessable(f"There is nothing to preview: {location} is gone.")
-    tiff = await z3.read_rendering(info.version, RECEIVED_QUALITY)
+    sha1 = received_hash(communication, location)
+    version = None if sha1 is None else await z3.pinned_version(location, sha1)
+    if version is None:
+        raise Unprocessable(f"There is nothing to preview: the document received at {location} is not kept.")
+    tiff = await z3.read_rendering(version, RECEIVED_QUALITY)
     if tiff is None:
-        document = await z3.read_version(info.version)
+        document = await z3.read_version(version)
         if document is None:
-            raise Unprocessable(f"There is nothing to preview: {location} is gone.")
+            raise Unprocessable(f"There is nothing to preview: the document received at {location} is not kept.")
         try:
             tiff = await run_pdfium(render_fax, document, RECEIVED_QUALITY)
         except DocumentProblem as problem:
             raise Unprocessable(str(problem)) from None
-        await z3.put_rendering(rendering_location(location, RECEIVED_QUALITY), info.version, RECEIVED_QUALITY, tiff)
+        await z3.put_rendering(rendering_location(location, RECEIVED_QUALITY), version, RECEIVED_QUALITY, tiff)
     pages = await run_pdfium(tiff_pages, tiff)
     if number > pages:
         raise NotFound(f"The fax has {pages} pages; ask for page 1 to {pages}.", expression=["page"])

@@ -249,6 +249,24 @@ def test_a_received_fax_appears_without_a_reload_and_is_filed_to_the_suggested_p
     wait_for(browser, lambda d: text_by_id(d, "fax-preview-page") == "Page 1 of 1")
     assert csp_violations(browser) == []
 
+    # The preview shows the pages received, never whatever is uploaded to the same key later.
+    preview = f"{server.url}/fax/v1/faxes/{communication_id}/preview"
+    received_page = httpx.get(f"{preview}?page=1", headers=server.headers)
+    assert received_page.status_code == 200
+    key = communication["payload"][0]["contentAttachment"]["url"].split("fax-received/", 1)[1]
+    signed = httpx.post(f"{server.url}/v1/z3/fax-received/{key}", json={"action": "upload"}, headers=server.headers)
+    assert signed.status_code == 200, signed.text
+    two_pages = FPDF()
+    two_pages.set_font("Helvetica", size=30)
+    for text in ("Not the fax", "received"):
+        two_pages.add_page()
+        two_pages.cell(0, 20, text)
+    put = httpx.put(signed.json()["signedUrl"], content=bytes(two_pages.output()),
+                    headers={"content-type": "application/pdf"})  # fmt: skip
+    assert put.status_code in (200, 201, 204), put.text
+    assert httpx.get(f"{preview}?page=1", headers=server.headers).content == received_page.content
+    assert httpx.get(f"{preview}?page=2", headers=server.headers).status_code == 404
+
 
 def test_not_patient_related_and_filing_to_a_searched_patient_by_keyboard(
     server: FaxServer, browser: webdriver.Chrome, tmp_path: Path
