@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_fax import Settings
-from fhir_fax.apps.fax_app import BUCKET, CLIENT_ID, FILES, SCOPES
+from fhir_fax.apps.fax_app import BUCKET, CLIENT_ID, CLINIC_SCOPES, FILES, REGISTERED_SCOPES, SCOPES
 from fhir_fax.z3.store import BUCKETS
 
 from helpers import serving
@@ -21,12 +21,12 @@ async def test_the_app_is_served_and_registered_on_the_base_url(settings: Settin
             assert page.headers["x-content-type-options"] == "nosniff"
         config = (await http.get("/apps/fax/config.json")).json()
         assert config == {"clientId": CLIENT_ID, "fhirPath": "/fhir", "projectApiPath": "/v1", "faxApiPath": "/fax/v1",
-                          "bucket": BUCKET, "scopes": SCOPES}  # fmt: skip
+                          "bucket": BUCKET, "scopes": SCOPES, "clinicScopes": CLINIC_SCOPES}  # fmt: skip
         unknown = await http.get("/apps/fax/fax_app.py")
         assert (unknown.status_code, unknown.text) == (404, "Not found")
         listed = (await http.get("/v1/smart-apps")).json()
     app = next(a for a in listed if a["clientId"] == CLIENT_ID)
-    assert app["type"] == "public" and app["scopes"] == SCOPES
+    assert app["type"] == "public" and app["scopes"] == REGISTERED_SCOPES
     assert app["redirectUris"] == ["http://fhir.test/apps/fax/"] and app["launchUrl"] == "http://fhir.test/apps/fax/"
     assert await database[BUCKETS].count_documents({"_id": BUCKET}) == 1, "the bucket uploads go to"
 

@@ -43,6 +43,23 @@ SCOPES = [
     "user/Organization.rs",
     "user/HealthcareService.rs",
 ]
+# The clinic view (no patient): received faxes awaiting triage and every sent fax, with the user's own reach.
+# Filing (``$file``) updates the Communication and the Task and creates a DocumentReference; resend creates a
+# Communication; the patient search and the suggested patients read Patients.
+CLINIC_SCOPES = [
+    "openid",
+    "fhirUser",
+    "online_access",
+    "user/Communication.crus",
+    "user/Task.rus",
+    "user/DocumentReference.c",
+    "user/Patient.rs",
+    "user/Practitioner.rs",
+    "user/PractitionerRole.rs",
+    "user/Organization.rs",
+    "user/HealthcareService.rs",
+]
+REGISTERED_SCOPES = list(dict.fromkeys(SCOPES + CLINIC_SCOPES))  # what the app is registered for
 FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -50,6 +67,10 @@ FILES = {
     "log.js": "text/javascript; charset=utf-8",
     "send.js": "text/javascript; charset=utf-8",
     "words.js": "text/javascript; charset=utf-8",
+    "clinic.js": "text/javascript; charset=utf-8",
+    "inbox.js": "text/javascript; charset=utf-8",
+    "outbox.js": "text/javascript; charset=utf-8",
+    "clinic_words.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "vendor/fhir-client.min.js": "text/javascript; charset=utf-8",
     "vendor/fhirclient-LICENSE.txt": "text/plain; charset=utf-8",
@@ -83,10 +104,10 @@ async def register_fax_app(database: Any, settings: Settings) -> dict[str, Any]:
     record = await apps.by_client_id(CLIENT_ID)
     if record is None:
         record, _ = await apps.register(
-            "Fax app", redirect_uris=uris, scopes=SCOPES, launch_url=uris[0], client_id=CLIENT_ID
+            "Fax app", redirect_uris=uris, scopes=REGISTERED_SCOPES, launch_url=uris[0], client_id=CLIENT_ID
         )
         return record
-    changes = {"redirectUris": uris, "launchUrl": uris[0], "scopes": check_scopes(SCOPES), "updated": now()}
+    changes = {"redirectUris": uris, "launchUrl": uris[0], "scopes": check_scopes(REGISTERED_SCOPES), "updated": now()}
     await database[COLLECTION].update_one({"clientId": CLIENT_ID}, {"$set": changes})
     record.update(changes)
     return record
@@ -101,7 +122,7 @@ def fax_app_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["Fax app"], include_in_schema=False)
     config = json.dumps(
         {"clientId": CLIENT_ID, "fhirPath": settings.fhir_path, "projectApiPath": settings.project_api_path,
-         "faxApiPath": settings.fax_api_path, "bucket": BUCKET, "scopes": SCOPES}
+         "faxApiPath": settings.fax_api_path, "bucket": BUCKET, "scopes": SCOPES, "clinicScopes": CLINIC_SCOPES}
     ).encode()  # fmt: skip
 
     @router.get(PATH)

@@ -148,7 +148,8 @@ class FaxAPI:
             async def may_read(document: Z3Location) -> None:
                 await self.fhir.document(request, "Z3:GetObject", f"Z3:{document.bucket}/{document.key}")
 
-            image = await preview(service.database, communication_id, request.query_params.get("page"), may_read)
+            page = request.query_params.get("page")
+            image = await preview(service.database, communication_id, page, may_read, communication=communication)
             await self.fhir.was_read(request, "preview", [communication])
             return Response(image, media_type="image/png")
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -56,3 +60,82 @@ def pick_patient(browser: webdriver.Chrome, patient_id: str) -> None:
     WebDriverWait(browser, 60).until(expected_conditions.element_to_be_clickable(choice))
     browser.find_element(*choice).click()
     browser.find_element(By.CSS_SELECTOR, 'button[name="step"][value="patient"]').click()
+
+
+def wait_for(browser: webdriver.Chrome, condition: Any, timeout: float = 60) -> Any:
+    """``condition(browser)`` once it is truthy (Selenium's wait, with this module's long default)."""
+    return WebDriverWait(browser, timeout).until(condition)
+
+
+def shown(browser: webdriver.Chrome, css: str) -> WebElement:
+    """The first element matching ``css`` once it is displayed."""
+
+    def visible(driver: webdriver.Chrome) -> WebElement | bool:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0] if found and found[0].is_displayed() else False
+
+    element: WebElement = wait_for(browser, visible)
+    return element
+
+
+def text_by_id(browser: webdriver.Chrome, element_id: str) -> str:
+    value: str = browser.find_element(By.ID, element_id).text
+    return value
+
+
+def csp_violations(browser: webdriver.Chrome) -> list[str]:
+    """What the Content-Security-Policy blocked since the last look at the browser's log."""
+    return [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+def tab_to(browser: webdriver.Chrome, found: Callable[[webdriver.Chrome], bool], limit: int = 80) -> None:
+    """Press Tab until ``found`` says the focused element is the one wanted (fails when it is never reached)."""
+    for _ in range(limit):
+        if found(browser):
+            return
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+    raise AssertionError("the element cannot be reached with the Tab key")
+
+
+CONTRAST = """
+const rgb = text => (text.match(/[\\d.]+/g) || []).map(Number);
+const luminance = ([r, g, b]) => {
+  const [R, G, B] = [r, g, b].map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * R + 0.7152 * G + 0.0722 * B;
+};
+const background = element => {
+  for (let e = element; e; e = e.parentElement) {
+    const color = rgb(getComputedStyle(e).backgroundColor);
+    if (color.length === 3 || color[3] > 0) return color.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+const low = [];
+let checked = 0;
+for (const element of document.querySelectorAll("header *, main *")) {
+  const own = [...element.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+  if (!own || !element.getClientRects().length || getComputedStyle(element).visibility === "hidden") continue;
+  const [a, b] = [luminance(rgb(getComputedStyle(element).color)), luminance(background(element))];
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  checked += 1;
+  const what = `${element.tagName}#${element.id} "${element.textContent.trim().slice(0, 30)}"`;
+  if (!(ratio >= 4.5)) low.push(`${what} ${ratio.toFixed(2)}`);
+}
+return [checked, low];
+"""
+
+
+def low_contrast(browser: webdriver.Chrome) -> tuple[int, list[str]]:
+    """How many visible texts of the header and main were checked, and those under 4.5:1 against their background."""
+    checked, low = browser.execute_script(CONTRAST)
+    return int(checked), list(low)
+
+
+def fits_width(browser: webdriver.Chrome, width: int, height: int = 1100) -> bool:
+    """Whether the page, laid out at ``width``, runs off the side (a wide table may scroll in its own box)."""
+    size = browser.get_window_size()
+    browser.set_window_size(width, height)
+    try:
+        return bool(browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"))
+    finally:
+        browser.set_window_size(size["width"], size["height"])

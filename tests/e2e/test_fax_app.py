@@ -124,6 +124,7 @@ def launch_standalone(server: FaxServer, browser: webdriver.Chrome, patient_id: 
     browser.get(f"{server.url}/apps/fax/config.json")
     browser.execute_script("sessionStorage.clear()")
     browser.get(f"{server.url}/apps/fax/")
+    element(browser, "#start-patient").click()  # the start page: a patient's faxes, or the clinic view
     sign_in_and_allow(browser, USER, PASSWORD)
     pick_patient(browser, patient_id)
     element(browser, "#log-view")

@@ -4,6 +4,7 @@
 // timer calls it once a second, and only while a fax shown here is in flight (not completed or stopped); when
 // the server offers Subscriptions over a websocket, the notification handler calls the same `refresh`.
 import { Api } from "./api.js";
+import { ClinicApp, chooseView, switchView } from "./clinic.js";
 import { FaxLog } from "./log.js";
 import { SendForm } from "./send.js";
 import { finished, nameOf } from "./words.js";
@@ -89,8 +90,17 @@ async function main() {
     return;
   }
   const iss = `${location.origin}${config.fhirPath}`;
-  const client = await FHIR.oauth2.init({ ...options, iss, scope: standaloneScopes.join(" ") });
+  // Standalone: the start page asks "a patient's faxes" or "clinic inbox and outbox" (each its own scopes).
+  const view = await chooseView(here);
+  const scopes = view === "clinic" ? config.clinicScopes : standaloneScopes;
+  $("switch-view").hidden = false; // also a way out when the authorization fails
+  $("switch-view").addEventListener("click", () => switchView(appUrl));
+  const client = await FHIR.oauth2.init({ ...options, iss, scope: scopes.join(" ") });
   if (!client.patient.id) {
+    if (view === "clinic") {
+      await new ClinicApp(client, config).start();
+      return;
+    }
     $("app-status").textContent = "This sign-in has no patient: launch the app with a patient.";
     return;
   }

@@ -10,6 +10,7 @@ const WORDS = {
   DELIVERED: "Delivered",
   STOPPED: "Stopped",
   RETRYING: "Waiting to try again",
+  RECEIVED: "Received",
 };
 
 /** The E.164 form: a plus, a country code that does not start with 0, at most 15 digits in all. */
@@ -34,6 +35,7 @@ export function statusCode(communication) {
   const found = extension(communication, EXT_STATUS);
   const code = found?.valueCodeableConcept?.coding?.[0]?.code;
   if (communication.status === "stopped") return "STOPPED";
+  if (extension(communication, "inbound-fax-status")) return "RECEIVED"; // a received fax, not one sent
   if (code) return code;
   return communication.status === "completed" ? "DELIVERED" : "QUEUED";
 }
@@ -60,6 +62,7 @@ export function pageCount(communication) {
 export function nameOf(resource) {
   if (!resource) return "";
   if (typeof resource.name === "string") return resource.name;
+  if (resource.deviceName?.[0]?.name) return resource.deviceName[0].name; // a received fax's caller
   const name = Array.isArray(resource.name) ? resource.name[0] : null;
   if (name) return name.text || [...(name.prefix || []), ...(name.given || []), name.family].filter(Boolean).join(" ");
   const fax = (resource.telecom || []).find((t) => t.system === "fax");
