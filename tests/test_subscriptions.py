@@ -575,3 +575,44 @@ async def test_a_patient_limited_subscription_queues_nothing_about_other_patient
     assert header(got, "X-FHIR-Fax-Event") == "1"
     queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
     assert [n["resource"] for n in queued] == [f"Communication/{maria.json()['id']}"]
+
+
+async def test_a_patient_limited_token_may_not_subscribe_to_another_patient(
+    notifying: httpx.AsyncClient, database: Any
+) -> None:
+    """A token like the fax app's (``patient/*.rs``, Subscription ``c``/``d``; ``u`` here to try an update too)
+    subscribes to its own patient's faxes; naming another patient in the criteria, on create or update, is a 403
+    that says what to subscribe to, with nothing stored."""
+    username = await make_user(database)
+    app = await make_app(database)
+    async with httpx.AsyncClient(transport=notifying._transport, base_url="http://fhir.test") as web:
+        flow = Flow(app, "launch/patient patient/*.rs patient/Communication.c patient/Subscription.cud")
+        token = await token_for(web, flow, username, patient="maria-lopez")
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        live = {"resourceType": "Subscription", "status": "requested", "reason": "tests",
+                "channel": {"type": "websocket"}}  # fmt: skip
+        mine = await subscribe(web, {**live, "criteria": "Communication?patient=Patient/maria-lopez"})
+        assert mine["status"] == "active"
+        before = await database["Subscription"].count_documents({})
+        for criteria in (
+            "Communication?patient=Patient/james-oneil",
+            "Communication?patient=maria-lopez,james-oneil",
+            "Communication?subject=Patient/maria-lopez&recipient=Patient/james-oneil",
+        ):
+            refused = await web.post("/fhir/Subscription", json={**live, "criteria": criteria}, headers=FHIR_JSON)
+            assert refused.status_code == 403, refused.text
+            issue = refused.json()["issue"][0]
+            assert issue["diagnostics"] == (
+                "This token is limited to Patient/maria-lopez; Subscription.criteria names Patient/james-oneil. "
+                "Subscribe to Patient/maria-lopez's faxes only, e.g. Communication?patient=Patient/maria-lopez."
+            )
+            assert issue["expression"] == ["Subscription.criteria"]
+        assert await database["Subscription"].count_documents({}) == before, "nothing stored"
+        changed = {**live, "id": mine["id"], "criteria": "Communication?patient=Patient/james-oneil"}
+        answer = await web.put(f"/fhir/Subscription/{mine['id']}", json=changed, headers=FHIR_JSON)
+        assert answer.status_code == 403 and "names Patient/james-oneil" in answer.text
+        kept = await web.get(f"/fhir/Subscription/{mine['id']}")
+        assert kept.json()["meta"]["versionId"] == "1"
+        assert kept.json()["criteria"] == "Communication?patient=Patient/maria-lopez"
+        assert (await web.delete(f"/fhir/Subscription/{mine['id']}")).status_code in (200, 204)
+    assert (await notifying.get(f"/fhir/Subscription/{mine['id']}")).status_code == 410, "removed when done"
