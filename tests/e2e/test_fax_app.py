@@ -12,14 +12,17 @@ import csv
 import filecmp
 import io
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fpdf import FPDF
+from pymongo import MongoClient
 from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -27,7 +30,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from browsers import chromium, pick_patient, sign_in_and_allow
+from fhir_fax.subscriptions.queue import NOTIFICATIONS
+
+from browsers import chromium, pick_patient, requests_made, sign_in_and_allow
 from helpers import FHIR_JSON
 from processes import FaxServer
 
@@ -41,10 +46,15 @@ GOOD, BUSY = "+16175550143", "+16175550002"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator[FaxServer]:
+def database_name() -> str:
+    return f"fax_app_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, database_name: str) -> Iterator[FaxServer]:
     env = {
         "FHIR_FAX_MONGODB_URI": mongo_uri,
-        "FHIR_FAX_DATABASE_NAME": f"fax_app_{uuid.uuid4().hex[:8]}",
+        "FHIR_FAX_DATABASE_NAME": database_name,
         "FHIR_FAX_BOOTSTRAP_USER": USER,
         "FHIR_FAX_BOOTSTRAP_PASSWORD": PASSWORD,
         "FHIR_FAX_SIMULATOR_SPEED": "1000",
@@ -203,6 +213,28 @@ def send_by_api(server: FaxServer, patient_id: str, number: str = GOOD) -> str:
     return communication_id
 
 
+def live_subscriptions(server: FaxServer, patient_id: str) -> list[dict[str, Any]]:
+    """The Subscriptions on the server (any status) watching this patient's faxes, as the app makes them."""
+    criteria = f"Communication?patient=Patient/{patient_id}"
+    found = httpx.get(f"{server.url}/fhir/Subscription", params={"criteria:exact": criteria}, headers=server.headers)
+    assert found.status_code == 200, found.text
+    return [e["resource"] for e in found.json().get("entry", [])]
+
+
+def until(check: Any, what: str, tries: int = 300) -> Any:
+    """Wait (up to about 30 s) until ``check()`` is truthy, for what another process does in its own time."""
+    for _ in range(tries):
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(what)
+
+
+def is_live(browser: webdriver.Chrome) -> bool:
+    return browser.find_element(By.ID, "live-status").get_attribute("data-live") == "true"
+
+
 def test_the_vendored_smart_client_is_the_npm_build_unmodified() -> None:
     assert filecmp.cmp(VENDORED / "fhir-client.min.js", NPM / "build" / "fhir-client.min.js", shallow=False)
     assert filecmp.cmp(VENDORED / "fhirclient-LICENSE.txt", NPM / "LICENSE", shallow=False)
@@ -230,11 +262,22 @@ def test_the_app_is_served_with_a_strict_policy_and_registered(server: FaxServer
 
 
 def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
-    server: FaxServer, browser: webdriver.Chrome, documents: list[Path], downloads: Path
+    server: FaxServer,
+    browser: webdriver.Chrome,
+    documents: list[Path],
+    downloads: Path,
+    mongo_uri: str,
+    database_name: str,
 ) -> None:
     patient_id = new_patient(server, "Standalone")
     launch_standalone(server, browser, patient_id)
     assert "token" not in browser.current_url and "code=" not in browser.current_url
+    # Live: the app holds an active websocket Subscription on this patient's faxes, with an end ahead.
+    wait(browser, is_live)
+    assert text_of(browser, "live-status") == "Live updates on"
+    [subscription] = live_subscriptions(server, patient_id)
+    assert subscription["status"] == "active" and subscription["channel"] == {"type": "websocket"}
+    assert datetime.fromisoformat(subscription["end"]) > datetime.now(UTC)
     shot(browser, "1-log-empty")
 
     element(browser, "#nav-send").click()
@@ -280,10 +323,25 @@ def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
     browser.find_element(By.ID, "dry-run-next").click()
     wait(browser, lambda d: text_of(d, "dry-run-page") == "Page 2 of 4")
 
+    requests_made(browser)  # from here on: what the page asks for while the fax travels
     browser.find_element(By.ID, "send-button").click()
     wait(browser, lambda d: d.find_element(By.ID, "steps").get_attribute("data-status") == "DELIVERED")
     assert text_of(browser, "progress-status") == "Delivered"
     shot(browser, "3-send-delivered")
+    # DELIVERED came through the websocket: no poll of the fax, a re-read of the log per notification, and the
+    # server sent this Subscription's notifications about it, up to its current (delivered) version.
+    made = requests_made(browser)
+    [fax] = [e["resource"] for e in httpx.get(f"{server.url}/fhir/Communication?patient=Patient/{patient_id}",
+                                              headers=server.headers).json()["entry"]]  # fmt: skip
+    assert [u for m, u in made if m == "GET" and f"/fhir/Communication/{fax['id']}" in u] == [], "no poll while live"
+    assert any(m == "GET" and "/fhir/Communication?patient=" in u for m, u in made), made
+    assert not any(m == "WEBSOCKET" for m, _ in made), "the socket stayed bound"
+    with MongoClient(mongo_uri) as mongo:
+        queue = mongo[database_name][NOTIFICATIONS]
+        about = {"subscription": subscription["id"], "resource": f"Communication/{fax['id']}"}
+        until(lambda: queue.find_one({**about, "version": int(fax["meta"]["versionId"]), "state": "sent"}),
+              "the delivered version's notification was not sent")  # fmt: skip
+        assert queue.count_documents({**about, "state": "sent"}) >= 2, "queued, then each step"
 
     # A number that is always busy: the steps stop, with the reason.
     number.clear()
@@ -330,6 +388,12 @@ def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
     ]
     no_policy_violations(browser)
 
+    # Leaving the app removes its Subscription (nothing piles up on the server).
+    browser.get(f"{server.url}/apps/fax/config.json")
+    until(lambda: httpx.get(f"{server.url}/fhir/Subscription/{subscription['id']}",
+                            headers=server.headers).status_code == 410, "the Subscription was not removed")  # fmt: skip
+    assert live_subscriptions(server, patient_id) == []
+
 
 def test_an_ehr_launch_shows_only_that_patients_faxes(server: FaxServer, browser: webdriver.Chrome) -> None:
     mine, other = new_patient(server, "Ehr"), new_patient(server, "Other")
@@ -360,8 +424,27 @@ def test_an_ehr_launch_shows_only_that_patients_faxes(server: FaxServer, browser
 
 
 def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.Chrome, documents: list[Path]) -> None:
+    """Also: with the websocket unreachable, the app says so and falls back to checking the fax in flight."""
     patient_id = new_patient(server, "Keyboard")
-    launch_standalone(server, browser, patient_id)
+    # As behind a proxy that passes no websocket: the handshake goes to a path the server does not serve.
+    unreachable = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": BLOCK_WEBSOCKET})
+    try:
+        launch_standalone(server, browser, patient_id)
+        wait(browser, lambda d: text_of(d, "live-status").startswith("Live updates unavailable"))
+        keyboard_send(server, browser, documents, patient_id)
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", unreachable)
+
+
+BLOCK_WEBSOCKET = """
+const Real = window.WebSocket;
+window.WebSocket = class extends Real {
+  constructor(url, protocols) { super(String(url).replace("/fhir/websocket", "/fhir/no-websocket"), protocols); }
+};
+"""
+
+
+def keyboard_send(server: FaxServer, browser: webdriver.Chrome, documents: list[Path], patient_id: str) -> None:
     keys = ActionChains(browser)
 
     def tab_to(element_id: str, limit: int = 60, back: bool = False) -> None:
@@ -403,8 +486,15 @@ def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.C
     outline = browser.execute_script("return getComputedStyle(document.activeElement).outlineStyle")
     assert outline not in ("none", ""), "the focused control shows it"
     shot(browser, "8-keyboard-focus")
+    requests_made(browser)
     keys.send_keys(Keys.ENTER).perform()
     wait(browser, lambda d: d.find_element(By.ID, "steps").get_attribute("data-status") == "DELIVERED")
+    assert text_of(browser, "live-status") == "Live updates unavailable: faxes in progress are checked every second."
+    assert not is_live(browser)
+    made = requests_made(browser)
+    assert any(m == "GET" and "/fhir/Communication/" in u for m, u in made), "the fax in flight was checked"
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot(browser, "10-live-unavailable")
     no_policy_violations(browser)
 
 
