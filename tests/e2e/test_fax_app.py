@@ -43,6 +43,7 @@ NPM = ROOT / "node-clients" / "node_modules" / "fhirclient"
 USER, PASSWORD = "clinic.staff", "fax app password"
 SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
 GOOD, BUSY = "+16175550143", "+16175550002"
+OURS = "+12223334444"  # onboarded by the server fixture: faxes are sent from it and received on it
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, database_na
     }
     process = FaxServer(tmp_path_factory.mktemp("fax-app") / "data", "--load-fixtures", env=env)
     try:
-        onboarded = httpx.post(f"{process.url}/fax/v1/onboard", json={"faxNumber": "+12223334444"},
+        onboarded = httpx.post(f"{process.url}/fax/v1/onboard", json={"faxNumber": OURS},
                                headers=process.headers)  # fmt: skip
         assert onboarded.status_code == 200, onboarded.text
         yield process
@@ -523,3 +524,73 @@ def test_numbers_are_checked_as_e164_and_csv_cells_cannot_be_formulas(
         ["", False, ""],
     ]
     assert checked["csv"] == '\'=1+1,\'+123,\'-2,\'@x,plain,"say ""hi"", then go"\r\n'
+
+
+def file_received_fax(server: FaxServer, document: Path, patient_id: str) -> dict[str, Any]:
+    """A fax received (the simulator's inbound door) and filed to the patient: its DocumentReference."""
+    received = httpx.post(f"{server.url}/fax/v1/inbound/simulate", params={"from": "+16175550188", "to": OURS},
+                          content=document.read_bytes(), headers=server.headers)  # fmt: skip
+    assert received.status_code == 201, received.text
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{patient_id}"}}]}  # fmt: skip
+    communication_id = received.json()["communication"]["id"]
+    filed = httpx.post(f"{server.url}/fhir/Communication/{communication_id}/$file", json=body,
+                       headers={**FHIR_JSON, **server.headers})  # fmt: skip
+    assert filed.status_code in (200, 201), filed.text
+    document_reference: dict[str, Any] = filed.json()
+    return document_reference
+
+
+def test_send_a_document_on_file_with_an_uploaded_one(
+    server: FaxServer, browser: webdriver.Chrome, documents: list[Path]
+) -> None:
+    """The patient's DocumentReferences are offered in the send form; a ticked one goes after the uploaded files."""
+    patient_id = new_patient(server, "Onfile")
+    on_file = file_received_fax(server, documents[1], patient_id)  # two pages
+    on_file_url = on_file["content"][0]["attachment"]["url"]
+    attachment = {"url": "https://records.example.org/summary.pdf", "contentType": "application/pdf"}
+    elsewhere = {"resourceType": "DocumentReference", "status": "current", "date": "2020-01-02T03:04:05Z",
+                 "subject": {"reference": f"Patient/{patient_id}"}, "description": "Discharge summary",
+                 "content": [{"attachment": attachment}]}  # fmt: skip
+    made = httpx.post(f"{server.url}/fhir/DocumentReference", json=elsewhere, headers={**FHIR_JSON, **server.headers})
+    assert made.status_code == 201, made.text
+    launch_standalone(server, browser, patient_id)
+    element(browser, "#nav-send").click()
+    element(browser, "#send-view")
+    element(browser, "#existing-list input[type=checkbox]")
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#existing-list input[type=checkbox]")
+    labels = [browser.find_element(By.CSS_SELECTOR, f'label[for="{b.get_attribute("id")}"]').text for b in boxes]
+    assert [b.get_attribute("value") for b in boxes] == [
+        f"DocumentReference/{on_file['id']}",
+        f"DocumentReference/{made.json()['id']}",
+    ], "newest first"
+    assert "Fax from +16175550188 (2 pages)" in labels[0] and "application/pdf" in labels[0], labels
+    assert labels[1].startswith("Discharge summary — ") and labels[1].endswith("(not stored here: it cannot be faxed)")
+    assert boxes[0].is_enabled() and not boxes[1].is_enabled()
+    box = boxes[0]
+    browser.find_element(By.ID, "send-button").click()  # nothing chosen yet: refused in the app
+    wait(browser, lambda d: text_of(d, "documents-error") != "")
+    assert text_of(browser, "documents-error") == "Add at least one document to fax, or tick one on file."
+    box.click()
+    assert text_of(browser, "documents-error") == "", "the error goes once a document is ticked"
+    browser.find_element(By.ID, "documents").send_keys(str(documents[0]))  # one page
+    wait(browser, lambda d: [s.text for s in d.find_elements(By.CSS_SELECTOR, ".upload-state")] == ["uploaded"])
+    browser.find_element(By.ID, "recipient-number").send_keys(GOOD)
+    browser.find_element(By.ID, "preview-button").click()
+    wait(browser, lambda d: text_of(d, "dry-run-pages") != "")
+    assert text_of(browser, "dry-run-pages") == "3 pages will be sent.", "1 uploaded + 2 on file"
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot(browser, "11-send-on-file")
+    good_contrast(browser)
+    browser.find_element(By.ID, "send-button").click()
+    wait(browser, lambda d: d.find_element(By.ID, "steps").get_attribute("data-status") == "DELIVERED")
+    found = httpx.get(f"{server.url}/fhir/Communication?patient=Patient/{patient_id}&_sort=-_lastUpdated",
+                      headers=server.headers).json()  # fmt: skip
+    sent = [e["resource"] for e in found["entry"] if e["resource"].get("partOf") is None and e["resource"]["id"]
+            != on_file["context"]["related"][0]["reference"].split("/")[1]]  # fmt: skip
+    assert len(sent) == 1, found
+    urls = [p["contentAttachment"]["url"] for p in sent[0]["payload"]]
+    assert len(urls) == 2 and urls[0].startswith(f"z3://fax-app/{patient_id}/") and urls[0].endswith("/letter.pdf")
+    assert urls[1] == on_file_url, "the document on file, after the upload"
+    assert [e["valueInteger"] for e in sent[0]["extension"] if e["url"].endswith("fax-pages")] == [3]
+    no_policy_violations(browser)
