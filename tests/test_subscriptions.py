@@ -616,3 +616,32 @@ async def test_a_patient_limited_token_may_not_subscribe_to_another_patient(
         assert kept.json()["criteria"] == "Communication?patient=Patient/maria-lopez"
         assert (await web.delete(f"/fhir/Subscription/{mine['id']}")).status_code in (200, 204)
     assert (await notifying.get(f"/fhir/Subscription/{mine['id']}")).status_code == 410, "removed when done"
+
+
+async def test_nothing_is_sent_after_a_subscriptions_end(runtime: Runtime, database: Any, listener: Listener) -> None:
+    """R4's ``end``: the server turns the Subscription off then; what matches afterwards is dropped, not sent."""
+    code = f"end-{uuid.uuid4().hex[:6]}"
+    kept = {"client": "test-admin", "scopes": "", "patient": None}
+    made = {}
+    for name, end in (("over", "2020-01-02T03:04:05Z"), ("later", "2999-01-01T00:00:00Z")):
+        resource = {**subscription(f"Communication?category={code}", f"{listener.url}/{code}-{name}"), "end": end}
+        checked, _ = check_subscription(resource, runtime.registry, ["127.0.0.1"])
+        made[name] = (await runtime.store.create(checked, private=kept))["id"]
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
+    written = await runtime.store.create(body)
+    while await runtime.subscriptions.dispatcher.step():
+        pass
+    sender = Sender(runtime.settings, runtime.store, runtime.subscriptions.queue, runtime.gate)
+    try:
+        for _ in range(10):
+            await sender.step()
+            if await database[NOTIFICATIONS].count_documents({"subscription": {"$in": list(made.values())},
+                                                              "state": "due"}) == 0:  # fmt: skip
+                break
+    finally:
+        await sender.close()
+    over = await database[NOTIFICATIONS].find_one({"subscription": made["over"]})
+    assert (over["state"], over["detail"]) == ("dropped", "the Subscription ended at 2020-01-02T03:04:05Z")
+    later = await database[NOTIFICATIONS].find_one({"subscription": made["later"]})
+    assert later["state"] == "sent" and later["resource"] == f"Communication/{written['id']}"
+    assert listener.received(f"/{code}-over") == [] and len(listener.received(f"/{code}-later")) == 1
