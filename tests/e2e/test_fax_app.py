@@ -247,7 +247,9 @@ def test_the_app_is_served_with_a_strict_policy_and_registered(server: FaxServer
     page = httpx.get(f"{server.url}/apps/fax/")
     assert page.status_code == 200
     policy = page.headers["content-security-policy"]
-    assert "script-src 'self';" in policy and "connect-src 'self';" in policy and "default-src 'none'" in policy
+    host = server.url.removeprefix("http://")
+    assert f"connect-src 'self' ws://{host} wss://{host};" in policy, "requests and the websocket: this host only"
+    assert "script-src 'self';" in policy and "default-src 'none'" in policy
     assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
     assert "<script>" not in page.text and " style=" not in page.text, "no inline script or style"
     assert "http://" not in page.text and "https://" not in page.text, "no external asset"
@@ -422,6 +424,45 @@ def test_an_ehr_launch_shows_only_that_patients_faxes(server: FaxServer, browser
     finally:
         browser.set_window_size(1280, 900)
     no_policy_violations(browser)
+
+
+def test_a_dropped_websocket_is_reconnected_and_bound_again(server: FaxServer, browser: webdriver.Chrome) -> None:
+    """The socket closes under the app: it says live updates are unavailable, then reconnects (after a second) and
+    binds the same Subscription again, re-reading the log once bound."""
+    patient_id = new_patient(server, "Dropped")
+    kept = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": KEEP_SOCKETS})
+    try:
+        launch_standalone(server, browser, patient_id)
+        wait(browser, is_live)
+        [subscription] = live_subscriptions(server, patient_id)
+        browser.execute_script(WATCH_LIVE_STATUS)
+        requests_made(browser)
+        browser.execute_script("window.appSockets.forEach(socket => socket.close())")
+        wait(browser, lambda d: d.execute_script("return window.liveStates")[-1:] == ["Live updates on"])
+        states = browser.execute_script("return window.liveStates")
+        assert states[0].startswith("Live updates unavailable"), states
+        made = requests_made(browser)
+        assert [m for m, _ in made if m == "WEBSOCKET"] == ["WEBSOCKET"], made
+        assert not any(m == "POST" and u.endswith("/fhir/Subscription") for m, u in made), "the same one, bound again"
+        assert any(m == "GET" and "/fhir/Communication?patient=" in u for m, u in made), "the log re-read once bound"
+        assert [s["id"] for s in live_subscriptions(server, patient_id)] == [subscription["id"]]
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", kept)
+
+
+KEEP_SOCKETS = """
+const Real = window.WebSocket;
+window.appSockets = [];
+window.WebSocket = class extends Real {
+  constructor(url, protocols) { super(url, protocols); window.appSockets.push(this); }
+};
+"""
+WATCH_LIVE_STATUS = """
+const status = document.getElementById("live-status");
+window.liveStates = [];
+new MutationObserver(() => window.liveStates.push(status.textContent))
+  .observe(status, {childList: true, characterData: true, subtree: true});
+"""
 
 
 def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.Chrome, documents: list[Path]) -> None:

@@ -94,7 +94,9 @@ export class LiveFeed extends EventTarget {
         } else if (word === "ping" && about === id) {
           this.onPing?.();
         } else if (word === "error") {
-          this.subscription = null; // gone, ended or refused: the next attempt makes a new one
+          // Gone, ended or refused: remove it (if it is still there) and let the next attempt make a new one.
+          this.subscription = null;
+          this.client.delete(`Subscription/${id}`).catch(() => {});
           reject(new Error(String(event.data)));
           socket.close();
         }
