@@ -22,6 +22,11 @@ async def test_the_app_is_served_and_registered_on_the_base_url(settings: Settin
         config = (await http.get("/apps/fax/config.json")).json()
         assert config == {"clientId": CLIENT_ID, "fhirPath": "/fhir", "projectApiPath": "/v1", "faxApiPath": "/fax/v1",
                           "bucket": BUCKET, "scopes": SCOPES, "clinicScopes": CLINIC_SCOPES}  # fmt: skip
+        policy = (await http.get("/apps/fax/")).headers["content-security-policy"]
+        assert "connect-src 'self' ws://fhir.test wss://fhir.test;" in policy, "its own websocket, for live status"
+        for host in ("evil.example; script-src *", "a b", "x'y"):  # not a host name: named nowhere
+            policy = (await http.get("/apps/fax/", headers={"host": host})).headers["content-security-policy"]
+            assert "connect-src 'self';" in policy and "evil" not in policy and "ws:" not in policy
         unknown = await http.get("/apps/fax/fax_app.py")
         assert (unknown.status_code, unknown.text) == (404, "Not found")
         listed = (await http.get("/v1/smart-apps")).json()

@@ -622,3 +622,73 @@ async def test_a_patient_limited_subscription_queues_nothing_about_other_patient
     assert header(got, "X-FHIR-Fax-Event") == "1"
     queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
     assert [n["resource"] for n in queued] == [f"Communication/{maria.json()['id']}"]
+
+
+async def test_a_patient_limited_token_may_not_subscribe_to_another_patient(
+    notifying: httpx.AsyncClient, database: Any
+) -> None:
+    """A token like the fax app's (``patient/*.rs``, Subscription ``c``/``d``; ``u`` here to try an update too)
+    subscribes to its own patient's faxes; naming another patient in the criteria, on create or update, is a 403
+    that says what to subscribe to, with nothing stored."""
+    username = await make_user(database)
+    app = await make_app(database)
+    async with httpx.AsyncClient(transport=notifying._transport, base_url="http://fhir.test") as web:
+        flow = Flow(app, "launch/patient patient/*.rs patient/Communication.c patient/Subscription.cud")
+        token = await token_for(web, flow, username, patient="maria-lopez")
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        live = {"resourceType": "Subscription", "status": "requested", "reason": "tests",
+                "channel": {"type": "websocket"}}  # fmt: skip
+        mine = await subscribe(web, {**live, "criteria": "Communication?patient=Patient/maria-lopez"})
+        assert mine["status"] == "active"
+        before = await database["Subscription"].count_documents({})
+        for criteria in (
+            "Communication?patient=Patient/james-oneil",
+            "Communication?patient=maria-lopez,james-oneil",
+            "Communication?subject=Patient/maria-lopez&recipient=Patient/james-oneil",
+        ):
+            refused = await web.post("/fhir/Subscription", json={**live, "criteria": criteria}, headers=FHIR_JSON)
+            assert refused.status_code == 403, refused.text
+            issue = refused.json()["issue"][0]
+            assert issue["diagnostics"] == (
+                "This token is limited to Patient/maria-lopez; Subscription.criteria names Patient/james-oneil. "
+                "Subscribe to Patient/maria-lopez's faxes only, e.g. Communication?patient=Patient/maria-lopez."
+            )
+            assert issue["expression"] == ["Subscription.criteria"]
+        assert await database["Subscription"].count_documents({}) == before, "nothing stored"
+        changed = {**live, "id": mine["id"], "criteria": "Communication?patient=Patient/james-oneil"}
+        answer = await web.put(f"/fhir/Subscription/{mine['id']}", json=changed, headers=FHIR_JSON)
+        assert answer.status_code == 403 and "names Patient/james-oneil" in answer.text
+        kept = await web.get(f"/fhir/Subscription/{mine['id']}")
+        assert kept.json()["meta"]["versionId"] == "1"
+        assert kept.json()["criteria"] == "Communication?patient=Patient/maria-lopez"
+        assert (await web.delete(f"/fhir/Subscription/{mine['id']}")).status_code in (200, 204)
+    assert (await notifying.get(f"/fhir/Subscription/{mine['id']}")).status_code == 410, "removed when done"
+
+
+async def test_nothing_is_sent_after_a_subscriptions_end(runtime: Runtime, database: Any, listener: Listener) -> None:
+    """R4's ``end``: the server turns the Subscription off then; what matches afterwards is dropped, not sent."""
+    code = f"end-{uuid.uuid4().hex[:6]}"
+    kept = {"client": "test-admin", "scopes": "", "patient": None}
+    made = {}
+    for name, end in (("over", "2020-01-02T03:04:05Z"), ("later", "2999-01-01T00:00:00Z")):
+        resource = {**subscription(f"Communication?category={code}", f"{listener.url}/{code}-{name}"), "end": end}
+        checked, _ = check_subscription(resource, runtime.registry, ["127.0.0.1"])
+        made[name] = (await runtime.store.create(checked, private=kept))["id"]
+    body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
+    written = await runtime.store.create(body)
+    while await runtime.subscriptions.dispatcher.step():
+        pass
+    sender = Sender(runtime.settings, runtime.store, runtime.subscriptions.queue, runtime.gate)
+    try:
+        for _ in range(10):
+            await sender.step()
+            if await database[NOTIFICATIONS].count_documents({"subscription": {"$in": list(made.values())},
+                                                              "state": "due"}) == 0:  # fmt: skip
+                break
+    finally:
+        await sender.close()
+    over = await database[NOTIFICATIONS].find_one({"subscription": made["over"]})
+    assert (over["state"], over["detail"]) == ("dropped", "the Subscription ended at 2020-01-02T03:04:05Z")
+    later = await database[NOTIFICATIONS].find_one({"subscription": made["later"]})
+    assert later["state"] == "sent" and later["resource"] == f"Communication/{written['id']}"
+    assert listener.received(f"/{code}-over") == [] and len(listener.received(f"/{code}-later")) == 1

@@ -15,10 +15,11 @@ launch URL. The base is ``FHIR_FAX_BASE_URL`` when set; otherwise the address th
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..auth.apps import COLLECTION, Apps, check_redirect_uri, check_scopes
@@ -28,8 +29,10 @@ from ..settings import Settings
 CLIENT_ID = "fhir-fax-app"
 BUCKET = "fax-app"  # the Z3 bucket the app uploads documents to (created at start-up)
 PATH = "/apps/fax/"
-# What the app may ask for: a patient's faxes (read, create = send/upload/resend), the directory, and a refresh
-# token for the working session (online_access), so that a session outlives one access token.
+# What the app may ask for: a patient's faxes (read, create = send/upload/resend), the directory, a refresh
+# token for the working session (online_access), so that a session outlives one access token, and its own
+# websocket Subscription for live status (create it, delete it on close; the gate keeps a patient-limited
+# token's Subscriptions to that patient).
 SCOPES = [
     "openid",
     "fhirUser",
@@ -38,6 +41,7 @@ SCOPES = [
     "launch/patient",
     "patient/*.rs",
     "patient/Communication.c",
+    "patient/Subscription.cd",
     "user/Practitioner.rs",
     "user/PractitionerRole.rs",
     "user/Organization.rs",
@@ -51,6 +55,7 @@ CLINIC_SCOPES = [
     "fhirUser",
     "online_access",
     "user/Communication.crus",
+    "user/Subscription.cd",
     "user/Task.rus",
     "user/DocumentReference.c",
     "user/Patient.rs",
@@ -65,6 +70,7 @@ FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "api.js": "text/javascript; charset=utf-8",
     "log.js": "text/javascript; charset=utf-8",
+    "live.js": "text/javascript; charset=utf-8",
     "send.js": "text/javascript; charset=utf-8",
     "words.js": "text/javascript; charset=utf-8",
     "clinic.js": "text/javascript; charset=utf-8",
@@ -85,6 +91,20 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+HOST = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
+def headers_for(request: Request) -> dict[str, str]:
+    """The headers, with the app's own websocket (live status) allowed: ws:/wss: of this very host only.
+
+    CSP 3 lets ``'self'`` cover the same host's websocket, but not every browser does, so the host the page
+    was asked from is named as well (when it is a plain host name or address; nothing else reaches the header).
+    """
+    host = request.headers.get("host", "")
+    if not HOST.fullmatch(host):
+        return HEADERS
+    policy = CSP.replace("connect-src 'self';", f"connect-src 'self' ws://{host} wss://{host};")
+    return {**HEADERS, "Content-Security-Policy": policy}
 
 
 def bases(settings: Settings) -> list[str]:
@@ -126,17 +146,17 @@ def fax_app_router(settings: Settings) -> APIRouter:
     ).encode()  # fmt: skip
 
     @router.get(PATH)
-    async def index() -> Response:
-        return Response(read("index.html"), media_type=FILES["index.html"], headers=HEADERS)
+    async def index(request: Request) -> Response:
+        return Response(read("index.html"), media_type=FILES["index.html"], headers=headers_for(request))
 
     @router.get(PATH + "config.json")
-    async def app_config() -> Response:
-        return Response(config, media_type="application/json", headers=HEADERS)
+    async def app_config(request: Request) -> Response:
+        return Response(config, media_type="application/json", headers=headers_for(request))
 
     @router.get(PATH + "{name:path}")
-    async def asset(name: str) -> Response:
+    async def asset(request: Request, name: str) -> Response:
         if name not in FILES:
-            return Response(b"Not found", status_code=404, media_type="text/plain", headers=HEADERS)
-        return Response(read(name), media_type=FILES[name], headers=HEADERS)
+            return Response(b"Not found", status_code=404, media_type="text/plain", headers=headers_for(request))
+        return Response(read(name), media_type=FILES[name], headers=headers_for(request))
 
     return router

@@ -114,6 +114,21 @@ def _pinned(field: str, value: Any) -> tuple[str, list[str]] | None:
     return None
 
 
+def patients_named(search_filter: Any) -> list[str]:
+    """The ``Patient/id`` references a criteria's filter requires a reference to be one of (any parameter)."""
+    found: list[str] = []
+    if isinstance(search_filter, list):
+        for item in search_filter:
+            found += patients_named(item)
+    elif isinstance(search_filter, dict):
+        for field, value in search_filter.items():
+            if field.startswith(f"{KEYS}.") and field.endswith(".r") and isinstance(value, dict):
+                found += [v for v in value.get("$in") or [] if isinstance(v, str) and v.startswith("Patient/")]
+            elif field in ("$or", "$and"):
+                found += patients_named(value)
+    return list(dict.fromkeys(found))
+
+
 def version_buckets(document: dict[str, Any], resource_id: str) -> list[str]:
     """Every match key a stored version carries (so any criteria that could match it is found by them)."""
     found = {CATCH_ALL, f"_id={resource_id}"}

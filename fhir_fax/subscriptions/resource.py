@@ -5,6 +5,7 @@ A Subscription is written through the usual FHIR interactions (``FHIR:Create``/`
 not parse or searches a type nobody is notified about, an unknown channel type, an endpoint that is not
 allowed, a header that is not ``Name: value`` and a payload other than ``application/fhir+json``; it then
 turns ``requested`` (or ``active``) into ``active``. ``off`` is kept as it is; ``error`` is the server's to set.
+Once its ``end`` has passed, a Subscription is treated as ``off``: nothing is sent, and no websocket binds to it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +51,18 @@ def channel_of(subscription: dict[str, Any]) -> Channel:
         if match is not None:
             headers.append((match[1], match[2]))
     return Channel(channel.get("type", ""), channel.get("endpoint"), channel.get("payload"), tuple(headers))
+
+
+def ended(subscription: dict[str, Any], moment: datetime) -> str | None:
+    """Its ``end`` when that has passed (R4: when the server turns it off; nothing is sent after it), else None."""
+    end = subscription.get("end")
+    if not isinstance(end, str):
+        return None
+    try:
+        when = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return end if (when if when.tzinfo else when.replace(tzinfo=UTC)) <= moment else None
 
 
 def endpoint_refusal(endpoint: str | None, allowed_hosts: list[str]) -> str | None:

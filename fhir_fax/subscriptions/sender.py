@@ -34,7 +34,7 @@ from ..settings import Settings
 from .destination import Unsafe, checked_address
 from .faults import crash_point
 from .queue import Notification, Queue
-from .resource import PAYLOAD, Channel, channel_of
+from .resource import PAYLOAD, Channel, channel_of, ended
 
 log = logging.getLogger("fhir_fax.subscriptions")
 EXCERPT = 200  # bytes of an endpoint's answer kept for Subscription.error
@@ -107,6 +107,10 @@ class Sender:
     async def _send(self, notification: Notification, subscription: dict[str, Any] | None) -> None:
         if subscription is None or subscription[RESERVED]["deleted"] or subscription.get("status") == "off":
             await self.queue.finish(notification, self.owner, "dropped", "the Subscription was deleted or turned off")
+            return
+        end = ended(subscription, now())
+        if end is not None:
+            await self.queue.finish(notification, self.owner, "dropped", f"the Subscription ended at {end}")
             return
         if subscription.get("status") == "error":
             await self.queue.hold(notification.subscription, "the Subscription is in error", notification)

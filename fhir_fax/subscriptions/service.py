@@ -18,11 +18,13 @@ from typing import Any
 from fastapi import Request
 
 from ..db import stop_if_cancelled
+from ..errors import Forbidden
 from ..fhir.compartments import SUBSCRIBER_PATIENT
 from ..fhir.models import now
 from ..fhir.search import SearchRegistry
 from ..fhir.store import ResourceStore
 from ..settings import Settings
+from .criteria import patients_named
 from .dispatch import Dispatcher
 from .queue import Queue
 from .resource import MATCH_FIELD, check_subscription
@@ -61,9 +63,25 @@ class Subscriptions:
     async def check_write(
         self, request: Request, resource: dict[str, Any], current: dict[str, Any] | None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """A Subscription about to be stored: checked and made active, kept with whoever wrote it."""
-        stored, _ = check_subscription(resource, self.registry, self.settings.subscription_allowed_hosts, self.base_url)
-        return stored, await self.gate.subscriber(request)
+        """A Subscription about to be stored: checked and made active, kept with whoever wrote it.
+
+        A token limited to one patient may not name another patient in the criteria (it would never be told
+        about them anyway, since its Subscriptions are matched inside its patient's compartment only): 403,
+        nothing stored, rather than a Subscription that silently never fires.
+        """
+        stored, criteria = check_subscription(
+            resource, self.registry, self.settings.subscription_allowed_hosts, self.base_url
+        )
+        subscriber = await self.gate.subscriber(request)
+        patient = subscriber.get("patient")
+        others = [p for p in patients_named(criteria.filter) if p != f"Patient/{patient}"] if patient else []
+        if others:
+            raise Forbidden(
+                f"This token is limited to Patient/{patient}; Subscription.criteria names {others[0]}. Subscribe "
+                f"to Patient/{patient}'s faxes only, e.g. Communication?patient=Patient/{patient}.",
+                expression=["Subscription.criteria"],
+            )
+        return stored, subscriber
 
     async def step(self) -> int:
         """One pass: dispatch, then send; how much was done."""

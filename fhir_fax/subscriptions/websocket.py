@@ -27,9 +27,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.requests import Request
 
 from ..errors import DomainError
+from ..fhir.models import now
 from ..fhir.store import ResourceStore
 from .queue import Notification
-from .resource import PAYLOAD, Channel, channel_of
+from .resource import PAYLOAD, Channel, channel_of, ended
 from .sender import NotificationGate
 
 log = logging.getLogger("fhir_fax.subscriptions")
@@ -141,6 +142,9 @@ def websocket_router(path: str, services: Callable[[], WebsocketServices]) -> AP
             channel = channel_of(subscription)
             if channel.type != "websocket":
                 raise _Refused(f"Subscription/{subscription_id} has channel {channel.type!r}, not websocket.")
+            end = ended(subscription, now())
+            if end is not None:
+                raise _Refused(f"Subscription/{subscription_id} ended at {end}; create a new one.")
             watched = str(subscription.get("criteria", "")).partition("?")[0]
             await running.gate.search_filter(request, watched)  # the token may read what it would be told about
             subscriber = await running.gate.subscriber(request)

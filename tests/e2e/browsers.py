@@ -4,6 +4,7 @@ steps of the server's own sign-in and consent pages that every SMART browser tes
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -33,7 +34,8 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]
         f"--window-size={width},{height}",
     ):  # fmt: skip
         options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The console (CSP violations) and the network (which requests a page made: "performance" log of DevTools events).
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
     try:
@@ -41,6 +43,18 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def requests_made(browser: webdriver.Chrome) -> list[tuple[str, str]]:
+    """(method, URL) of every request the browser started since the last call (DevTools' network events)."""
+    made = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            made.append((message["params"]["request"]["method"], message["params"]["request"]["url"]))
+        elif message["method"] == "Network.webSocketCreated":
+            made.append(("WEBSOCKET", message["params"]["url"]))
+    return made
 
 
 def sign_in_and_allow(browser: webdriver.Chrome, user: str, password: str) -> None:

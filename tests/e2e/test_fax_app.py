@@ -12,14 +12,17 @@ import csv
 import filecmp
 import io
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fpdf import FPDF
+from pymongo import MongoClient
 from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -27,7 +30,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from browsers import chromium, pick_patient, sign_in_and_allow
+from fhir_fax.subscriptions.queue import NOTIFICATIONS
+
+from browsers import chromium, pick_patient, requests_made, sign_in_and_allow
 from helpers import FHIR_JSON
 from processes import FaxServer
 
@@ -38,13 +43,19 @@ NPM = ROOT / "node-clients" / "node_modules" / "fhirclient"
 USER, PASSWORD = "clinic.staff", "fax app password"
 SENDER = "HealthcareService/79ac80be-e0c5-4d15-8733-dcadd807f964"
 GOOD, BUSY = "+16175550143", "+16175550002"
+OURS = "+12223334444"  # onboarded by the server fixture: faxes are sent from it and received on it
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator[FaxServer]:
+def database_name() -> str:
+    return f"fax_app_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, database_name: str) -> Iterator[FaxServer]:
     env = {
         "FHIR_FAX_MONGODB_URI": mongo_uri,
-        "FHIR_FAX_DATABASE_NAME": f"fax_app_{uuid.uuid4().hex[:8]}",
+        "FHIR_FAX_DATABASE_NAME": database_name,
         "FHIR_FAX_BOOTSTRAP_USER": USER,
         "FHIR_FAX_BOOTSTRAP_PASSWORD": PASSWORD,
         "FHIR_FAX_SIMULATOR_SPEED": "1000",
@@ -54,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> Iterator
     }
     process = FaxServer(tmp_path_factory.mktemp("fax-app") / "data", "--load-fixtures", env=env)
     try:
-        onboarded = httpx.post(f"{process.url}/fax/v1/onboard", json={"faxNumber": "+12223334444"},
+        onboarded = httpx.post(f"{process.url}/fax/v1/onboard", json={"faxNumber": OURS},
                                headers=process.headers)  # fmt: skip
         assert onboarded.status_code == 200, onboarded.text
         yield process
@@ -204,6 +215,28 @@ def send_by_api(server: FaxServer, patient_id: str, number: str = GOOD) -> str:
     return communication_id
 
 
+def live_subscriptions(server: FaxServer, patient_id: str) -> list[dict[str, Any]]:
+    """The Subscriptions on the server (any status) watching this patient's faxes, as the app makes them."""
+    criteria = f"Communication?patient=Patient/{patient_id}"
+    found = httpx.get(f"{server.url}/fhir/Subscription", params={"criteria:exact": criteria}, headers=server.headers)
+    assert found.status_code == 200, found.text
+    return [e["resource"] for e in found.json().get("entry", [])]
+
+
+def until(check: Any, what: str, tries: int = 300) -> Any:
+    """Wait (up to about 30 s) until ``check()`` is truthy, for what another process does in its own time."""
+    for _ in range(tries):
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(what)
+
+
+def is_live(browser: webdriver.Chrome) -> bool:
+    return browser.find_element(By.ID, "live-status").get_attribute("data-live") == "true"
+
+
 def test_the_vendored_smart_client_is_the_npm_build_unmodified() -> None:
     assert filecmp.cmp(VENDORED / "fhir-client.min.js", NPM / "build" / "fhir-client.min.js", shallow=False)
     assert filecmp.cmp(VENDORED / "fhirclient-LICENSE.txt", NPM / "LICENSE", shallow=False)
@@ -215,7 +248,9 @@ def test_the_app_is_served_with_a_strict_policy_and_registered(server: FaxServer
     page = httpx.get(f"{server.url}/apps/fax/")
     assert page.status_code == 200
     policy = page.headers["content-security-policy"]
-    assert "script-src 'self';" in policy and "connect-src 'self';" in policy and "default-src 'none'" in policy
+    host = server.url.removeprefix("http://")
+    assert f"connect-src 'self' ws://{host} wss://{host};" in policy, "requests and the websocket: this host only"
+    assert "script-src 'self';" in policy and "default-src 'none'" in policy
     assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
     assert "<script>" not in page.text and " style=" not in page.text, "no inline script or style"
     assert "http://" not in page.text and "https://" not in page.text, "no external asset"
@@ -231,11 +266,22 @@ def test_the_app_is_served_with_a_strict_policy_and_registered(server: FaxServer
 
 
 def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
-    server: FaxServer, browser: webdriver.Chrome, documents: list[Path], downloads: Path
+    server: FaxServer,
+    browser: webdriver.Chrome,
+    documents: list[Path],
+    downloads: Path,
+    mongo_uri: str,
+    database_name: str,
 ) -> None:
     patient_id = new_patient(server, "Standalone")
     launch_standalone(server, browser, patient_id)
     assert "token" not in browser.current_url and "code=" not in browser.current_url
+    # Live: the app holds an active websocket Subscription on this patient's faxes, with an end ahead.
+    wait(browser, is_live)
+    assert text_of(browser, "live-status") == "Live updates on"
+    [subscription] = live_subscriptions(server, patient_id)
+    assert subscription["status"] == "active" and subscription["channel"] == {"type": "websocket"}
+    assert datetime.fromisoformat(subscription["end"]) > datetime.now(UTC)
     shot(browser, "1-log-empty")
 
     element(browser, "#nav-send").click()
@@ -281,10 +327,25 @@ def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
     browser.find_element(By.ID, "dry-run-next").click()
     wait(browser, lambda d: text_of(d, "dry-run-page") == "Page 2 of 4")
 
+    requests_made(browser)  # from here on: what the page asks for while the fax travels
     browser.find_element(By.ID, "send-button").click()
     wait(browser, lambda d: d.find_element(By.ID, "steps").get_attribute("data-status") == "DELIVERED")
     assert text_of(browser, "progress-status") == "Delivered"
     shot(browser, "3-send-delivered")
+    # DELIVERED came through the websocket: no poll of the fax, a re-read of the log per notification, and the
+    # server sent this Subscription's notifications about it, up to its current (delivered) version.
+    made = requests_made(browser)
+    [fax] = [e["resource"] for e in httpx.get(f"{server.url}/fhir/Communication?patient=Patient/{patient_id}",
+                                              headers=server.headers).json()["entry"]]  # fmt: skip
+    assert [u for m, u in made if m == "GET" and f"/fhir/Communication/{fax['id']}" in u] == [], "no poll while live"
+    assert any(m == "GET" and "/fhir/Communication?patient=" in u for m, u in made), made
+    assert not any(m == "WEBSOCKET" for m, _ in made), "the socket stayed bound"
+    with MongoClient(mongo_uri) as mongo:
+        queue = mongo[database_name][NOTIFICATIONS]
+        about = {"subscription": subscription["id"], "resource": f"Communication/{fax['id']}"}
+        until(lambda: queue.find_one({**about, "version": int(fax["meta"]["versionId"]), "state": "sent"}),
+              "the delivered version's notification was not sent")  # fmt: skip
+        assert queue.count_documents({**about, "state": "sent"}) >= 2, "queued, then each step"
 
     # A number that is always busy: the steps stop, with the reason.
     number.clear()
@@ -331,6 +392,12 @@ def test_send_a_packet_watch_it_deliver_then_stop_and_resend(
     ]
     no_policy_violations(browser)
 
+    # Leaving the app removes its Subscription (nothing piles up on the server).
+    browser.get(f"{server.url}/apps/fax/config.json")
+    until(lambda: httpx.get(f"{server.url}/fhir/Subscription/{subscription['id']}",
+                            headers=server.headers).status_code == 410, "the Subscription was not removed")  # fmt: skip
+    assert live_subscriptions(server, patient_id) == []
+
 
 def test_an_ehr_launch_shows_only_that_patients_faxes(server: FaxServer, browser: webdriver.Chrome) -> None:
     mine, other = new_patient(server, "Ehr"), new_patient(server, "Other")
@@ -360,9 +427,67 @@ def test_an_ehr_launch_shows_only_that_patients_faxes(server: FaxServer, browser
     no_policy_violations(browser)
 
 
+def test_a_dropped_websocket_is_reconnected_and_bound_again(server: FaxServer, browser: webdriver.Chrome) -> None:
+    """The socket closes under the app: it says live updates are unavailable, then reconnects (after a second) and
+    binds the same Subscription again, re-reading the log once bound."""
+    patient_id = new_patient(server, "Dropped")
+    kept = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": KEEP_SOCKETS})
+    try:
+        launch_standalone(server, browser, patient_id)
+        wait(browser, is_live)
+        [subscription] = live_subscriptions(server, patient_id)
+        browser.execute_script(WATCH_LIVE_STATUS)
+        requests_made(browser)
+        browser.execute_script("window.appSockets.forEach(socket => socket.close())")
+        wait(browser, lambda d: d.execute_script("return window.liveStates")[-1:] == ["Live updates on"])
+        states = browser.execute_script("return window.liveStates")
+        assert states[0].startswith("Live updates unavailable"), states
+        made = requests_made(browser)
+        assert [m for m, _ in made if m == "WEBSOCKET"] == ["WEBSOCKET"], made
+        assert not any(m == "POST" and u.endswith("/fhir/Subscription") for m, u in made), "the same one, bound again"
+        assert any(m == "GET" and "/fhir/Communication?patient=" in u for m, u in made), "the log re-read once bound"
+        assert [s["id"] for s in live_subscriptions(server, patient_id)] == [subscription["id"]]
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", kept)
+
+
+KEEP_SOCKETS = """
+const Real = window.WebSocket;
+window.appSockets = [];
+window.WebSocket = class extends Real {
+  constructor(url, protocols) { super(url, protocols); window.appSockets.push(this); }
+};
+"""
+WATCH_LIVE_STATUS = """
+const status = document.getElementById("live-status");
+window.liveStates = [];
+new MutationObserver(() => window.liveStates.push(status.textContent))
+  .observe(status, {childList: true, characterData: true, subtree: true});
+"""
+
+
 def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.Chrome, documents: list[Path]) -> None:
+    """Also: with the websocket unreachable, the app says so and falls back to checking the fax in flight."""
     patient_id = new_patient(server, "Keyboard")
-    launch_standalone(server, browser, patient_id)
+    # As behind a proxy that passes no websocket: the handshake goes to a path the server does not serve.
+    unreachable = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": BLOCK_WEBSOCKET})
+    try:
+        launch_standalone(server, browser, patient_id)
+        wait(browser, lambda d: text_of(d, "live-status").startswith("Live updates unavailable"))
+        keyboard_send(server, browser, documents, patient_id)
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", unreachable)
+
+
+BLOCK_WEBSOCKET = """
+const Real = window.WebSocket;
+window.WebSocket = class extends Real {
+  constructor(url, protocols) { super(String(url).replace("/fhir/websocket", "/fhir/no-websocket"), protocols); }
+};
+"""
+
+
+def keyboard_send(server: FaxServer, browser: webdriver.Chrome, documents: list[Path], patient_id: str) -> None:
     keys = ActionChains(browser)
 
     def tab_to(element_id: str, limit: int = 60, back: bool = False) -> None:
@@ -404,8 +529,15 @@ def test_the_send_flow_by_keyboard_alone(server: FaxServer, browser: webdriver.C
     outline = browser.execute_script("return getComputedStyle(document.activeElement).outlineStyle")
     assert outline not in ("none", ""), "the focused control shows it"
     shot(browser, "8-keyboard-focus")
+    requests_made(browser)
     keys.send_keys(Keys.ENTER).perform()
     wait(browser, lambda d: d.find_element(By.ID, "steps").get_attribute("data-status") == "DELIVERED")
+    assert text_of(browser, "live-status") == "Live updates unavailable: faxes in progress are checked every second."
+    assert not is_live(browser)
+    made = requests_made(browser)
+    assert any(m == "GET" and "/fhir/Communication/" in u for m, u in made), "the fax in flight was checked"
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot(browser, "10-live-unavailable")
     no_policy_violations(browser)
 
 
@@ -434,3 +566,73 @@ def test_numbers_are_checked_as_e164_and_csv_cells_cannot_be_formulas(
         ["", False, ""],
     ]
     assert checked["csv"] == '\'=1+1,\'+123,\'-2,\'@x,plain,"say ""hi"", then go"\r\n'
+
+
+def file_received_fax(server: FaxServer, document: Path, patient_id: str) -> dict[str, Any]:
+    """A fax received (the simulator's inbound door) and filed to the patient: its DocumentReference."""
+    received = httpx.post(f"{server.url}/fax/v1/inbound/simulate", params={"from": "+16175550188", "to": OURS},
+                          content=document.read_bytes(), headers=server.headers)  # fmt: skip
+    assert received.status_code == 201, received.text
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": f"Patient/{patient_id}"}}]}  # fmt: skip
+    communication_id = received.json()["communication"]["id"]
+    filed = httpx.post(f"{server.url}/fhir/Communication/{communication_id}/$file", json=body,
+                       headers={**FHIR_JSON, **server.headers})  # fmt: skip
+    assert filed.status_code in (200, 201), filed.text
+    document_reference: dict[str, Any] = filed.json()
+    return document_reference
+
+
+def test_send_a_document_on_file_with_an_uploaded_one(
+    server: FaxServer, browser: webdriver.Chrome, documents: list[Path]
+) -> None:
+    """The patient's DocumentReferences are offered in the send form; a ticked one goes after the uploaded files."""
+    patient_id = new_patient(server, "Onfile")
+    on_file = file_received_fax(server, documents[1], patient_id)  # two pages
+    on_file_url = on_file["content"][0]["attachment"]["url"]
+    attachment = {"url": "https://records.example.org/summary.pdf", "contentType": "application/pdf"}
+    elsewhere = {"resourceType": "DocumentReference", "status": "current", "date": "2020-01-02T03:04:05Z",
+                 "subject": {"reference": f"Patient/{patient_id}"}, "description": "Discharge summary",
+                 "content": [{"attachment": attachment}]}  # fmt: skip
+    made = httpx.post(f"{server.url}/fhir/DocumentReference", json=elsewhere, headers={**FHIR_JSON, **server.headers})
+    assert made.status_code == 201, made.text
+    launch_standalone(server, browser, patient_id)
+    element(browser, "#nav-send").click()
+    element(browser, "#send-view")
+    element(browser, "#existing-list input[type=checkbox]")
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#existing-list input[type=checkbox]")
+    labels = [browser.find_element(By.CSS_SELECTOR, f'label[for="{b.get_attribute("id")}"]').text for b in boxes]
+    assert [b.get_attribute("value") for b in boxes] == [
+        f"DocumentReference/{on_file['id']}",
+        f"DocumentReference/{made.json()['id']}",
+    ], "newest first"
+    assert "Fax from +16175550188 (2 pages)" in labels[0] and "application/pdf" in labels[0], labels
+    assert labels[1].startswith("Discharge summary — ") and labels[1].endswith("(not stored here: it cannot be faxed)")
+    assert boxes[0].is_enabled() and not boxes[1].is_enabled()
+    box = boxes[0]
+    browser.find_element(By.ID, "send-button").click()  # nothing chosen yet: refused in the app
+    wait(browser, lambda d: text_of(d, "documents-error") != "")
+    assert text_of(browser, "documents-error") == "Add at least one document to fax, or tick one on file."
+    box.click()
+    assert text_of(browser, "documents-error") == "", "the error goes once a document is ticked"
+    browser.find_element(By.ID, "documents").send_keys(str(documents[0]))  # one page
+    wait(browser, lambda d: [s.text for s in d.find_elements(By.CSS_SELECTOR, ".upload-state")] == ["uploaded"])
+    browser.find_element(By.ID, "recipient-number").send_keys(GOOD)
+    browser.find_element(By.ID, "preview-button").click()
+    wait(browser, lambda d: text_of(d, "dry-run-pages") != "")
+    assert text_of(browser, "dry-run-pages") == "3 pages will be sent.", "1 uploaded + 2 on file"
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot(browser, "11-send-on-file")
+    good_contrast(browser)
+    browser.find_element(By.ID, "send-button").click()
+    wait(browser, lambda d: d.find_element(By.ID, "steps").get_attribute("data-status") == "DELIVERED")
+    found = httpx.get(f"{server.url}/fhir/Communication?patient=Patient/{patient_id}&_sort=-_lastUpdated",
+                      headers=server.headers).json()  # fmt: skip
+    sent = [e["resource"] for e in found["entry"] if e["resource"].get("partOf") is None and e["resource"]["id"]
+            != on_file["context"]["related"][0]["reference"].split("/")[1]]  # fmt: skip
+    assert len(sent) == 1, found
+    urls = [p["contentAttachment"]["url"] for p in sent[0]["payload"]]
+    assert len(urls) == 2 and urls[0].startswith(f"z3://fax-app/{patient_id}/") and urls[0].endswith("/letter.pdf")
+    assert urls[1] == on_file_url, "the document on file, after the upload"
+    assert [e["valueInteger"] for e in sent[0]["extension"] if e["url"].endswith("fax-pages")] == [3]
+    no_policy_violations(browser)

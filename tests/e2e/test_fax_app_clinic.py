@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from fpdf import FPDF
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -30,6 +30,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
 from fhir_fax.auth.users import Users
+from fhir_fax.subscriptions.queue import NOTIFICATIONS
 
 from browsers import (
     chromium,
@@ -189,6 +190,13 @@ def test_a_received_fax_appears_without_a_reload_and_is_filed_to_the_suggested_p
     shot(browser, "1-start")
     launch_clinic(server, browser)
     assert "code=" not in browser.current_url and "token" not in browser.current_url
+    # Live: a websocket Subscription on every fax; while it is bound the fallback timer does not run, so the fax
+    # below can only reach the open inbox through its notification.
+    wait_for(browser, lambda d: text_by_id(d, "live-status") == "Live updates on")
+    found = httpx.get(f"{server.url}/fhir/Subscription", params={"criteria:exact": "Communication?medium=FAXWRIT",
+                      "status": "active"}, headers=server.headers).json()  # fmt: skip
+    watching = [e["resource"]["id"] for e in found.get("entry", []) if e["resource"]["channel"]["type"] == "websocket"]
+    assert watching, "the clinic view watches every fax"
     before = unfiled(browser)
     browser.execute_script("window.sameDocument = true")
 
@@ -204,6 +212,11 @@ def test_a_received_fax_appears_without_a_reload_and_is_filed_to_the_suggested_p
     wait_for(browser, lambda d: in_inbox(d, communication_id))
     wait_for(browser, lambda d: unfiled(d) == before + 1)
     assert browser.execute_script("return window.sameDocument === true"), "no reload"
+    with MongoClient(mongo_uri) as mongo:
+        sent = mongo[database_name][NOTIFICATIONS].find_one(
+            {"subscription": {"$in": watching}, "resource": f"Communication/{communication_id}", "state": "sent"}
+        )
+    assert sent is not None, "the received fax was notified over the clinic view's websocket"
     assert f"({before + 1} unfiled " in text_by_id(browser, "unfiled-count")
     item = browser.find_element(By.CSS_SELECTOR, item_css(communication_id))
     assert f"Fax from {number} (1 page)" in item.text and "Received " in item.text

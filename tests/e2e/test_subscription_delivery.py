@@ -217,6 +217,14 @@ def test_a_websocket_bound_with_a_token_gets_pings_and_one_that_may_not_read_is_
         socket.send(f"bind {subscription} {refused}")
         answer = socket.recv()
         assert answer.startswith(f"error {subscription} ") and "FHIR:Search" in answer, answer
+        # One whose end has passed is off: no socket binds to it.
+        body = {"resourceType": "Subscription", "status": "requested", "reason": "e2e", "end": "2020-01-02T03:04:05Z",
+                "criteria": "Communication?patient=Patient/james-oneil", "channel": {"type": "websocket"}}  # fmt: skip
+        ended = httpx.post(f"{server.url}/fhir/Subscription", json=body, headers={**FHIR_JSON, **server.headers})
+        assert ended.status_code == 201, ended.text
+        gone = ended.json()["id"]
+        socket.send(f"bind {gone} {server.headers['authorization'].removeprefix('Bearer ')}")
+        assert socket.recv() == f"error {gone} Subscription/{gone} ended at 2020-01-02T03:04:05Z; create a new one."
         socket.send(f"bind {subscription} {server.headers['authorization'].removeprefix('Bearer ')}")
         assert socket.recv() == f"bound {subscription}"
         communication_id = send(server, "james-oneil", "+16175550146")

@@ -1,10 +1,11 @@
 // The fax app's start: the SMART launch (standalone or from an EHR), then the patient's log and the send form.
 //
-// Status refresh: `refresh(id)` re-reads one Communication and hands it to the log and the send view. For now a
-// timer calls it once a second, and only while a fax shown here is in flight (not completed or stopped); when
-// the server offers Subscriptions over a websocket, the notification handler calls the same `refresh`.
+// Status refresh: live through a websocket Subscription on this patient's Communications (live.js): each
+// notification re-reads the log (`changed()`). Only while that is not live (the socket cannot be opened, or it
+// dropped and is reconnecting) does a timer call `refresh(id)` once a second for the faxes in flight.
 import { Api } from "./api.js";
 import { ClinicApp, chooseView, switchView } from "./clinic.js";
+import { LiveFeed } from "./live.js";
 import { FaxLog } from "./log.js";
 import { SendForm } from "./send.js";
 import { finished, nameOf } from "./words.js";
@@ -20,6 +21,11 @@ class FaxApp {
     this.timer = null;
     this.log = new FaxLog(this);
     this.send = new SendForm(this);
+    this.feed = new LiveFeed(client, config);
+    this.reading = null; // the log re-read a notification started, and whether another one came meanwhile
+    this.feed.addEventListener("change", () => this.liveChanged());
+    addEventListener("pagehide", () => this.feed.close());
+    addEventListener("pageshow", (event) => event.persisted && this.goLive());
     $("nav-log").addEventListener("click", () => this.show("log"));
     $("nav-send").addEventListener("click", () => this.show("send"));
   }
@@ -34,8 +40,43 @@ class FaxApp {
     }
     this.show("log", false);
     this.say("");
-    await Promise.all([this.log.load(), this.send.loadSenders()]);
-    this.watch();
+    await Promise.all([this.log.load(), this.send.loadSenders(), this.send.loadExisting()]);
+    await this.goLive();
+  }
+
+  /** Subscribe to this patient's faxes; the poll runs only while that is not live. */
+  async goLive() {
+    $("live-status").textContent = "Connecting live updates…";
+    await this.feed.watch(`Communication?patient=Patient/${this.patientId}`, () => this.changed());
+    this.liveChanged();
+  }
+
+  liveChanged() {
+    const live = this.feed.live;
+    $("live-status").textContent = live
+      ? "Live updates on"
+      : "Live updates unavailable: faxes in progress are checked every second.";
+    $("live-status").dataset.live = String(live);
+    if (!live) this.watch();
+  }
+
+  /** A notification: some fax of this patient changed (or was added). Re-read the log, one read at a time. */
+  async changed() {
+    if (this.reading) {
+      this.reading.again = true;
+      return;
+    }
+    this.reading = { again: false };
+    try {
+      do {
+        this.reading.again = false;
+        await this.log.load();
+        const current = this.send.current && this.log.faxes.get(this.send.current.id);
+        if (current) this.send.updated(current);
+      } while (this.reading.again);
+    } finally {
+      this.reading = null;
+    }
   }
 
   say(text) {
@@ -59,10 +100,14 @@ class FaxApp {
     return communication;
   }
 
-  /** Poll the faxes in flight until none is; stops by itself. */
+  /** Poll the faxes in flight until none is, or until live updates are on; stops by itself. */
   watch() {
-    if (this.timer !== null) return;
+    if (this.timer !== null || this.feed.live) return;
     const tick = async () => {
+      if (this.feed.live) {
+        this.timer = null;
+        return;
+      }
       const flying = this.log.inFlight();
       if (this.send.current && !finished(this.send.current) && !flying.includes(this.send.current.id)) {
         flying.push(this.send.current.id);

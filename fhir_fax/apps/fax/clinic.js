@@ -1,11 +1,12 @@
 // The clinic view: signed in without a patient, with user scopes, for the inbox (received faxes to file) and the
 // outbox (every sent fax). Also the start page that asks which view, before any authorization.
 //
-// Keeping the inbox current: `inbox.reload()` is the one function that does it. Until the Subscription websocket
-// is wired in (see `watch()`, the single place), a timer calls it every few seconds while this view is open; the
-// same tick re-reads the outbox's faxes that are in flight.
+// Keeping the inbox current: `inbox.reload()` is the one function that does it. A websocket Subscription on every
+// fax (live.js) calls it at each notification (see `watch()`); only while that is not live does a timer call it
+// every few seconds. The same tick re-reads the outbox's faxes that are in flight.
 import { Api } from "./api.js";
 import { Inbox } from "./inbox.js";
+import { LiveFeed } from "./live.js";
 import { Outbox } from "./outbox.js";
 import { unfiledWords } from "./clinic_words.js";
 import { nameOf } from "./words.js";
@@ -14,6 +15,7 @@ const $ = (id) => document.getElementById(id);
 const VIEW_KEY = "fax-app-view"; // the chosen view, kept beside the SMART client's session in sessionStorage
 const RELOAD_MS = 3000;
 const VIEWS = ["inbox", "outbox"];
+const FAX_MEDIUM = "FAXWRIT"; // every fax, sent or received, carries this medium
 
 /** The view this tab works in: the one chosen before (kept in sessionStorage), none when returning from an
  * authorization (an EHR launch has its own), else the start page's answer. */
@@ -48,6 +50,7 @@ export class ClinicApp {
     this.config = config;
     this.api = new Api(client, config);
     this.timer = null;
+    this.reading = null; // the re-read a notification started, and whether another one came meanwhile
     this.inbox = new Inbox(this);
     this.outbox = new Outbox(this);
     for (const name of ["log", "send"]) $(`nav-${name}`).hidden = true;
@@ -93,14 +96,46 @@ export class ClinicApp {
     $("nav-inbox").dataset.count = total === null ? "" : String(total);
   }
 
-  /** Keep the inbox current while this view is open. THE place the live feed is wired: once live.js is merged,
-   *    const feed = new LiveFeed(this.client, this.config);
-   *    const live = await feed.watch(`Task?code=${TRIAGE}`, () => this.inbox.reload());
-   *  and keep the timer only when `live` is false (the outbox tick can stay). */
-  watch() {
-    if (this.timer !== null) return;
-    this.timer = setInterval(() => this.tick(), RELOAD_MS);
-    window.addEventListener("pagehide", () => clearInterval(this.timer), { once: true });
+  /** Keep the inbox (and the outbox's faxes in flight) current: live through a websocket Subscription on every
+   *  fax (received ones are Communications too: a new one, or one filed elsewhere, is a notification). Only
+   *  while that is not live does a timer re-read every few seconds. */
+  async watch() {
+    this.feed = new LiveFeed(this.client, this.config);
+    this.feed.addEventListener("change", () => this.liveChanged());
+    addEventListener("pagehide", () => this.feed.close());
+    await this.feed.watch(`Communication?medium=${FAX_MEDIUM}`, () => this.changed());
+    this.liveChanged();
+  }
+
+  liveChanged() {
+    const live = this.feed.live;
+    $("live-status").textContent = live
+      ? "Live updates on"
+      : "Live updates unavailable: the inbox is checked every few seconds.";
+    $("live-status").dataset.live = String(live);
+    if (live && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+    } else if (!live && this.timer === null) {
+      this.timer = setInterval(() => this.tick(), RELOAD_MS);
+    }
+  }
+
+  /** A notification: a fax changed or arrived. One re-read at a time; another ping meanwhile re-reads again. */
+  async changed() {
+    if (this.reading) {
+      this.reading.again = true;
+      return;
+    }
+    this.reading = { again: false };
+    try {
+      do {
+        this.reading.again = false;
+        await this.tick();
+      } while (this.reading.again);
+    } finally {
+      this.reading = null;
+    }
   }
 
   async tick() {

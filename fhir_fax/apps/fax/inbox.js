@@ -1,7 +1,7 @@
 // The inbox: received faxes awaiting triage (their Tasks), each with its pages, the patients the server suggests
 // and why, "File to <patient>" ($file), a patient search to file elsewhere, and "Not patient-related".
 //
-// `reload()` is the one way the inbox is brought up to date (a timer now, a Subscription's ping later): it keeps
+// `reload()` is the one way the inbox is brought up to date (a Subscription's ping, or the fallback timer): it keeps
 // the elements of faxes that did not change, so focus and half-typed searches survive it.
 import { errorFrom } from "./api.js";
 import {

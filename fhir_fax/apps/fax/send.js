@@ -1,6 +1,7 @@
-// Sending a fax: documents (picked or dropped, uploaded with progress), sender, recipient (number checked as E.164
-// while it is typed, or a directory entry), quality, cover sheet and note, the dry-run preview, then the steps.
-import { checkNumber, faxNumberOf, nameOf, STEPS, statusCode, statusWords } from "./words.js";
+// Sending a fax: documents (picked or dropped, uploaded with progress, or the patient's DocumentReferences on file),
+// sender, recipient (number checked as E.164 while it is typed, or a directory entry), quality, cover sheet and
+// note, the dry-run preview, then the steps.
+import { checkNumber, documentWords, faxableUrl, faxNumberOf, nameOf, STEPS, statusCode, statusWords } from "./words.js";
 
 const $ = (id) => document.getElementById(id);
 // Which element shows the errors about each parameter of $send-fax.
@@ -20,6 +21,7 @@ export class SendForm {
   constructor(app) {
     this.app = app;
     this.documents = []; // {file, key, url (z3://) once uploaded, promise, progress element}
+    this.existing = []; // {reference, url, box}: the patient's DocumentReferences that can be faxed, in list order
     this.recipient = null; // {reference, label} chosen from the directory
     this.dryRun = { page: 1, pages: null };
     this.current = null; // the Communication being followed
@@ -83,6 +85,45 @@ export class SendForm {
       select.append(option);
     }
     if (!found.length) $("sender-error").textContent = "No sender with a fax number is readable with this sign-in.";
+  }
+
+  /** The patient's DocumentReferences, newest first, each with a checkbox (disabled when it cannot be faxed). */
+  async loadExisting() {
+    const list = $("existing-list");
+    list.replaceChildren();
+    this.existing = [];
+    let found = [];
+    try {
+      const patient = encodeURIComponent(`Patient/${this.app.patientId}`);
+      found = await this.app.api.search(`DocumentReference?patient=${patient}&_sort=-date&_count=50`, 50);
+    } catch (error) {
+      $("existing-empty").textContent = `The documents on file could not be read: ${error.message}`;
+      return;
+    }
+    $("existing-empty").textContent = found.length ? "" : "No documents on file for this patient.";
+    for (const [index, on] of found.filter((d) => d.status !== "entered-in-error").entries()) {
+      const url = faxableUrl(on, this.app.api.origin, this.app.api.config.projectApiPath);
+      const item = document.createElement("li");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.id = `existing-${index}`;
+      box.value = `DocumentReference/${on.id}`;
+      box.disabled = !url;
+      box.addEventListener("change", () => {
+        $("documents-error").textContent = "";
+      });
+      const label = document.createElement("label");
+      label.htmlFor = box.id;
+      label.textContent = documentWords(on) + (url ? "" : " (not stored here: it cannot be faxed)");
+      item.append(box, label);
+      list.append(item);
+      if (url) this.existing.push({ reference: box.value, url, box });
+    }
+  }
+
+  /** The chosen DocumentReferences' document URLs, in the order shown. */
+  chosenExisting() {
+    return this.existing.filter((d) => d.box.checked).map((d) => d.url);
   }
 
   add(files) {
@@ -215,8 +256,8 @@ export class SendForm {
   async parameters() {
     this.clearErrors();
     let problem = false;
-    if (!this.documents.length) {
-      $("documents-error").textContent = "Add at least one document to fax.";
+    if (!this.documents.length && !this.chosenExisting().length) {
+      $("documents-error").textContent = "Add at least one document to fax, or tick one on file.";
       problem = true;
     }
     const checked = checkNumber($("recipient-number").value);
@@ -235,6 +276,7 @@ export class SendForm {
     } catch {
       return null; // the failed upload says why next to the documents
     }
+    media.push(...this.chosenExisting()); // uploaded files first, then the ticked documents on file, as shown
     const parameters = [
       ...media.map((url) => ({ name: "media", valueUrl: url })),
       { name: "quality", valueCode: $("quality").value },

@@ -89,3 +89,25 @@ function csvCell(value) {
 export function toCsv(rows) {
   return rows.map((row) => row.map(csvCell).join(",")).join("\r\n") + "\r\n";
 }
+
+/** A DocumentReference as one line: title or description, date, content type, pages when known. */
+export function documentWords(document) {
+  const attachment = (document.content || [])[0]?.attachment || {};
+  const title = attachment.title || document.description || document.type?.text || `DocumentReference/${document.id}`;
+  const pages = attachment.pages ?? extension(attachment, EXT_PAGES)?.valueInteger;
+  const parts = [title, when(document.date) || "no date", attachment.contentType || "unknown type"];
+  if (Number.isInteger(pages)) parts.push(`${pages} ${pages === 1 ? "page" : "pages"}`);
+  return parts.join(" — ");
+}
+
+/** The URL of a DocumentReference's first faxable attachment (z3://, or this server's Z3 URL), or null. */
+export function faxableUrl(document, origin, projectApiPath) {
+  const types = ["application/pdf", "image/tiff", "image/png", "image/jpeg"];
+  const z3 = `${origin}${projectApiPath}/z3/`;
+  for (const { attachment } of document.content || []) {
+    const url = attachment?.url || "";
+    if (attachment?.contentType && !types.includes(attachment.contentType)) continue;
+    if (url.startsWith("z3://") || url.startsWith(z3)) return url; // $send-fax takes both forms
+  }
+  return null;
+}
