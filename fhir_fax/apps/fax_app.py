@@ -55,7 +55,7 @@ CLINIC_SCOPES = [
     "fhirUser",
     "online_access",
     "user/Communication.crus",
-    "user/Subscription.cd",
+    "user/Subscription.crd",
     "user/Task.rus",
     "user/DocumentReference.c",
     "user/Patient.rs",

@@ -30,6 +30,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
 from fhir_fax.auth.users import Users
+from fhir_fax.fax.terminology import SUGGESTION_CONFIDENCE_EXTENSION as CONFIDENCE_EXTENSION
+from fhir_fax.fax.terminology import SUGGESTION_EVIDENCE_EXTENSION as EVIDENCE_EXTENSION
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
 
 from browsers import (
@@ -279,6 +281,33 @@ def test_a_received_fax_appears_without_a_reload_and_is_filed_to_the_suggested_p
     assert put.status_code in (200, 201, 204), put.text
     assert httpx.get(f"{preview}?page=1", headers=server.headers).content == received_page.content
     assert httpx.get(f"{preview}?page=2", headers=server.headers).status_code == 404
+
+
+def test_suggestions_made_after_the_fax_arrived_still_reach_the_open_inbox(
+    server: FaxServer, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """The server adds its suggestions to the Task after the fax is stored, and a Task change is not a
+    Communication change: no notification announces them. The open, live inbox must show them anyway."""
+    patient = new_patient(server, f"Brandt{letters()}".capitalize(), "Olga", "1955-02-14")
+    launch_clinic(server, browser)
+    wait_for(browser, lambda d: text_by_id(d, "live-status") == "Live updates on")
+    received = receive_by_http(server, letter(tmp_path, ["A catalogue of office chairs.", "Call us."]), caller())
+    communication_id, task_id = received["communication"]["id"], received["task"]["id"]
+    wait_for(browser, lambda d: in_inbox(d, communication_id))
+    item = browser.find_element(By.CSS_SELECTOR, item_css(communication_id))
+    assert "No patient was recognised in this fax" in item.text
+    task = get(server, f"Task/{task_id}")
+    task["input"] = [{  # what the server's suggestion step writes, a moment after the fax was stored
+        "type": {"coding": [{"system": "urn:fhir-fax:task", "code": "suggested-patient"}]},
+        "valueReference": {"reference": patient["reference"], "display": patient["display"]},
+        "extension": [{"url": CONFIDENCE_EXTENSION, "valueDecimal": 0.9},
+                      {"url": EVIDENCE_EXTENSION, "valueString": "birth date 1955-02-14"}],
+    }]  # fmt: skip
+    updated = httpx.put(f"{server.url}/fhir/Task/{task_id}", json=task, headers={**server.headers, **FHIR_JSON})
+    assert updated.status_code == 200, updated.text
+    suggestion = f'{item_css(communication_id)} .suggestions li[data-patient="{patient["reference"]}"]'
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, suggestion))
+    assert text_by_id(browser, "live-status") == "Live updates on", "shown while live, not by the fallback timer"
 
 
 def test_not_patient_related_and_filing_to_a_searched_patient_by_keyboard(

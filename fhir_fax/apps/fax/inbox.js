@@ -16,6 +16,8 @@ import {
 import { nameOf, pageCount, when } from "./words.js";
 
 const $ = (id) => document.getElementById(id);
+const SUGGESTING_MS = 120000; // how long after a fax arrives its suggestions may still be on their way
+const RECHECK_MS = 3000;
 
 function make(tag, properties = {}, ...children) {
   const element = document.createElement(tag);
@@ -46,6 +48,7 @@ export class Inbox {
     this.loading = null;
     this.total = null;
     this.gone = new Set(); // Tasks filed or dismissed here: a read begun before that must not bring them back
+    this.suggestionTimer = null;
     $("refresh-inbox").addEventListener("click", () => this.reload());
   }
 
@@ -78,6 +81,20 @@ export class Inbox {
       this.total > tasks.length ? `Showing the ${tasks.length} newest of ${this.total}; file these to see the rest.` : "";
     await this.readPatients(tasks);
     this.render(tasks, communications);
+    this.awaitSuggestions(tasks);
+  }
+
+  /** The server adds its suggestions to a new fax's Task after the fax is stored (reading the pages can take
+   * seconds), and a Task change is not a Communication change, so no notification says they came: while a Task
+   * younger than SUGGESTING_MS has none, read the queue again in a few seconds. */
+  awaitSuggestions(tasks) {
+    const now = Date.now();
+    const young = (t) => now - Date.parse(t.authoredOn || t.meta?.lastUpdated || 0) < SUGGESTING_MS;
+    if (this.suggestionTimer || !tasks.some((t) => !(t.input || []).length && young(t))) return;
+    this.suggestionTimer = setTimeout(() => {
+      this.suggestionTimer = null;
+      this.reload();
+    }, RECHECK_MS);
   }
 
   refused(error) {
