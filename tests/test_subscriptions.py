@@ -641,20 +641,24 @@ async def test_a_patient_limited_token_may_not_subscribe_to_another_patient(
         mine = await subscribe(web, {**live, "criteria": "Communication?patient=Patient/maria-lopez"})
         assert mine["status"] == "active"
         before = await database["Subscription"].count_documents({})
-        for criteria in (
-            "Communication?patient=Patient/james-oneil",
-            "Communication?patient=maria-lopez,james-oneil",
-            "Communication?subject=Patient/maria-lopez&recipient=Patient/james-oneil",
+        for criteria, named in (
+            ("Communication?patient=Patient/james-oneil", "Patient/james-oneil"),
+            ("Communication?patient=maria-lopez,james-oneil", "Patient/james-oneil"),
+            ("Communication?subject=Patient/maria-lopez&recipient=Patient/james-oneil", "Patient/james-oneil"),
+            ("Communication?subject=james-oneil", "james-oneil"),  # a bare id: the patient, without its type
         ):
             refused = await web.post("/fhir/Subscription", json={**live, "criteria": criteria}, headers=FHIR_JSON)
             assert refused.status_code == 403, refused.text
             issue = refused.json()["issue"][0]
             assert issue["diagnostics"] == (
-                "This token is limited to Patient/maria-lopez; Subscription.criteria names Patient/james-oneil. "
+                f"This token is limited to Patient/maria-lopez; Subscription.criteria names {named}. "
                 "Subscribe to Patient/maria-lopez's faxes only, e.g. Communication?patient=Patient/maria-lopez."
             )
             assert issue["expression"] == ["Subscription.criteria"]
         assert await database["Subscription"].count_documents({}) == before, "nothing stored"
+        own_bare = await subscribe(web, {**live, "criteria": "Communication?subject=maria-lopez"})
+        assert own_bare["status"] == "active", "its own patient by bare id is fine"
+        assert (await web.delete(f"/fhir/Subscription/{own_bare['id']}")).status_code in (200, 204)
         changed = {**live, "id": mine["id"], "criteria": "Communication?patient=Patient/james-oneil"}
         answer = await web.put(f"/fhir/Subscription/{mine['id']}", json=changed, headers=FHIR_JSON)
         assert answer.status_code == 403 and "names Patient/james-oneil" in answer.text

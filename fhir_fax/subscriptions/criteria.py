@@ -114,18 +114,29 @@ def _pinned(field: str, value: Any) -> tuple[str, list[str]] | None:
     return None
 
 
+# Parameters whose bare id (``subject=123``) names the patient a Communication is about.
+PATIENT_PARAMETERS = ("patient", "subject")
+
+
 def patients_named(search_filter: Any) -> list[str]:
-    """The ``Patient/id`` references a criteria's filter requires a reference to be one of (any parameter)."""
+    """The patients a criteria's filter requires a reference to be one of: ``Patient/id`` under any parameter,
+    and a bare ``id`` under ``patient`` or ``subject`` (which name the patient without a type)."""
     found: list[str] = []
     if isinstance(search_filter, list):
         for item in search_filter:
             found += patients_named(item)
     elif isinstance(search_filter, dict):
         for field, value in search_filter.items():
-            if field.startswith(f"{KEYS}.") and field.endswith(".r") and isinstance(value, dict):
-                found += [v for v in value.get("$in") or [] if isinstance(v, str) and v.startswith("Patient/")]
-            elif field in ("$or", "$and"):
-                found += patients_named(value)
+            name, _, leaf = field.removeprefix(f"{KEYS}.").partition(".")
+            if not field.startswith(f"{KEYS}.") or not isinstance(value, dict):
+                if field in ("$or", "$and"):
+                    found += patients_named(value)
+                continue
+            values = [v for v in value.get("$in") or [] if isinstance(v, str)]
+            if leaf == "r":
+                found += [v for v in values if v.startswith("Patient/")]
+            elif leaf == "i" and name in PATIENT_PARAMETERS:
+                found += values
     return list(dict.fromkeys(found))
 
 

@@ -31,7 +31,7 @@ from ..fhir.errors import ResourceGone, ResourceNotFound
 from ..fhir.models import now
 from ..fhir.store import PRIVATE, RESERVED, ResourceStore, public
 from ..settings import Settings
-from .destination import Unsafe, checked_address
+from .destination import Unsafe, checked_addresses
 from .faults import crash_point
 from .queue import Notification, Queue
 from .resource import PAYLOAD, Channel, channel_of, ended
@@ -76,10 +76,17 @@ class Sender:
         self.client = httpx.AsyncClient(
             follow_redirects=False, timeout=settings.subscription_timeout_seconds, trust_env=False
         )
+        self.pinned = httpx.AsyncClient(  # requests addressed to a checked address (see ``connect``)
+            follow_redirects=False,
+            timeout=settings.subscription_timeout_seconds,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     async def close(self) -> None:
-        if not self.client.is_closed:
-            await self.client.aclose()
+        for client in (self.client, self.pinned):
+            if not client.is_closed:
+                await client.aclose()
 
     async def step(self) -> int:
         """Claim and send one batch of due notifications; how many were taken."""
@@ -158,8 +165,7 @@ class Sender:
         assert channel.endpoint is not None
         try:
             async with asyncio.timeout(self.settings.subscription_timeout_seconds):  # in all, not per read
-                request = await self.request(channel.endpoint, headers, body)
-                response = await self.client.send(request, stream=True)
+                response = await self.connect(channel.endpoint, headers, body)
                 try:
                     if 200 <= response.status_code < 300:
                         return
@@ -170,37 +176,51 @@ class Sender:
                             break
                 finally:
                     await response.aclose()
-        except Unsafe as refusal:
-            raise DeliveryFailed(f"POST {channel.endpoint} not sent: {refusal}") from None
-        except OSError as error:
-            reason = f"POST {channel.endpoint} not sent: its host does not resolve ({error})"
-            raise DeliveryFailed(reason[:300]) from None
-        except TimeoutError:
+        except TimeoutError:  # before OSError, which it is a kind of
             raise DeliveryFailed(
                 f"POST {channel.endpoint} took longer than {self.settings.subscription_timeout_seconds:g} s"
             ) from None
+        except Unsafe as refusal:
+            raise DeliveryFailed(f"POST {channel.endpoint} not sent: {refusal}") from None
+        except socket.gaierror as error:
+            reason = f"POST {channel.endpoint} not sent: its host does not resolve ({error})"
+            raise DeliveryFailed(reason[:300]) from None
         except httpx.HTTPError as error:
             raise DeliveryFailed(f"POST {channel.endpoint} failed: {type(error).__name__}: {error}"[:300]) from None
         text = excerpt[:EXCERPT].decode("utf-8", errors="replace")
         moved = " (redirects are not followed)" if 300 <= response.status_code < 400 else ""
         raise DeliveryFailed(f"POST {channel.endpoint} answered {response.status_code}{moved}: {text}")
 
-    async def request(self, endpoint: str, headers: dict[str, str], body: bytes) -> httpx.Request:
-        """The POST, addressed to the checked address of the endpoint's host (``destination.checked_address``).
+    async def connect(self, endpoint: str, headers: dict[str, str], body: bytes) -> httpx.Response:
+        """Send the POST (its answer streamed), to the checked addresses of the endpoint's host, each in turn.
 
-        The URL names the address, so the connection cannot go anywhere else; the ``Host`` header and TLS (SNI
-        and the certificate's name check) keep the host's name.
+        Each request names the address in its URL, so the connection cannot go anywhere else; the ``Host`` header
+        and TLS (SNI and the certificate's name check) keep the host's name. These go through ``self.pinned``,
+        which keeps no connection alive: its pool is keyed by address, and a connection whose certificate was
+        checked for one name must never carry a request for another name at the same address.
         """
+        client, requests = await self.requests(endpoint, headers, body)
+        for request in requests[:-1]:
+            with contextlib.suppress(httpx.ConnectError):  # that address is down: the next one
+                return await client.send(request, stream=True)
+        return await client.send(requests[-1], stream=True)
+
+    async def requests(
+        self, endpoint: str, headers: dict[str, str], body: bytes
+    ) -> tuple[httpx.AsyncClient, list[httpx.Request]]:
+        """The client and the POST for each address to try: by name for an allowed host, else one per checked
+        address (never empty)."""
         url = httpx.URL(endpoint)
         port = url.port or (443 if url.scheme == "https" else 80)
-        address = await checked_address(url.host, port, self.settings.subscription_allowed_hosts)
-        if address is None:
-            return self.client.build_request("POST", url, headers=headers, content=body)
-        headers = {**headers, "Host": url.netloc.decode("ascii")}
-        pinned = url.copy_with(host=address)
-        return self.client.build_request(
-            "POST", pinned, headers=headers, content=body, extensions={"sni_hostname": url.host}
-        )
+        addresses = await checked_addresses(url.host, port, self.settings.subscription_allowed_hosts)
+        if addresses is None:
+            return self.client, [self.client.build_request("POST", url, headers=headers, content=body)]
+        named = {**headers, "Host": url.netloc.decode("ascii")}
+        sni = {"sni_hostname": url.host}
+        return self.pinned, [
+            self.pinned.build_request("POST", url.copy_with(host=a), headers=named, content=body, extensions=sni)
+            for a in addresses
+        ]
 
     async def failed(self, notification: Notification, subscription: dict[str, Any], reason: str) -> None:
         """Retry later with back-off; after the last try the Subscription turns ``error`` and its queue is held."""

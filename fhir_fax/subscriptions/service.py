@@ -74,7 +74,8 @@ class Subscriptions:
         )
         subscriber = await self.gate.subscriber(request)
         patient = subscriber.get("patient")
-        others = [p for p in patients_named(criteria.filter) if p != f"Patient/{patient}"] if patient else []
+        own = (f"Patient/{patient}", patient)
+        others = [p for p in patients_named(criteria.filter) if p not in own] if patient else []
         if others:
             raise Forbidden(
                 f"This token is limited to Patient/{patient}; Subscription.criteria names {others[0]}. Subscribe "
