@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -22,7 +23,7 @@ from fhir_fax.auth.smart_store import SmartStore
 from fhir_fax.runtime import Runtime
 from fhir_fax.settings import Settings
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
-from fhir_fax.subscriptions.resource import check_subscription
+from fhir_fax.subscriptions.resource import check_subscription, ended
 from fhir_fax.subscriptions.sender import Sender
 
 from helpers import FHIR_JSON, MEDIA, SEED_SENDER, eventually, login, outbound_status, serving_fax, wait_final
@@ -696,3 +697,19 @@ async def test_nothing_is_sent_after_a_subscriptions_end(runtime: Runtime, datab
     later = await database[NOTIFICATIONS].find_one({"subscription": made["later"]})
     assert later["state"] == "sent" and later["resource"] == f"Communication/{written['id']}"
     assert listener.received(f"/{code}-over") == [] and len(listener.received(f"/{code}-later")) == 1
+    # Turned off by the server then (R4's meaning of end), so it is matched no more: nothing is queued for it.
+    turned = await runtime.store.read("Subscription", made["over"])
+    assert (turned["status"], turned["meta"]["versionId"], turned["end"]) == ("off", "2", "2020-01-02T03:04:05Z")
+    await runtime.store.create(body)
+    while await runtime.subscriptions.dispatcher.step():
+        pass
+    assert await database[NOTIFICATIONS].count_documents({"subscription": made["over"]}) == 1
+    assert await database[NOTIFICATIONS].count_documents({"subscription": made["later"]}) == 2
+
+
+def test_an_end_in_a_leap_second_or_one_that_cannot_be_read_has_passed() -> None:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    assert ended({"end": "2016-12-31T23:59:60Z"}, moment) == "2016-12-31T23:59:60Z"
+    assert ended({"end": "2999-12-31T23:59:60Z"}, moment) is None
+    assert ended({"end": "not a time"}, moment) == "not a time"
+    assert ended({}, moment) is None

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from ..fhir.errors import InvalidRequest
 from ..fhir.search import SearchParameter, SearchRegistry, indexed_parameter
 from ..fhir.search_types import KEYS, Kind, SearchContext, TokenKind, unescape
+from ..fhir.store import RESERVED
 from .criteria import Criteria, parse_criteria
 from .destination import allowed, host_refusal
 
@@ -33,6 +34,7 @@ HEADER = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}):[ \t]*([\x20-\x7e]{0,
 SERVER_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding", "connection"})
 MATCH = "match"  # where a Subscription's match keys are stored: ``_fhirfax.keys.match``
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+LEAP_SECOND = re.compile(r"(T\d\d:\d\d:)60(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -54,15 +56,27 @@ def channel_of(subscription: dict[str, Any]) -> Channel:
 
 
 def ended(subscription: dict[str, Any], moment: datetime) -> str | None:
-    """Its ``end`` when that has passed (R4: when the server turns it off; nothing is sent after it), else None."""
+    """Its ``end`` when that has passed (R4: when the server turns it off; nothing is sent after it), else None.
+
+    A leap second (``...:60Z``, a valid FHIR instant that Python cannot hold) is read as the end of second 59;
+    an ``end`` that still cannot be read counts as passed, so a bad value never keeps a Subscription on forever.
+    """
     end = subscription.get("end")
     if not isinstance(end, str):
         return None
     try:
-        when = datetime.fromisoformat(end.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(LEAP_SECOND.sub(r"\g<1>59.999999", end).replace("Z", "+00:00"))
     except ValueError:
-        return None
+        return end
     return end if (when if when.tzinfo else when.replace(tzinfo=UTC)) <= moment else None
+
+
+def stopped(subscription: dict[str, Any] | None, moment: datetime) -> str | None:
+    """Why nothing more is sent for this stored Subscription (deleted, off, or past its end), or None."""
+    if subscription is None or subscription[RESERVED]["deleted"] or subscription.get("status") == "off":
+        return "the Subscription was deleted or turned off"
+    end = ended(subscription, moment)
+    return None if end is None else f"the Subscription ended at {end}"
 
 
 def endpoint_refusal(endpoint: str | None, allowed_hosts: list[str]) -> str | None:

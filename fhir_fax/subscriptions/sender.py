@@ -34,7 +34,7 @@ from ..settings import Settings
 from .destination import Unsafe, checked_addresses
 from .faults import crash_point
 from .queue import Notification, Queue
-from .resource import PAYLOAD, Channel, channel_of, ended
+from .resource import PAYLOAD, Channel, channel_of, ended, stopped
 
 log = logging.getLogger("fhir_fax.subscriptions")
 EXCERPT = 200  # bytes of an endpoint's answer kept for Subscription.error
@@ -112,12 +112,14 @@ class Sender:
             await self.queue.retry(notification, self.owner, now() + timedelta(seconds=30), f"{type(error).__name__}")
 
     async def _send(self, notification: Notification, subscription: dict[str, Any] | None) -> None:
-        if subscription is None or subscription[RESERVED]["deleted"] or subscription.get("status") == "off":
-            await self.queue.finish(notification, self.owner, "dropped", "the Subscription was deleted or turned off")
-            return
-        end = ended(subscription, now())
-        if end is not None:
-            await self.queue.finish(notification, self.owner, "dropped", f"the Subscription ended at {end}")
+        reason = stopped(subscription, now())
+        if subscription is None or reason is not None:
+            reason = reason or "the Subscription was deleted"
+            await self.queue.finish(notification, self.owner, "dropped", reason)
+            if self.websockets is not None:  # its sockets are told, and closed: they wait for nothing more
+                await self.websockets.close(notification.subscription, reason)
+            if subscription is not None and subscription.get("status") == "active":
+                await self.turn_off(subscription["_id"])
             return
         if subscription.get("status") == "error":
             await self.queue.hold(notification.subscription, "the Subscription is in error", notification)
@@ -152,6 +154,18 @@ class Sender:
         crash_point("subscription-posted")
         if await self.queue.finish(notification, self.owner, "sent"):
             await self.gate.notified(subscriber or {}, [resource], channel.endpoint or "websocket")
+
+    async def turn_off(self, subscription_id: str) -> None:
+        """R4: ``end`` is when the server turns the Subscription off. Done when the first notification after it
+        is dropped, so an ended Subscription is matched no more (the dispatcher queues only for active ones)."""
+
+        def off(current: dict[str, Any]) -> dict[str, Any] | None:
+            if current.get("status") != "active" or ended(current, now()) is None:
+                return None
+            return {**current, "status": "off"}
+
+        with contextlib.suppress(ResourceNotFound, ResourceGone):
+            await self.store.modify("Subscription", subscription_id, off)
 
     async def post(
         self, channel: Channel, subscription: dict[str, Any], resource: dict[str, Any], notification: Notification

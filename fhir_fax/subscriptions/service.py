@@ -32,7 +32,8 @@ from .sender import Sender
 from .websocket import UNBOUND_SECONDS, BindingGate, Hub
 
 log = logging.getLogger("fhir_fax.subscriptions")
-SWEEP_EVERY = 5.0  # seconds between drops of websocket notifications nobody listens to
+SWEEP_EVERY = 5.0  # seconds between drops of websocket notifications nobody listens to, and closes of sockets
+# bound to Subscriptions that stopped (deleted, off, or past their end)
 
 
 class Subscriptions:
@@ -92,6 +93,7 @@ class Subscriptions:
         if loop.time() - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = loop.time()
             await self.queue.drop_stale("websocket", now() - timedelta(seconds=UNBOUND_SECONDS), self.hub.bound())
+            await self.hub.sweep(self.store, now())
         return done
 
     async def run(self) -> None:

@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -28,9 +29,9 @@ from starlette.requests import Request
 
 from ..errors import DomainError
 from ..fhir.models import now
-from ..fhir.store import ResourceStore
+from ..fhir.store import RESERVED, ResourceStore
 from .queue import Notification
-from .resource import PAYLOAD, Channel, channel_of, ended
+from .resource import PAYLOAD, Channel, channel_of, ended, stopped
 from .sender import NotificationGate
 
 log = logging.getLogger("fhir_fax.subscriptions")
@@ -69,6 +70,27 @@ class Hub:
             self.bindings[key] = [b for b in self.bindings[key] if b.socket is not socket]
             if not self.bindings[key]:
                 del self.bindings[key]
+
+    async def close(self, subscription_id: str, reason: str) -> None:
+        """Tell every socket bound to it that nothing more will come (``error {id} {reason}``), and close them:
+        a client that still shows live updates would otherwise wait on a Subscription that has stopped."""
+        for binding in self.bindings.pop(subscription_id, []):
+            with contextlib.suppress(Exception):  # a socket that went away meanwhile
+                await binding.socket.send_text(f"error {subscription_id} {reason}")
+                await binding.socket.close(code=1000)
+
+    async def sweep(self, store: ResourceStore, moment: datetime) -> None:
+        """Close the sockets bound here to Subscriptions that were deleted, turned off or reached their end
+        (one read by id for all of them; nothing when no socket is bound)."""
+        bound = self.bound()
+        if not bound:
+            return
+        projection = {"status": 1, "end": 1, f"{RESERVED}.deleted": 1}
+        found = {d["_id"]: d async for d in store.collection("Subscription").find({"_id": {"$in": bound}}, projection)}
+        for subscription_id in bound:
+            reason = stopped(found.get(subscription_id), moment)
+            if reason is not None:
+                await self.close(subscription_id, reason)
 
     async def send(
         self, subscription_id: str, channel: Channel, resource: dict[str, Any], notification: Notification

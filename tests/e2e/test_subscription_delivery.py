@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,37 @@ def test_a_websocket_bound_with_a_token_gets_pings_and_one_that_may_not_read_is_
     resources = [json.loads(m) for m in messages[1::2]]
     assert [r["id"] for r in resources] == [communication_id] * 4
     assert [outbound_status(r) for r in resources] == STEPS
+
+
+def test_a_bound_socket_is_told_and_closed_when_its_subscription_is_deleted_or_ends(server: FaxServer) -> None:
+    """A client showing "live" must not wait on a Subscription that stopped: the server says why and closes."""
+    token = server.headers["authorization"].removeprefix("Bearer ")
+    body = {"resourceType": "Subscription", "status": "requested", "reason": "e2e", "channel": {"type": "websocket"},
+            "criteria": "Communication?patient=Patient/james-oneil"}  # fmt: skip
+    soon = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    made = []
+    for extra in ({}, {"end": soon}):
+        headers = {**FHIR_JSON, **server.headers}
+        created = httpx.post(f"{server.url}/fhir/Subscription", json={**body, **extra}, headers=headers)
+        assert created.status_code == 201, created.text
+        made.append(created.json()["id"])
+    deleted, ending = made
+    url = server.url.replace("http://", "ws://") + "/fhir/websocket"
+    sockets = [websocket.create_connection(url, timeout=30) for _ in made]
+    try:
+        for socket, subscription_id in zip(sockets, made, strict=True):
+            socket.send(f"bind {subscription_id} {token}")
+            assert socket.recv() == f"bound {subscription_id}"
+        gone = httpx.delete(f"{server.url}/fhir/Subscription/{deleted}", headers=server.headers)
+        assert gone.status_code in (200, 204), gone.text
+        assert sockets[0].recv() == f"error {deleted} the Subscription was deleted or turned off"
+        assert sockets[1].recv() == f"error {ending} the Subscription ended at {soon}"
+        for socket in sockets:
+            opcode, _ = socket.recv_data(control_frame=True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE, "closed by the server"
+    finally:
+        for socket in sockets:
+            socket.close()
 
 
 def no_reader_token(server: FaxServer) -> str:
