@@ -327,3 +327,77 @@ async def test_faxes_received_before_the_fixes_are_repaired_once(fax_api: httpx.
     by_hash = await fax_api.post(f"/v1/z3/{path}", json={"action": "download", "hash": attachment["hash"]})
     assert by_hash.status_code == 200, by_hash.text
     assert (await fax_api.get(by_hash.json()["signedUrl"])).content == REFERRAL
+
+
+async def test_a_fax_whose_task_was_already_handled_is_not_filed(fax_api: httpx.AsyncClient, database: Any) -> None:
+    fax = await received(fax_api)
+    task_id = fax["task"]["id"]
+    task = (await fax_api.get(f"/fhir/Task/{task_id}")).json()
+    # another user marks it "not patient-related" (as the app does: a conditional PUT of the Task it read)
+    dismissed = {**task, "status": "completed", "businessStatus": {"text": "Not patient-related"}}
+    version = task["meta"]["versionId"]
+    put = await fax_api.put(
+        f"/fhir/Task/{task_id}", json=dismissed, headers={**FHIR_JSON, "If-Match": f'W/"{version}"'}
+    )
+    assert put.status_code == 200, put.text
+    before = await state(database, fax)
+    response = await file(fax_api, fax["communication"]["id"], filing(MARIA))
+    assert response.status_code == 409, response.text
+    assert response.json()["issue"][0]["diagnostics"] == (
+        f"Communication/{fax['communication']['id']}: this fax was already handled (its Task/{task_id} is "
+        "completed: Not patient-related); it is not filed. Reopen the Task (status requested) to file it."
+    )
+    assert await state(database, fax) == before, "nothing stored or changed"
+    assert (
+        await database["DocumentReference"].count_documents(
+            {"context.related.reference": f"Communication/{fax['communication']['id']}"}
+        )
+        == 0
+    )
+    stored = (await fax_api.get(f"/fhir/Task/{task_id}")).json()
+    assert "for" not in stored and "output" not in stored
+    communication = (await fax_api.get(f"/fhir/Communication/{fax['communication']['id']}")).json()
+    assert "subject" not in communication
+    # and the other way round: "not patient-related" after a filing is refused by its If-Match
+    other = await received(fax_api)
+    read = (await fax_api.get(f"/fhir/Task/{other['task']['id']}")).json()
+    assert (await file(fax_api, other["communication"]["id"], filing(MARIA))).status_code == 201
+    late = {**read, "status": "completed", "businessStatus": {"text": "Not patient-related"}}
+    stale = await fax_api.put(
+        f"/fhir/Task/{read['id']}", json=late, headers={**FHIR_JSON, "If-Match": f'W/"{read["meta"]["versionId"]}"'}
+    )
+    assert stale.status_code == 412, stale.text
+    kept = (await fax_api.get(f"/fhir/Task/{read['id']}")).json()
+    assert kept["for"] == {"reference": MARIA} and "businessStatus" not in kept
+
+
+async def test_a_patient_limited_token_previews_only_received_faxes_filed_to_its_patient(
+    fax_api: httpx.AsyncClient, database: Any
+) -> None:
+    unfiled, james, maria = await received(fax_api), await received(fax_api), await received(fax_api)
+    assert (await file(fax_api, james["communication"]["id"], filing("Patient/james-oneil"))).status_code == 201
+    assert (await file(fax_api, maria["communication"]["id"], filing(MARIA))).status_code == 201
+    username = await make_user(database, fhir_user="Practitioner/51940f7e-7311-4006-b9aa-83bbc0c5b62c")
+    app = await make_app(database)
+    previews = {"subtype.code": "preview"}
+    async with httpx.AsyncClient(transport=fax_api._transport, base_url="http://fhir.test") as web:
+        flow = Flow(app, "openid fhirUser launch/patient patient/*.rs")
+        token = await token_for(web, flow, username, patient="maria-lopez")
+        web.headers["authorization"] = f"Bearer {token['access_token']}"
+        for other in (unfiled, james):
+            communication_id = other["communication"]["id"]
+            before = await database["AuditEvent"].count_documents(previews)
+            refused = await web.get(f"/fax/v1/faxes/{communication_id}/preview", params={"page": "1"})
+            assert refused.status_code == 403, refused.text
+            assert refused.headers["content-type"].startswith("application/json"), "no page image"
+            body = refused.json()
+            assert "limited to Patient/maria-lopez" in body["message"] and body["code"], body
+            assert await database["AuditEvent"].count_documents(previews) == before, "no preview was made"
+        own = await web.get(f"/fax/v1/faxes/{maria['communication']['id']}/preview", params={"page": "1"})
+    assert own.status_code == 200, own.text
+    assert own.headers["content-type"] == "image/png" and own.content.startswith(b"\x89PNG")
+    events = await database["AuditEvent"].find(previews).to_list(None)
+    read = {e["what"].get("reference") for event in events for e in event["entity"]}
+    assert f"Communication/{maria['communication']['id']}" in read
+    assert f"Communication/{unfiled['communication']['id']}" not in read
+    assert f"Communication/{james['communication']['id']}" not in read

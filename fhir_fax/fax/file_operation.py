@@ -4,6 +4,9 @@ In one transaction it creates the DocumentReference (subject: the patient; conte
 context.related: the Communication), sets ``Communication.subject``, completes the triage Task, marks the
 reception record filed and writes the AuditEvent. Filing again to the same patient changes nothing and
 answers the same DocumentReference; filing to another patient is a 409 (the fax is someone's record now).
+A fax whose triage Task is no longer ``requested`` (marked "not patient-related" by someone else, or closed
+otherwise) is a 409 too: filing it would leave a completed Task that says both things. The Task's status is
+checked again inside the transaction, so a dismissal that lands between the check and the write still wins.
 
 Access: ``FHIR:Update`` on the Communication (and its patient-compartment rules), ``FHIR:Read`` on the
 patient, ``FHIR:Create`` on DocumentReference and ``FHIR:Update`` on the triage Task: all checked before
@@ -148,6 +151,27 @@ def document_reference(
     return document
 
 
+class AlreadyHandled(Conflict):
+    """The triage Task was closed by something other than this filing: the fax is not filed."""
+
+
+def unless_handled(communication_id: str, task: dict[str, Any]) -> None:
+    """409 when the triage Task is no longer waiting to be filed, naming its status and business status."""
+    if task.get("status") == "requested":
+        return
+    business = task.get("businessStatus") or {}
+    reason = business.get("text") or next(
+        (c.get("display") or c.get("code") for c in business.get("coding", []) if c.get("display") or c.get("code")),
+        None,
+    )
+    status = f"{task.get('status')}: {reason}" if reason else str(task.get("status"))
+    raise AlreadyHandled(
+        f"Communication/{communication_id}: this fax was already handled (its Task/{task['id']} is {status}); "
+        "it is not filed. Reopen the Task (status requested) to file it.",
+        expression=["Communication"],
+    )
+
+
 def file_operation(fax: FaxAPI) -> Operation:
     """``$file`` on a Communication instance, answered from ``fax``'s runtime."""
 
@@ -193,13 +217,16 @@ def file_operation(fax: FaxAPI) -> Operation:
         await context.admit(request, "FHIR:Create", {**document, "id": document_id})
         if record.get("task_id"):
             await context.authorize(request, "FHIR:Update", f"FHIR:Task:{record['task_id']}")
-            await context.admit(request, "FHIR:Update", await store.read("Task", record["task_id"]))
+            task = await store.read("Task", record["task_id"])
+            await context.admit(request, "FHIR:Update", task)
+            unless_handled(communication_id, task)
         moment = now()
 
         def with_subject(current: dict[str, Any]) -> dict[str, Any]:
             return {**current, "subject": {"reference": patient}}
 
         def completed(current: dict[str, Any]) -> dict[str, Any]:
+            unless_handled(communication_id, current)  # dismissed since it was read: the transaction is undone
             task = {
                 **current,
                 "input": filed_inputs(current.get("input", []), patient),
@@ -243,6 +270,8 @@ def file_operation(fax: FaxAPI) -> Operation:
 
         try:
             saved = await in_transaction(runtime.database.client, write)
+        except AlreadyHandled:
+            raise
         except Conflict:
             again = await runtime.database[INBOUND].find_one({"_id": record["_id"]})
             return await earlier(request, (again or {}).get("filed"), patient)

@@ -130,10 +130,15 @@ def text_of(browser: webdriver.Chrome, element_id: str) -> str:
     return value
 
 
-def launch_standalone(server: FaxServer, browser: webdriver.Chrome, patient_id: str) -> None:
-    """Open the app with no session: sign in, consent, pick the patient; the log shows."""
+def launch_standalone(
+    server: FaxServer, browser: webdriver.Chrome, patient_id: str, kept: dict[str, str] | None = None
+) -> None:
+    """Open the app with no session: sign in, consent, pick the patient; the log shows. ``kept``: items put in the
+    tab's sessionStorage first (test hooks)."""
     browser.get(f"{server.url}/apps/fax/config.json")
     browser.execute_script("sessionStorage.clear()")
+    for key, value in (kept or {}).items():
+        browser.execute_script("sessionStorage.setItem(arguments[0], arguments[1])", key, value)
     browser.get(f"{server.url}/apps/fax/")
     element(browser, "#start-patient").click()  # the start page: a patient's faxes, or the clinic view
     sign_in_and_allow(browser, USER, PASSWORD)
@@ -451,6 +456,121 @@ def test_a_dropped_websocket_is_reconnected_and_bound_again(server: FaxServer, b
         browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", kept)
 
 
+def test_the_subscription_is_renewed_before_its_end_and_none_is_left_behind(
+    server: FaxServer, browser: webdriver.Chrome
+) -> None:
+    """With a Subscription lasting 6 s (the test hook), the app makes a fresh one and binds it before the end, deletes
+    the old one, stays live throughout and is told of a new fax through the new one; leaving the page deletes it."""
+    browser.get(f"{server.url}/apps/fax/config.json")
+    said = browser.execute_async_script(LIVE_HARNESS)
+    assert "error" not in said, said
+    assert said["closedDuringCreate"] == {"live": False, "deleted": ["s1"], "sockets": 0}, said
+    assert said["transient"] == {"live": False, "kept": "s2", "deleted": []}, said
+    assert said["ended"] == {"live": False, "kept": None, "deleted": ["s3"]}, said
+    assert said["endedAfterBound"] == {"was": True, "live": False, "kept": None, "deleted": ["s4"]}, said
+    assert abs(said["lifetimeOnServerClock"] - 4 * 3600 * 1000) < 60000, "end counted on the server's clock"
+    patient_id = new_patient(server, "Renewed")
+    launch_standalone(server, browser, patient_id, kept={"fax-app-live-lifetime-ms": "6000"})
+    wait(browser, is_live)
+    browser.execute_script(WATCH_LIVE_STATUS)
+    [first] = live_subscriptions(server, patient_id)
+    renewed = until(
+        lambda: [s for s in live_subscriptions(server, patient_id) if s["id"] != first["id"]] or None,
+        "a fresh Subscription is made before the first one ends",
+    )
+    until(lambda: [s["id"] for s in live_subscriptions(server, patient_id)] == [renewed[0]["id"]],
+          "the first Subscription is deleted once the fresh one is bound")  # fmt: skip
+    end = datetime.fromisoformat(renewed[0]["end"].replace("Z", "+00:00"))
+    assert end > datetime.fromisoformat(first["end"].replace("Z", "+00:00")), "a later end"
+    communication_id = send_by_api(server, patient_id)
+    wait(browser, lambda d: communication_id in {r["id"] for r in log_rows(d)}, timeout=30)
+    assert browser.execute_script("return window.liveStates") == [], "live throughout: never said unavailable"
+    assert is_live(browser)
+    browser.get(f"{server.url}/apps/fax/config.json")  # leaving the page (pagehide) deletes the Subscription
+    until(lambda: live_subscriptions(server, patient_id) == [], "no Subscription is left behind")
+
+
+LIVE_HARNESS = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  sessionStorage.removeItem("fax-app-live-lifetime-ms");
+  const { LiveFeed } = await import("/apps/fax/live.js");
+  const tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
+  const deleted = [], sockets = [], replies = [];
+  window.fetch = async (url, init) => {
+    if (init?.method === "DELETE") deleted.push(decodeURIComponent(url.split("/").pop()));
+    return new Response(null, { status: 204 });
+  };
+  window.WebSocket = class extends EventTarget {  // the server's side of the socket, as the harness scripts it
+    constructor(url) { super(); this.url = url; this.closed = false; sockets.push(this);
+                       setTimeout(() => this.dispatchEvent(new Event("open"))); }
+    send(text) { const reply = replies.shift(); if (reply) setTimeout(() => this.say(reply(text.split(" ")[1]))); }
+    say(data) { this.dispatchEvent(new MessageEvent("message", { data })); }
+    close() { if (this.closed) return; this.closed = true; setTimeout(() => this.dispatchEvent(new Event("close"))); }
+  };
+  const skew = 5 * 3600 * 1000;  // the server's clock runs five hours ahead of this one
+  let pending = null, made = [];
+  const client = {
+    state: { serverUrl: "http://fhir.test/fhir", tokenResponse: { access_token: "t" } },
+    async request() {
+      const url = "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket";
+      const statement = { rest: [{ mode: "server", extension: [{ url, valueUri: "ws://fhir.test/ws" }] }] };
+      const date = new Date(Date.now() + skew).toUTCString();
+      return { body: statement, response: new Response(null, { headers: { Date: date } }) };
+    },
+    async create(resource) {
+      made.push(resource);
+      const lastUpdated = new Date(Date.now() + skew).toISOString();
+      const stored = { ...resource, id: `s${made.length}`, meta: { lastUpdated } };
+      if (pending) { const wait = pending; pending = null; await wait; }
+      return stored;
+    },
+    async refreshIfNeeded() {},
+    getAuthorizationHeader() { return "Bearer t"; },
+  };
+  const said = {};
+  const state = (feed, n) => ({ live: feed.live, kept: feed.subscription, deleted: deleted.filter((d) => d === n) });
+
+  // the page closes while the Subscription is being made: deleted once made, and no socket opened for it
+  let release;
+  pending = new Promise((resolve) => { release = resolve; });
+  let feed = new LiveFeed(client, {});
+  const watching = feed.watch("Communication?patient=Patient/p", () => {});
+  await tick(10);
+  await feed.close();
+  release();
+  await watching;
+  await tick(10);
+  said.closedDuringCreate = { live: feed.live, deleted: [...deleted], sockets: sockets.length };
+  said.lifetimeOnServerClock = Date.parse(made[0].end) - (Date.now() + skew);
+
+  // a transient refusal (the server restarting): the same Subscription is kept to bind again, nothing deleted
+  feed = new LiveFeed(client, {});
+  replies.push((id) => `error ${id} The server is starting or stopping; retry in a moment.`);
+  await feed.watch("Communication?patient=Patient/p", () => {});
+  said.transient = state(feed, "s2");
+  await feed.close();
+
+  // a definite one (ended): deleted, and a new one will be made
+  feed = new LiveFeed(client, {});
+  replies.push((id) => `error ${id} Subscription/${id} ended at 2020-01-01T00:00:00Z; create a new one.`);
+  await feed.watch("Communication?patient=Patient/p", () => {});
+  said.ended = state(feed, "s3");
+  await feed.close();
+
+  // bound, then the server says it ended and closes the socket: not live any more, and made again later
+  feed = new LiveFeed(client, {});
+  replies.push((id) => `bound ${id}`);
+  await feed.watch("Communication?patient=Patient/p", () => {});
+  const was = feed.live;
+  const socket = sockets[sockets.length - 1];
+  socket.say("error s4 Subscription/s4 ended at 2020-01-01T00:00:00Z; create a new one.");
+  await tick(20);
+  said.endedAfterBound = { was, ...state(feed, "s4") };
+  await feed.close();
+  done(said);
+})().catch((e) => done({ error: String(e && e.stack || e) }));
+"""
 KEEP_SOCKETS = """
 const Real = window.WebSocket;
 window.appSockets = [];

@@ -540,3 +540,95 @@ def test_the_clinic_views_words_and_queries(server: FaxServer, browser: webdrive
         "&sender=HealthcareService%2Fa%20b,Organization%2Fo&_sort=-sent&_count=100"
     ]
     assert said["backwards"] == "The end date is before the start date."
+
+
+INBOX_HARNESS = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  for (const id of ["refresh-inbox", "inbox-error", "inbox-more", "inbox-done", "inbox-empty", "inbox-heading"]) {
+    document.getElementById(id)?.remove();
+    const element = document.createElement(id === "refresh-inbox" ? "button" : "p");
+    element.id = id;
+    document.body.append(element);
+  }
+  document.getElementById("inbox-list")?.remove();
+  const list = document.createElement("ul");
+  list.id = "inbox-list";
+  document.body.append(list);
+  const { Inbox } = await import("/apps/fax/inbox.js");
+  // the server as the inbox sees it: `queue` is what a read answers; a read waits while `held` is set
+  const server = { queue: [], reads: 0, held: null, puts: [] };
+  const bundle = () => ({ resourceType: "Bundle", total: server.queue.length,
+    entry: server.queue.flatMap(([task, communication]) => [{ resource: task }, { resource: communication }]) });
+  const api = {
+    fhirBase: "/nowhere",
+    async read(query) {
+      if (!query.startsWith("Task?")) throw Object.assign(new Error("not here"), { status: 404 });
+      server.reads += 1;
+      const answer = bundle();  // what the server holds when the read starts
+      if (server.held) await server.held;
+      return answer;
+    },
+    async faxPage() { return { blob: new Blob([]), pages: 1 }; },
+    async headers(headers) { return headers; },
+  };
+  window.fetch = async (url, init) => {
+    server.puts.push({ url, ifMatch: init.headers["If-Match"] });
+    return new Response("{}", { status: 200, headers: { "Content-Type": "application/fhir+json" } });
+  };
+  const inbox = new Inbox({ api, count() {} });
+  const fax = (id, version, input) => [
+    { resourceType: "Task", id, status: "requested", meta: { versionId: version },
+      focus: { reference: `Communication/c-${id}` }, authoredOn: "2020-01-01T00:00:00Z", ...(input ? { input } : {}) },
+    { resourceType: "Communication", id: `c-${id}`, status: "completed", received: "2020-01-01T00:00:00Z" },
+  ];
+  const said = {};
+
+  // (#4) a reload asked for while a read begun before the change is running reads once more after it
+  let release;
+  server.held = new Promise((resolve) => { release = resolve; });
+  const first = inbox.reload();
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  server.queue = [fax("t1", "1")];  // a fax arrives; its notification asks for a reload
+  const second = inbox.reload();
+  server.held = null;
+  release();
+  await Promise.all([first, second]);
+  said.reads = server.reads;
+  said.shownAfterPing = [...inbox.items.keys()];
+
+  // (#11) the Task changes (its suggestions come) while focus is inside the item: the element stays, and its
+  // actions use the newest version
+  const item = inbox.items.get("t1");
+  const element = item.element;
+  element.querySelector("input[name=name]").focus();
+  server.queue = [fax("t1", "2", [{ type: { coding: [{ system: "urn:fhir-fax:task", code: "suggested-patient" }] },
+                                   valueReference: { reference: "Patient/p1", display: "Ada Lovelace" } }])];
+  await inbox.reload();
+  const kept = inbox.items.get("t1");
+  said.sameElement = kept?.element === element;
+  said.focusKept = element.contains(document.activeElement);
+  said.version = kept?.task.meta.versionId;
+  said.suggested = [...element.querySelectorAll(".suggestions li")].map((li) => li.dataset.patient);
+  server.queue = [];
+  element.querySelector(".dismiss button").click();
+  for (let i = 0; i < 100 && !server.puts.length; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  said.ifMatch = server.puts.map((p) => p.ifMatch);
+  done(said);
+})().catch((e) => done({ error: String(e && e.stack || e) }));
+"""
+
+
+def test_the_inbox_reads_again_after_a_change_during_a_read_and_keeps_a_focused_item_current(
+    server: FaxServer, browser: webdriver.Chrome
+) -> None:
+    """inbox.js against a stand-in of its server, in the browser: a reload asked for during a read started before
+    the change is not answered with that stale read; an item kept because focus is inside it still acts on the
+    newest Task version (so "Not patient-related" sends the If-Match of the version shown)."""
+    browser.get(f"{server.url}/apps/fax/config.json")
+    said = browser.execute_async_script(INBOX_HARNESS)
+    assert "error" not in said, said
+    assert said["reads"] == 2 and said["shownAfterPing"] == ["t1"], said
+    assert said["sameElement"] and said["focusKept"], said
+    assert said["version"] == "2" and said["suggested"] == ["Patient/p1"], said
+    assert said["ifMatch"] == ['W/"2"'], said

@@ -46,17 +46,31 @@ export class Inbox {
     this.items = new Map(); // Task id -> {task, communication, element, preview: {page, pages, url}}
     this.patients = new Map(); // "Patient/id" -> Patient (or null: not readable)
     this.loading = null;
+    this.again = false; // a reload was asked for while a read ran: read once more after it
     this.total = null;
     this.gone = new Set(); // Tasks filed or dismissed here: a read begun before that must not bring them back
     this.suggestionTimer = null;
     $("refresh-inbox").addEventListener("click", () => this.reload());
   }
 
-  /** Re-read the queue and show what changed; one call at a time (a call during a reload waits for it). */
+  /** Re-read the queue and show what changed; one read at a time. A call while a read runs cannot use that read
+   * (it may have begun before the change the caller knows of): it marks "again", and the running call reads once
+   * more after it; every caller's promise settles after that last read. */
   reload() {
-    this.loading ??= this.read().finally(() => {
-      this.loading = null;
-    });
+    if (this.loading) {
+      this.again = true;
+      return this.loading;
+    }
+    this.loading = (async () => {
+      try {
+        do {
+          this.again = false;
+          await this.read();
+        } while (this.again);
+      } finally {
+        this.loading = null;
+      }
+    })();
     return this.loading;
   }
 
@@ -145,6 +159,8 @@ export class Inbox {
         item = this.build(task, communication);
         old.replaceWith(item.element);
         if (anchor === old) anchor = item.element;
+      } else if (changed) {
+        this.refresh(item, task, communication);
       } else if (!item) {
         item = this.build(task, communication);
       }
@@ -152,6 +168,19 @@ export class Inbox {
       else list.insertBefore(item.element, anchor);
     }
     $("inbox-empty").hidden = this.items.size > 0;
+  }
+
+  /** The Task changed while focus is inside its item: the element (and what is typed in it) stays, but its
+   * actions must use the newest version (an If-Match of the old one is a needless 412), and new suggestions are
+   * shown unless focus is on one of the old ones. */
+  refresh(item, task, communication) {
+    item.task = task;
+    item.communication = communication;
+    const old = item.suggestionBox;
+    if (old && !old.contains(document.activeElement)) {
+      const box = this.suggestions(item, item.error);
+      old.replaceWith(box);
+    }
   }
 
   forget(item) {
@@ -178,6 +207,7 @@ export class Inbox {
       sender ? ` The number is ${sender}'s.` : "");
     if ((communication.note || [])[0]?.text) meta.append(` ${communication.note[0].text}`);
     const error = make("p", { id: `fax-${id}-error`, class: "error", role: "alert" });
+    item.error = error;
     const triage = make("div", { class: "triage" },
       this.suggestions(item, error), this.search(item, error), this.notPatientRelated(item, error), error);
     const article = make("article", { "aria-labelledby": heading.id }, heading, meta,
@@ -227,6 +257,7 @@ export class Inbox {
       make("h4", {}, "Suggested patients"));
     if (!found.length) {
       box.append(make("p", {}, "No patient was recognised in this fax: search for the patient below."));
+      item.suggestionBox = box;
       return box;
     }
     const list = make("ul", { class: "suggestions" });
@@ -242,6 +273,7 @@ export class Inbox {
         make("p", { class: "evidence" }, suggestion.evidence), button));
     }
     box.append(list);
+    item.suggestionBox = box;
     return box;
   }
 
@@ -315,7 +347,8 @@ export class Inbox {
       await this.done(item, `The fax from ${item.caller} is filed to ${name}.`);
     } catch (failure) {
       error.textContent = `Not filed: ${failure.message}`;
-      this.busy(item, false);
+      if (failure.status === 409) await this.afterRace(item, `Not filed: ${failure.message}`);
+      else this.busy(item, false);
     }
   }
 
@@ -345,12 +378,29 @@ export class Inbox {
       if (!response.ok) throw await errorFrom(response);
       await this.done(item, `The fax from ${item.caller} is marked not patient-related.`);
     } catch (failure) {
-      const raced = failure.status === 409 || failure.status === 412;
-      error.textContent = raced
-        ? "This fax changed meanwhile (someone may have filed it): the inbox is shown as it is now."
-        : `Not changed: ${failure.message}`;
-      this.busy(item, false);
-      if (raced) await this.reload();
+      if (failure.status === 409 || failure.status === 412) {
+        await this.afterRace(item, "Not changed: this fax changed since it was shown. It is shown as it is now: " +
+          "check it and choose again.");
+      } else {
+        error.textContent = `Not changed: ${failure.message}`;
+        this.busy(item, false);
+      }
+    }
+  }
+
+  /** Someone else changed the fax meanwhile: read the queue again first (the buttons stay off until then, so a
+   * second click cannot repeat the stale request), then say what became of it in plain words. */
+  async afterRace(item, words) {
+    const id = item.task.id;
+    await this.reload();
+    const now = this.items.get(id);
+    if (now) {
+      now.error.textContent = words;
+      this.busy(now, false);
+    } else {
+      $("inbox-done").textContent =
+        `The fax from ${item.caller} was already filed or closed by someone else; it has left the inbox.`;
+      $("inbox-empty").hidden = this.items.size > 0;
     }
   }
 
