@@ -220,9 +220,13 @@ def test_a_received_fax_appears_without_a_reload_and_is_filed_to_the_suggested_p
         )
     assert sent is not None, "the received fax was notified over the clinic view's websocket"
     assert f"({before + 1} unfiled " in text_by_id(browser, "unfiled-count")
+    # The suggestions reach the Task a moment after the fax (the pages are read first); the item may have been
+    # shown before them, and is shown again with them.
+    suggested = f'{item_css(communication_id)} .suggestions li[data-patient="{patient["reference"]}"]'
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, suggested))
     item = browser.find_element(By.CSS_SELECTOR, item_css(communication_id))
     assert f"Fax from {number} (1 page)" in item.text and "Received " in item.text
-    suggestion = item.find_element(By.CSS_SELECTOR, f'.suggestions li[data-patient="{patient["reference"]}"]')
+    suggestion = browser.find_element(By.CSS_SELECTOR, suggested)
     assert "Strong match (99%)" in suggestion.text
     assert f"Found on page 1: record number {patient['mrn']}, birth date 03/09/1961" in suggestion.text
     wait_for(browser, lambda d: d.execute_script(
