@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -125,6 +125,7 @@ class Claimed:
     jobs: list[Job] = field(default_factory=list)
     set_aside: int = 0
     takeovers: set[str] = field(default_factory=set)  # jobs taken over from a lapsed lease (the carrier may have them)
+    read: int = 0  # due jobs the claim read (fewer than asked: none was left due at that moment)
 
     def __bool__(self) -> bool:
         return bool(self.jobs) or self.set_aside > 0
@@ -152,6 +153,14 @@ def _held(job: Job, owner: str) -> dict[str, Any]:
 class Outbox:
     def __init__(self, database: Any) -> None:
         self.collection = database[COLLECTION]
+        # Told when a job enqueued by this process is committed (``committed``): a worker in this process
+        # listens, so it takes the job at once rather than at its next poll (workers elsewhere find it then).
+        self.listeners: list[Callable[[], None]] = []
+
+    def committed(self) -> None:
+        """A transaction that enqueued a job has committed: wake the workers of this process."""
+        for listener in self.listeners:
+            listener()
 
     async def ensure_indexes(self) -> None:
         for name in DUE_FIELDS:  # sparse: a finished job is in none of them
@@ -226,7 +235,9 @@ class Outbox:
         """
         moment = now()
         claimed = Claimed()
-        for document in await self.due(moment, limit):
+        due = await self.due(moment, limit)
+        claimed.read = len(due)
+        for document in due:
             token = f"{owner}/{uuid.uuid4().hex[:8]}"
             job = await self._claim_one(document, token, lease, moment, claimed)
             if job is not None:
