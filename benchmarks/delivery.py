@@ -60,11 +60,11 @@ SECTIONS = ("ops", "drain", "throughput", "history", "soak")
 class Server:
     """The embedded database and the app (worker on, simulator carrier), each in its own process."""
 
-    def __init__(self, work: Path, speed: float, extra: dict[str, str] | None = None) -> None:
+    def __init__(self, work: Path, speed: float, extra: dict[str, str] | None = None, data: Path | None = None) -> None:
         self.work = work
         self.speed = speed
         self.extra = extra or {}
-        self.database_server = EmbeddedDatabase(work / "data")
+        self.database_server = EmbeddedDatabase(data or work / "data")
         self.app: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.token = ""
@@ -277,8 +277,8 @@ def section_throughput(server: Server, requests: int, seconds: float) -> dict[st
 
 
 def seed_history(server: Server, total: int) -> None:
-    """Bring the finished faxes in the database up to ``total``: jobs and simulator records as the product
-    leaves them once a fax is DELIVERED (a template fax is read from the database and copied)."""
+    """Bring the finished faxes in the database up to ``total``: jobs, their Communications and the simulator's
+    records as the product leaves them once a fax is DELIVERED (a delivered fax is read back and copied)."""
 
     async def seed() -> None:
         client = AsyncMongoClient(server.uri, tz_aware=True)
@@ -287,16 +287,25 @@ def seed_history(server: Server, total: int) -> None:
         job = await database.fax_jobs.find_one({"state": "done", "status": "DELIVERED"})
         record = await database.simulator_faxes.find_one({"done": True})
         assert job is not None and record is not None, "deliver one fax first"
+        communication = await database.Communication.find_one({"_id": job["communication_id"]})
+        assert communication is not None
+        communication["_fhirfax"].pop("pending", None)
         batch = 2000
         for start in range(have, total, batch):
-            jobs, records = [], []
+            jobs, records, communications = [], [], []
             for n in range(start, min(total, start + batch)):
-                fax_id, carrier_id = f"history-{n}", f"sim-history-{n}"
-                jobs.append({**job, "_id": fax_id, "communication_id": str(uuid.uuid4()),
+                fax_id, carrier_id, communication_id = f"history-{n}", f"sim-history-{n}", str(uuid.uuid4())
+                jobs.append({**job, "_id": fax_id, "communication_id": communication_id,
                              "carrier_ids": {"1": carrier_id}})  # fmt: skip
                 records.append({**record, "_id": carrier_id, "reference": f"{fax_id}:1"})
+                identifier = [{**i, "value": fax_id} for i in communication.get("identifier", [])[:1]]
+                communications.append({**communication, "_id": communication_id, "id": communication_id,
+                                       "identifier": identifier})  # fmt: skip
             await database.fax_jobs.insert_many(jobs, ordered=False)
             await database.simulator_faxes.insert_many(records, ordered=False)
+            await database.Communication.insert_many(communications, ordered=False)
+            if start % 100_000 == 0:
+                print(f"  seeding: {start}", flush=True)
         await client.close()
 
     asyncio.run(seed())
@@ -307,7 +316,9 @@ def section_history(server: Server, sizes: list[int], seconds: float) -> list[di
     _warm, ids = server.send_many(1, 1)
     server.wait_delivered(ids, 120)
     for size in sizes:
+        seeding = time.perf_counter()
         seed_history(server, size)
+        print(f"  seeded {size} finished faxes in {time.perf_counter() - seeding:.0f} s", flush=True)
         time.sleep(3)
         cpu = server.idle_database_cpu(seconds)
         latencies = []
@@ -362,6 +373,9 @@ def main() -> None:
     parser.add_argument("--faxes", type=int, default=300, help="faxes in the drain")
     parser.add_argument("--ops-faxes", type=int, default=40, help="faxes whose operations are counted")
     parser.add_argument("--history", default="0,20000,100000", help="finished faxes for the idle measurements")
+    parser.add_argument(
+        "--data", type=Path, help="keep the history section's database here (seeded once, reused by later runs)"
+    )
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--speed", type=float, default=1.0, help="simulator speed during the throughput section")
     parser.add_argument("--requests", type=int, default=1500, help="requests per throughput cell")
@@ -374,7 +388,7 @@ def main() -> None:
     for section in chosen:
         work = Path(tempfile.mkdtemp(prefix=f"fhir-fax-delivery-{section}-"))
         speed = args.speed if section in ("throughput", "soak") else 1000.0
-        server = Server(work, speed)
+        server = Server(work, speed, data=args.data if section == "history" else None)
         try:
             server.start_database()
             server.start_app()
