@@ -135,9 +135,13 @@ class Server:
 
     def operations(self) -> int:
         """Every operation the database has counted so far (``serverStatus.opcounters``, all kinds)."""
+        return sum(self.operations_by_kind().values())
+
+    def operations_by_kind(self) -> dict[str, int]:
+        """``serverStatus.opcounters`` as counted so far, by kind (insert, query, update, delete, getmore, command)."""
         with MongoClient(self.uri) as client:
             counters = client.admin.command("serverStatus")["opcounters"]
-        return int(sum(v for v in counters.values() if isinstance(v, int)))
+        return {k: int(v) for k, v in counters.items() if isinstance(v, int)}
 
     def count(self, collection: str, query: dict[str, Any]) -> int:
         with MongoClient(self.uri) as client:
@@ -193,12 +197,23 @@ class Server:
 # -- sections -------------------------------------------------------------------------------------------
 
 
-def idle_rate(server: Server, seconds: float = 5.0) -> float:
-    """Operations a second while nothing is sent (driver heartbeats, the worker's idle queries)."""
+def by_kind(
+    before: dict[str, int], after: dict[str, int], idle: dict[str, float], seconds: float, n: int
+) -> dict[str, float]:
+    """Operations of each kind per fax between two readings, each kind's idle rate subtracted."""
+    return {
+        kind: round((after.get(kind, 0) - before.get(kind, 0) - idle.get(kind, 0.0) * seconds) / n, 2)
+        for kind in sorted(after)
+    }
+
+
+def idle_rates(server: Server, seconds: float = 5.0) -> dict[str, float]:
+    """Operations a second of each kind while nothing is sent (driver heartbeats, the idle polls)."""
     time.sleep(2)
-    before, started = server.operations(), time.perf_counter()
+    before, started = server.operations_by_kind(), time.perf_counter()
     time.sleep(seconds)
-    return (server.operations() - before) / (time.perf_counter() - started)
+    after, took = server.operations_by_kind(), time.perf_counter() - started
+    return {kind: (after[kind] - before.get(kind, 0)) / took for kind in after}
 
 
 def section_ops(server: Server, n: int, work: Path) -> dict[str, Any]:
@@ -208,25 +223,27 @@ def section_ops(server: Server, n: int, work: Path) -> dict[str, Any]:
         quiet.start_database()
         quiet.start_app()
         quiet.upload_document()
-        rate = idle_rate(quiet)
-        before, started = quiet.operations(), time.perf_counter()
+        idle = idle_rates(quiet)
+        before, started = quiet.operations_by_kind(), time.perf_counter()
         quiet.send_many(n, concurrency=4)
-        per_send = (quiet.operations() - before - rate * (time.perf_counter() - started)) / n
+        send_kinds = by_kind(before, quiet.operations_by_kind(), idle, time.perf_counter() - started, n)
     finally:
         quiet.stop()
-    rate = idle_rate(server)
-    before, started = server.operations(), time.perf_counter()
+    idle = idle_rates(server)
+    before, started = server.operations_by_kind(), time.perf_counter()
     _, ids = server.send_many(n, concurrency=4)
     server.wait_delivered(ids, 300)
     time.sleep(0.5)  # the last Communication versions and audit events
-    total = (server.operations() - before - rate * (time.perf_counter() - started)) / n
+    total_kinds = by_kind(before, server.operations_by_kind(), idle, time.perf_counter() - started, n)
     delivered = server.count("fax_jobs", {"communication_id": {"$in": ids}, "status": "DELIVERED"})
     return {
         "faxes": n,
         "delivered": delivered,
-        "idle_ops_per_second": round(rate, 1),
-        "ops_per_send": round(per_send, 1),
-        "ops_per_delivered_fax_including_send": round(total, 1),
+        "idle_ops_per_second": round(sum(idle.values()), 1),
+        "ops_per_send": round(sum(send_kinds.values()), 1),
+        "ops_per_delivered_fax_including_send": round(sum(total_kinds.values()), 1),
+        "per_send_by_kind": send_kinds,
+        "per_delivered_fax_by_kind": total_kinds,
     }
 
 

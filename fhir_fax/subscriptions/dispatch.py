@@ -72,15 +72,33 @@ class Dispatcher:
                     for bucket in version_buckets(document, current["_id"])
                 }
                 watching = await self._watching(sorted(buckets))
+            dispatched: list[dict[str, Any]] = []
             for start in range(0, len(marked), CONCURRENT):
+                chunk = marked[start : start + CONCURRENT]
                 done = await asyncio.gather(
                     *(
-                        self._guarded(resource_type, d, versions[start + offset], watching)
-                        for offset, d in enumerate(marked[start : start + CONCURRENT])
+                        self._guarded(resource_type, d, versions[start + offset], watching, clear=False)
+                        for offset, d in enumerate(chunk)
                     )
                 )
-                handled += sum(done)
+                dispatched += [d for d, ok in zip(chunk, done, strict=True) if ok]
+            await self._clear(resource_type, dispatched)
+            handled += len(dispatched)
         return handled
+
+    async def _clear(self, resource_type: str, dispatched: list[dict[str, Any]]) -> None:
+        """Clear the marks of resources whose notifications are queued: one write per newest version among them.
+
+        A resource written meanwhile has a newer version (which kept the mark), so it is left for the next pass;
+        one whose mark another process cleared meanwhile is cleared again, which changes nothing.
+        """
+        by_version: dict[int, list[Any]] = {}
+        for current in dispatched:
+            by_version.setdefault(current[RESERVED]["version"], []).append(current["_id"])
+        for version, ids in sorted(by_version.items()):
+            await self.store.collection(resource_type).update_many(
+                {"_id": {"$in": ids}, f"{RESERVED}.version": version}, {"$unset": {f"{RESERVED}.{PENDING}": ""}}
+            )
 
     async def _guarded_versions(
         self, resource_type: str, current: dict[str, Any]
@@ -104,10 +122,12 @@ class Dispatcher:
         current: dict[str, Any],
         versions: list[tuple[dict[str, Any], bool]] | None = None,
         watching: list[dict[str, Any]] | None = None,
+        *,
+        clear: bool = True,
     ) -> bool:
         """One resource's dispatch; a failure is logged and left for the next pass (its mark stays)."""
         try:
-            await self.dispatch(resource_type, current, versions, watching)
+            await self.dispatch(resource_type, current, versions, watching, clear=clear)
         except Exception:
             stop_if_cancelled()
             log.exception("notifications of %s/%s could not be dispatched; retrying", resource_type, current["_id"])
@@ -120,11 +140,14 @@ class Dispatcher:
         current: dict[str, Any],
         versions: list[tuple[dict[str, Any], bool]] | None = None,
         watching: list[dict[str, Any]] | None = None,
+        *,
+        clear: bool = True,
     ) -> None:
         """Queue the notifications of every version of ``current`` from its pending mark, then clear the mark.
 
         ``versions`` and ``watching``: those versions, and the Subscriptions filed under their match keys, when
-        the caller read them already (``step``); read here otherwise.
+        the caller read them already (``step``); read here otherwise. ``clear`` False: the caller clears the
+        mark once the whole batch is queued (``_clear``).
         """
         first = current[RESERVED][PENDING]
         newest = current[RESERVED]["version"]
@@ -139,6 +162,8 @@ class Dispatcher:
             for document, in_history in versions:
                 await self._notify(resource_type, current["_id"], document, in_history, watching)
             crash_point("subscription-queued")
+        if not clear:
+            return
         await self.store.collection(resource_type).update_one(
             {"_id": current["_id"], f"{RESERVED}.version": newest, f"{RESERVED}.{PENDING}": first},
             {"$unset": {f"{RESERVED}.{PENDING}": ""}},
