@@ -354,14 +354,25 @@ def section_history(server: Server, sizes: list[int], seconds: float) -> list[di
     return results
 
 
+def open_fds(pid: int) -> int:
+    """File descriptors the process has open (sockets, files)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def section_soak(server: Server, seconds: float) -> dict[str, Any]:
-    samples: list[tuple[float, float]] = []
+    """Mixed sends with deliveries running throughout; the server's RSS and open descriptors (and the
+    database's) sampled every 2 s."""
+    samples: list[tuple[float, float, int, float, int]] = []
     stop = threading.Event()
     started = time.monotonic()
+    database_pid = server.database_process.pid
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append((time.monotonic() - started, server.process.memory_mb()))
+            samples.append((
+                time.monotonic() - started, server.process.memory_mb(), open_fds(server.process.pid),
+                server.database_process.memory_mb(), open_fds(database_pid),
+            ))  # fmt: skip
             stop.wait(2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -372,15 +383,27 @@ def section_soak(server: Server, seconds: float) -> dict[str, Any]:
         sent += len(ids)
     stop.set()
     sampler.join()
-    server.wait_delivered([], 0)
-    half = [m for t, m in samples if t >= seconds / 2]
+    delivered = server.count("fax_jobs", {"status": "DELIVERED"})
+    half = [s for s in samples if s[0] >= seconds / 2]
+    tenth = [s for s in samples if s[0] >= seconds / 10]
+
+    def at(sample: tuple[float, float, int, float, int] | None) -> dict[str, Any] | None:
+        if sample is None:
+            return None
+        return {"t": round(sample[0]), "rss_mb": round(sample[1], 1), "fds": sample[2],
+                "database_rss_mb": round(sample[3], 1), "database_fds": sample[4]}  # fmt: skip
+
     return {
         "seconds": round(time.monotonic() - started, 1),
         "faxes": sent,
-        "rss_mb_start": round(samples[0][1], 1),
-        "rss_mb_middle": round(half[0], 1) if half else None,
-        "rss_mb_end": round(samples[-1][1], 1),
-        "rss_mb_max": round(max(m for _, m in samples), 1),
+        "delivered_by_the_end": delivered,
+        "start": at(samples[0]),
+        "after_a_tenth": at(tenth[0] if tenth else None),
+        "middle": at(half[0] if half else None),
+        "end": at(samples[-1]),
+        "rss_mb_max": round(max(s[1] for s in samples), 1),
+        "fds_max": max(s[2] for s in samples),
+        "series": [at(s) for s in samples[:: max(1, len(samples) // 30)]],
     }
 
 
