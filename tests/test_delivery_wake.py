@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
 
+from fhir_fax.fax.status import StatusEvent
 from fhir_fax.fax.worker import create_worker
 from fhir_fax.runtime import Runtime
 from fhir_fax.settings import Settings
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
 from fhir_fax.subscriptions.resource import check_subscription
 
-from helpers import MEDIA, SEED_SENDER, serving_fax, wait_final
+from helpers import MEDIA, SEED_SENDER, outbound_status, serving_fax, wait_final
 
 BODY = {"media": MEDIA, "quality": "standard", "recipientNumber": "+16175550143", "sender": SEED_SENDER}
 
@@ -160,3 +162,53 @@ async def test_a_version_written_during_a_pass_keeps_its_mark(watched: tuple[Run
     queued = await database[NOTIFICATIONS].find({"subscription": subscription_id}).to_list(None)
     assert sorted(n["version"] for n in queued) == [1, 2], "each version once"
     assert "pending" not in (await database["Communication"].find_one({"_id": created["id"]}))["_fhirfax"]
+
+
+async def test_news_of_a_fax_this_process_handed_over_is_applied_without_reading_the_job_back(
+    fax_settings: Settings, mongo_uri: str
+) -> None:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    commands = Commands(name)
+    client: Any = AsyncMongoClient(mongo_uri, tz_aware=True, event_listeners=[commands])
+    database = client[name]
+    settings = fax_settings.model_copy(update={"worker_enabled": False, "simulator_speed": 0.001})
+    try:
+        async with serving_fax(settings, database) as api:
+            communication_id = (await api.post("/fax/v1/send", json=BODY)).json()["communicationResource"]["id"]
+            worker = create_worker(settings, database)
+            assert await worker.step() is True
+            job = await database.fax_jobs.find_one({"communication_id": communication_id})
+            commands.seen.clear()
+            moment = datetime.now(UTC)
+            assert await worker.tracker.apply(StatusEvent(f"{job['_id']}:1", "SENDING", moment)) is True
+            assert ("find", "fax_jobs") not in commands.seen, "the job as handed over, plus the change"
+            assert await worker.tracker.apply(StatusEvent(f"{job['_id']}:1", "DELIVERED", moment, pages=2)) is True
+            assert ("find", "fax_jobs") not in commands.seen
+            final = await wait_final(api, communication_id)
+            stored = await database.fax_jobs.find_one({"communication_id": communication_id})
+        assert final["status"] == "completed" and stored["state"] == "done" and stored["synced"] is True
+        assert stored["pages"] == 2 and stored["position"] == 13
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+async def test_news_applied_by_another_process_meanwhile_is_read_back(fax_settings: Settings, database: Any) -> None:
+    """This process's picture of the job is stale (another one applied SENDING): its compare-and-set misses, the
+    job is read back, the DELIVERED news still applies once and the late SENDING changes nothing."""
+    settings = fax_settings.model_copy(update={"worker_enabled": False, "simulator_speed": 0.001})
+    async with serving_fax(settings, database) as api:
+        communication_id = (await api.post("/fax/v1/send", json=BODY)).json()["communicationResource"]["id"]
+        worker = create_worker(settings, database)
+        assert await worker.step() is True
+        fax_id = (await database.fax_jobs.find_one({"communication_id": communication_id}))["_id"]
+        elsewhere = create_worker(settings, database)  # its own outbox: it knows nothing of the hand-over
+        moment = datetime.now(UTC)
+        assert await elsewhere.tracker.apply(StatusEvent(f"{fax_id}:1", "SENDING", moment)) is True
+        assert await worker.tracker.apply(StatusEvent(f"{fax_id}:1", "DELIVERED", moment, pages=2)) is True
+        assert await worker.tracker.apply(StatusEvent(f"{fax_id}:1", "SENDING", moment)) is False
+        final = await wait_final(api, communication_id)
+        history = (await api.get(f"/fhir/Communication/{communication_id}/_history")).json()
+    assert final["status"] == "completed"
+    statuses = [outbound_status(entry["resource"]) for entry in reversed(history["entry"])]
+    assert statuses == ["QUEUED", "PROCESSING", "SENDING", "DELIVERED"]

@@ -41,6 +41,7 @@ from .transports.base import Submission, Transport, TransportError
 log = logging.getLogger("fhir_fax.worker")
 PAST_KILL_TIME = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
 RECONCILE_EVERY = 1.0  # seconds between reconciliation passes
+WAKE_TICK = 0.05  # seconds: woken by sends, the worker looks for work at most this often
 RENDERINGS_KEPT_BYTES = 16 * 1024 * 1024  # renderings of pinned versions kept in memory, per worker
 
 
@@ -63,6 +64,7 @@ class Worker:
         self._rendered: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._rendered_bytes = 0
         self._drained = False  # the last claim found fewer due jobs than it had room for
+        self._stepped_at = 0.0  # when ``run`` last looked for work (loop time)
         self._enqueued: asyncio.Event | None = None  # set when a send in this process commits, while ``run`` runs
 
     async def run(self) -> None:
@@ -75,6 +77,7 @@ class Worker:
         try:
             while True:
                 enqueued.clear()  # a job committed from here on is found by the step below or wakes the wait
+                self._stepped_at = asyncio.get_running_loop().time()
                 try:
                     busy = await self.step()
                 except Exception:
@@ -99,6 +102,10 @@ class Worker:
         elif self._enqueued is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._enqueued.wait(), self.settings.worker_poll_seconds)
+            loop = asyncio.get_running_loop()
+            rest = self._stepped_at + WAKE_TICK - loop.time()
+            if rest > 0:  # under a stream of sends, the jobs of several commits are claimed by one read
+                await asyncio.sleep(rest)
         else:
             await asyncio.sleep(self.settings.worker_poll_seconds)
 
