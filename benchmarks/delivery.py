@@ -248,6 +248,8 @@ def section_ops(server: Server, n: int, work: Path) -> dict[str, Any]:
 
 
 def section_drain(server: Server, n: int) -> dict[str, Any]:
+    """Also the CPU the database and the server used meantime: which of them the drain waited for."""
+    database_cpu, server_cpu = server.database_process.cpu_seconds(), server.process.cpu_seconds()
     accept, ids = server.send_many(n)
     started_after_accept = server.wait_delivered(ids, 600)
     drain = accept + started_after_accept
@@ -256,6 +258,8 @@ def section_drain(server: Server, n: int) -> dict[str, Any]:
         "accept_seconds": round(accept, 2),
         "all_finished_seconds": round(drain, 2),
         "drain_ratio": round(drain / accept, 2),
+        "database_cpu_seconds": round(server.database_process.cpu_seconds() - database_cpu, 1),
+        "server_cpu_seconds": round(server.process.cpu_seconds() - server_cpu, 1),
         "delivered": server.count("fax_jobs", {"communication_id": {"$in": ids}, "status": "DELIVERED"}),
     }
 
