@@ -1,5 +1,6 @@
 """Delivery does less work per fax: the worker is woken by a send, renews a lease only when it must, and
-subscription delivery reads and clears the versions of a burst of writes together.
+subscription delivery reads and clears the versions of a burst of writes together. A start reads no stored
+resource once its database has been migrated.
 
 Each behaviour is checked by what it must still guarantee (the fax is delivered, a lapsed lease still stops
 the hand-over, a version written during a pass keeps its mark) as well as by the work saved.
@@ -18,6 +19,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from fhir_fax.fax.status import StatusEvent
 from fhir_fax.fax.worker import create_worker
+from fhir_fax.fhir.store import MIGRATIONS
 from fhir_fax.runtime import Runtime
 from fhir_fax.settings import Settings
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
@@ -212,3 +214,26 @@ async def test_news_applied_by_another_process_meanwhile_is_read_back(fax_settin
     assert final["status"] == "completed"
     statuses = [outbound_status(entry["resource"]) for entry in reversed(history["entry"])]
     assert statuses == ["QUEUED", "PROCESSING", "SENDING", "DELIVERED"]
+
+
+async def test_a_start_on_a_migrated_database_reads_no_resource(settings: Settings, mongo_uri: str) -> None:
+    """The start-up migration of creation and sort keys reads a type's documents only until it is recorded:
+    on the embedded database its queries read (and hold) the whole collection."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    commands = Commands(name)
+    client: Any = AsyncMongoClient(mongo_uri, tz_aware=True, event_listeners=[commands])
+    try:
+        first = Runtime.build(settings, client[name])
+        await first.prepare()
+        await first.store.create(communication("stored"))
+        await first.close()
+        commands.seen.clear()
+        again = Runtime.build(settings, client[name])
+        await again.prepare()
+        await again.close()
+        assert ("find", "Communication") not in commands.seen
+        assert ("find", "Communication_history") not in commands.seen
+        assert ("find", MIGRATIONS) in commands.seen, "one read of what was migrated"
+    finally:
+        await client.drop_database(name)
+        await client.close()
