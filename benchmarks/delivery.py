@@ -65,6 +65,7 @@ class Server:
         self.speed = speed
         self.extra = extra or {}
         self.database_server = EmbeddedDatabase(data or work / "data")
+        self.database_server.startup_timeout = 600  # a kept million-fax database loads for a while
         self.app: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.token = ""
