@@ -154,6 +154,7 @@ class Dispatcher:
         if resource_type == "Subscription":
             if current.get("status") == "active" and not current[RESERVED]["deleted"]:
                 released = await self.queue.release(current["_id"])
+                self.queued += released  # due again: sent in this pass
                 if released:
                     log.info("Subscription/%s is active again: %d notification(s) due", current["_id"], released)
         else:
