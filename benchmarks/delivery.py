@@ -60,14 +60,16 @@ SECTIONS = ("ops", "drain", "throughput", "history", "soak")
 class Server:
     """The embedded database and the app (worker on, simulator carrier), each in its own process."""
 
-    def __init__(self, work: Path, speed: float, extra: dict[str, str] | None = None) -> None:
+    def __init__(self, work: Path, speed: float, extra: dict[str, str] | None = None, data: Path | None = None) -> None:
         self.work = work
         self.speed = speed
         self.extra = extra or {}
-        self.database_server = EmbeddedDatabase(work / "data")
+        self.database_server = EmbeddedDatabase(data or work / "data")
+        self.database_server.startup_timeout = 600  # a kept million-fax database loads for a while
         self.app: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.token = ""
+        self.started_in = 0.0  # seconds from starting the app until it served
 
     def start_database(self) -> None:
         self.uri = self.database_server.start()
@@ -97,7 +99,9 @@ class Server:
                 [sys.executable, str(HERE / "bench_server.py")], stdout=out, stderr=subprocess.STDOUT, env=env
             )
         self.url = f"http://127.0.0.1:{port}"
-        wait_until_serving(self.app, self.url, log)
+        starting = time.perf_counter()
+        wait_until_serving(self.app, self.url, log, seconds=1800)  # a start on a kept million-fax database is slow
+        self.started_in = time.perf_counter() - starting
         self.process = Process(self.app.pid)
         answer = httpx.post(
             f"{self.url}/oauth/token",
@@ -135,9 +139,13 @@ class Server:
 
     def operations(self) -> int:
         """Every operation the database has counted so far (``serverStatus.opcounters``, all kinds)."""
+        return sum(self.operations_by_kind().values())
+
+    def operations_by_kind(self) -> dict[str, int]:
+        """``serverStatus.opcounters`` as counted so far, by kind (insert, query, update, delete, getmore, command)."""
         with MongoClient(self.uri) as client:
             counters = client.admin.command("serverStatus")["opcounters"]
-        return int(sum(v for v in counters.values() if isinstance(v, int)))
+        return {k: int(v) for k, v in counters.items() if isinstance(v, int)}
 
     def count(self, collection: str, query: dict[str, Any]) -> int:
         with MongoClient(self.uri) as client:
@@ -193,12 +201,23 @@ class Server:
 # -- sections -------------------------------------------------------------------------------------------
 
 
-def idle_rate(server: Server, seconds: float = 5.0) -> float:
-    """Operations a second while nothing is sent (driver heartbeats, the worker's idle queries)."""
+def by_kind(
+    before: dict[str, int], after: dict[str, int], idle: dict[str, float], seconds: float, n: int
+) -> dict[str, float]:
+    """Operations of each kind per fax between two readings, each kind's idle rate subtracted."""
+    return {
+        kind: round((after.get(kind, 0) - before.get(kind, 0) - idle.get(kind, 0.0) * seconds) / n, 2)
+        for kind in sorted(after)
+    }
+
+
+def idle_rates(server: Server, seconds: float = 5.0) -> dict[str, float]:
+    """Operations a second of each kind while nothing is sent (driver heartbeats, the idle polls)."""
     time.sleep(2)
-    before, started = server.operations(), time.perf_counter()
+    before, started = server.operations_by_kind(), time.perf_counter()
     time.sleep(seconds)
-    return (server.operations() - before) / (time.perf_counter() - started)
+    after, took = server.operations_by_kind(), time.perf_counter() - started
+    return {kind: (after[kind] - before.get(kind, 0)) / took for kind in after}
 
 
 def section_ops(server: Server, n: int, work: Path) -> dict[str, Any]:
@@ -208,29 +227,33 @@ def section_ops(server: Server, n: int, work: Path) -> dict[str, Any]:
         quiet.start_database()
         quiet.start_app()
         quiet.upload_document()
-        rate = idle_rate(quiet)
-        before, started = quiet.operations(), time.perf_counter()
+        idle = idle_rates(quiet)
+        before, started = quiet.operations_by_kind(), time.perf_counter()
         quiet.send_many(n, concurrency=4)
-        per_send = (quiet.operations() - before - rate * (time.perf_counter() - started)) / n
+        send_kinds = by_kind(before, quiet.operations_by_kind(), idle, time.perf_counter() - started, n)
     finally:
         quiet.stop()
-    rate = idle_rate(server)
-    before, started = server.operations(), time.perf_counter()
+    idle = idle_rates(server)
+    before, started = server.operations_by_kind(), time.perf_counter()
     _, ids = server.send_many(n, concurrency=4)
     server.wait_delivered(ids, 300)
     time.sleep(0.5)  # the last Communication versions and audit events
-    total = (server.operations() - before - rate * (time.perf_counter() - started)) / n
+    total_kinds = by_kind(before, server.operations_by_kind(), idle, time.perf_counter() - started, n)
     delivered = server.count("fax_jobs", {"communication_id": {"$in": ids}, "status": "DELIVERED"})
     return {
         "faxes": n,
         "delivered": delivered,
-        "idle_ops_per_second": round(rate, 1),
-        "ops_per_send": round(per_send, 1),
-        "ops_per_delivered_fax_including_send": round(total, 1),
+        "idle_ops_per_second": round(sum(idle.values()), 1),
+        "ops_per_send": round(sum(send_kinds.values()), 1),
+        "ops_per_delivered_fax_including_send": round(sum(total_kinds.values()), 1),
+        "per_send_by_kind": send_kinds,
+        "per_delivered_fax_by_kind": total_kinds,
     }
 
 
 def section_drain(server: Server, n: int) -> dict[str, Any]:
+    """Also the CPU the database and the server used meantime: which of them the drain waited for."""
+    database_cpu, server_cpu = server.database_process.cpu_seconds(), server.process.cpu_seconds()
     accept, ids = server.send_many(n)
     started_after_accept = server.wait_delivered(ids, 600)
     drain = accept + started_after_accept
@@ -239,6 +262,8 @@ def section_drain(server: Server, n: int) -> dict[str, Any]:
         "accept_seconds": round(accept, 2),
         "all_finished_seconds": round(drain, 2),
         "drain_ratio": round(drain / accept, 2),
+        "database_cpu_seconds": round(server.database_process.cpu_seconds() - database_cpu, 1),
+        "server_cpu_seconds": round(server.process.cpu_seconds() - server_cpu, 1),
         "delivered": server.count("fax_jobs", {"communication_id": {"$in": ids}, "status": "DELIVERED"}),
     }
 
@@ -277,8 +302,8 @@ def section_throughput(server: Server, requests: int, seconds: float) -> dict[st
 
 
 def seed_history(server: Server, total: int) -> None:
-    """Bring the finished faxes in the database up to ``total``: jobs and simulator records as the product
-    leaves them once a fax is DELIVERED (a template fax is read from the database and copied)."""
+    """Bring the finished faxes in the database up to ``total``: jobs, their Communications and the simulator's
+    records as the product leaves them once a fax is DELIVERED (a delivered fax is read back and copied)."""
 
     async def seed() -> None:
         client = AsyncMongoClient(server.uri, tz_aware=True)
@@ -287,16 +312,25 @@ def seed_history(server: Server, total: int) -> None:
         job = await database.fax_jobs.find_one({"state": "done", "status": "DELIVERED"})
         record = await database.simulator_faxes.find_one({"done": True})
         assert job is not None and record is not None, "deliver one fax first"
+        communication = await database.Communication.find_one({"_id": job["communication_id"]})
+        assert communication is not None
+        communication["_fhirfax"].pop("pending", None)
         batch = 2000
         for start in range(have, total, batch):
-            jobs, records = [], []
+            jobs, records, communications = [], [], []
             for n in range(start, min(total, start + batch)):
-                fax_id, carrier_id = f"history-{n}", f"sim-history-{n}"
-                jobs.append({**job, "_id": fax_id, "communication_id": str(uuid.uuid4()),
+                fax_id, carrier_id, communication_id = f"history-{n}", f"sim-history-{n}", str(uuid.uuid4())
+                jobs.append({**job, "_id": fax_id, "communication_id": communication_id,
                              "carrier_ids": {"1": carrier_id}})  # fmt: skip
                 records.append({**record, "_id": carrier_id, "reference": f"{fax_id}:1"})
+                identifier = [{**i, "value": fax_id} for i in communication.get("identifier", [])[:1]]
+                communications.append({**communication, "_id": communication_id, "id": communication_id,
+                                       "identifier": identifier})  # fmt: skip
             await database.fax_jobs.insert_many(jobs, ordered=False)
             await database.simulator_faxes.insert_many(records, ordered=False)
+            await database.Communication.insert_many(communications, ordered=False)
+            if start % 100_000 == 0:
+                print(f"  seeding: {start}", flush=True)
         await client.close()
 
     asyncio.run(seed())
@@ -307,7 +341,9 @@ def section_history(server: Server, sizes: list[int], seconds: float) -> list[di
     _warm, ids = server.send_many(1, 1)
     server.wait_delivered(ids, 120)
     for size in sizes:
+        seeding = time.perf_counter()
         seed_history(server, size)
+        print(f"  seeded {size} finished faxes in {time.perf_counter() - seeding:.0f} s", flush=True)
         time.sleep(3)
         cpu = server.idle_database_cpu(seconds)
         latencies = []
@@ -318,6 +354,7 @@ def section_history(server: Server, sizes: list[int], seconds: float) -> list[di
             latencies.append(time.perf_counter() - started)
         results.append({
             "finished_faxes": size,
+            "app_start_seconds": round(server.started_in, 1),
             "idle_database_cpu_percent": round(cpu, 1),
             "send_to_delivered_median_s": round(statistics.median(latencies), 3),
         })  # fmt: skip
@@ -326,14 +363,25 @@ def section_history(server: Server, sizes: list[int], seconds: float) -> list[di
     return results
 
 
+def open_fds(pid: int) -> int:
+    """File descriptors the process has open (sockets, files)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def section_soak(server: Server, seconds: float) -> dict[str, Any]:
-    samples: list[tuple[float, float]] = []
+    """Mixed sends with deliveries running throughout; the server's RSS and open descriptors (and the
+    database's) sampled every 2 s."""
+    samples: list[tuple[float, float, int, float, int]] = []
     stop = threading.Event()
     started = time.monotonic()
+    database_pid = server.database_process.pid
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append((time.monotonic() - started, server.process.memory_mb()))
+            samples.append((
+                time.monotonic() - started, server.process.memory_mb(), open_fds(server.process.pid),
+                server.database_process.memory_mb(), open_fds(database_pid),
+            ))  # fmt: skip
             stop.wait(2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -344,15 +392,27 @@ def section_soak(server: Server, seconds: float) -> dict[str, Any]:
         sent += len(ids)
     stop.set()
     sampler.join()
-    server.wait_delivered([], 0)
-    half = [m for t, m in samples if t >= seconds / 2]
+    delivered = server.count("fax_jobs", {"status": "DELIVERED"})
+    half = [s for s in samples if s[0] >= seconds / 2]
+    tenth = [s for s in samples if s[0] >= seconds / 10]
+
+    def at(sample: tuple[float, float, int, float, int] | None) -> dict[str, Any] | None:
+        if sample is None:
+            return None
+        return {"t": round(sample[0]), "rss_mb": round(sample[1], 1), "fds": sample[2],
+                "database_rss_mb": round(sample[3], 1), "database_fds": sample[4]}  # fmt: skip
+
     return {
         "seconds": round(time.monotonic() - started, 1),
         "faxes": sent,
-        "rss_mb_start": round(samples[0][1], 1),
-        "rss_mb_middle": round(half[0], 1) if half else None,
-        "rss_mb_end": round(samples[-1][1], 1),
-        "rss_mb_max": round(max(m for _, m in samples), 1),
+        "delivered_by_the_end": delivered,
+        "start": at(samples[0]),
+        "after_a_tenth": at(tenth[0] if tenth else None),
+        "middle": at(half[0] if half else None),
+        "end": at(samples[-1]),
+        "rss_mb_max": round(max(s[1] for s in samples), 1),
+        "fds_max": max(s[2] for s in samples),
+        "series": [at(s) for s in samples[:: max(1, len(samples) // 30)]],
     }
 
 
@@ -362,6 +422,9 @@ def main() -> None:
     parser.add_argument("--faxes", type=int, default=300, help="faxes in the drain")
     parser.add_argument("--ops-faxes", type=int, default=40, help="faxes whose operations are counted")
     parser.add_argument("--history", default="0,20000,100000", help="finished faxes for the idle measurements")
+    parser.add_argument(
+        "--data", type=Path, help="keep the history section's database here (seeded once, reused by later runs)"
+    )
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--speed", type=float, default=1.0, help="simulator speed during the throughput section")
     parser.add_argument("--requests", type=int, default=1500, help="requests per throughput cell")
@@ -374,7 +437,7 @@ def main() -> None:
     for section in chosen:
         work = Path(tempfile.mkdtemp(prefix=f"fhir-fax-delivery-{section}-"))
         speed = args.speed if section in ("throughput", "soak") else 1000.0
-        server = Server(work, speed)
+        server = Server(work, speed, data=args.data if section == "history" else None)
         try:
             server.start_database()
             server.start_app()

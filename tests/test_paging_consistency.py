@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from fhir_fax.fhir.store import MIGRATIONS
+
 from helpers import FHIR_JSON, MEDIA, SEED_SENDER
 
 STATUSES = ["preparation", "in-progress", "on-hold", "completed", "stopped", "not-done"]
@@ -225,9 +227,11 @@ async def test_resources_stored_before_creation_keys_get_them_at_start_up(settin
         made = [(await create(api, n))["id"] for n in range(5)]
         await touch(api, made[0], 1)
         assert (await api.delete(f"/fhir/Communication/{made[1]}")).status_code == 204
-    # As an earlier release stored them: no creation key, deletion markers without a sort key.
+    # As an earlier release stored them: no creation key, deletion markers without a sort key, no record of
+    # the migration.
     await database["Communication"].update_many({}, {"$unset": {"_fhirfax.created": ""}})
     await database["Communication"].update_many({"_fhirfax.deleted": True}, {"$unset": {"_fhirfax.sort": ""}})
+    await database[MIGRATIONS].delete_many({})
     async with serving(settings, database) as api:
         bundle = (await api.get("/fhir/Communication", params={"_count": "2"})).json()
         walked = ids(bundle)

@@ -38,8 +38,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,6 +55,7 @@ from .jobs import Job, JobState, OutboundStatus, Position, UnreadableJob
 COLLECTION = "fax_jobs"
 REPAIR_FIRST_DELAY = 5.0  # seconds before a job set aside is tried again; doubles each time
 REPAIR_MAX_DELAY = 600.0
+HANDED_KEPT = 4096  # jobs handed over by this process kept in memory for the news that follows
 SYNC_GRACE = timedelta(seconds=5)  # a Communication lagging this long behind its job is repaired by reconciliation
 DUE_FIELDS = ("due_at", "check_at", "sync_at")
 OBSOLETE_INDEXES = ("due", "leases", "news", "unsynced")  # flags and states scanned before due times existed
@@ -125,6 +127,7 @@ class Claimed:
     jobs: list[Job] = field(default_factory=list)
     set_aside: int = 0
     takeovers: set[str] = field(default_factory=set)  # jobs taken over from a lapsed lease (the carrier may have them)
+    read: int = 0  # due jobs the claim read (fewer than asked: none was left due at that moment)
 
     def __bool__(self) -> bool:
         return bool(self.jobs) or self.set_aside > 0
@@ -152,6 +155,17 @@ def _held(job: Job, owner: str) -> dict[str, Any]:
 class Outbox:
     def __init__(self, database: Any) -> None:
         self.collection = database[COLLECTION]
+        # Jobs this process handed over, as it wrote them (newest last, ``HANDED_KEPT`` at most): news of one
+        # moves it with a single compare-and-set on the position it knows, and no read-back (``advance``).
+        self._handed: OrderedDict[str, Job] = OrderedDict()
+        # Told when a job enqueued by this process is committed (``committed``): a worker in this process
+        # listens, so it takes the job at once rather than at its next poll (workers elsewhere find it then).
+        self.listeners: list[Callable[[], None]] = []
+
+    def committed(self) -> None:
+        """A transaction that enqueued a job has committed: wake the workers of this process."""
+        for listener in self.listeners:
+            listener()
 
     async def ensure_indexes(self) -> None:
         for name in DUE_FIELDS:  # sparse: a finished job is in none of them
@@ -226,7 +240,9 @@ class Outbox:
         """
         moment = now()
         claimed = Claimed()
-        for document in await self.due(moment, limit):
+        due = await self.due(moment, limit)
+        claimed.read = len(due)
+        for document in due:
             token = f"{owner}/{uuid.uuid4().hex[:8]}"
             job = await self._claim_one(document, token, lease, moment, claimed)
             if job is not None:
@@ -302,9 +318,30 @@ class Outbox:
             in_line = {**_held(job, owner), "rank": job.position.rank}
             synced = {"$set": {**changes, "synced": True}, "$unset": {"due_at": "", "sync_at": "", "repair": ""}}
             if (await self.collection.update_one(in_line, synced)).modified_count == 1:
+                self._remember(job, carrier, carrier_id, moment, synced=True)
                 return True
         result = await self.collection.update_one(_held(job, owner), {"$set": changes, "$unset": {"due_at": ""}})
-        return bool(result.modified_count == 1)
+        if result.modified_count != 1:
+            return False
+        self._remember(job, carrier, carrier_id, moment, synced=job.synced)
+        return True
+
+    def _remember(self, job: Job, carrier: str, carrier_id: str, moment: datetime, *, synced: bool) -> None:
+        """Keep the job as the hand-over left it, for ``advance``."""
+        handed = replace(
+            job,
+            state=JobState.SUBMITTED,
+            carrier=carrier,
+            carrier_ids={**job.carrier_ids, str(job.attempt): carrier_id},
+            lease_owner=None,
+            lease_expires=None,
+            last_news_at=moment,
+            synced=synced,
+        )
+        self._handed[job.id] = handed
+        self._handed.move_to_end(job.id)
+        while len(self._handed) > HANDED_KEPT:
+            self._handed.popitem(last=False)
 
     async def advance(self, fax_id: str, attempt: int, status: OutboundStatus, extra: dict[str, Any]) -> Job | None:
         """Move to ``status`` of ``attempt`` if that is forward; returns the job after, or None."""
@@ -322,7 +359,25 @@ class Outbox:
         update: dict[str, Any] = {"$set": changes}
         if target.final:  # nothing is due for a finished job but bringing its Communication in line
             update["$unset"] = {"due_at": "", "check_at": ""}
-        return await self._change({"_id": fax_id, **_forward_of(target)}, update)
+        known = self._handed.pop(fax_id, None)
+        if known is not None and known.position < target:
+            # Exactly the position this process left it at: the job is what it knows plus these changes.
+            where = {"_id": fax_id, "position": known.position.key, "state": {"$ne": JobState.DONE.value}}
+            if (await self.collection.update_one(where, update)).matched_count == 1:
+                after = replace(
+                    known,
+                    attempt=attempt,
+                    status=status,
+                    state=JobState(extra["state"]) if "state" in extra else known.state,
+                    finished_at=extra.get("finished_at", known.finished_at),
+                    pages=extra.get("pages", known.pages),
+                    last_news_at=moment,
+                    synced=False,
+                )
+                if after.state is not JobState.DONE:
+                    self._handed[fax_id] = after
+                return after
+        return await self._change({"_id": fax_id, **_forward_of(target)}, update)  # moved by someone else, or unknown
 
     async def fail_attempt(
         self,
@@ -340,6 +395,7 @@ class Outbox:
         reconciliation looks at the retry when it is due).
         """
         moment = now()
+        self._handed.pop(fax_id, None)  # its position moves here: the next news is read back as usual
         unset: dict[str, Any] = {}
         if retry_at is None:
             status, state = OutboundStatus.STOPPED, JobState.DONE

@@ -497,7 +497,7 @@ class FaxService:
             return stored
 
         try:
-            return await in_transaction(self.database.client, write)
+            stored = await in_transaction(self.database.client, write)
         except DuplicateKeyError:
             raise
         except PyMongoError:
@@ -505,6 +505,8 @@ class FaxService:
                 "The fax could not be recorded because the database did not accept the write; nothing was stored "
                 "or sent. Retry the same request (with the same Idempotency-Key)."
             ) from None
+        self.outbox.committed()  # the job is visible now: a worker in this process takes it without waiting
+        return stored
 
     async def pin(self, location: Z3Location, media: MediaInfo, name: str = "media") -> None:
         """Keep the inspected version for the fax (replacing or deleting the key no longer removes it).

@@ -9,10 +9,12 @@ each in its own task, and spaces its submissions by the carrier's declared rate 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import partial
@@ -39,6 +41,8 @@ from .transports.base import Submission, Transport, TransportError
 log = logging.getLogger("fhir_fax.worker")
 PAST_KILL_TIME = Failure("FAILED", "The fax was not delivered before its kill time; it will not be retried.")
 RECONCILE_EVERY = 1.0  # seconds between reconciliation passes
+WAKE_TICK = 0.05  # seconds: woken by sends, the worker looks for work at most this often
+RENDERINGS_KEPT_BYTES = 16 * 1024 * 1024  # renderings of pinned versions kept in memory, per worker
 
 
 class Worker:
@@ -56,33 +60,52 @@ class Worker:
         self._last_reconcile = 0.0
         self._running: set[asyncio.Task[None]] | None = None  # attempts in progress, while ``run`` runs
         self._renderings: dict[tuple[str, str], asyncio.Future[bytes]] = {}
+        # Renderings of pinned versions made or read lately: the same document faxed again is not read again.
+        self._rendered: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._rendered_bytes = 0
+        self._drained = False  # the last claim found fewer due jobs than it had room for
+        self._stepped_at = 0.0  # when ``run`` last looked for work (loop time)
+        self._enqueued: asyncio.Event | None = None  # set when a send in this process commits, while ``run`` runs
 
     async def run(self) -> None:
         """Work until cancelled: each claimed attempt runs in its own task, up to ``slots`` at once."""
         await self.transport.start(self.tracker.apply)
         log.info("worker %s started (carrier: %s, %s at once)", self.owner, self.transport.name, self.slots)
         running = self._running = set()
+        enqueued = self._enqueued = asyncio.Event()
+        self.outbox.listeners.append(enqueued.set)
         try:
             while True:
+                enqueued.clear()  # a job committed from here on is found by the step below or wakes the wait
+                self._stepped_at = asyncio.get_running_loop().time()
                 try:
                     busy = await self.step()
                 except Exception:
                     stop_if_cancelled()
                     log.exception("worker step failed; continuing")
                     busy = False
-                if not busy:
+                if not busy or self._drained:  # the queue had no more due jobs than this step took
                     await self._wait(running)
         finally:
-            self._running = None
+            self.outbox.listeners.remove(enqueued.set)
+            self._running = self._enqueued = None
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             await self.transport.stop()
 
     async def _wait(self, running: set[asyncio.Task[None]]) -> None:
-        """Until the next look for work: the poll interval, or, with every slot taken, until an attempt ends."""
+        """Until the next look for work: with every slot taken, until an attempt ends; else until a send of this
+        process commits a job, or the poll interval (jobs of other processes, retries, lapsed leases)."""
         if len(running) >= self.slots:
             await asyncio.wait(running, timeout=RECONCILE_EVERY, return_when=asyncio.FIRST_COMPLETED)
+        elif self._enqueued is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._enqueued.wait(), self.settings.worker_poll_seconds)
+            loop = asyncio.get_running_loop()
+            rest = self._stepped_at + WAKE_TICK - loop.time()
+            if rest > 0:  # under a stream of sends, the jobs of several commits are claimed by one read
+                await asyncio.sleep(rest)
         else:
             await asyncio.sleep(self.settings.worker_poll_seconds)
 
@@ -103,6 +126,7 @@ class Worker:
         if free <= 0:
             return False
         claimed = await self.outbox.claim(self.owner, self.lease, free)
+        self._drained = claimed.read < free
         attempts = [
             self.isolated(
                 job, "the attempt could not be made", partial(self.attempt, job, job.id in claimed.takeovers), hold=True
@@ -145,7 +169,7 @@ class Worker:
             await self.tracker.fail(job.id, attempt, failure, now(), final=True, holder=holder)
             return
         await self.pace.wait()  # the carrier's declared rate; before the renewal, so waiting never costs the lease
-        if not await self.outbox.renew(job, holder, self.lease):
+        if self.lease_short(job) and not await self.outbox.renew(job, holder, self.lease):
             log.info("fax %s attempt %s: taken over while preparing", job.id, attempt, extra=fields)
             return
         try:
@@ -163,6 +187,16 @@ class Worker:
         if not recorded:
             log.info("fax %s attempt %s: the job moved on while submitting", job.id, attempt, extra=fields)
         crash_point("after-record")
+
+    def lease_short(self, job: Job) -> bool:
+        """Whether the claim's lease must be renewed before the hand-over: less than half of it is left.
+
+        With more left, nobody can have taken the job over (a takeover needs the lease to have run out; the
+        half is the margin for clocks of other hosts), and the hand-over write checks this claim's lease
+        token anyway; so a quick preparation costs no renewal write.
+        """
+        expires = job.lease_expires
+        return expires is None or as_utc(expires) - now() < self.lease / 2
 
     async def prepare(self, job: Job, reference: str) -> Submission:
         """The attempt as the carrier gets it, made from the version the send pinned and nothing else."""
@@ -194,6 +228,9 @@ class Worker:
         of this worker that need the same rendering at once wait for the one that makes it.
         """
         key = (str(job.media_version if job.media_version is not None else job.media), job.quality)
+        if job.media_version is not None and (kept := self._rendered.get(key)) is not None:
+            self._rendered.move_to_end(key)
+            return kept
         pending = self._renderings.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -211,7 +248,19 @@ class Worker:
         finally:
             del self._renderings[key]
         made.set_result(tiff)
+        if job.media_version is not None:  # a version never changes, so neither does its rendering
+            self._keep_rendering(key, tiff)
         return tiff
+
+    def _keep_rendering(self, key: tuple[str, str], tiff: bytes) -> None:
+        """Keep a version's rendering in memory (least recently used first out, ``RENDERINGS_KEPT_BYTES`` in all)."""
+        if len(tiff) > RENDERINGS_KEPT_BYTES // 4:
+            return
+        self._rendered[key] = tiff
+        self._rendered_bytes += len(tiff)
+        while self._rendered_bytes > RENDERINGS_KEPT_BYTES:
+            _, dropped = self._rendered.popitem(last=False)
+            self._rendered_bytes -= len(dropped)
 
     async def _render(self, job: Job, location: Z3Location, document: bytes) -> bytes:
         target = rendering_location(location, job.quality)

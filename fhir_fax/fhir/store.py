@@ -35,6 +35,13 @@ MAX_WRITE_ATTEMPTS = 50
 # On the current document of a watched type: the first version nobody has yet looked at for notifications.
 # Set in the same write as the version (so no crash can lose it), cleared by a compare-and-set on the version.
 PENDING = "pending"
+# Types whose resources all have the keys this release writes (creation and sort keys): the start-up migration
+# that gives older resources theirs reads only types not recorded here. Its queries (a field that does not exist)
+# cannot use an index on the embedded database, which reads, and holds, every document of the collection for
+# them: at a million Communications a start ran out of memory. A database this release made is recorded at its
+# first start, while it is empty; one an older release made is read once.
+MIGRATIONS = "store_migrations"
+KEYS_MIGRATION = 1
 # Server-only data a caller keeps with a resource (e.g. who created a Subscription); never shown, kept by ``modify``.
 PRIVATE = "private"
 
@@ -82,8 +89,13 @@ class ResourceStore:
         return self.database[resource_type]
 
     async def ensure_indexes(self, resource_types: tuple[str, ...]) -> None:
+        migrated = {record["_id"] async for record in self.database[MIGRATIONS].find({"keys": KEYS_MIGRATION})}
         for resource_type in resource_types:
-            await self._add_created_keys(resource_type)
+            if resource_type not in migrated:  # read once per database, never at every start (see MIGRATIONS)
+                await self._add_created_keys(resource_type)
+                await self.database[MIGRATIONS].replace_one(
+                    {"_id": resource_type}, {"keys": KEYS_MIGRATION}, upsert=True
+                )
             await self.collection(resource_type).create_index([(f"{RESERVED}.created", DESCENDING)], name="created")
             await self.collection(resource_type).create_index(f"{RESERVED}.lastUpdated", name="lastUpdated")
             await self.collection(resource_type).create_index(

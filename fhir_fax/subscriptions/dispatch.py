@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import replace
 from typing import Any
 
@@ -44,43 +45,126 @@ class Dispatcher:
         self.base_url = base_url
         self._parsed: OrderedDict[tuple[str, int], Criteria | None] = OrderedDict()
         self.evaluated = 0  # criteria filters run (the benchmark reads it)
+        self.queued = 0  # notifications queued (the service sends in the same pass when this grew)
 
-    async def step(self) -> int:
-        """Dispatch one batch of marked resources (a few at a time); how many were handled."""
+    async def step(self, types: Collection[str] | None = None) -> int:
+        """Dispatch one batch of marked resources (a few at a time); how many were handled.
+
+        The Subscriptions that could match any version of the batch are read once, by the match keys of all
+        of them together, rather than once per version: with many writes between passes that is one lookup
+        instead of one per version (each version then keeps only the candidates whose keys it carries).
+        ``types``: only the marked resources of these types (those this process wrote since the last pass).
+        """
         handled = 0
-        for resource_type in sorted(self.store.watched):
+        for resource_type in sorted(self.store.watched if types is None else self.store.watched & set(types)):
             cursor = self.store.collection(resource_type).find({f"{RESERVED}.{PENDING}": {"$gte": 1}}).limit(BATCH)
             marked = [document async for document in cursor]
+            if not marked:
+                continue
+            versions: list[list[tuple[dict[str, Any], bool]] | None] = [None] * len(marked)
+            watching: list[dict[str, Any]] | None = None
+            if resource_type != "Subscription":
+                versions = list(await asyncio.gather(*(self._guarded_versions(resource_type, d) for d in marked)))
+                buckets = {
+                    bucket
+                    for current, found in zip(marked, versions, strict=True)
+                    for document, _ in found or ()
+                    for bucket in version_buckets(document, current["_id"])
+                }
+                watching = await self._watching(sorted(buckets))
+            dispatched: list[dict[str, Any]] = []
             for start in range(0, len(marked), CONCURRENT):
+                chunk = marked[start : start + CONCURRENT]
                 done = await asyncio.gather(
-                    *(self._guarded(resource_type, d) for d in marked[start : start + CONCURRENT])
+                    *(
+                        self._guarded(resource_type, d, versions[start + offset], watching, clear=False)
+                        for offset, d in enumerate(chunk)
+                    )
                 )
-                handled += sum(done)
+                dispatched += [d for d, ok in zip(chunk, done, strict=True) if ok]
+            await self._clear(resource_type, dispatched)
+            handled += len(dispatched)
         return handled
 
-    async def _guarded(self, resource_type: str, current: dict[str, Any]) -> bool:
+    async def _clear(self, resource_type: str, dispatched: list[dict[str, Any]]) -> None:
+        """Clear the marks of resources whose notifications are queued: one write per newest version among them.
+
+        A resource written meanwhile has a newer version (which kept the mark), so it is left for the next pass;
+        one whose mark another process cleared meanwhile is cleared again, which changes nothing.
+        """
+        by_version: dict[int, list[Any]] = {}
+        for current in dispatched:
+            by_version.setdefault(current[RESERVED]["version"], []).append(current["_id"])
+        for version, ids in sorted(by_version.items()):
+            await self.store.collection(resource_type).update_many(
+                {"_id": {"$in": ids}, f"{RESERVED}.version": version}, {"$unset": {f"{RESERVED}.{PENDING}": ""}}
+            )
+
+    async def _guarded_versions(
+        self, resource_type: str, current: dict[str, Any]
+    ) -> list[tuple[dict[str, Any], bool]] | None:
+        """The versions of ``current`` from its mark on; None when they could not be read (retried in dispatch)."""
+        try:
+            reserved = current[RESERVED]
+            return await self._versions(resource_type, current, reserved[PENDING], reserved["version"])
+        except Exception:
+            stop_if_cancelled()
+            return None
+
+    async def _watching(self, buckets: list[str]) -> list[dict[str, Any]]:
+        """The Subscriptions filed under any of ``buckets`` (one indexed lookup), with what matching needs."""
+        cursor = self.store.collection("Subscription").find({MATCH_FIELD: {"$in": buckets}}, SUBSCRIPTION_FIELDS)
+        return [subscription async for subscription in cursor]
+
+    async def _guarded(
+        self,
+        resource_type: str,
+        current: dict[str, Any],
+        versions: list[tuple[dict[str, Any], bool]] | None = None,
+        watching: list[dict[str, Any]] | None = None,
+        *,
+        clear: bool = True,
+    ) -> bool:
         """One resource's dispatch; a failure is logged and left for the next pass (its mark stays)."""
         try:
-            await self.dispatch(resource_type, current)
+            await self.dispatch(resource_type, current, versions, watching, clear=clear)
         except Exception:
             stop_if_cancelled()
             log.exception("notifications of %s/%s could not be dispatched; retrying", resource_type, current["_id"])
             return False
         return True
 
-    async def dispatch(self, resource_type: str, current: dict[str, Any]) -> None:
-        """Queue the notifications of every version of ``current`` from its pending mark, then clear the mark."""
+    async def dispatch(
+        self,
+        resource_type: str,
+        current: dict[str, Any],
+        versions: list[tuple[dict[str, Any], bool]] | None = None,
+        watching: list[dict[str, Any]] | None = None,
+        *,
+        clear: bool = True,
+    ) -> None:
+        """Queue the notifications of every version of ``current`` from its pending mark, then clear the mark.
+
+        ``versions`` and ``watching``: those versions, and the Subscriptions filed under their match keys, when
+        the caller read them already (``step``); read here otherwise. ``clear`` False: the caller clears the
+        mark once the whole batch is queued (``_clear``).
+        """
         first = current[RESERVED][PENDING]
         newest = current[RESERVED]["version"]
         if resource_type == "Subscription":
             if current.get("status") == "active" and not current[RESERVED]["deleted"]:
                 released = await self.queue.release(current["_id"])
+                self.queued += released  # due again: sent in this pass
                 if released:
                     log.info("Subscription/%s is active again: %d notification(s) due", current["_id"], released)
         else:
-            for document, in_history in await self._versions(resource_type, current, first, newest):
-                await self._notify(resource_type, current["_id"], document, in_history)
+            if versions is None:
+                versions = await self._versions(resource_type, current, first, newest)
+            for document, in_history in versions:
+                await self._notify(resource_type, current["_id"], document, in_history, watching)
             crash_point("subscription-queued")
+        if not clear:
+            return
         await self.store.collection(resource_type).update_one(
             {"_id": current["_id"], f"{RESERVED}.version": newest, f"{RESERVED}.{PENDING}": first},
             {"$unset": {f"{RESERVED}.{PENDING}": ""}},
@@ -100,26 +184,27 @@ class Dispatcher:
         found.append((current, False))
         return found
 
-    async def _notify(self, resource_type: str, resource_id: str, document: dict[str, Any], in_history: bool) -> None:
+    async def _notify(
+        self,
+        resource_type: str,
+        resource_id: str,
+        document: dict[str, Any],
+        in_history: bool,
+        watching: list[dict[str, Any]] | None = None,
+    ) -> None:
         if document[RESERVED]["deleted"]:
             return  # a deletion matches no search
         version: int = document[RESERVED]["version"]
         written = _time_text(document)
-        # Only the match keys in the query: it is then one indexed lookup (the embedded server's planner scans
-        # the collection when other conditions are added); status and age are checked here.
-        cursor = self.store.collection("Subscription").find(
-            {MATCH_FIELD: {"$in": version_buckets(document, resource_id)}},
-            {
-                "status": 1,
-                "criteria": 1,
-                "channel": 1,
-                f"{RESERVED}.version": 1,
-                f"{RESERVED}.created": 1,
-                f"{RESERVED}.{PRIVATE}": 1,
-            },
-        )
+        buckets = version_buckets(document, resource_id)
+        if watching is None:
+            # Only the match keys in the query: it is then one indexed lookup (the embedded server's planner scans
+            # the collection when other conditions are added); status and age are checked here.
+            watching = await self._watching(buckets)
+        filed = set(buckets)
+        cursor = [s for s in watching if filed.intersection(_match_keys(s))]
         candidates: list[tuple[dict[str, Any], Criteria]] = []
-        async for subscription in cursor:
+        for subscription in cursor:
             if subscription.get("status") != "active":
                 continue
             if str(subscription[RESERVED].get("created", "")).split("\x01")[0] > written:
@@ -133,7 +218,7 @@ class Dispatcher:
             for index, (subscription, _) in enumerate(candidates)
             if index in matched
         ]
-        await self.queue.enqueue(entries)
+        self.queued += await self.queue.enqueue(entries)
 
     async def _matching(
         self, resource_type: str, resource_id: str, version: int, candidates: list[Criteria], in_history: bool
@@ -196,6 +281,25 @@ def narrowed(criteria: Criteria, subscriber: Any) -> Criteria:
         return criteria
     compartment = compartment_filter(criteria.resource_type, patient)
     return replace(criteria, filter={"$and": [criteria.filter, compartment]} if criteria.filter else compartment)
+
+
+SUBSCRIPTION_FIELDS = {
+    "status": 1,
+    "criteria": 1,
+    "channel": 1,
+    MATCH_FIELD: 1,
+    f"{RESERVED}.version": 1,
+    f"{RESERVED}.created": 1,
+    f"{RESERVED}.{PRIVATE}": 1,
+}
+
+
+def _match_keys(subscription: dict[str, Any]) -> list[Any]:
+    """The match keys a Subscription is filed under (``MATCH_FIELD``), as stored."""
+    value: Any = subscription
+    for part in MATCH_FIELD.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value if isinstance(value, list) else []
 
 
 def _time_text(document: dict[str, Any]) -> str:

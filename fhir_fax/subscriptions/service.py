@@ -1,8 +1,11 @@
 """``Subscriptions``: the one object the runtime builds for notifications (checks, dispatcher, sender, websockets).
 
-``run()`` is one loop: dispatch marked versions into the queue, then send what is due. It wakes at once when
-this process writes a watched resource (``ResourceStore.on_write``) and otherwise looks every
-``subscription_poll_seconds``, which is how it finds work written by other processes or left by a crash.
+``run()`` is one loop: dispatch marked versions into the queue, then send what is due. It wakes when this
+process writes a watched resource (``ResourceStore.on_write``; the writes made while a pass runs go in the next
+one, which reads only the types written and sends only when it queued something; no pass waits on purpose, since
+whether a Subscription is active is decided when a version is dispatched) and otherwise makes a
+full pass every ``subscription_poll_seconds``, which is how it finds work written by other processes, retries
+that came due, or what a crash left.
 Any number of processes may run it on one database: the pending marks are cleared by compare-and-set,
 the queue's keys are unique, and every notification is claimed by compare-and-set.
 """
@@ -48,6 +51,8 @@ class Subscriptions:
         self.hub = Hub(gate)
         self.sender = Sender(settings, store, self.queue, gate, self.hub)
         self._wake = asyncio.Event()
+        self._written: set[str] = set()  # watched types this process wrote since the last pass looked
+        self._sending = False  # the last send step had work: the next pass sends too
         self._last_sweep = 0.0
         store.on_write = self.wake
 
@@ -59,6 +64,8 @@ class Subscriptions:
         await self.store.collection("Subscription").create_index(SUBSCRIBER_PATIENT, name="subscriber_patient")
 
     def wake(self, resource_type: str = "", resource_id: str = "") -> None:
+        if resource_type:
+            self._written.add(resource_type)
         self._wake.set()
 
     async def check_write(
@@ -85,10 +92,19 @@ class Subscriptions:
             )
         return stored, subscriber
 
-    async def step(self) -> int:
-        """One pass: dispatch, then send; how much was done."""
-        done = await self.dispatcher.step()
-        done += await self.sender.step()
+    async def step(self, types: set[str] | None = None) -> int:
+        """One pass: dispatch, then send; how much was done.
+
+        ``types``: a pass woken by this process's writes looks only at the marked resources of the types it
+        wrote, and sends only when it queued something or the last send had work; a full pass (None) looks
+        at everything (work of other processes, retries that came due, what a crash left).
+        """
+        queued = self.dispatcher.queued
+        done = await self.dispatcher.step(types)
+        if types is None or self.dispatcher.queued > queued or self._sending:
+            sent = await self.sender.step()
+            self._sending = sent > 0
+            done += sent
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_sweep >= SWEEP_EVERY:
             self._last_sweep = loop.time()
@@ -99,17 +115,25 @@ class Subscriptions:
     async def run(self) -> None:
         """Dispatch and send until cancelled."""
         log.info("subscription delivery %s started", self.sender.owner)
+        loop = asyncio.get_running_loop()
+        poll = self.settings.subscription_poll_seconds
+        last_full = -poll
         try:
             while True:
+                started = loop.time()
                 self._wake.clear()
+                full = started - last_full >= poll
+                if full:
+                    last_full = started
+                types, self._written = (None if full else self._written), set()
                 try:
-                    busy = await self.step()
+                    busy = await self.step(types)
                 except Exception:
                     stop_if_cancelled()
                     log.exception("subscription step failed; continuing")
                     busy = 0
                 if not busy:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.settings.subscription_poll_seconds)
+                        await asyncio.wait_for(self._wake.wait(), max(0.0, last_full + poll - loop.time()))
         finally:
             await self.sender.close()
