@@ -19,12 +19,12 @@ minute, with how many there were and when the first and last came (``RefusalAggr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .db import wait_for_event
 from .fhir.models import format_instant, now
 from .fhir.store import ResourceStore
 
@@ -155,8 +155,7 @@ class RefusalAggregator:
             self._flusher = asyncio.create_task(self._flush_later(), name="fhir-fax-refusal-audit")
 
     async def _flush_later(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._closing.wait(), self.window_seconds)
+        await wait_for_event(self._closing, self.window_seconds)
         await self.flush()
 
     async def flush(self) -> None:

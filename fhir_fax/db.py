@@ -32,6 +32,21 @@ async def maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set, at most ``seconds``; whether it was set.
+
+    For the waits of background loops. On Python 3.11 ``asyncio.wait_for`` loses a cancellation that arrives
+    just as the awaited event is set (it returns the result instead), and the loop around it then never stops;
+    ``asyncio.timeout`` tells its own timeout from a cancellation, so this never loses one.
+    """
+    try:
+        async with asyncio.timeout(max(0.0, seconds)):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 def stop_if_cancelled() -> None:
     """Call in ``except Exception`` of a loop that logs and carries on: re-raise a cancellation the driver hid.
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from fhir_fax.fhir.models import model_class
+from fhir_fax.settings import Settings
 
 from helpers import (
     FHIR_JSON,
@@ -18,8 +20,17 @@ from helpers import (
     as_parameters,
     assert_matches_seed,
     seed_request,
+    serving_fax,
     stored_counts,
 )
+
+
+@pytest.fixture
+async def queued_api(fax_settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app without its worker: a send wakes the worker of its process at once, which would claim the job
+    before the test reads what the send itself recorded."""
+    async with serving_fax(fax_settings.model_copy(update={"worker_enabled": False}), database) as http:
+        yield http
 
 
 async def send_sdk(api: httpx.AsyncClient, body: dict[str, Any], **headers: str) -> httpx.Response:
@@ -38,8 +49,9 @@ def communication_of(response: httpx.Response, door: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("door", ["sdk", "fhir"])
 async def test_the_seed_request_returns_the_seed_communication(
-    fax_api: httpx.AsyncClient, database: Any, door: str
+    queued_api: httpx.AsyncClient, database: Any, door: str
 ) -> None:
+    fax_api = queued_api
     send = send_sdk if door == "sdk" else send_fhir
     communication = communication_of(await send(fax_api, seed_request()), door)
     assert_matches_seed(communication)

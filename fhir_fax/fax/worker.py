@@ -9,7 +9,6 @@ each in its own task, and spaces its submissions by the carrier's declared rate 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -20,7 +19,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from ..db import stop_if_cancelled
+from ..db import stop_if_cancelled, wait_for_event
 from ..fhir.models import now
 from ..fhir.store import as_utc
 from ..settings import Settings
@@ -100,8 +99,7 @@ class Worker:
         if len(running) >= self.slots:
             await asyncio.wait(running, timeout=RECONCILE_EVERY, return_when=asyncio.FIRST_COMPLETED)
         elif self._enqueued is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._enqueued.wait(), self.settings.worker_poll_seconds)
+            await wait_for_event(self._enqueued, self.settings.worker_poll_seconds)
             loop = asyncio.get_running_loop()
             rest = self._stepped_at + WAKE_TICK - loop.time()
             if rest > 0:  # under a stream of sends, the jobs of several commits are claimed by one read

@@ -13,14 +13,13 @@ the queue's keys are unique, and every notification is claimed by compare-and-se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
 
-from ..db import stop_if_cancelled
+from ..db import stop_if_cancelled, wait_for_event
 from ..errors import Forbidden
 from ..fhir.compartments import SUBSCRIBER_PATIENT
 from ..fhir.models import now
@@ -133,7 +132,6 @@ class Subscriptions:
                     log.exception("subscription step failed; continuing")
                     busy = 0
                 if not busy:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), max(0.0, last_full + poll - loop.time()))
+                    await wait_for_event(self._wake, last_full + poll - loop.time())
         finally:
             await self.sender.close()

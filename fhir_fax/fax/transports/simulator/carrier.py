@@ -34,7 +34,7 @@ from typing import Any
 
 from pymongo.errors import OperationFailure
 
-from ....db import stop_if_cancelled
+from ....db import stop_if_cancelled, wait_for_event
 from ....fhir.models import now
 from ....fhir.store import as_utc
 from ...status import FAILURE_MESSAGES, Failure, StatusEvent
@@ -169,9 +169,7 @@ class Simulator:
             wait = max(wait, self.tick - (loop.time() - started))  # never more often than ``tick``
             if wait <= 0:
                 return
-            try:
-                await asyncio.wait_for(self._submitted.wait(), wait)
-            except TimeoutError:
+            if not await wait_for_event(self._submitted, wait):
                 return
             self._submitted.clear()  # a submission: its first step may come before the planned wake
 
