@@ -108,6 +108,7 @@ def external_settings(tmp_path: Path, jwks_url: str, **issuer: Any) -> Settings:
         load_fixtures=True,
         z3_url_aliases=["https://project-api.zapehr.com/v1"],
         external_issuers=[config],
+        worker_enabled=False,  # about tokens: no status versions written beside the checks (a send wakes it)
         _env_file=None,
         **BOOTSTRAP,
     )

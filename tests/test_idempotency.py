@@ -106,7 +106,7 @@ async def test_a_failed_second_write_stores_nothing_and_the_retry_sends_once(
     assert retried.status_code == 200
     communication = retried.json()["communicationResource"]
     job = await database.fax_jobs.find_one({"communication_id": communication["id"]})
-    assert job is not None and job["state"] == "queued"
+    assert job is not None and job["state"] != "failed"  # queued, or already taken by the worker the send woke
     assert await stored_counts(database) == {"Communication": 1, "fax_jobs": 1, "fax_idempotency": 1}
 
 
