@@ -5,7 +5,7 @@
 // dropped and is reconnecting) does a timer call `refresh(id)` once a second for the faxes in flight.
 import { Api } from "./api.js";
 import { ClinicApp, chooseView, switchView } from "./clinic.js";
-import { LiveFeed } from "./live.js";
+import { LiveFeed, oneAtATime } from "./live.js";
 import { FaxLog } from "./log.js";
 import { SendForm } from "./send.js";
 import { finished, nameOf } from "./words.js";
@@ -22,7 +22,12 @@ class FaxApp {
     this.log = new FaxLog(this);
     this.send = new SendForm(this);
     this.feed = new LiveFeed(client, config);
-    this.reading = null; // the log re-read a notification started, and whether another one came meanwhile
+    // A notification: some fax of this patient changed (or was added). Re-read the log, one read at a time.
+    this.changed = oneAtATime(async () => {
+      await this.log.load();
+      const current = this.send.current && this.log.faxes.get(this.send.current.id);
+      if (current) this.send.updated(current);
+    });
     this.feed.addEventListener("change", () => this.liveChanged());
     addEventListener("pagehide", () => this.feed.close());
     addEventListener("pageshow", (event) => event.persisted && this.goLive());
@@ -58,25 +63,6 @@ class FaxApp {
       : "Live updates unavailable: faxes in progress are checked every second.";
     $("live-status").dataset.live = String(live);
     if (!live) this.watch();
-  }
-
-  /** A notification: some fax of this patient changed (or was added). Re-read the log, one read at a time. */
-  async changed() {
-    if (this.reading) {
-      this.reading.again = true;
-      return;
-    }
-    this.reading = { again: false };
-    try {
-      do {
-        this.reading.again = false;
-        await this.log.load();
-        const current = this.send.current && this.log.faxes.get(this.send.current.id);
-        if (current) this.send.updated(current);
-      } while (this.reading.again);
-    } finally {
-      this.reading = null;
-    }
   }
 
   say(text) {

@@ -6,7 +6,7 @@
 // every few seconds. The same tick re-reads the outbox's faxes that are in flight.
 import { Api } from "./api.js";
 import { Inbox } from "./inbox.js";
-import { LiveFeed } from "./live.js";
+import { LiveFeed, oneAtATime } from "./live.js";
 import { Outbox } from "./outbox.js";
 import { unfiledWords } from "./clinic_words.js";
 import { nameOf } from "./words.js";
@@ -50,7 +50,7 @@ export class ClinicApp {
     this.config = config;
     this.api = new Api(client, config);
     this.timer = null;
-    this.reading = null; // the re-read a notification started, and whether another one came meanwhile
+    this.changed = oneAtATime(() => this.tick()); // a notification: a fax changed or arrived
     this.inbox = new Inbox(this);
     this.outbox = new Outbox(this);
     for (const name of ["log", "send"]) $(`nav-${name}`).hidden = true;
@@ -118,23 +118,6 @@ export class ClinicApp {
       this.timer = null;
     } else if (!live && this.timer === null) {
       this.timer = setInterval(() => this.tick(), RELOAD_MS);
-    }
-  }
-
-  /** A notification: a fax changed or arrived. One re-read at a time; another ping meanwhile re-reads again. */
-  async changed() {
-    if (this.reading) {
-      this.reading.again = true;
-      return;
-    }
-    this.reading = { again: false };
-    try {
-      do {
-        this.reading.again = false;
-        await this.tick();
-      } while (this.reading.again);
-    } finally {
-      this.reading = null;
     }
   }
 

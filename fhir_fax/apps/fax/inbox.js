@@ -13,6 +13,7 @@ import {
   suggestedPatients,
   suggestedSender,
 } from "./clinic_words.js";
+import { oneAtATime } from "./live.js";
 import { nameOf, pageCount, when } from "./words.js";
 
 const $ = (id) => document.getElementById(id);
@@ -45,33 +46,12 @@ export class Inbox {
     this.api = clinic.api;
     this.items = new Map(); // Task id -> {task, communication, element, preview: {page, pages, url}}
     this.patients = new Map(); // "Patient/id" -> Patient (or null: not readable)
-    this.loading = null;
-    this.again = false; // a reload was asked for while a read ran: read once more after it
+    // The one way the inbox is brought up to date; a reload asked for while a read runs reads once more after it.
+    this.reload = oneAtATime(() => this.read());
     this.total = null;
     this.gone = new Set(); // Tasks filed or dismissed here: a read begun before that must not bring them back
     this.suggestionTimer = null;
     $("refresh-inbox").addEventListener("click", () => this.reload());
-  }
-
-  /** Re-read the queue and show what changed; one read at a time. A call while a read runs cannot use that read
-   * (it may have begun before the change the caller knows of): it marks "again", and the running call reads once
-   * more after it; every caller's promise settles after that last read. */
-  reload() {
-    if (this.loading) {
-      this.again = true;
-      return this.loading;
-    }
-    this.loading = (async () => {
-      try {
-        do {
-          this.again = false;
-          await this.read();
-        } while (this.again);
-      } finally {
-        this.loading = null;
-      }
-    })();
-    return this.loading;
   }
 
   async read() {

@@ -41,6 +41,31 @@ function lifetime() {
   return Number.isFinite(asked) && asked > 0 ? asked : LIFETIME_MS;
 }
 
+/** `work` run one call at a time, for re-reads after notifications: a call while it runs makes it run once more
+ * afterwards (several such calls, once), and every caller's promise settles after that last run, so a change
+ * that lands during a read is never missed. */
+export function oneAtATime(work) {
+  let running = null;
+  let again = false;
+  return () => {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await work();
+        } while (again);
+      } finally {
+        running = null;
+      }
+    })();
+    return running;
+  };
+}
+
 export class LiveFeed extends EventTarget {
   constructor(client, config) {
     super();
