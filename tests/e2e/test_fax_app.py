@@ -32,7 +32,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
 
-from browsers import chromium, pick_patient, requests_made, sign_in_and_allow
+from browsers import chromium, low_contrast, pick_patient, requests_made, sign_in_and_allow
 from helpers import FHIR_JSON
 from processes import FaxServer
 
@@ -162,37 +162,9 @@ def drop(browser: webdriver.Chrome, path: Path) -> None:
     )
 
 
-CONTRAST = """
-const rgb = text => (text.match(/[\\d.]+/g) || []).map(Number);
-const luminance = ([r, g, b]) => {
-  const [R, G, B] = [r, g, b].map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
-  return 0.2126 * R + 0.7152 * G + 0.0722 * B;
-};
-const background = element => {
-  for (let e = element; e; e = e.parentElement) {
-    const color = rgb(getComputedStyle(e).backgroundColor);
-    if (color.length === 3 || color[3] > 0) return color.slice(0, 3);
-  }
-  return [255, 255, 255];
-};
-const low = [];
-let checked = 0;
-for (const element of document.querySelectorAll("header *, main *")) {
-  const own = [...element.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
-  if (!own || !element.getClientRects().length || getComputedStyle(element).visibility === "hidden") continue;
-  const [a, b] = [luminance(rgb(getComputedStyle(element).color)), luminance(background(element))];
-  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
-  checked += 1;
-  const what = `${element.tagName}#${element.id} "${element.textContent.trim().slice(0, 30)}"`;
-  if (!(ratio >= 4.5)) low.push(`${what} ${ratio.toFixed(2)}`);
-}
-return [checked, low];
-"""
-
-
 def good_contrast(browser: webdriver.Chrome) -> None:
     """Every visible text in the header and main has a contrast of at least 4.5:1 with what is behind it."""
-    checked, low = browser.execute_script(CONTRAST)
+    checked, low = low_contrast(browser)
     assert checked > 20 and low == []
 
 
