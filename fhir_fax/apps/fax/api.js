@@ -1,6 +1,8 @@
 // Requests to the server with the SMART client's token: FHIR reads through the client itself, operations and
 // uploads through fetch/XMLHttpRequest with the client's Authorization header (the token is never put in a URL).
 
+import { faxNumberOf, nameOf } from "./words.js";
+
 /** A refusal from the server, in plain words, with the form fields it names (from OperationOutcome.expression). */
 export class ServerError extends Error {
   constructor(message, fields = [], status = 0) {
@@ -151,5 +153,49 @@ export class Api {
       request.send(file);
     });
     return `z3://${bucket}/${key}`;
+  }
+}
+
+
+/** The names of the parties of faxes, each reference read once: "Name (fax number)" (a patient without the
+ * number); a contained party (a number typed in) by its own name or number; a reference this token may not read
+ * as the reference itself. `parties(c)` says which references of a Communication to name. */
+export class PartyNames {
+  constructor(api, parties) {
+    this.api = api;
+    this.parties = parties;
+    this.names = new Map(); // reference (or "<fax id>#<contained id>") -> name
+  }
+
+  async learn(communications) {
+    const wanted = new Set();
+    for (const c of communications) {
+      for (const ref of this.parties(c)) {
+        const reference = ref?.reference;
+        if (!reference) continue;
+        if (reference.startsWith("#")) {
+          const contained = (c.contained || []).find((r) => `#${r.id}` === reference);
+          this.names.set(`${c.id}${reference}`, nameOf(contained) || faxNumberOf(contained));
+        } else if (!this.names.has(reference)) {
+          wanted.add(reference);
+        }
+      }
+    }
+    await Promise.all(
+      [...wanted].map(async (reference) => {
+        try {
+          const resource = await this.api.read(reference);
+          const number = reference.startsWith("Patient/") ? "" : faxNumberOf(resource);
+          this.names.set(reference, number ? `${nameOf(resource)} (${number})` : nameOf(resource));
+        } catch {
+          this.names.set(reference, reference); // not readable with this token: show the reference itself
+        }
+      }),
+    );
+  }
+
+  of(communication, ref) {
+    const reference = ref?.reference || "";
+    return this.names.get(reference.startsWith("#") ? `${communication.id}${reference}` : reference) || reference;
   }
 }

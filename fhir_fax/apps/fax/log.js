@@ -1,5 +1,6 @@
 // The patient's fax log: newest first, in plain words, with page previews, resend and CSV export.
-import { faxNumberOf, finished, nameOf, pageCount, statusCode, statusWords, toCsv, when } from "./words.js";
+import { PartyNames } from "./api.js";
+import { finished, pageCount, statusCode, statusWords, toCsv, when } from "./words.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -7,7 +8,7 @@ export class FaxLog {
   constructor(app) {
     this.app = app;
     this.faxes = new Map(); // id -> Communication (the newest version seen)
-    this.names = new Map(); // reference -> name
+    this.names = new PartyNames(app.api, (c) => [c.sender, ...(c.recipient || [])]);
     this.preview = { id: null, page: 1, pages: null, url: null };
     $("refresh-log").addEventListener("click", () => this.load());
     $("export-csv").addEventListener("click", () => this.exportCsv());
@@ -22,7 +23,7 @@ export class FaxLog {
       const patient = encodeURIComponent(this.app.patientId);
       const found = await this.app.api.search(`Communication?patient=${patient}&_count=100`);
       this.faxes = new Map(found.map((c) => [c.id, c]));
-      await this.resolveNames(found);
+      await this.names.learn(found);
       this.render();
     } catch (error) {
       $("log-error").textContent = `The fax log could not be read: ${error.message}`;
@@ -32,44 +33,12 @@ export class FaxLog {
   /** A new version of one fax (from the timer now; from a Subscription's websocket later). */
   async update(communication) {
     this.faxes.set(communication.id, communication);
-    await this.resolveNames([communication]);
+    await this.names.learn([communication]);
     this.render();
   }
 
   inFlight() {
     return [...this.faxes.values()].filter((c) => !finished(c)).map((c) => c.id);
-  }
-
-  async resolveNames(communications) {
-    const wanted = new Set();
-    for (const c of communications) {
-      for (const ref of [c.sender, ...(c.recipient || [])]) {
-        const reference = ref?.reference;
-        if (!reference) continue;
-        if (reference.startsWith("#")) {
-          const contained = (c.contained || []).find((r) => `#${r.id}` === reference);
-          this.names.set(`${c.id}${reference}`, nameOf(contained) || faxNumberOf(contained));
-        } else if (!this.names.has(reference)) {
-          wanted.add(reference);
-        }
-      }
-    }
-    await Promise.all(
-      [...wanted].map(async (reference) => {
-        try {
-          const resource = await this.app.api.read(reference);
-          const number = faxNumberOf(resource);
-          this.names.set(reference, number ? `${nameOf(resource)} (${number})` : nameOf(resource));
-        } catch {
-          this.names.set(reference, reference); // not readable with this token: show the reference itself
-        }
-      }),
-    );
-  }
-
-  nameOf(communication, ref) {
-    const reference = ref?.reference || "";
-    return this.names.get(reference.startsWith("#") ? `${communication.id}${reference}` : reference) || reference;
   }
 
   sorted() {
@@ -82,8 +51,8 @@ export class FaxLog {
   }
 
   row(c) {
-    const from = this.nameOf(c, c.sender);
-    const to = (c.recipient || []).map((r) => this.nameOf(c, r)).join(", ");
+    const from = this.names.of(c, c.sender);
+    const to = (c.recipient || []).map((r) => this.names.of(c, r)).join(", ");
     const original = (c.partOf || [])[0]?.reference?.split("/")[1];
     const notes = [];
     if (original) notes.push(`Resend of the fax sent ${when(this.faxes.get(original)?.sent) || original}`);

@@ -4,8 +4,9 @@
 // The filters are the server's search parameters (status, sent=ge/le, sender); a sender number is first turned
 // into the senders that have it as their fax number (telecom search), since a sent fax names its sender by
 // reference. Faxes in flight are re-read by `refreshFlying()` (the clinic view's timer calls it).
+import { PartyNames } from "./api.js";
 import { filterProblem, outboxQueries } from "./clinic_words.js";
-import { checkNumber, faxNumberOf, finished, nameOf, pageCount, statusCode, statusWords, when } from "./words.js";
+import { checkNumber, faxNumberOf, finished, pageCount, statusCode, statusWords, when } from "./words.js";
 
 const $ = (id) => document.getElementById(id);
 const SENDER_TYPES = ["HealthcareService", "Organization", "PractitionerRole", "Practitioner"];
@@ -15,7 +16,7 @@ export class Outbox {
     this.clinic = clinic;
     this.api = clinic.api;
     this.faxes = []; // Communications in the order shown
-    this.names = new Map(); // reference -> name
+    this.names = new PartyNames(clinic.api, (c) => [c.sender, c.subject, ...(c.recipient || [])]);
     this.loaded = false;
     this.preview = { id: null, page: 1, pages: null, url: null };
     $("outbox-filters").addEventListener("submit", (event) => {
@@ -81,7 +82,7 @@ export class Outbox {
     try {
       const pages = await Promise.all(outboxQueries(filters, senders).map((query) => this.api.search(query)));
       const faxes = pages.flat();
-      await this.resolveNames(faxes);
+      await this.names.learn(faxes);
       this.loaded = true;
       this.show(faxes);
     } catch (error) {
@@ -99,38 +100,6 @@ export class Outbox {
     $("outbox-table").querySelector("tbody").replaceChildren(...faxes.map((c) => this.row(c)));
   }
 
-  async resolveNames(faxes) {
-    const wanted = new Set();
-    for (const c of faxes) {
-      for (const ref of [c.sender, c.subject, ...(c.recipient || [])]) {
-        const reference = ref?.reference;
-        if (!reference) continue;
-        if (reference.startsWith("#")) {
-          const contained = (c.contained || []).find((r) => `#${r.id}` === reference);
-          this.names.set(`${c.id}${reference}`, nameOf(contained) || faxNumberOf(contained));
-        } else if (!this.names.has(reference)) {
-          wanted.add(reference);
-        }
-      }
-    }
-    await Promise.all(
-      [...wanted].map(async (reference) => {
-        try {
-          const resource = await this.api.read(reference);
-          const number = reference.startsWith("Patient/") ? "" : faxNumberOf(resource);
-          this.names.set(reference, number ? `${nameOf(resource)} (${number})` : nameOf(resource));
-        } catch {
-          this.names.set(reference, reference);
-        }
-      }),
-    );
-  }
-
-  nameOf(c, ref) {
-    const reference = ref?.reference || "";
-    return this.names.get(reference.startsWith("#") ? `${c.id}${reference}` : reference) || reference;
-  }
-
   row(c) {
     const tr = document.createElement("tr");
     tr.dataset.id = c.id;
@@ -138,8 +107,8 @@ export class Outbox {
     const status = document.createElement("span");
     status.className = `status status-${statusCode(c).toLowerCase()}`;
     status.textContent = statusWords(c);
-    const cells = [when(c.sent), status, pageCount(c) ?? "", this.nameOf(c, c.subject), this.nameOf(c, c.sender),
-      (c.recipient || []).map((r) => this.nameOf(c, r)).join(", ")];
+    const cells = [when(c.sent), status, pageCount(c) ?? "", this.names.of(c, c.subject), this.names.of(c, c.sender),
+      (c.recipient || []).map((r) => this.names.of(c, r)).join(", ")];
     for (const value of cells) {
       const td = document.createElement("td");
       td.append(value);
@@ -187,7 +156,7 @@ export class Outbox {
       try {
         const created = await this.api.operation(`Communication/${c.id}/$resend`,
           number ? [{ name: "recipientNumber", valueString: number }] : []);
-        await this.resolveNames([created]);
+        await this.names.learn([created]);
         this.replace(created, true);
         $("outbox-summary").textContent = `Resent. The new fax is ${statusWords(created).toLowerCase()}.`;
       } catch (failure) {
