@@ -26,9 +26,9 @@ SDK_DIR = Path(__file__).resolve().parents[2] / "node-clients"
 @pytest.fixture
 async def server_and_database(tmp_path: Path, mongo_uri: str) -> AsyncIterator[tuple[FaxServer, Any]]:
     name = f"sdk_{uuid.uuid4().hex[:8]}"
-    server = FaxServer(
-        tmp_path / "data", "--load-fixtures", env={"FHIR_FAX_MONGODB_URI": mongo_uri, "FHIR_FAX_DATABASE_NAME": name}
-    )
+    # No worker: the SDK reads each fax back as sent (a send wakes the worker, which would move it on first).
+    env = {"FHIR_FAX_MONGODB_URI": mongo_uri, "FHIR_FAX_DATABASE_NAME": name, "FHIR_FAX_WORKER_ENABLED": "false"}
+    server = FaxServer(tmp_path / "data", "--load-fixtures", env=env)
     client = AsyncMongoClient(mongo_uri, tz_aware=True)
     try:
         yield server, client[name]
