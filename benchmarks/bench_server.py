@@ -10,17 +10,41 @@ by id. They exist only in this file, never in the product.
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections import Counter
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pymongo import monitoring
 
 from fhir_fax.app import create_app
 from fhir_fax.settings import Settings
 
 
+class OperationProfile(monitoring.CommandListener):
+    """Every command the server's clients send, by (command, collection): where a fax's operations go."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        target = event.command.get(event.command_name)
+        where = target if isinstance(target, str) else ""
+        self.counts[f"{event.command_name} {where}".strip()] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 def bench_app(settings: Settings) -> FastAPI:
+    profile = OperationProfile()
+    if os.environ.get("BENCH_OPERATION_PROFILE"):
+        monitoring.register(profile)  # before create_app makes its clients
     app = create_app(settings)
     module = app.state.fax_module
 
@@ -42,6 +66,13 @@ def bench_app(settings: Settings) -> FastAPI:
         if document is None:
             return JSONResponse({"message": "not found"}, status_code=404)
         return JSONResponse(document)
+
+    @app.post("/bench/operations", include_in_schema=False)
+    async def operations() -> JSONResponse:
+        """The commands counted since the last call (``BENCH_OPERATION_PROFILE=1``), and a fresh count."""
+        counted = dict(profile.counts.most_common())
+        profile.counts.clear()
+        return JSONResponse(counted)
 
     return app
 

@@ -91,6 +91,7 @@ class Server:
             "FHIR_FAX_BOOTSTRAP_CLIENT_ID": ADMIN[0],
             "FHIR_FAX_BOOTSTRAP_CLIENT_SECRET": ADMIN[1],
             "FHIR_FAX_TOKEN_LIFETIME_SECONDS": "86400",
+            "BENCH_OPERATION_PROFILE": "1",
             **self.extra,
         }
         log = self.work / "server.log"
@@ -146,6 +147,11 @@ class Server:
         with MongoClient(self.uri) as client:
             counters = client.admin.command("serverStatus")["opcounters"]
         return {k: int(v) for k, v in counters.items() if isinstance(v, int)}
+
+    def operation_profile(self, per: int) -> dict[str, float]:
+        """The server's own commands since the last call, by command and collection, per ``per`` faxes."""
+        counted = httpx.post(f"{self.url}/bench/operations").json()
+        return {name: round(n / per, 2) for name, n in counted.items() if n / per >= 0.05}
 
     def count(self, collection: str, query: dict[str, Any]) -> int:
         with MongoClient(self.uri) as client:
@@ -229,16 +235,20 @@ def section_ops(server: Server, n: int, work: Path) -> dict[str, Any]:
         quiet.upload_document()
         idle = idle_rates(quiet)
         before, started = quiet.operations_by_kind(), time.perf_counter()
+        quiet.operation_profile(n)
         quiet.send_many(n, concurrency=4)
         send_kinds = by_kind(before, quiet.operations_by_kind(), idle, time.perf_counter() - started, n)
+        send_profile = quiet.operation_profile(n)
     finally:
         quiet.stop()
     idle = idle_rates(server)
     before, started = server.operations_by_kind(), time.perf_counter()
+    server.operation_profile(n)
     _, ids = server.send_many(n, concurrency=4)
     server.wait_delivered(ids, 300)
     time.sleep(0.5)  # the last Communication versions and audit events
     total_kinds = by_kind(before, server.operations_by_kind(), idle, time.perf_counter() - started, n)
+    total_profile = server.operation_profile(n)
     delivered = server.count("fax_jobs", {"communication_id": {"$in": ids}, "status": "DELIVERED"})
     return {
         "faxes": n,
@@ -248,6 +258,8 @@ def section_ops(server: Server, n: int, work: Path) -> dict[str, Any]:
         "ops_per_delivered_fax_including_send": round(sum(total_kinds.values()), 1),
         "per_send_by_kind": send_kinds,
         "per_delivered_fax_by_kind": total_kinds,
+        "per_send_by_command": send_profile,  # the server's side, idle work included: where they go
+        "per_delivered_fax_by_command": total_profile,
     }
 
 
