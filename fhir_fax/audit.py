@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .db import wait_for_event
+from .db import GroupWrites, wait_for_event
 from .fhir.models import format_instant, now
 from .fhir.store import ResourceStore
 
@@ -77,40 +77,6 @@ def audit_event(
     if described:
         event["entity"] = described
     return event
-
-
-class GroupWriter:
-    """Writes AuditEvents; those that arrive while a write is in flight are stored together in the next one."""
-
-    MAX_BATCH = 500
-
-    def __init__(self, store: ResourceStore) -> None:
-        self.store = store
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def write(self, event: dict[str, Any]) -> None:
-        """Returns once ``event`` is stored (raises what the database raised)."""
-        done = asyncio.get_running_loop().create_future()
-        self._waiting.append((event, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_waiting())
-        await done
-
-    async def _write_waiting(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self.MAX_BATCH], self._waiting[self.MAX_BATCH :]
-            try:
-                # Built by audit_event, whose output the tests validate against the FHIR model.
-                await self.store.create_many([event for event, _ in batch], validated=True)
-            except Exception as error:  # every waiting request learns it, and logs it
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(error)
-            else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
 
 
 @dataclass
@@ -195,16 +161,20 @@ class RefusalAggregator:
 class Auditor:
     def __init__(self, store: ResourceStore) -> None:
         self.store = store
-        self.writer = GroupWriter(store)
+        # Events recorded while a write is in flight are stored together in the next one.
+        self.writer: GroupWrites[dict[str, Any]] = GroupWrites(self._store_events)
         self.refusals = RefusalAggregator(store)
 
     async def close(self) -> None:
         """Write the refusals still being counted (call when the server stops)."""
         await self.refusals.close()
 
+    async def _store_events(self, events: list[dict[str, Any]]) -> None:
+        await self.store.create_many(events, validated=True)  # built by audit_event, which the tests validate
+
     async def record(self, **fields: Any) -> None:
         try:
-            await self.writer.write(audit_event(**fields))
+            await self.writer.add(audit_event(**fields))
         except Exception:
             log.exception("could not record an audit event: %s", fields.get("description"))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pymongo import AsyncMongoClient, WriteConcern
 
@@ -91,3 +91,39 @@ class Database:
         if self.embedded is not None:
             self.embedded.stop()
             self.embedded = None
+
+
+class GroupWrites(Generic[T]):
+    """Writes that arrive while one is in flight go together in the next: a burst costs one round trip, and a
+    write made alone waits for nothing.
+
+    ``write`` stores a list of items; ``add`` returns once its item is stored, or raises what ``write``
+    raised for its group (each waiting caller learns it).
+    """
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]], most: int = 500) -> None:
+        self.write = write
+        self.most = most
+        self._waiting: list[tuple[T, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def add(self, item: T) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        await done
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting[: self.most], self._waiting[self.most :]
+            try:
+                await self.write([item for item, _ in group])
+            except Exception as error:
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(error)
+            else:
+                for _, done in group:
+                    if not done.done():
+                        done.set_result(None)

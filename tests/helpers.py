@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from pymongo import monitoring
 
 from fhir_fax.fax.terminology import OUTBOUND_STATUS_EXTENSION
 from fhir_fax.fhir.models import model_class
@@ -230,3 +231,25 @@ def assert_matches_seed(communication: dict[str, Any], media: str = SEED_MEDIA) 
     assert identifier[0]["type"] == SEED_IDENTIFIER_TYPE
     assert communication["extension"] == [SEED_STATUS_EXTENSION]
     model_class("Communication").model_validate(communication)
+
+
+class Commands(monitoring.CommandListener):
+    """The (command, collection) pairs a client sends to one database: what a path costs, in operations."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.seen: list[tuple[str, str]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.database_name == self.database:
+            self.seen.append((event.command_name, str(event.command.get(event.command_name))))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def on(self, collection: str) -> list[str]:
+        """The commands sent to ``collection`` so far, in order."""
+        return [command for command, target in self.seen if target == collection]

@@ -143,7 +143,9 @@ async def job_of(database: Any, communication_id: str) -> dict[str, Any]:
 async def test_a_document_deleted_before_sending_stops_the_fax(manual: Any, database: Any) -> None:
     api, worker, _ = manual
     communication_id = await send_to(api, "+16175550143")
-    await database["z3.files"].delete_many({"filename": "my-bucket/path/to/document.pdf"})
+    versions = await database["z3.files"].distinct("_id", {"filename": "my-bucket/path/to/document.pdf"})
+    await database["z3.files"].delete_many({"_id": {"$in": versions}})  # removed outside the API, bytes and all
+    await database["z3.chunks"].delete_many({"files_id": {"$in": versions}})
     assert await worker.step() is True
     final = (await api.get(f"/fhir/Communication/{communication_id}")).json()
     assert final["status"] == "stopped"

@@ -294,13 +294,18 @@ async def test_unreferenced_versions_are_pruned_and_referenced_ones_kept(app: ht
     assert await orphan_chunks(database) == 0, "pruned versions leave no chunks behind"
 
 
+@pytest.mark.parametrize("lost", [("z3.files", "z3.chunks"), ("z3.chunks",)], ids=["whole", "its-bytes"])
 async def test_a_pinned_version_that_is_gone_stops_the_fax_with_a_reason(
-    app: httpx.AsyncClient, frozen_settings: Settings, database: Any
+    app: httpx.AsyncClient, frozen_settings: Settings, database: Any, lost: tuple[str, ...]
 ) -> None:
+    """Lost outside the API: the version (its files document and its chunks), or only its bytes."""
     await upload(app, ONE_PAGE)
     communication = await send(app)
     job = await database.fax_jobs.find_one({"communication_id": communication["id"]})
-    await database["z3.files"].delete_one({"_id": job["media_version"]})  # lost outside the API
+    for collection in lost:
+        await database[collection].delete_many(
+            {"_id" if collection == "z3.files" else "files_id": job["media_version"]}
+        )
     worker, carrier = recording_worker(frozen_settings, database)
     assert await worker.step() is True
     final = (await app.get(f"/fhir/Communication/{communication['id']}")).json()

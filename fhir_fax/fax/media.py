@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..z3.locations import Z3Location, Z3UrlError, parse_z3_url
-from ..z3.store import Z3Store
+from ..z3.store import ObjectInfo, Z3Store
 from .documents import DocumentProblem, inspect, run_pdfium
 from .jobs import Job
 
@@ -44,6 +44,7 @@ class MediaInfo:
     pages: int | None = None
     sha1: str | None = None
     version: Any = None  # the Z3 upload (GridFS file id) inspected and pinned: what the fax will carry
+    pinned: bool = False  # that version was found already pinned for this very content: pinning again is a no-op
 
 
 class MediaChecker(Protocol):
@@ -74,7 +75,7 @@ class Z3MediaChecker:
             )
         found = self._inspected.get(info.version)
         if found is None:
-            found = await self._inspect(location, info.version)
+            found = await self._inspect(location, info)
             self._inspected[info.version] = found
             while len(self._inspected) > self.remembered:
                 self._inspected.popitem(last=False)
@@ -82,10 +83,12 @@ class Z3MediaChecker:
             self._inspected.move_to_end(info.version)
         if isinstance(found, str):
             raise MediaProblem(f"{location} cannot be faxed: {found}")
-        return replace(found, version=info.version)  # the send pins it once every other check has passed
+        # The send pins it once every other check has passed; a version an earlier fax pinned stays pinned.
+        pinned = found.sha1 is not None and info.pinned_sha1 == found.sha1
+        return replace(found, version=info.version, pinned=pinned)
 
-    async def _inspect(self, location: Z3Location, version: Any) -> MediaInfo | str:
-        data = await self.store.read_version(version)
+    async def _inspect(self, location: Z3Location, info: ObjectInfo) -> MediaInfo | str:
+        data = await self.store.read_known(info.version, info.size)
         if data is None:  # replaced (and removed) between the look-up and the download
             raise MediaProblem(f"The Z3 object at {location} changed while it was checked; send again.")
         try:
@@ -151,7 +154,10 @@ async def pinned_bytes(store: Z3Store, document: PinnedDocument) -> bytes:
         if data is None:
             raise DocumentProblem(f"Document generation error: {document.media} was deleted before the fax was sent.")
         return data
-    data = await store.read_version(document.version)
+    if document.sha1:  # the hash below proves the bytes: one read of the chunks is enough
+        data = await store.read_known(document.version)
+    else:
+        data = await store.read_version(document.version)
     if data is None:
         raise DocumentProblem(
             f"Document generation error: {document.media} was checked when the fax was sent, but that version "

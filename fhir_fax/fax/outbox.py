@@ -47,7 +47,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.errors import OperationFailure
 
-from ..db import maybe_await
+from ..db import GroupWrites, maybe_await
 from ..fhir.models import now
 from ..fhir.store import as_utc
 from .jobs import Job, JobState, OutboundStatus, Position, UnreadableJob
@@ -161,6 +161,8 @@ class Outbox:
         # Told when a job enqueued by this process is committed (``committed``): a worker in this process
         # listens, so it takes the job at once rather than at its next poll (workers elsewhere find it then).
         self.listeners: list[Callable[[], None]] = []
+        # "The Communication shows this status" marks made while one is being written go together in the next.
+        self._synced: GroupWrites[tuple[str, int, int]] = GroupWrites(self._write_synced)
 
     def committed(self) -> None:
         """A transaction that enqueued a job has committed: wake the workers of this process."""
@@ -360,7 +362,10 @@ class Outbox:
         if target.final:  # nothing is due for a finished job but bringing its Communication in line
             update["$unset"] = {"due_at": "", "check_at": ""}
         known = self._handed.pop(fax_id, None)
-        if known is not None and known.position < target:
+        if known is not None and known.position >= target:  # positions only move forward: stale news, no write
+            self._handed[fax_id] = known
+            return None
+        if known is not None:
             # Exactly the position this process left it at: the job is what it knows plus these changes.
             where = {"_id": fax_id, "position": known.position.key, "state": {"$ne": JobState.DONE.value}}
             if (await self.collection.update_one(where, update)).matched_count == 1:
@@ -426,11 +431,23 @@ class Outbox:
         return await self._change({"_id": fax_id, **_forward_of(target), **held}, update)
 
     async def mark_synced(self, job: Job) -> None:
-        """``job``'s Communication shows its status (unless the job has moved on since)."""
-        await self.collection.update_one(
-            {"_id": job.id, "attempt": job.attempt, "rank": job.position.rank},
-            {"$set": {"synced": True}, "$unset": {"repair": "", "sync_at": ""}},
-        )
+        """``job``'s Communication shows its status (unless the job has moved on since).
+
+        Marks made while another is being written are written together, one write per (attempt, status)
+        among them: a burst of news (the carrier's callbacks of many faxes at once) costs a write or two, not
+        one per fax. Until the mark is written the job's ``sync_at`` stands, so a crash meanwhile only means
+        reconciliation finds the Communication already in line.
+        """
+        await self._synced.add((job.id, job.attempt, job.position.rank))
+
+    async def _write_synced(self, marks: list[tuple[str, int, int]]) -> None:
+        grouped: dict[tuple[int, int], list[str]] = {}
+        for fax_id, attempt, rank in marks:
+            grouped.setdefault((attempt, rank), []).append(fax_id)
+        for (attempt, rank), ids in grouped.items():
+            where = {"_id": ids[0] if len(ids) == 1 else {"$in": ids}, "attempt": attempt, "rank": rank}
+            update = {"$set": {"synced": True}, "$unset": {"repair": "", "sync_at": ""}}
+            await self.collection.update_many(where, update)
 
     async def record_rendering(self, fax_id: str, rendering: str) -> None:
         """Where the job's fax-line rendering was kept (a Z3 location), so the access gate knows it is the job's."""

@@ -506,6 +506,7 @@ class FaxService:
                 "or sent. Retry the same request (with the same Idempotency-Key)."
             ) from None
         self.outbox.committed()  # the job is visible now: a worker in this process takes it without waiting
+        self.store.committed("Communication", communication_id)  # its PROCESSING version needs no read
         return stored
 
     async def pin(self, location: Z3Location, media: MediaInfo, name: str = "media") -> None:
@@ -513,9 +514,12 @@ class FaxService:
 
         Done after every check has passed, so a refused request pins nothing, and before the job is written,
         so the job never names a version that may still be pruned. If the version was pruned between the
-        inspection and now, the request is refused and nothing is stored.
+        inspection and now, the request is refused and nothing is stored. A version the look-up found pinned
+        already (an earlier fax of the same upload) is never pruned, so it costs no write.
         """
-        if media.version is not None and not await self.z3.pin(media.version, location, media.sha1):
+        if media.version is None or media.pinned:
+            return
+        if not await self.z3.pin(media.version, location, media.sha1):
             raise Unprocessable(
                 f"{name}: the Z3 object at {location} was replaced or deleted while it was checked; send again.",
                 expression=["media"],

@@ -29,6 +29,7 @@ from pymongo.errors import DuplicateKeyError
 from .errors import InvalidRequest, PreconditionFailed, ResourceGone, ResourceNotFound
 from .inputs import ascii_int
 from .models import format_instant, now, validate_resource
+from .recent import RecentWrites
 
 RESERVED = "_fhirfax"
 MAX_WRITE_ATTEMPTS = 50
@@ -42,6 +43,8 @@ PENDING = "pending"
 # first start, while it is empty; one an older release made is read once.
 MIGRATIONS = "store_migrations"
 KEYS_MIGRATION = 1
+# Types the server itself changes after writing them (``modify``): their last writes are kept (``fhir.recent``).
+SERVER_CHANGED = frozenset({"Communication", "Task", "Subscription"})
 # Server-only data a caller keeps with a resource (e.g. who created a Subscription); never shown, kept by ``modify``.
 PRIVATE = "private"
 
@@ -84,6 +87,8 @@ class ResourceStore:
         self.watched = watched
         # Called after each write of a watched type (type, id): wakes an in-process watcher at once.
         self.on_write: Callable[[str, str], None] | None = None
+        # What this process wrote last: ``modify`` starts from it rather than reading (see ``fhir.recent``).
+        self.recent = RecentWrites(SERVER_CHANGED)
 
     def collection(self, resource_type: str) -> Any:
         return self.database[resource_type]
@@ -206,8 +211,24 @@ class ResourceStore:
         resource_type = resource["resourceType"]
         document = self._document(resource, resource_id or str(uuid.uuid4()), 1, "POST", moment or now(), None, private)
         await self.collection(resource_type).insert_one(document, session=session)
+        self.recent.written(resource_type, document, in_transaction=session is not None)
         self._written(resource_type, document["_id"])
         return public(document)
+
+    def committed(self, resource_type: str, resource_id: str) -> None:
+        """The transaction that created ``resource_id`` committed (see ``fhir.recent``): a later ``modify``
+        starts from what it wrote."""
+        self.recent.committed(resource_type, resource_id)
+
+    def pending_cleared(self, resource_type: str, resource_ids: list[Any], version: int) -> None:
+        """The pending mark of these resources was removed where they are at ``version`` (by whoever watches)."""
+
+        def clear(document: dict[str, Any]) -> bool:
+            reserved = document[RESERVED]
+            return reserved.get("version") == version and reserved.pop(PENDING, None) is not None
+
+        for resource_id in resource_ids:
+            self.recent.amend(resource_type, str(resource_id), clear)
 
     async def create_many(self, resources: list[dict[str, Any]], *, validated: bool = False) -> None:
         """Store several new resources of one type with one round trip (each gets its own id)."""
@@ -316,7 +337,9 @@ class ResourceStore:
     ) -> bool:
         """Copy ``current`` to history, then swap in ``document`` if nobody changed it meanwhile.
 
-        For a watched type the new document keeps the first version still pending, or marks its own.
+        For a watched type the new document keeps the first version still pending, or marks its own. A mark
+        cleared after ``current`` was read is written back: those versions are looked at again, and add nothing
+        (their notifications are queued under unique keys).
         """
         version = current[RESERVED]["version"]
         prior = dict(current)
@@ -335,7 +358,10 @@ class ResourceStore:
         )
         matched: int = result.matched_count
         if matched == 1:
+            self.recent.written(resource_type, document, in_transaction=session is not None)
             self._written(resource_type, current["_id"])
+        else:
+            self.recent.forget(resource_type, current["_id"])
         return matched == 1
 
     async def modify(
@@ -351,14 +377,24 @@ class ResourceStore:
         ``change`` returning None means "no change"; the current resource is then returned
         unchanged. Used by server-side changes (e.g. status updates) that must never lose a
         concurrent version. ``session`` makes the change part of the caller's transaction.
+        The first try starts from this process's own last write of the resource when it has one
+        (``fhir.recent``): the replace's condition tells whether that is still current, and only a write is
+        decided on it (no change, or gone, is decided on a read).
         """
         collection = self.collection(resource_type)
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            current = await collection.find_one({"_id": resource_id}, session=session)
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            current = self.recent.take(resource_type, resource_id) if attempt == 0 and session is None else None
+            remembered = current is not None
+            if current is None:
+                current = await collection.find_one({"_id": resource_id}, session=session)
             if current is None or current[RESERVED]["deleted"]:
+                if remembered:
+                    continue  # only what is stored may say it is gone
                 raise ResourceNotFound(f"{resource_type}/{resource_id} does not exist.")
             changed = change(public(current))
             if changed is None:
+                if remembered:
+                    continue  # "nothing to change" is decided on what is stored, never on a copy
                 return None
             changed = validate_resource(changed, resource_type)
             version = current[RESERVED]["version"] + 1

@@ -99,6 +99,7 @@ class Dispatcher:
             await self.store.collection(resource_type).update_many(
                 {"_id": {"$in": ids}, f"{RESERVED}.version": version}, {"$unset": {f"{RESERVED}.{PENDING}": ""}}
             )
+            self.store.pending_cleared(resource_type, ids, version)
 
     async def _guarded_versions(
         self, resource_type: str, current: dict[str, Any]
@@ -169,6 +170,7 @@ class Dispatcher:
             {"_id": current["_id"], f"{RESERVED}.version": newest, f"{RESERVED}.{PENDING}": first},
             {"$unset": {f"{RESERVED}.{PENDING}": ""}},
         )  # a version written meanwhile kept the mark: the next pass sees it
+        self.store.pending_cleared(resource_type, [current["_id"]], newest)
 
     async def _versions(
         self, resource_type: str, current: dict[str, Any], first: int, newest: int

@@ -52,6 +52,7 @@ class ObjectInfo:
     content_type: str | None
     uploaded: datetime
     version: Any = None  # the upload's file id: each upload is a new, immutable version
+    pinned_sha1: str | None = None  # the content hash recorded when a fax pinned this version; None: not pinned
 
 
 def _newest_first() -> list[tuple[str, int]]:
@@ -288,6 +289,7 @@ class Z3Store:
             content_type=metadata.get("contentType"),
             uploaded=document["uploadDate"],
             version=document["_id"],
+            pinned_sha1=metadata.get("sha1") if metadata.get("pinned") is True else None,
         )
 
     async def read_version(self, version: Any) -> bytes | None:
@@ -298,6 +300,24 @@ class Z3Store:
             return content
         except (NoFile, CorruptGridFile):
             return None
+
+    async def read_known(self, version: Any, size: int | None = None) -> bytes | None:
+        """The content of a version the caller already knows, in one read of its chunks; None when it is gone.
+
+        ``read_version`` reads the files document first, for the length and to know the version exists; the
+        callers of this one have that already: the send's look-up gives ``size``, and a job records the hash
+        of what it pinned, which its reader checks. A read that finds a gap in the chunks, or another length
+        than ``size``, is of a version being removed: None. A version with no bytes has no chunks to tell it
+        exists, so that one is read the long way.
+        """
+        if size == 0:
+            return await self.read_version(version)
+        chunks = self.database[f"{GRIDFS_BUCKET}.chunks"].find({"files_id": version}).sort("n", 1)
+        pieces = [chunk async for chunk in chunks]
+        if not pieces or [chunk["n"] for chunk in pieces] != list(range(len(pieces))):
+            return None
+        content = b"".join(bytes(chunk["data"]) for chunk in pieces)
+        return content if size is None or len(content) == size else None
 
     async def read(self, location: Z3Location) -> bytes | None:
         """The newest content stored at ``location``, or None."""
