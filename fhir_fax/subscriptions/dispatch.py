@@ -19,6 +19,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from ..db import maybe_await, stop_if_cancelled
@@ -35,6 +36,9 @@ BATCH = 100
 CONCURRENT = 8  # resources dispatched at once (their writes overlap)
 FACETS = 500  # candidate filters evaluated in one command
 PARSED_KEPT = 2048  # parsed criteria kept, per (Subscription, version)
+# Kept with each Subscription (its private part, beside the subscriber): when its stored status last became
+# active. A version written before that (while it was in error or off) is not matched, however late the pass.
+ACTIVATED = "activated"
 
 
 class Dispatcher:
@@ -209,6 +213,8 @@ class Dispatcher:
                 continue
             if str(subscription[RESERVED].get("created", "")).split("\x01")[0] > written:
                 continue  # created after this version was written
+            if activated_of(subscription) > written:
+                continue  # written before it was last made active (while it was in error or off)
             criteria = self._criteria(subscription)
             if criteria is not None and criteria.resource_type == resource_type:
                 candidates.append((subscription, criteria))
@@ -302,5 +308,18 @@ def _match_keys(subscription: dict[str, Any]) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def activated_of(subscription: dict[str, Any]) -> str:
+    """When the stored Subscription last became active (``ACTIVATED`` in its private part, as ``time_text``);
+    "" for one stored before that was recorded (its creation time then decides alone)."""
+    private = subscription[RESERVED].get(PRIVATE)
+    activated = private.get(ACTIVATED) if isinstance(private, dict) else None
+    return activated if isinstance(activated, str) else ""
+
+
+def time_text(moment: datetime) -> str:
+    """A moment as fixed-width UTC text: compared as text with a version's write time and a creation key."""
+    return as_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
 def _time_text(document: dict[str, Any]) -> str:
-    return as_utc(document[RESERVED]["lastUpdated"]).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return time_text(document[RESERVED]["lastUpdated"])

@@ -24,10 +24,10 @@ from ..errors import Forbidden
 from ..fhir.compartments import SUBSCRIBER_PATIENT
 from ..fhir.models import now
 from ..fhir.search import SearchRegistry
-from ..fhir.store import ResourceStore
+from ..fhir.store import RESERVED, ResourceStore
 from ..settings import Settings
 from .criteria import patients_named
-from .dispatch import Dispatcher
+from .dispatch import ACTIVATED, Dispatcher, activated_of, time_text
 from .queue import Queue
 from .resource import MATCH_FIELD, check_subscription
 from .sender import Sender
@@ -89,7 +89,30 @@ class Subscriptions:
                 f"to Patient/{patient}'s faxes only, e.g. Communication?patient=Patient/{patient}.",
                 expression=["Subscription.criteria"],
             )
+        activated = await self._activated(stored, current)
+        if activated is not None:
+            subscriber[ACTIVATED] = activated
         return stored, subscriber
+
+    async def _activated(self, stored: dict[str, Any], current: dict[str, Any] | None) -> str | None:
+        """When the Subscription about to be stored became active (``ACTIVATED``): now when it becomes active
+        (created, or from error or off), as it was when an active one is rewritten active; None when none is kept.
+
+        A pass may run a little after a version is written: this lets it match the version against the
+        Subscription as it was when the version was written, not as it is when the pass runs. The server's own
+        writes (``error``, ``off`` at the end) keep the private part as it is.
+        """
+        previous = None
+        if current is not None and isinstance(current.get("id"), str):
+            previous = await self.store.find_current("Subscription", current["id"])
+        if previous is not None and (previous[RESERVED]["deleted"] or previous.get("status") != "active"):
+            previous = None
+        if stored.get("status") == "active" and previous is None:
+            return time_text(now())
+        if previous is None:
+            return None  # off: nothing is matched until it becomes active
+        kept = activated_of(previous)
+        return kept or None  # stored before activation times were kept: its creation time decides
 
     async def step(self, types: set[str] | None = None) -> int:
         """One pass: dispatch, then send; how much was done.
