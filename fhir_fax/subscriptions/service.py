@@ -1,9 +1,10 @@
 """``Subscriptions``: the one object the runtime builds for notifications (checks, dispatcher, sender, websockets).
 
 ``run()`` is one loop: dispatch marked versions into the queue, then send what is due. It wakes when this
-process writes a watched resource (``ResourceStore.on_write``; the writes made while a pass runs go in the next
-one, which reads only the types written and sends only when it queued something; no pass waits on purpose, since
-whether a Subscription is active is decided when a version is dispatched) and otherwise makes a
+process writes a watched resource (``ResourceStore.on_write``; after a pass that had work, the next starts at
+most ``TICK`` after it, so that a burst of writes is one pass; a woken pass reads only the types written and sends
+only when it queued something; a late pass matches each version against its Subscriptions as of the version's
+write, since each keeps when it last became active) and otherwise makes a
 full pass every ``subscription_poll_seconds``, which is how it finds work written by other processes, retries
 that came due, or what a crash left.
 Any number of processes may run it on one database: the pending marks are cleared by compare-and-set,
@@ -36,6 +37,7 @@ from .websocket import UNBOUND_SECONDS, BindingGate, Hub
 log = logging.getLogger("fhir_fax.subscriptions")
 SWEEP_EVERY = 5.0  # seconds between drops of websocket notifications nobody listens to, and closes of sockets
 # bound to Subscriptions that stopped (deleted, off, or past their end)
+TICK = 0.05  # seconds: under load passes start at most this often, so the versions of a burst go in one pass
 
 
 class Subscriptions:
@@ -154,7 +156,9 @@ class Subscriptions:
                     stop_if_cancelled()
                     log.exception("subscription step failed; continuing")
                     busy = 0
-                if not busy:
+                if not busy:  # idle: the next write is dispatched at once
                     await wait_for_event(self._wake, last_full + poll - loop.time())
+                elif (rest := TICK - (loop.time() - started)) > 0:  # busy: the writes meanwhile go in one pass
+                    await asyncio.sleep(rest)
         finally:
             await self.sender.close()
