@@ -418,6 +418,20 @@ async def test_dispatching_again_after_a_crash_adds_no_duplicate(runtime: Runtim
     assert await database["Communication"].count_documents({"_fhirfax.pending": {"$gte": 1}}) == 0
 
 
+async def test_the_first_notifications_of_a_subscription_queued_at_once_each_get_their_own_event(
+    runtime: Runtime, database: Any
+) -> None:
+    """Queued at once, the first notifications all race to create the Subscription's event counter; each is
+    queued (none fails and waits for the next pass), and no event number is given twice."""
+    queue = runtime.subscriptions.queue
+    for _ in range(3):
+        subscription_id = f"counted-{uuid.uuid4().hex[:8]}"
+        entries = [(subscription_id, "rest-hook", "Communication", f"c-{n}", 1) for n in range(8)]
+        assert await asyncio.gather(*(queue.enqueue([entry]) for entry in entries)) == [1] * 8
+        queued = await database[NOTIFICATIONS].find({"subscription": subscription_id}).to_list(None)
+        assert len(queued) == 8 and len({n["event"] for n in queued}) == 8, "each its own number"
+
+
 async def test_subscriptions_that_do_not_match_cost_no_criteria_run(runtime: Runtime, database: Any) -> None:
     """Matching looks only at Subscriptions filed under the version's own keys (and the catch-all ones)."""
     filed = []
