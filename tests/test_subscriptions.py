@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from pymongo import AsyncMongoClient
+from test_delivery_wake import Commands
 
 from fhir_fax.auth.clients import Clients
 from fhir_fax.auth.smart_store import SmartStore
@@ -416,6 +418,47 @@ async def test_dispatching_again_after_a_crash_adds_no_duplicate(runtime: Runtim
     queued = await database[NOTIFICATIONS].find({"subscription": subscription_id}).to_list(None)
     assert [(n["resource"], n["version"]) for n in queued] == [(f"Communication/{created['id']}", 1)]
     assert await database["Communication"].count_documents({"_fhirfax.pending": {"$gte": 1}}) == 0
+
+
+async def test_the_pending_versions_of_a_batch_are_read_from_history_together(
+    mongo_uri: str, settings: Settings
+) -> None:
+    """One history read per pass, whatever the number of marked resources with several versions pending; each
+    version still gets its notification, and a pass redone after a crash before the clear adds nothing."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    commands = Commands(name)
+    client: Any = AsyncMongoClient(mongo_uri, tz_aware=True, event_listeners=[commands])
+    runtime = Runtime.build(settings, client[name])
+    try:
+        await runtime.prepare()
+        database = client[name]
+        code = f"together-{uuid.uuid4().hex[:6]}"
+        subscription_id = await stored_subscription(runtime, f"Communication?category={code}")
+        body = {"resourceType": "Communication", "category": [{"coding": [{"code": code}]}]}
+        written = {}
+        for count in (3, 2, 4, 1):  # versions per resource, none looked at yet
+            created = await runtime.store.create({**body, "status": "preparation"})
+            for _ in range(count - 1):
+                await runtime.store.update("Communication", created["id"], {**body, "id": created["id"],
+                                                                             "status": "in-progress"})  # fmt: skip
+            written[created["id"]] = count
+        commands.seen.clear()
+        assert await runtime.subscriptions.dispatcher.step() == len(written)
+        assert commands.seen.count(("find", "Communication_history")) == 1, commands.seen
+        expected = sorted((f"Communication/{i}", v) for i, count in written.items() for v in range(1, count + 1))
+        queued = await database[NOTIFICATIONS].find({"subscription": subscription_id}).to_list(None)
+        assert sorted((n["resource"], n["version"]) for n in queued) == expected
+        await database["Communication"].update_many({"_id": {"$in": list(written)}}, {"$set": {"_fhirfax.pending": 1}})
+        commands.seen.clear()  # as if the process had died after queuing, before clearing the marks
+        assert await runtime.subscriptions.dispatcher.step() == len(written)
+        assert commands.seen.count(("find", "Communication_history")) == 1
+        queued = await database[NOTIFICATIONS].find({"subscription": subscription_id}).to_list(None)
+        assert sorted((n["resource"], n["version"]) for n in queued) == expected, "nothing added"
+        assert await database["Communication"].count_documents({"_fhirfax.pending": {"$gte": 1}}) == 0
+    finally:
+        await runtime.close()
+        await client.drop_database(name)
+        await client.close()
 
 
 async def test_the_first_notifications_of_a_subscription_queued_at_once_each_get_their_own_event(

@@ -3,13 +3,16 @@
 Every version of a watched type is written with a pending mark on the current document (``_fhirfax.pending``:
 the first version nobody has looked at yet; see ``fhir.store``), in the same write. The dispatcher takes
 marked resources (a sparse index keeps that set small), reads the versions from the mark on (the current
-document and ``<Type>_history``), finds the Subscriptions each could match by its match keys, runs each
-candidate's criteria filter against the version's stored document, and queues one notification per
+document, and ``<Type>_history`` by key: one read for the whole batch), finds the Subscriptions each could
+match by its match keys, runs each candidate's criteria filter against the version's stored document, and
+queues one notification per
 (Subscription, resource, version) under a unique key. Only then does it clear the mark, by a compare-and-set
 on the version it read. A crash anywhere before that leaves the mark: the next pass does the same work again
 and the unique keys make it add nothing.
 
-Subscriptions are watched too: a Subscription version that is active releases what its error had held.
+Subscriptions are watched too: a Subscription version that is active releases what its error had held. Each
+keeps when it last became active (``ACTIVATED``): a version written before that is not matched, however late
+the pass that reads it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ log = logging.getLogger("fhir_fax.subscriptions")
 BATCH = 100
 CONCURRENT = 8  # resources dispatched at once (their writes overlap)
 FACETS = 500  # candidate filters evaluated in one command
+KEYS_PER_READ = 1000  # history versions named in one read (a batch's pending versions are normally far fewer)
 PARSED_KEPT = 2048  # parsed criteria kept, per (Subscription, version)
 # Kept with each Subscription (its private part, beside the subscriber): when its stored status last became
 # active. A version written before that (while it was in error or off) is not matched, however late the pass.
@@ -68,7 +72,7 @@ class Dispatcher:
             versions: list[list[tuple[dict[str, Any], bool]] | None] = [None] * len(marked)
             watching: list[dict[str, Any]] | None = None
             if resource_type != "Subscription":
-                versions = list(await asyncio.gather(*(self._guarded_versions(resource_type, d) for d in marked)))
+                versions = await self._pending_versions(resource_type, marked)
                 buckets = {
                     bucket
                     for current, found in zip(marked, versions, strict=True)
@@ -104,16 +108,31 @@ class Dispatcher:
                 {"_id": {"$in": ids}, f"{RESERVED}.version": version}, {"$unset": {f"{RESERVED}.{PENDING}": ""}}
             )
 
-    async def _guarded_versions(
-        self, resource_type: str, current: dict[str, Any]
-    ) -> list[tuple[dict[str, Any], bool]] | None:
-        """The versions of ``current`` from its mark on; None when they could not be read (retried in dispatch)."""
+    async def _pending_versions(
+        self, resource_type: str, marked: list[dict[str, Any]]
+    ) -> list[list[tuple[dict[str, Any], bool]] | None]:
+        """The versions of each marked resource from its mark on, oldest first, with one history read for all.
+
+        A history copy's key is ``<id>/<version>``, so the versions still to look at are named exactly: the read
+        is a primary-key lookup on any engine, and older versions are not read. A read that fails gives None for
+        every resource (each then reads its own in ``dispatch``, and a failure there leaves its mark).
+        """
+        found: dict[str, dict[str, Any]] = {}
         try:
-            reserved = current[RESERVED]
-            return await self._versions(resource_type, current, reserved[PENDING], reserved["version"])
+            wanted = [[f"{current['_id']}/{v}" for v in range(*_pending_range(current))] for current in marked]
+            keys = [key for names in wanted for key in names]
+            history = self.store.database[history_collection(resource_type)]
+            for start in range(0, len(keys), KEYS_PER_READ):
+                async for document in history.find({"_id": {"$in": keys[start : start + KEYS_PER_READ]}}):
+                    found[document["_id"]] = document
         except Exception:
             stop_if_cancelled()
-            return None
+            log.exception("pending %s versions could not be read; reading them one resource at a time", resource_type)
+            return [None] * len(marked)
+        return [
+            [(found[key], True) for key in names if key in found] + [(current, False)]
+            for current, names in zip(marked, wanted, strict=True)
+        ]
 
     async def _watching(self, buckets: list[str]) -> list[dict[str, Any]]:
         """The Subscriptions filed under any of ``buckets`` (one indexed lookup), with what matching needs."""
@@ -298,6 +317,12 @@ SUBSCRIPTION_FIELDS = {
     f"{RESERVED}.created": 1,
     f"{RESERVED}.{PRIVATE}": 1,
 }
+
+
+def _pending_range(current: dict[str, Any]) -> tuple[int, int]:
+    """The versions of a marked resource still to look at that are in history: from its mark to its newest."""
+    reserved = current[RESERVED]
+    return int(reserved[PENDING]), int(reserved["version"])
 
 
 def _match_keys(subscription: dict[str, Any]) -> list[Any]:
