@@ -3,13 +3,16 @@
 Every version of a watched type is written with a pending mark on the current document (``_fhirfax.pending``:
 the first version nobody has looked at yet; see ``fhir.store``), in the same write. The dispatcher takes
 marked resources (a sparse index keeps that set small), reads the versions from the mark on (the current
-document and ``<Type>_history``), finds the Subscriptions each could match by its match keys, runs each
-candidate's criteria filter against the version's stored document, and queues one notification per
+document, and ``<Type>_history`` by key: one read for the whole batch), finds the Subscriptions each could
+match by its match keys, runs each candidate's criteria filter against the version's stored document, and
+queues one notification per
 (Subscription, resource, version) under a unique key. Only then does it clear the mark, by a compare-and-set
 on the version it read. A crash anywhere before that leaves the mark: the next pass does the same work again
 and the unique keys make it add nothing.
 
-Subscriptions are watched too: a Subscription version that is active releases what its error had held.
+Subscriptions are watched too: a Subscription version that is active releases what its error had held. Each
+keeps when it last became active (``ACTIVATED``): a version written before that is not matched, however late
+the pass that reads it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from ..db import maybe_await, stop_if_cancelled
@@ -34,7 +38,11 @@ log = logging.getLogger("fhir_fax.subscriptions")
 BATCH = 100
 CONCURRENT = 8  # resources dispatched at once (their writes overlap)
 FACETS = 500  # candidate filters evaluated in one command
+KEYS_PER_READ = 1000  # history versions named in one read (a batch's pending versions are normally far fewer)
 PARSED_KEPT = 2048  # parsed criteria kept, per (Subscription, version)
+# Kept with each Subscription (its private part, beside the subscriber): when its stored status last became
+# active. A version written before that (while it was in error or off) is not matched, however late the pass.
+ACTIVATED = "activated"
 
 
 class Dispatcher:
@@ -64,7 +72,7 @@ class Dispatcher:
             versions: list[list[tuple[dict[str, Any], bool]] | None] = [None] * len(marked)
             watching: list[dict[str, Any]] | None = None
             if resource_type != "Subscription":
-                versions = list(await asyncio.gather(*(self._guarded_versions(resource_type, d) for d in marked)))
+                versions = await self._pending_versions(resource_type, marked)
                 buckets = {
                     bucket
                     for current, found in zip(marked, versions, strict=True)
@@ -101,16 +109,31 @@ class Dispatcher:
             )
             self.store.pending_cleared(resource_type, ids, version)
 
-    async def _guarded_versions(
-        self, resource_type: str, current: dict[str, Any]
-    ) -> list[tuple[dict[str, Any], bool]] | None:
-        """The versions of ``current`` from its mark on; None when they could not be read (retried in dispatch)."""
+    async def _pending_versions(
+        self, resource_type: str, marked: list[dict[str, Any]]
+    ) -> list[list[tuple[dict[str, Any], bool]] | None]:
+        """The versions of each marked resource from its mark on, oldest first, with one history read for all.
+
+        A history copy's key is ``<id>/<version>``, so the versions still to look at are named exactly: the read
+        is a primary-key lookup on any engine, and older versions are not read. A read that fails gives None for
+        every resource (each then reads its own in ``dispatch``, and a failure there leaves its mark).
+        """
+        found: dict[str, dict[str, Any]] = {}
         try:
-            reserved = current[RESERVED]
-            return await self._versions(resource_type, current, reserved[PENDING], reserved["version"])
+            wanted = [[f"{current['_id']}/{v}" for v in range(*_pending_range(current))] for current in marked]
+            keys = [key for names in wanted for key in names]
+            history = self.store.database[history_collection(resource_type)]
+            for start in range(0, len(keys), KEYS_PER_READ):
+                async for document in history.find({"_id": {"$in": keys[start : start + KEYS_PER_READ]}}):
+                    found[document["_id"]] = document
         except Exception:
             stop_if_cancelled()
-            return None
+            log.exception("pending %s versions could not be read; reading them one resource at a time", resource_type)
+            return [None] * len(marked)
+        return [
+            [(found[key], True) for key in names if key in found] + [(current, False)]
+            for current, names in zip(marked, wanted, strict=True)
+        ]
 
     async def _watching(self, buckets: list[str]) -> list[dict[str, Any]]:
         """The Subscriptions filed under any of ``buckets`` (one indexed lookup), with what matching needs."""
@@ -211,6 +234,8 @@ class Dispatcher:
                 continue
             if str(subscription[RESERVED].get("created", "")).split("\x01")[0] > written:
                 continue  # created after this version was written
+            if activated_of(subscription) > written:
+                continue  # written before it was last made active (while it was in error or off)
             criteria = self._criteria(subscription)
             if criteria is not None and criteria.resource_type == resource_type:
                 candidates.append((subscription, criteria))
@@ -296,6 +321,12 @@ SUBSCRIPTION_FIELDS = {
 }
 
 
+def _pending_range(current: dict[str, Any]) -> tuple[int, int]:
+    """The versions of a marked resource still to look at that are in history: from its mark to its newest."""
+    reserved = current[RESERVED]
+    return int(reserved[PENDING]), int(reserved["version"])
+
+
 def _match_keys(subscription: dict[str, Any]) -> list[Any]:
     """The match keys a Subscription is filed under (``MATCH_FIELD``), as stored."""
     value: Any = subscription
@@ -304,5 +335,18 @@ def _match_keys(subscription: dict[str, Any]) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def activated_of(subscription: dict[str, Any]) -> str:
+    """When the stored Subscription last became active (``ACTIVATED`` in its private part, as ``time_text``);
+    "" for one stored before that was recorded (its creation time then decides alone)."""
+    private = subscription[RESERVED].get(PRIVATE)
+    activated = private.get(ACTIVATED) if isinstance(private, dict) else None
+    return activated if isinstance(activated, str) else ""
+
+
+def time_text(moment: datetime) -> str:
+    """A moment as fixed-width UTC text: compared as text with a version's write time and a creation key."""
+    return as_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
 def _time_text(document: dict[str, Any]) -> str:
-    return as_utc(document[RESERVED]["lastUpdated"]).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return time_text(document[RESERVED]["lastUpdated"])

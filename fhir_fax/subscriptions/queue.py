@@ -26,12 +26,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ..fhir.models import now
 
 NOTIFICATIONS = "subscription_notifications"
 EVENTS = "subscription_events"  # per Subscription, the last event number given
+EVENT_ATTEMPTS = 3  # tries to take an event number (the first ones taken at once race to create the counter)
 UNFINISHED = ("due", "held")
 KEEP_FINISHED = timedelta(days=7)
 
@@ -121,12 +122,24 @@ class Queue:
             return inserted
 
     async def _next_event(self, subscription: str) -> int:
-        """The Subscription's next event number (a crash may skip one; none is given twice)."""
-        document = await self.database[EVENTS].find_one_and_update(
-            {"_id": subscription}, {"$inc": {"events": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-        events: int = document["events"]
-        return events
+        """The Subscription's next event number (a crash may skip one; none is given twice).
+
+        Two first numbers taken at once both try to create the counter: the embedded database may then answer
+        one with nothing, and MongoDB with a duplicate key. The counter exists by then, so that one asks again.
+        """
+        for attempt in range(1, EVENT_ATTEMPTS + 1):
+            try:
+                document = await self.database[EVENTS].find_one_and_update(
+                    {"_id": subscription}, {"$inc": {"events": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError:
+                if attempt == EVENT_ATTEMPTS:
+                    raise
+                continue
+            if document is not None:
+                events: int = document["events"]
+                return events
+        raise RuntimeError(f"Subscription/{subscription}'s event counter was not answered; the next pass retries")
 
     async def candidates(
         self, limit: int, subscriptions: list[str] | None = None, channel: str | None = None

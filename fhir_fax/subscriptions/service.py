@@ -1,9 +1,10 @@
 """``Subscriptions``: the one object the runtime builds for notifications (checks, dispatcher, sender, websockets).
 
 ``run()`` is one loop: dispatch marked versions into the queue, then send what is due. It wakes when this
-process writes a watched resource (``ResourceStore.on_write``; the writes made while a pass runs go in the next
-one, which reads only the types written and sends only when it queued something; no pass waits on purpose, since
-whether a Subscription is active is decided when a version is dispatched) and otherwise makes a
+process writes a watched resource (``ResourceStore.on_write``; after a pass that had work, the next starts at
+most ``TICK`` after it, so that a burst of writes is one pass; a woken pass reads only the types written and sends
+only when it queued something; a late pass matches each version against its Subscriptions as of the version's
+write, since each keeps when it last became active) and otherwise makes a
 full pass every ``subscription_poll_seconds``, which is how it finds work written by other processes, retries
 that came due, or what a crash left.
 Any number of processes may run it on one database: the pending marks are cleared by compare-and-set,
@@ -24,10 +25,10 @@ from ..errors import Forbidden
 from ..fhir.compartments import SUBSCRIBER_PATIENT
 from ..fhir.models import now
 from ..fhir.search import SearchRegistry
-from ..fhir.store import ResourceStore
+from ..fhir.store import RESERVED, ResourceStore
 from ..settings import Settings
 from .criteria import patients_named
-from .dispatch import Dispatcher
+from .dispatch import ACTIVATED, Dispatcher, activated_of, time_text
 from .queue import Queue
 from .resource import MATCH_FIELD, check_subscription
 from .sender import Sender
@@ -36,6 +37,7 @@ from .websocket import UNBOUND_SECONDS, BindingGate, Hub
 log = logging.getLogger("fhir_fax.subscriptions")
 SWEEP_EVERY = 5.0  # seconds between drops of websocket notifications nobody listens to, and closes of sockets
 # bound to Subscriptions that stopped (deleted, off, or past their end)
+TICK = 0.05  # seconds: under load passes start at most this often, so the versions of a burst go in one pass
 
 
 class Subscriptions:
@@ -89,7 +91,30 @@ class Subscriptions:
                 f"to Patient/{patient}'s faxes only, e.g. Communication?patient=Patient/{patient}.",
                 expression=["Subscription.criteria"],
             )
+        activated = await self._activated(stored, current)
+        if activated is not None:
+            subscriber[ACTIVATED] = activated
         return stored, subscriber
+
+    async def _activated(self, stored: dict[str, Any], current: dict[str, Any] | None) -> str | None:
+        """When the Subscription about to be stored became active (``ACTIVATED``): now when it becomes active
+        (created, or from error or off), as it was when an active one is rewritten active; None when none is kept.
+
+        A pass may run a little after a version is written: this lets it match the version against the
+        Subscription as it was when the version was written, not as it is when the pass runs. The server's own
+        writes (``error``, ``off`` at the end) keep the private part as it is.
+        """
+        previous = None
+        if current is not None and isinstance(current.get("id"), str):
+            previous = await self.store.find_current("Subscription", current["id"])
+        if previous is not None and (previous[RESERVED]["deleted"] or previous.get("status") != "active"):
+            previous = None
+        if stored.get("status") == "active" and previous is None:
+            return time_text(now())
+        if previous is None:
+            return None  # off: nothing is matched until it becomes active
+        kept = activated_of(previous)
+        return kept or None  # stored before activation times were kept: its creation time decides
 
     async def step(self, types: set[str] | None = None) -> int:
         """One pass: dispatch, then send; how much was done.
@@ -131,7 +156,9 @@ class Subscriptions:
                     stop_if_cancelled()
                     log.exception("subscription step failed; continuing")
                     busy = 0
-                if not busy:
+                if not busy:  # idle: the next write is dispatched at once
                     await wait_for_event(self._wake, last_full + poll - loop.time())
+                elif (rest := TICK - (loop.time() - started)) > 0:  # busy: the writes meanwhile go in one pass
+                    await asyncio.sleep(rest)
         finally:
             await self.sender.close()
