@@ -8,6 +8,7 @@ application can hand over either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -98,12 +99,14 @@ class GroupWrites(Generic[T]):
     write made alone waits for nothing.
 
     ``write`` stores a list of items; ``add`` returns once its item is stored, or raises what ``write``
-    raised for its group (each waiting caller learns it).
+    raised for its group (each waiting caller learns it). ``linger`` (seconds): the first write of a burst
+    waits that long for more, for writes whose callers can wait (background work, not a client's request).
     """
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[None]], most: int = 500) -> None:
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]], most: int = 500, linger: float = 0.0) -> None:
         self.write = write
         self.most = most
+        self.linger = linger
         self._waiting: list[tuple[T, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -114,7 +117,15 @@ class GroupWrites(Generic[T]):
             self._writer = asyncio.create_task(self._write_waiting())
         await done
 
+    async def close(self) -> None:
+        """Wait until what was added is written (the server is stopping)."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer
+
     async def _write_waiting(self) -> None:
+        if self.linger > 0:
+            await asyncio.sleep(self.linger)
         while self._waiting:
             group, self._waiting = self._waiting[: self.most], self._waiting[self.most :]
             try:

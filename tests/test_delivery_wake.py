@@ -151,6 +151,23 @@ async def test_a_burst_of_writes_is_matched_with_one_lookup_and_cleared_with_one
     assert commands.seen.count(("update", "Communication")) == 1, "every mark (all at version 1) in one write"
 
 
+async def test_marks_of_resources_at_different_versions_are_cleared_with_one_write(
+    watched: tuple[Runtime, Any, Commands],
+) -> None:
+    """A fax's Communications are at different versions (QUEUED, PROCESSING, DELIVERED ...): still one write."""
+    runtime, database, commands = watched
+    category = f"versions-{uuid.uuid4().hex[:6]}"
+    await subscribe(runtime, f"Communication?category={category}")
+    written = [await runtime.store.create(communication(category)) for _ in range(3)]
+    for index, resource in enumerate(written):
+        for _ in range(index):  # versions 1, 2 and 3
+            await runtime.store.modify("Communication", resource["id"], lambda c: {**c, "note": [{"text": "again"}]})
+    commands.seen.clear()
+    assert await runtime.subscriptions.dispatcher.step() == 3
+    assert commands.seen.count(("update", "Communication")) == 1, "one write clears marks at versions 1, 2 and 3"
+    assert await database["Communication"].count_documents({"_fhirfax.pending": {"$gte": 1}}) == 0
+
+
 async def test_a_version_written_during_a_pass_keeps_its_mark(watched: tuple[Runtime, Any, Commands]) -> None:
     """The batch's marks are cleared by version: one written after the pass read the resource stays marked,
     and the next pass queues its notification."""

@@ -95,19 +95,24 @@ class Dispatcher:
         return handled
 
     async def _clear(self, resource_type: str, dispatched: list[dict[str, Any]]) -> None:
-        """Clear the marks of resources whose notifications are queued: one write per newest version among them.
+        """Clear the marks of resources whose notifications are queued, with one write for all of them.
 
-        A resource written meanwhile has a newer version (which kept the mark), so it is left for the next pass;
-        one whose mark another process cleared meanwhile is cleared again, which changes nothing.
+        Each is cleared only while it is still the version dispatched: that version's ``_lastUpdated`` sort key
+        names the resource and the version (``fhir.store.last_updated_sort_key``), so one list of keys holds a
+        condition per resource. A resource written meanwhile has a newer version (which kept the mark), so it is
+        left for the next pass; one whose mark another process cleared meanwhile is cleared again, which changes
+        nothing.
         """
-        by_version: dict[int, list[Any]] = {}
+        if not dispatched:
+            return
+        ids = [current["_id"] for current in dispatched]
+        keys = [current[RESERVED]["sort"]["_lastUpdated"] for current in dispatched]
+        await self.store.collection(resource_type).update_many(
+            {"_id": {"$in": ids}, f"{RESERVED}.sort._lastUpdated": {"$in": keys}},
+            {"$unset": {f"{RESERVED}.{PENDING}": ""}},
+        )
         for current in dispatched:
-            by_version.setdefault(current[RESERVED]["version"], []).append(current["_id"])
-        for version, ids in sorted(by_version.items()):
-            await self.store.collection(resource_type).update_many(
-                {"_id": {"$in": ids}, f"{RESERVED}.version": version}, {"$unset": {f"{RESERVED}.{PENDING}": ""}}
-            )
-            self.store.pending_cleared(resource_type, ids, version)
+            self.store.pending_cleared(resource_type, [current["_id"]], current[RESERVED]["version"])
 
     async def _pending_versions(
         self, resource_type: str, marked: list[dict[str, Any]]
