@@ -239,10 +239,12 @@ class Commands(monitoring.CommandListener):
     def __init__(self, database: str) -> None:
         self.database = database
         self.seen: list[tuple[str, str]] = []
+        self.sent: list[dict[str, Any]] = []  # the commands themselves, in the same order
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.database_name == self.database:
             self.seen.append((event.command_name, str(event.command.get(event.command_name))))
+            self.sent.append(dict(event.command))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -253,3 +255,11 @@ class Commands(monitoring.CommandListener):
     def on(self, collection: str) -> list[str]:
         """The commands sent to ``collection`` so far, in order."""
         return [command for command, target in self.seen if target == collection]
+
+    def filters(self, command: str, collection: str) -> list[dict[str, Any]]:
+        """The filters of the ``command`` (``find``) commands sent to ``collection`` so far."""
+        return [dict(sent.get("filter") or {}) for sent in self.sent if sent.get(command) == collection]
+
+    def clear(self) -> None:
+        self.seen.clear()
+        self.sent.clear()

@@ -201,12 +201,19 @@ class Worker:
         if job.documents is not None or job.cover is not None:  # a cover and/or several documents
             return await packet_submission(self.z3, self.outbox, job, reference, self.transport.capabilities.takes_tiff)
         location = parse_z3_url(job.media, ())
+        kept = self._kept_rendering(job) if self.transport.capabilities.takes_tiff else None
+        if kept is not None and job.media_pages:  # made from this very version's checked bytes: no need to read them
+            return self._submission(job, reference, job.media_pages, kept, "image/tiff")
         document = await pinned_document(self.z3, job)  # DocumentProblem: gone or changed -> STOPPED
         pages = job.media_pages if job.media_pages else await run_pdfium(count_pages, document)
         content_type = sniff_type(document) or "application/octet-stream"
         if self.transport.capabilities.takes_tiff:
             document = await self.rendered(job, location, document)
             content_type = "image/tiff"
+        return self._submission(job, reference, pages, document, content_type)
+
+    @staticmethod
+    def _submission(job: Job, reference: str, pages: int, document: bytes, content_type: str) -> Submission:
         return Submission(
             reference=reference,
             to_number=job.to_number,
@@ -219,6 +226,16 @@ class Worker:
             media_version=None if job.media_version is None else str(job.media_version),
         )
 
+    def _kept_rendering(self, job: Job) -> bytes | None:
+        """The rendering this worker made of the job's pinned version and keeps in memory, if any."""
+        if job.media_version is None:
+            return None
+        key = (str(job.media_version), job.quality)
+        kept = self._rendered.get(key)
+        if kept is not None:
+            self._rendered.move_to_end(key)
+        return kept
+
     async def rendered(self, job: Job, location: Z3Location, document: bytes) -> bytes:
         """The fax-line rendering (TIFF Class F) of the pinned version, made once and kept in Z3 beside the original.
 
@@ -226,8 +243,7 @@ class Worker:
         of this worker that need the same rendering at once wait for the one that makes it.
         """
         key = (str(job.media_version if job.media_version is not None else job.media), job.quality)
-        if job.media_version is not None and (kept := self._rendered.get(key)) is not None:
-            self._rendered.move_to_end(key)
+        if (kept := self._kept_rendering(job)) is not None:
             return kept
         pending = self._renderings.get(key)
         if pending is not None:
