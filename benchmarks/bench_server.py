@@ -32,7 +32,11 @@ class OperationProfile(monitoring.CommandListener):
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         target = event.command.get(event.command_name)
         where = target if isinstance(target, str) else ""
-        self.counts[f"{event.command_name} {where}".strip()] += 1
+        name = f"{event.command_name} {where}".strip()
+        if event.command_name == "update" and where == "fax_jobs":  # which step of a fax: the fields it sets
+            changes = (event.command.get("updates") or [{}])[0].get("u") or {}
+            name += " [" + ",".join(sorted(changes.get("$set") or {})[:3]) + "]"
+        self.counts[name] += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass

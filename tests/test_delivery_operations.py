@@ -20,6 +20,8 @@ from fhir_fax.fax.status import StatusEvent
 from fhir_fax.fax.worker import create_worker
 from fhir_fax.fhir.models import now
 from fhir_fax.settings import Settings
+from fhir_fax.z3.locations import Z3Location
+from fhir_fax.z3.store import Z3Store
 
 from helpers import MEDIA, SEED_SENDER, Commands, serving_fax
 
@@ -110,3 +112,21 @@ async def test_synced_marks_made_together_are_written_together(
         stored = {j["communication_id"]: j async for j in database.fax_jobs.find({})}
         assert [stored[c]["synced"] for c in ids] == [True, True, True, False], "a job that moved on is left"
         assert all("sync_at" not in stored[c] for c in ids[:3]) and "sync_at" in stored[ids[3]]
+
+
+async def test_a_version_read_once_is_kept_and_a_rendering_creates_no_bucket(counted: tuple[Any, Commands]) -> None:
+    """The worker taking a fax in the process whose send inspected the document moments before reads nothing
+    again (versions never change); a rendering goes into its source's bucket, which exists."""
+    database, commands = counted
+    store = Z3Store(database)
+    letter = b"%PDF-1.4 a letter" * 100
+    info = await store.put(Z3Location("letters", "kept.pdf"), letter, "application/pdf")
+    commands.clear()
+    assert await store.read_known(info.version, info.size) == letter
+    assert await store.read_known(info.version) == letter
+    assert commands.on("z3.chunks") == ["find"], "read once"
+    assert await store.read_known(info.version, info.size + 1) is None, "not the length the caller knows"
+    commands.clear()
+    await store.put_rendering(Z3Location("letters", "kept.pdf.fine.tif"), info.version, "fine", b"II*\x00tiff")
+    assert commands.on("z3_buckets") == []
+    assert await store.read_rendering(info.version, "fine") == b"II*\x00tiff"

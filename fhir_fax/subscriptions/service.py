@@ -37,7 +37,7 @@ from .websocket import UNBOUND_SECONDS, BindingGate, Hub
 log = logging.getLogger("fhir_fax.subscriptions")
 SWEEP_EVERY = 5.0  # seconds between drops of websocket notifications nobody listens to, and closes of sockets
 # bound to Subscriptions that stopped (deleted, off, or past their end)
-TICK = 0.05  # seconds: under load passes start at most this often, so the versions of a burst go in one pass
+TICK = 0.1  # seconds: under load passes start at most this often, so the versions of a burst go in one pass
 
 
 class Subscriptions:

@@ -16,6 +16,7 @@ pin finds nothing (the send is then refused and asks to send again).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,7 @@ from .signing import USED_UPLOAD_URLS
 
 GRIDFS_BUCKET = "z3"
 CHUNK_SIZE = 255 * 1024  # GridFS's default chunk size
+KEPT_BYTES = 16 * 1024 * 1024  # bytes of recently read versions kept in memory (``Z3Store.read_known``)
 DELETED_PREFIX = "~deleted/"  # where pinned versions of a deleted key live; "~" never starts a bucket name
 
 
@@ -64,6 +66,10 @@ class Z3Store:
     def __init__(self, database: Any) -> None:
         self.database = database
         self.files = database[f"{GRIDFS_BUCKET}.files"]
+        # The bytes of versions read lately (``read_known``): a version never changes, so the worker taking a fax
+        # moments after its send inspected the document reads nothing again. Bounded by size, oldest out first.
+        self._kept: OrderedDict[Any, bytes] = OrderedDict()
+        self._kept_bytes = 0
 
     async def ensure_indexes(self) -> None:
         await self.files.create_index([("filename", 1), ("uploadDate", -1)], name="filename")
@@ -195,6 +201,8 @@ class Z3Store:
         content_type: str | None,
         max_bytes: int,
         metadata: dict[str, Any] | None = None,
+        *,
+        in_existing_bucket: bool = False,
     ) -> ObjectInfo:
         """Store an upload chunk by chunk, in the GridFS layout, as a new version; ObjectTooLarge past ``max_bytes``.
 
@@ -203,7 +211,8 @@ class Z3Store:
         files document is written last, so a partial upload is never visible, and an abort removes
         its chunks.
         """
-        await self.create_bucket(location.bucket)
+        if not in_existing_bucket:
+            await self.create_bucket(location.bucket)
         file_id, number, size = ObjectId(), 0, 0
         buffer = bytearray()
         chunks = self.database[f"{GRIDFS_BUCKET}.chunks"]
@@ -312,12 +321,28 @@ class Z3Store:
         """
         if size == 0:
             return await self.read_version(version)
+        kept = self._kept.get(version)
+        if kept is not None and (size is None or len(kept) == size):
+            self._kept.move_to_end(version)
+            return kept
         chunks = self.database[f"{GRIDFS_BUCKET}.chunks"].find({"files_id": version}).sort("n", 1)
         pieces = [chunk async for chunk in chunks]
         if not pieces or [chunk["n"] for chunk in pieces] != list(range(len(pieces))):
             return None
         content = b"".join(bytes(chunk["data"]) for chunk in pieces)
-        return content if size is None or len(content) == size else None
+        if size is not None and len(content) != size:
+            return None
+        self._keep(version, content)
+        return content
+
+    def _keep(self, version: Any, content: bytes) -> None:
+        if len(content) > KEPT_BYTES // 4:
+            return
+        self._kept[version] = content
+        self._kept_bytes += len(content)
+        while self._kept_bytes > KEPT_BYTES:
+            _, dropped = self._kept.popitem(last=False)
+            self._kept_bytes -= len(dropped)
 
     async def read(self, location: Z3Location) -> bytes | None:
         """The newest content stored at ``location``, or None."""
@@ -325,8 +350,16 @@ class Z3Store:
         return None if info is None else await self.read_version(info.version)
 
     async def put_rendering(self, location: Z3Location, source: Any, quality: str, tiff: bytes) -> ObjectInfo:
-        """Keep the fax-line rendering of version ``source`` at ``location``, findable by its source version."""
-        return await self.put(location, tiff, "image/tiff", {"renderingOf": source, "quality": quality})
+        """Keep the fax-line rendering of version ``source`` at ``location``, findable by its source version.
+
+        Its bucket is its source's, which exists: nothing to create.
+        """
+
+        async def one_piece() -> AsyncIterator[bytes]:
+            yield tiff
+
+        metadata = {"renderingOf": source, "quality": quality}
+        return await self.put_stream(location, one_piece(), "image/tiff", len(tiff), metadata, in_existing_bucket=True)
 
     async def read_rendering(self, source: Any, quality: str) -> bytes | None:
         """The rendering of version ``source`` at ``quality``, found by what it renders, never by name.
