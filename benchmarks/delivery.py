@@ -317,10 +317,22 @@ def run_loadgen(server: Server, scenario: str, requests: int, seconds: float) ->
 
 
 def section_throughput(server: Server, requests: int, seconds: float) -> dict[str, Any]:
+    """Also the CPU each cell cost the server and the database, per request: which of them bounds it."""
     run_loadgen(server, "baseline_insert", 200, 5)  # warm-up
     run_loadgen(server, "sdk_send", 100, 5)
-    baseline = run_loadgen(server, "baseline_insert", requests, seconds)
-    send = run_loadgen(server, "sdk_send", requests, seconds)
+
+    def cell(scenario: str) -> dict[str, Any]:
+        database_cpu, server_cpu = server.database_process.cpu_seconds(), server.process.cpu_seconds()
+        result = run_loadgen(server, scenario, requests, seconds)
+        done = max(1, int(result["requests"]))
+        result["database_cpu_ms_per_request"] = round(
+            (server.database_process.cpu_seconds() - database_cpu) * 1000 / done, 2
+        )
+        result["server_cpu_ms_per_request"] = round((server.process.cpu_seconds() - server_cpu) * 1000 / done, 2)
+        return result
+
+    baseline = cell("baseline_insert")
+    send = cell("sdk_send")
     return {
         "baseline_insert": baseline,
         "sdk_send": send,

@@ -48,7 +48,7 @@ from fhir_fax.fax.jobs import OutboundStatus, Position
 from fhir_fax.z3.locations import Z3Location
 from fhir_fax.z3.store import Z3Store
 
-from loadgen import SEARCHED, sdk_body
+from loadgen import SEARCHED, sdk_body, telnyx_fax_id
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -216,6 +216,20 @@ class Harness:
 
         asyncio.run(upload())
 
+    def hand_over(self, fax_ids: list[str]) -> None:
+        """Record attempt 1 of each fax as handed to Telnyx (``telnyx_fax_id``), as the worker does: the server
+        applies a carrier's event only to an attempt handed to that carrier under the id the event names."""
+
+        async def record() -> None:
+            client = AsyncMongoClient(self.database_server.uri, tz_aware=True)
+            jobs = client[DATABASE].fax_jobs
+            for fax_id in fax_ids:
+                changes = {"state": "submitted", "carrier": "telnyx", "carrier_ids.1": telnyx_fax_id(fax_id)}
+                await jobs.update_one({"_id": fax_id}, {"$set": changes, "$unset": {"due_at": ""}})
+            await client.close()
+
+        asyncio.run(record())
+
     def database_ids(self, collection: str, query: dict[str, Any], limit: int) -> list[str]:
         async def find() -> list[str]:
             client = AsyncMongoClient(self.database_server.uri, tz_aware=True)
@@ -246,6 +260,7 @@ class Harness:
             queued = self.database_ids("fax_jobs", {"position": QUEUED_FIRST_ATTEMPT}, requests + len(self.used_faxes))
             fresh = [i for i in queued if i not in self.used_faxes][:requests]
             self.used_faxes.update(fresh)
+            self.hand_over(fresh)
             spec["ids"] = fresh
             secret = self.telnyx_key.private_bytes(
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
