@@ -22,6 +22,7 @@ from fhir_fax.fax.worker import create_worker
 from fhir_fax.fhir.store import MIGRATIONS
 from fhir_fax.runtime import Runtime
 from fhir_fax.settings import Settings
+from fhir_fax.subscriptions import dispatch as dispatch_module
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
 from fhir_fax.subscriptions.resource import check_subscription
 
@@ -258,3 +259,33 @@ async def test_a_start_on_a_migrated_database_reads_no_resource(settings: Settin
     finally:
         await client.drop_database(name)
         await client.close()
+
+
+async def test_a_failed_history_read_of_a_batch_loses_no_notification(
+    watched: tuple[Runtime, Any, Commands], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's one history read fails: each resource then reads its own versions and Subscriptions, and its
+    notifications are queued (or its mark stays), never dropped with the mark cleared."""
+    runtime, database, _ = watched
+    category = f"unread-{uuid.uuid4().hex[:6]}"
+    subscription_id = await subscribe(runtime, f"Communication?category={category}")
+    first = await runtime.store.create(communication(category))
+    await runtime.store.modify("Communication", first["id"], lambda c: {**c, "note": [{"text": "v2"}]})
+    second = await runtime.store.create(communication(category))
+    failures: list[str] = []
+    real = dispatch_module.history_collection
+
+    def failing_once(resource_type: str) -> str:
+        if not failures:
+            failures.append(resource_type)
+            raise ConnectionError("the batch's history read failed")
+        return real(resource_type)
+
+    monkeypatch.setattr(dispatch_module, "history_collection", failing_once)
+    assert await runtime.subscriptions.dispatcher.step() == 2
+    assert failures == ["Communication"], "the batch read failed"
+    queued = await database[NOTIFICATIONS].find({"subscription": subscription_id}).to_list(None)
+    expected = [(f"Communication/{first['id']}", 1), (f"Communication/{first['id']}", 2)]
+    assert sorted((n["resource"], n["version"]) for n in queued) == sorted(
+        [*expected, (f"Communication/{second['id']}", 1)]
+    )

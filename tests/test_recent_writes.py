@@ -30,13 +30,16 @@ async def recorded(mongo_uri: str) -> AsyncIterator[tuple[ResourceStore, Resourc
     commands = Commands(name)
     watched: Any = AsyncMongoClient(mongo_uri, tz_aware=True, event_listeners=[commands])
     other: Any = AsyncMongoClient(mongo_uri, tz_aware=True)
-    store = ResourceStore(watched[name])
+    store = ResourceStore(watched[name], watched=WATCHED)  # Communications carry Subscription marks, as served
     await store.ensure_indexes(SUPPORTED_TYPES)
-    commands.seen.clear()
-    yield store, ResourceStore(other[name]), commands
+    commands.clear()
+    yield store, ResourceStore(other[name], watched=WATCHED), commands
     await other.drop_database(name)
     await watched.close()
     await other.close()
+
+
+WATCHED = frozenset({"Communication"})
 
 
 def communication(status: str = "in-progress") -> dict[str, Any]:
@@ -84,11 +87,25 @@ async def test_a_version_another_process_wrote_meanwhile_is_built_on_not_lost(
 async def test_no_change_is_decided_on_what_is_stored_not_on_the_copy(
     recorded: tuple[ResourceStore, ResourceStore, Commands],
 ) -> None:
+    """The copy already shows the change; what is stored no longer does: the change is made."""
+    store, elsewhere, _ = recorded
+    created = await store.create(communication("completed"))
+    await elsewhere.modify("Communication", created["id"], to("in-progress"))
+    changed = await store.modify("Communication", created["id"], to("completed"))
+    assert changed is not None and changed["meta"]["versionId"] == "3"
+    assert await stored_versions(store, created["id"]) == [(1, "completed"), (2, "in-progress"), (3, "completed")]
+
+
+async def test_a_copy_that_says_gone_is_not_believed(
+    recorded: tuple[ResourceStore, ResourceStore, Commands],
+) -> None:
+    """This process deleted it; another wrote it again since: the change is made on what is stored."""
     store, elsewhere, _ = recorded
     created = await store.create(communication())
-    await elsewhere.modify("Communication", created["id"], to("completed"))
-    assert await store.modify("Communication", created["id"], to("completed")) is None
-    assert (await store.read("Communication", created["id"]))["meta"]["versionId"] == "2"
+    await store.delete("Communication", created["id"])
+    await elsewhere.update("Communication", created["id"], {**communication(), "id": created["id"]})
+    changed = await store.modify("Communication", created["id"], to("completed"))
+    assert changed is not None and changed["meta"]["versionId"] == "4" and changed["status"] == "completed"
 
 
 async def test_a_resource_deleted_elsewhere_is_not_changed_from_the_copy(
@@ -100,6 +117,37 @@ async def test_a_resource_deleted_elsewhere_is_not_changed_from_the_copy(
     with pytest.raises(ResourceNotFound):
         await store.modify("Communication", created["id"], to("completed"))
     assert [v.deleted for v in await store.history("Communication", created["id"], limit=5)] == [True, False]
+
+
+async def test_a_subscription_mark_cleared_elsewhere_is_not_written_back_from_the_copy(
+    recorded: tuple[ResourceStore, ResourceStore, Commands],
+) -> None:
+    """Another process dispatched version 1 and cleared its mark: version 2 marks itself, not version 1 again
+    (which would be matched a second time, against whatever the Subscriptions are by then)."""
+    store, elsewhere, _ = recorded
+    created = await store.create(communication())
+    await elsewhere.collection("Communication").update_one(
+        {"_id": created["id"], f"{RESERVED}.version": 1}, {"$unset": {f"{RESERVED}.pending": ""}}
+    )  # what the other process's dispatcher writes once version 1's notifications are queued
+    await store.modify("Communication", created["id"], to("completed"))
+    stored = await store.collection("Communication").find_one({"_id": created["id"]})
+    assert (stored[RESERVED]["version"], stored[RESERVED]["pending"]) == (2, 2)
+
+
+async def test_a_mark_this_process_cleared_is_cleared_on_its_copy_too(
+    recorded: tuple[ResourceStore, ResourceStore, Commands],
+) -> None:
+    store, _, commands = recorded
+    created = await store.create(communication())
+    await store.collection("Communication").update_one(
+        {"_id": created["id"], f"{RESERVED}.version": 1}, {"$unset": {f"{RESERVED}.pending": ""}}
+    )
+    store.pending_cleared("Communication", [created["id"]], 1)  # as this process's dispatcher says after clearing
+    commands.clear()
+    await store.modify("Communication", created["id"], to("completed"))
+    assert ("find", "Communication") not in commands.seen, "the copy was still good"
+    stored = await store.collection("Communication").find_one({"_id": created["id"]})
+    assert (stored[RESERVED]["version"], stored[RESERVED]["pending"]) == (2, 2)
 
 
 async def test_what_a_caller_does_to_the_returned_resource_does_not_reach_history(

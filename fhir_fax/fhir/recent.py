@@ -3,8 +3,10 @@
 A status change of a fax (``ResourceStore.modify``) reads the Communication, copies it to history and replaces
 it on the condition that it is still the version read. When this process wrote that version itself moments
 before (the send's QUEUED version, the worker's PROCESSING one), the read tells it nothing new: the copy kept
-here is what the database holds, unless someone else wrote since. The replace's condition finds that out, and
-the change then reads the resource and starts again, so a stale copy costs a failed write, never a lost one.
+here is what the database holds, unless someone else wrote since. The replace's condition (the version, and the
+Subscription mark the copy carries) finds that out, and the change then reads the resource and starts again, so
+a stale copy costs a failed write, never a lost or a wrong one. A mark this process's own dispatcher clears is
+cleared on the copy too (``amend``); one another process clears makes the copy miss once.
 
 Copies are kept as BSON, encoded when written and decoded when used: what a caller later does to the
 dictionaries it was given cannot change them, and a decoded copy is exactly what a read would return (times to
@@ -70,9 +72,10 @@ class RecentWrites:
         """Apply to the kept copy a change written to the database without a new version (``change`` says
         whether it applies to that copy)."""
         key = (resource_type, resource_id)
-        data = self._documents.get(key)
-        if data is None:
-            return
-        document = decode(data, codec_options=CODEC)
-        if change(document):
-            self._documents[key] = encode(document, codec_options=CODEC)
+        for shelf in (self._documents, self._held):
+            data = shelf.get(key)
+            if data is None:
+                continue
+            document = decode(data, codec_options=CODEC)
+            if change(document):
+                shelf[key] = encode(document, codec_options=CODEC)

@@ -337,9 +337,10 @@ class ResourceStore:
     ) -> bool:
         """Copy ``current`` to history, then swap in ``document`` if nobody changed it meanwhile.
 
-        For a watched type the new document keeps the first version still pending, or marks its own. A mark
-        cleared after ``current`` was read is written back: those versions are looked at again, and add nothing
-        (their notifications are queued under unique keys).
+        For a watched type the new document keeps the first version still pending, or marks its own. The swap
+        also requires the mark ``current`` carries: one cleared since (its versions were dispatched) must not be
+        written back, or those versions would be matched again against whatever the Subscriptions are by then.
+        A version cannot gain a mark without a new version, so a ``current`` without one needs no condition.
         """
         version = current[RESERVED]["version"]
         prior = dict(current)
@@ -351,11 +352,13 @@ class ResourceStore:
                 await history.insert_one(prior)
         elif await history.count_documents({"_id": prior["_id"]}, limit=1, session=session) == 0:
             await history.insert_one(prior, session=session)  # a duplicate key would abort the transaction
+        condition: dict[str, Any] = {"_id": current["_id"], f"{RESERVED}.version": version}
         if resource_type in self.watched:
-            document[RESERVED][PENDING] = current[RESERVED].get(PENDING, document[RESERVED]["version"])
-        result = await self.collection(resource_type).replace_one(
-            {"_id": current["_id"], f"{RESERVED}.version": version}, document, session=session
-        )
+            pending = current[RESERVED].get(PENDING)
+            document[RESERVED][PENDING] = document[RESERVED]["version"] if pending is None else pending
+            if pending is not None:
+                condition[f"{RESERVED}.{PENDING}"] = pending
+        result = await self.collection(resource_type).replace_one(condition, document, session=session)
         matched: int = result.matched_count
         if matched == 1:
             self.recent.written(resource_type, document, in_transaction=session is not None)

@@ -85,7 +85,13 @@ class Dispatcher:
                 chunk = marked[start : start + CONCURRENT]
                 done = await asyncio.gather(
                     *(
-                        self._guarded(resource_type, d, versions[start + offset], watching, clear=False)
+                        self._guarded(
+                            resource_type,
+                            d,
+                            versions[start + offset],
+                            None if versions[start + offset] is None else watching,  # unread: its own lookup
+                            clear=False,
+                        )
                         for offset, d in enumerate(chunk)
                     )
                 )
@@ -121,7 +127,8 @@ class Dispatcher:
 
         A history copy's key is ``<id>/<version>``, so the versions still to look at are named exactly: the read
         is a primary-key lookup on any engine, and older versions are not read. A read that fails gives None for
-        every resource (each then reads its own in ``dispatch``, and a failure there leaves its mark).
+        every resource: each then reads its own versions and looks up its own Subscriptions in ``dispatch``, and a
+        failure there leaves its mark.
         """
         found: dict[str, dict[str, Any]] = {}
         try:
