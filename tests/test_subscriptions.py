@@ -334,6 +334,50 @@ async def test_a_version_written_while_in_error_is_not_matched_by_a_pass_that_ru
     assert f"Communication/{during}" not in {n["resource"] for n in queued}, "written while in error"
 
 
+async def test_a_version_written_while_active_is_matched_by_a_pass_that_runs_after_an_error_and_re_activation(
+    settings: Settings, database: Any
+) -> None:
+    """The other side of the rule: the version was written while the Subscription was active, and its pass only
+    runs after the Subscription went to error (the server's write) and came back. It was written while active:
+    it is matched. One written during the error is not."""
+    code = f"late-{uuid.uuid4().hex[:6]}"
+    quiet = settings.model_copy(update={"subscriptions_enabled": False, "worker_enabled": False})
+    async with serving(quiet, database) as http:
+        runtime: Runtime = http._transport.app.state.fax_module.runtime  # type: ignore[attr-defined]
+        resource = subscription(f"Communication?category={code}", "https://hooks.example.com/x")
+        created = await subscribe(http, resource)
+        body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
+
+        async def write() -> str:
+            answer = await http.post("/fhir/Communication", json=body, headers=FHIR_JSON)
+            assert answer.status_code == 201, answer.text
+            return str(answer.json()["id"])
+
+        while await runtime.subscriptions.dispatcher.step():
+            pass  # the Subscription's own version
+        active = await write()  # no pass runs until the end
+        await asyncio.sleep(0.002)  # the error comes in a later millisecond than that write
+
+        def in_error(current: dict[str, Any]) -> dict[str, Any]:  # as the sender marks it after the last try
+            return {**current, "status": "error", "error": "Notification 1 failed after 6 tries"}
+
+        await runtime.store.modify("Subscription", created["id"], in_error)
+        during = await write()
+        await asyncio.sleep(0.002)
+        again = await http.put(
+            f"/fhir/Subscription/{created['id']}", json={**resource, "id": created["id"]}, headers=FHIR_JSON
+        )
+        assert again.status_code == 200 and again.json()["status"] == "active", again.text
+        while await runtime.subscriptions.dispatcher.step():
+            pass
+        stored = await database["Subscription"].find_one({"_id": created["id"]})
+    kept = stored["_fhirfax"]["private"]
+    assert kept["deactivated"] < kept["activated"], kept
+    queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
+    assert [n["resource"] for n in queued] == [f"Communication/{active}"], "written while active: matched"
+    assert during != active
+
+
 async def test_rewriting_an_active_subscription_keeps_the_versions_written_before_it(
     settings: Settings, database: Any
 ) -> None:

@@ -48,6 +48,11 @@ SERVER_CHANGED = frozenset({"Communication", "Task", "Subscription"})
 # Server-only data a caller keeps with a resource (e.g. who created a Subscription); never shown, kept by ``modify``.
 PRIVATE = "private"
 
+# Server-kept data a type derives at each of its writes from the stored document it replaces (None for a new one),
+# the resource written and the private data the writer gives: ``ResourceStore.keep_with``. It runs inside each
+# write's retry, so it is always decided on what that write replaces.
+KeepWith = Callable[[dict[str, Any] | None, dict[str, Any], dict[str, Any] | None], dict[str, Any] | None]
+
 # Computes the search keys stored in ``_fhirfax`` (``keys`` and ``sort``) for one resource.
 Indexer = Callable[[dict[str, Any]], dict[str, Any]]
 IndexerFor = Callable[[str], Indexer | None]
@@ -87,6 +92,8 @@ class ResourceStore:
         self.watched = watched
         # Called after each write of a watched type (type, id): wakes an in-process watcher at once.
         self.on_write: Callable[[str, str], None] | None = None
+        # Per type, what to keep with each write besides what the writer gives (``KeepWith``).
+        self.keep_with: dict[str, KeepWith] = {}
         # What this process wrote last: ``modify`` starts from it rather than reading (see ``fhir.recent``).
         self.recent = RecentWrites(SERVER_CHANGED)
 
@@ -209,11 +216,22 @@ class ResourceStore:
         if not validated:
             resource = validate_resource(resource, resource.get("resourceType", ""))
         resource_type = resource["resourceType"]
+        private = self._kept(resource_type, None, resource, private)
         document = self._document(resource, resource_id or str(uuid.uuid4()), 1, "POST", moment or now(), None, private)
         await self.collection(resource_type).insert_one(document, session=session)
         self.recent.written(resource_type, document, in_transaction=session is not None)
         self._written(resource_type, document["_id"])
         return public(document)
+
+    def _kept(
+        self,
+        resource_type: str,
+        current: dict[str, Any] | None,
+        resource: dict[str, Any],
+        private: dict[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        rule = self.keep_with.get(resource_type)
+        return private if rule is None else rule(current, resource, private)
 
     def committed(self, resource_type: str, resource_id: str) -> None:
         """The transaction that created ``resource_id`` committed (see ``fhir.recent``): a later ``modify``
@@ -270,7 +288,9 @@ class ResourceStore:
                     raise PreconditionFailed(
                         f"If-Match asks for version {wanted} of {resource_type}/{resource_id}, which does not exist."
                     )
-                document = self._document(resource, resource_id, 1, "PUT", now(), None, private)
+                document = self._document(
+                    resource, resource_id, 1, "PUT", now(), None, self._kept(resource_type, None, resource, private)
+                )
                 try:
                     await collection.insert_one(document)
                 except DuplicateKeyError:
@@ -281,6 +301,7 @@ class ResourceStore:
             if wanted is not None and wanted != version:
                 raise version_conflict(resource_type, resource_id, wanted, version)
             kept = private if private is not None else current[RESERVED].get(PRIVATE)
+            kept = self._kept(resource_type, None if current[RESERVED]["deleted"] else current, resource, kept)
             document = self._document(resource, resource_id, version + 1, "PUT", now(), created_of(current), kept)
             if await self._replace(resource_type, current, document):
                 return public(document), current[RESERVED]["deleted"]
@@ -401,7 +422,7 @@ class ResourceStore:
                 return None
             changed = validate_resource(changed, resource_type)
             version = current[RESERVED]["version"] + 1
-            kept = current[RESERVED].get(PRIVATE)
+            kept = self._kept(resource_type, current, changed, current[RESERVED].get(PRIVATE))
             document = self._document(changed, resource_id, version, "PUT", now(), created_of(current), kept)
             if await self._replace(resource_type, current, document, session):
                 return public(document)

@@ -10,9 +10,9 @@ queues one notification per
 on the version it read. A crash anywhere before that leaves the mark: the next pass does the same work again
 and the unique keys make it add nothing.
 
-Subscriptions are watched too: a Subscription version that is active releases what its error had held. Each
-keeps when it last became active (``ACTIVATED``): a version written before that is not matched, however late
-the pass that reads it.
+Subscriptions are watched too: a Subscription version that is active releases what its error had held. A
+version written while a Subscription was not active is not matched by it, however late the pass that reads it
+(``activity``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..db import maybe_await, stop_if_cancelled
 from ..fhir.compartments import PATIENT_COMPARTMENT, compartment_filter
 from ..fhir.search import SearchRegistry
 from ..fhir.store import PENDING, PRIVATE, RESERVED, ResourceStore, as_utc, history_collection
+from .activity import written_while_inactive
 from .criteria import Criteria, for_history, parse_criteria, version_buckets
 from .faults import crash_point
 from .queue import Queue
@@ -40,9 +41,6 @@ CONCURRENT = 8  # resources dispatched at once (their writes overlap)
 FACETS = 500  # candidate filters evaluated in one command
 KEYS_PER_READ = 1000  # history versions named in one read (a batch's pending versions are normally far fewer)
 PARSED_KEPT = 2048  # parsed criteria kept, per (Subscription, version)
-# Kept with each Subscription (its private part, beside the subscriber): when its stored status last became
-# active. A version written before that (while it was in error or off) is not matched, however late the pass.
-ACTIVATED = "activated"
 
 
 class Dispatcher:
@@ -246,8 +244,8 @@ class Dispatcher:
                 continue
             if str(subscription[RESERVED].get("created", "")).split("\x01")[0] > written:
                 continue  # created after this version was written
-            if activated_of(subscription) > written:
-                continue  # written before it was last made active (while it was in error or off)
+            if written_while_inactive(subscription, written):
+                continue  # written while it was in error or off
             criteria = self._criteria(subscription)
             if criteria is not None and criteria.resource_type == resource_type:
                 candidates.append((subscription, criteria))
@@ -345,14 +343,6 @@ def _match_keys(subscription: dict[str, Any]) -> list[Any]:
     for part in MATCH_FIELD.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value if isinstance(value, list) else []
-
-
-def activated_of(subscription: dict[str, Any]) -> str:
-    """When the stored Subscription last became active (``ACTIVATED`` in its private part, as ``time_text``);
-    "" for one stored before that was recorded (its creation time then decides alone)."""
-    private = subscription[RESERVED].get(PRIVATE)
-    activated = private.get(ACTIVATED) if isinstance(private, dict) else None
-    return activated if isinstance(activated, str) else ""
 
 
 def time_text(moment: datetime) -> str:

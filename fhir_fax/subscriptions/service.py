@@ -3,8 +3,8 @@
 ``run()`` is one loop: dispatch marked versions into the queue, then send what is due. It wakes when this
 process writes a watched resource (``ResourceStore.on_write``; after a pass that had work, the next starts at
 most ``TICK`` after it, so that a burst of writes is one pass; a woken pass reads only the types written and sends
-only when it queued something; a late pass matches each version against its Subscriptions as of the version's
-write, since each keeps when it last became active) and otherwise makes a
+only when it queued something; a late pass does not match a version written while a Subscription was in error
+or off: see ``activity``) and otherwise makes a
 full pass every ``subscription_poll_seconds``, which is how it finds work written by other processes, retries
 that came due, or what a crash left.
 Any number of processes may run it on one database: the pending marks are cleared by compare-and-set,
@@ -25,10 +25,11 @@ from ..errors import Forbidden
 from ..fhir.compartments import SUBSCRIBER_PATIENT
 from ..fhir.models import now
 from ..fhir.search import SearchRegistry
-from ..fhir.store import RESERVED, ResourceStore
+from ..fhir.store import ResourceStore
 from ..settings import Settings
+from .activity import keep_activity
 from .criteria import patients_named
-from .dispatch import ACTIVATED, Dispatcher, activated_of, time_text
+from .dispatch import Dispatcher
 from .queue import Queue
 from .resource import MATCH_FIELD, check_subscription
 from .sender import Sender
@@ -44,6 +45,7 @@ class Subscriptions:
     def __init__(self, settings: Settings, store: ResourceStore, registry: SearchRegistry, gate: BindingGate) -> None:
         self.settings = settings
         self.store = store
+        store.keep_with["Subscription"] = keep_activity  # when each became active, or stopped (``activity``)
         self.registry = registry
         self.gate = gate
         self.base_url = settings.base_url or ""
@@ -91,30 +93,7 @@ class Subscriptions:
                 f"to Patient/{patient}'s faxes only, e.g. Communication?patient=Patient/{patient}.",
                 expression=["Subscription.criteria"],
             )
-        activated = await self._activated(stored, current)
-        if activated is not None:
-            subscriber[ACTIVATED] = activated
-        return stored, subscriber
-
-    async def _activated(self, stored: dict[str, Any], current: dict[str, Any] | None) -> str | None:
-        """When the Subscription about to be stored became active (``ACTIVATED``): now when it becomes active
-        (created, or from error or off), as it was when an active one is rewritten active; None when none is kept.
-
-        A pass may run a little after a version is written: this lets it match the version against the
-        Subscription as it was when the version was written, not as it is when the pass runs. The server's own
-        writes (``error``, ``off`` at the end) keep the private part as it is.
-        """
-        previous = None
-        if current is not None and isinstance(current.get("id"), str):
-            previous = await self.store.find_current("Subscription", current["id"])
-        if previous is not None and (previous[RESERVED]["deleted"] or previous.get("status") != "active"):
-            previous = None
-        if stored.get("status") == "active" and previous is None:
-            return time_text(now())
-        if previous is None:
-            return None  # off: nothing is matched until it becomes active
-        kept = activated_of(previous)
-        return kept or None  # stored before activation times were kept: its creation time decides
+        return stored, subscriber  # the store adds when it became active or stopped (``activity``)
 
     async def step(self, types: set[str] | None = None) -> int:
         """One pass: dispatch, then send; how much was done.
