@@ -299,22 +299,13 @@ class Outbox:
     # -- transitions ---------------------------------------------------------------------------------
 
     async def record_submission(
-        self,
-        job: Job,
-        owner: str,
-        carrier: str,
-        carrier_id: str,
-        quiet: timedelta,
-        *,
-        shown: bool = False,
-        rendered: str | None = None,
+        self, job: Job, owner: str, carrier: str, carrier_id: str, quiet: timedelta, *, shown: bool = False
     ) -> bool:
         """The carrier accepted the attempt: remember its id before anything else happens.
 
         Reconciliation looks at the job again after ``quiet`` without news (a poll), or at its kill time.
         ``shown``: the Communication shows ``job``'s status; recorded here too (``mark_synced`` in the same
-        write) unless news moved the job on meanwhile. ``rendered``: where the attempt's rendering was kept
-        (``record_rendering`` in the same write).
+        write) unless news moved the job on meanwhile.
         """
         moment = now()
         changes = {
@@ -326,8 +317,6 @@ class Outbox:
             "last_news_at": moment,
             "check_at": next_check(moment, quiet, job.kill_at),
         }
-        if rendered is not None:
-            changes["rendered"] = rendered
         if shown:
             in_line = {**_held(job, owner), "rank": job.position.rank}
             synced = {"$set": {**changes, "synced": True}, "$unset": {"due_at": "", "sync_at": "", "repair": ""}}

@@ -62,8 +62,6 @@ class Worker:
         # Renderings of pinned versions made or read lately: the same document faxed again is not read again.
         self._rendered: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._rendered_bytes = 0
-        # Renderings made by an attempt under way, by job: its hand-over records where (``attempt``).
-        self._made: dict[str, str] = {}
         self._drained = False  # the last claim found fewer due jobs than it had room for
         self._stepped_at = 0.0  # when ``run`` last looked for work (loop time)
         self._enqueued: asyncio.Event | None = None  # set when a send in this process commits, while ``run`` runs
@@ -168,39 +166,25 @@ class Worker:
             failure = Failure("FAILED", str(problem))
             await self.tracker.fail(job.id, attempt, failure, now(), final=True, holder=holder)
             return
-        finally:
-            rendered = self._made.pop(job.id, None)  # a rendering made just now: recorded with the hand-over
-        recorded = False
-        try:
-            recorded = await self.hand_over(job, holder, submission, shown, rendered)
-        finally:
-            if rendered is not None and not recorded:  # no hand-over wrote it: the job still names its rendering
-                await self.outbox.record_rendering(job.id, rendered)
-
-    async def hand_over(self, job: Job, holder: str, submission: Submission, shown: bool, rendered: str | None) -> bool:
-        """Submit the prepared attempt and record the carrier's id (and ``rendered``); whether that was recorded."""
-        attempt = job.attempt
-        fields = {"fax": job.id, "attempt": attempt, "worker": holder}
         await self.pace.wait()  # the carrier's declared rate; before the renewal, so waiting never costs the lease
         if self.lease_short(job) and not await self.outbox.renew(job, holder, self.lease):
             log.info("fax %s attempt %s: taken over while preparing", job.id, attempt, extra=fields)
-            return False
+            return
         try:
             carrier_id = await self.transport.submit(submission)
         except TransportError as error:
             if error.maybe_taken:  # no answer is not a refusal: the takeover asks the carrier before any resend
                 await self.tracker.set_aside(job, "the carrier gave no answer to the hand-over", error, holder)
-                return False
+                return
             await self.tracker.fail(job.id, attempt, Failure(error.code, error.message), now(), holder=holder)
-            return False
+            return
         crash_point("after-submit")
         recorded = await self.outbox.record_submission(
-            job, holder, self.transport.name, carrier_id, self.quiet, shown=shown, rendered=rendered
+            job, holder, self.transport.name, carrier_id, self.quiet, shown=shown
         )
         if not recorded:
             log.info("fax %s attempt %s: the job moved on while submitting", job.id, attempt, extra=fields)
         crash_point("after-record")
-        return recorded
 
     def lease_short(self, job: Job) -> bool:
         """Whether the claim's lease must be renewed before the hand-over: less than half of it is left.
@@ -306,7 +290,7 @@ class Worker:
         except Exception as error:  # PDFium/Pillow failures on a document that passed the send-time checks
             raise DocumentProblem(f"Document generation error: the document could not be rendered ({error}).") from None
         await self.z3.put_rendering(target, source, job.quality, tiff)
-        self._made[job.id] = str(target)  # the attempt records it on the job (``attempt``)
+        await self.outbox.record_rendering(job.id, str(target))
         return tiff
 
     async def isolated(self, job: Job, what: str, work: Callable[[], Awaitable[object]], *, hold: bool = False) -> None:
