@@ -99,14 +99,13 @@ class GroupWrites(Generic[T]):
     write made alone waits for nothing.
 
     ``write`` stores a list of items; ``add`` returns once its item is stored, or raises what ``write``
-    raised for its group (each waiting caller learns it). ``linger`` (seconds): the first write of a burst
-    waits that long for more, for writes whose callers can wait (background work, not a client's request).
+    raised for its group (each waiting caller learns it). Nothing waits on purpose for more: measured, a pause
+    of 20 ms before each group saved no operation per fax and added its 20 ms to every caller's wait.
     """
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[None]], most: int = 500, linger: float = 0.0) -> None:
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]], most: int = 500) -> None:
         self.write = write
         self.most = most
-        self.linger = linger
         self._waiting: list[tuple[T, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -124,8 +123,6 @@ class GroupWrites(Generic[T]):
                 await self._writer
 
     async def _write_waiting(self) -> None:
-        if self.linger > 0:
-            await asyncio.sleep(self.linger)
         while self._waiting:
             group, self._waiting = self._waiting[: self.most], self._waiting[self.most :]
             try:

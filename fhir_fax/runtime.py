@@ -187,8 +187,10 @@ class Runtime:
         return Worker(self.settings, self.outbox, self.tracker, self.transport, self.z3)
 
     async def close(self) -> None:
-        """Write what the auditor still holds, and close outbound connections; the database stays open."""
+        """Write what the auditor and the outbox still hold, and close outbound connections; the database stays
+        open."""
         await self.subscriptions.sender.close()
+        await self.outbox.close()
         await self.auditor.close()
         if "reception" in self.__dict__:  # made on first use (a cached property)
             await self.reception.close()

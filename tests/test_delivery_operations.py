@@ -114,9 +114,9 @@ async def test_synced_marks_made_together_are_written_together(
         assert all("sync_at" not in stored[c] for c in ids[:3]) and "sync_at" in stored[ids[3]]
 
 
-async def test_a_version_read_once_is_kept_and_a_rendering_creates_no_bucket(counted: tuple[Any, Commands]) -> None:
+async def test_a_version_read_once_is_kept(counted: tuple[Any, Commands]) -> None:
     """The worker taking a fax in the process whose send inspected the document moments before reads nothing
-    again (versions never change); a rendering goes into its source's bucket, which exists."""
+    again: versions never change."""
     database, commands = counted
     store = Z3Store(database)
     letter = b"%PDF-1.4 a letter" * 100
@@ -126,7 +126,3 @@ async def test_a_version_read_once_is_kept_and_a_rendering_creates_no_bucket(cou
     assert await store.read_known(info.version) == letter
     assert commands.on("z3.chunks") == ["find"], "read once"
     assert await store.read_known(info.version, info.size + 1) is None, "not the length the caller knows"
-    commands.clear()
-    await store.put_rendering(Z3Location("letters", "kept.pdf.fine.tif"), info.version, "fine", b"II*\x00tiff")
-    assert commands.on("z3_buckets") == []
-    assert await store.read_rendering(info.version, "fine") == b"II*\x00tiff"

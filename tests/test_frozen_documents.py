@@ -315,6 +315,22 @@ async def test_a_pinned_version_that_is_gone_stops_the_fax_with_a_reason(
     assert carrier.submissions == []
 
 
+async def test_a_pinned_version_whose_files_record_alone_was_removed_is_still_faxed_as_checked(
+    app: httpx.AsyncClient, frozen_settings: Settings, database: Any
+) -> None:
+    """The worker reads a pinned version's chunks and proves them by the SHA-1 the send recorded; the version's
+    files record (which the server never removes) is not needed for that. Removed outside the API with its
+    bytes left behind, the fax still carries exactly what was checked."""
+    await upload(app, ONE_PAGE)
+    communication = await send(app)
+    job = await database.fax_jobs.find_one({"communication_id": communication["id"]})
+    await database["z3.files"].delete_one({"_id": job["media_version"]})
+    worker, carrier = recording_worker(frozen_settings, database, takes_tiff=False)
+    assert await worker.step() is True
+    [submission] = carrier.submissions
+    assert (submission.document, submission.pages) == (ONE_PAGE, 1)
+
+
 async def test_a_pinned_version_whose_bytes_changed_stops_the_fax(
     app: httpx.AsyncClient, frozen_settings: Settings, database: Any
 ) -> None:

@@ -9,20 +9,7 @@ import pytest
 from fhir_fax.db import GroupWrites
 
 
-async def test_writes_within_the_linger_go_in_one_group_and_each_caller_waits_for_it() -> None:
-    groups: list[list[int]] = []
-
-    async def write(items: list[int]) -> None:
-        groups.append(items)
-
-    writes = GroupWrites(write, linger=0.05)
-    await asyncio.gather(*(writes.add(n) for n in range(5)))
-    assert groups == [[0, 1, 2, 3, 4]]
-    await writes.add(5)
-    assert groups == [[0, 1, 2, 3, 4], [5]], "a write alone is written alone"
-
-
-async def test_without_a_linger_the_writes_made_during_one_go_in_the_next() -> None:
+async def test_writes_made_while_one_is_in_flight_go_in_the_next_at_most_most_at_a_time() -> None:
     groups: list[list[int]] = []
     release = asyncio.Event()
 
@@ -38,26 +25,45 @@ async def test_without_a_linger_the_writes_made_during_one_go_in_the_next() -> N
     await asyncio.sleep(0)
     release.set()
     await asyncio.gather(first, *later)
-    assert groups == [[0], [1, 2], [3]], "at most ``most`` a group"
+    assert groups == [[0], [1, 2], [3]]
+    await writes.add(4)
+    assert groups[-1] == [4], "a write alone is written at once, alone"
+
+
+async def test_writes_made_together_go_in_one_group() -> None:
+    groups: list[list[int]] = []
+
+    async def write(items: list[int]) -> None:
+        groups.append(items)
+
+    writes = GroupWrites(write)
+    await asyncio.gather(*(writes.add(n) for n in range(5)))
+    assert groups == [[0, 1, 2, 3, 4]]
 
 
 async def test_a_failed_write_reaches_every_caller_of_its_group_and_close_waits_for_what_was_added() -> None:
     async def write(items: list[int]) -> None:
         raise ConnectionError(f"{len(items)} items not stored")
 
-    writes = GroupWrites(write, linger=0.01)
-    results = await asyncio.gather(writes.add(1), writes.add(2), return_exceptions=True)
+    failing = GroupWrites(write)
+    results = await asyncio.gather(failing.add(1), failing.add(2), return_exceptions=True)
     assert [str(r) for r in results] == ["2 items not stored", "2 items not stored"]
     stored: list[int] = []
+    release = asyncio.Event()
 
     async def keep(items: list[int]) -> None:
+        await release.wait()
         stored.extend(items)
 
-    writes = GroupWrites(keep, linger=0.05)
+    writes = GroupWrites(keep)
     waiting = asyncio.create_task(writes.add(7))
     await asyncio.sleep(0)
     waiting.cancel()  # the caller went away (its request was cancelled): the item is still written
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    await writes.close()
+    closing = asyncio.create_task(writes.close())
+    await asyncio.sleep(0)
+    assert not closing.done(), "close waits for the write on its way"
+    release.set()
+    await closing
     assert stored == [7]

@@ -58,7 +58,6 @@ REPAIR_MAX_DELAY = 600.0
 HANDED_KEPT = 4096  # jobs handed over by this process kept in memory for the news that follows
 SYNC_GRACE = timedelta(seconds=5)  # a Communication lagging this long behind its job is repaired by reconciliation
 DUE_FIELDS = ("due_at", "check_at", "sync_at")
-MARK_LINGER = 0.02  # seconds a synced mark waits for others to be written with (its sync_at stands meanwhile)
 OBSOLETE_INDEXES = ("due", "leases", "news", "unsynced")  # flags and states scanned before due times existed
 log = logging.getLogger("fhir_fax.outbox")
 
@@ -163,7 +162,11 @@ class Outbox:
         # listens, so it takes the job at once rather than at its next poll (workers elsewhere find it then).
         self.listeners: list[Callable[[], None]] = []
         # "The Communication shows this status" marks made while one is being written go together in the next.
-        self._synced: GroupWrites[tuple[str, int, int]] = GroupWrites(self._write_synced, linger=MARK_LINGER)
+        self._synced: GroupWrites[tuple[str, int, int]] = GroupWrites(self._write_synced)
+
+    async def close(self) -> None:
+        """Write the synced marks on their way (the server is stopping)."""
+        await self._synced.close()
 
     def committed(self) -> None:
         """A transaction that enqueued a job has committed: wake the workers of this process."""
@@ -434,8 +437,8 @@ class Outbox:
     async def mark_synced(self, job: Job) -> None:
         """``job``'s Communication shows its status (unless the job has moved on since).
 
-        Marks made within ``MARK_LINGER`` of each other, or while another is being written, are written
-        together, one write per (attempt, status) among them: a burst of news (the carrier's callbacks of many
+        Marks made while another is being written are written together, one write per (attempt, status)
+        among them: a burst of news (the carrier's callbacks of many
         faxes at once) costs a write or two, not one per fax. Until the mark is written the job's ``sync_at``
         stands, so a crash meanwhile only means reconciliation finds the Communication already in line.
         """

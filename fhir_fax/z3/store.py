@@ -201,8 +201,6 @@ class Z3Store:
         content_type: str | None,
         max_bytes: int,
         metadata: dict[str, Any] | None = None,
-        *,
-        in_existing_bucket: bool = False,
     ) -> ObjectInfo:
         """Store an upload chunk by chunk, in the GridFS layout, as a new version; ObjectTooLarge past ``max_bytes``.
 
@@ -211,8 +209,7 @@ class Z3Store:
         files document is written last, so a partial upload is never visible, and an abort removes
         its chunks.
         """
-        if not in_existing_bucket:
-            await self.create_bucket(location.bucket)
+        await self.create_bucket(location.bucket)
         file_id, number, size = ObjectId(), 0, 0
         buffer = bytearray()
         chunks = self.database[f"{GRIDFS_BUCKET}.chunks"]
@@ -350,16 +347,8 @@ class Z3Store:
         return None if info is None else await self.read_version(info.version)
 
     async def put_rendering(self, location: Z3Location, source: Any, quality: str, tiff: bytes) -> ObjectInfo:
-        """Keep the fax-line rendering of version ``source`` at ``location``, findable by its source version.
-
-        Its bucket is its source's, which exists: nothing to create.
-        """
-
-        async def one_piece() -> AsyncIterator[bytes]:
-            yield tiff
-
-        metadata = {"renderingOf": source, "quality": quality}
-        return await self.put_stream(location, one_piece(), "image/tiff", len(tiff), metadata, in_existing_bucket=True)
+        """Keep the fax-line rendering of version ``source`` at ``location``, findable by its source version."""
+        return await self.put(location, tiff, "image/tiff", {"renderingOf": source, "quality": quality})
 
     async def read_rendering(self, source: Any, quality: str) -> bytes | None:
         """The rendering of version ``source`` at ``quality``, found by what it renders, never by name.
