@@ -36,6 +36,7 @@ FAX_EVENTS = "urn:fhir-fax:audit-event"
 CLIENTS = "urn:fhir-fax:client"
 DOCUMENTS = "urn:fhir-fax:z3"
 RESTFUL = {"read", "vread", "history-instance", "search-type"}
+STATUS_LINGER = 0.02  # seconds fax status events coming together wait for each other (``GroupWrites.linger``)
 SUCCESS, MINOR_FAILURE = "0", "4"
 ANONYMOUS = "anonymous"  # the caller of a request that did not authenticate
 REFUSAL_COUNT = "urn:fhir-fax:refusal-count"  # extension: how many refusals an aggregated event stands for
@@ -163,20 +164,24 @@ class Auditor:
         self.store = store
         # Events recorded while a write is in flight are stored together in the next one.
         self.writer: GroupWrites[dict[str, Any]] = GroupWrites(self._store_events)
+        # A fax's status changes are background work: while they come together, their events wait a little for
+        # each other (``GroupWrites.linger``); a client's request never does.
+        self.status_writer: GroupWrites[dict[str, Any]] = GroupWrites(self._store_events, linger=STATUS_LINGER)
 
         self.refusals = RefusalAggregator(store)
 
     async def close(self) -> None:
         """Write the refusals still being counted, and the events on their way (call when the server stops)."""
         await self.refusals.close()
+        await self.status_writer.close()
         await self.writer.close()
 
     async def _store_events(self, events: list[dict[str, Any]]) -> None:
         await self.store.create_many(events, validated=True)  # built by audit_event, which the tests validate
 
-    async def record(self, **fields: Any) -> None:
+    async def record(self, *, writer: GroupWrites[dict[str, Any]] | None = None, **fields: Any) -> None:
         try:
-            await self.writer.add(audit_event(**fields))
+            await (writer or self.writer).add(audit_event(**fields))
         except Exception:
             log.exception("could not record an audit event: %s", fields.get("description"))
 
@@ -190,6 +195,7 @@ class Auditor:
 
     async def fax_status(self, communication: dict[str, Any], status: str) -> None:
         await self.record(
+            writer=self.status_writer,
             subtype=(FAX_EVENTS, "fax-status"), action="U", outcome=SUCCESS, who="fhir-fax delivery", address=None,
             entities=[f"Communication/{communication['id']}", *references_in(communication)],
             description=f"The fax is now {status}.",

@@ -99,13 +99,18 @@ class GroupWrites(Generic[T]):
     write made alone waits for nothing.
 
     ``write`` stores a list of items; ``add`` returns once its item is stored, or raises what ``write``
-    raised for its group (each waiting caller learns it). Nothing waits on purpose for more: measured, a pause
-    of 20 ms before each group saved no operation per fax and added its 20 ms to every caller's wait.
+    raised for its group (each waiting caller learns it).
+
+    ``linger`` (seconds), for background work: while items come from many callers at once (the last group held
+    more than one), a group waits that long for more before it is written. A caller alone (a reconciliation pass
+    handling jobs one after another, one webhook at a time) makes groups of one, and then nothing waits.
     """
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[None]], most: int = 500) -> None:
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]], most: int = 500, linger: float = 0.0) -> None:
         self.write = write
         self.most = most
+        self.linger = linger
+        self._last_group = 0
         self._waiting: list[tuple[T, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -123,8 +128,11 @@ class GroupWrites(Generic[T]):
                 await self._writer
 
     async def _write_waiting(self) -> None:
+        if self.linger > 0 and self._last_group > 1:
+            await asyncio.sleep(self.linger)
         while self._waiting:
             group, self._waiting = self._waiting[: self.most], self._waiting[self.most :]
+            self._last_group = len(group)
             try:
                 await self.write([item for item, _ in group])
             except Exception as error:

@@ -58,6 +58,7 @@ REPAIR_MAX_DELAY = 600.0
 HANDED_KEPT = 4096  # jobs handed over by this process kept in memory for the news that follows
 SYNC_GRACE = timedelta(seconds=5)  # a Communication lagging this long behind its job is repaired by reconciliation
 DUE_FIELDS = ("due_at", "check_at", "sync_at")
+MARK_LINGER = 0.02  # seconds synced marks coming together wait for each other (``GroupWrites.linger``)
 OBSOLETE_INDEXES = ("due", "leases", "news", "unsynced")  # flags and states scanned before due times existed
 log = logging.getLogger("fhir_fax.outbox")
 
@@ -162,7 +163,7 @@ class Outbox:
         # listens, so it takes the job at once rather than at its next poll (workers elsewhere find it then).
         self.listeners: list[Callable[[], None]] = []
         # "The Communication shows this status" marks made while one is being written go together in the next.
-        self._synced: GroupWrites[tuple[str, int, int]] = GroupWrites(self._write_synced)
+        self._synced: GroupWrites[tuple[str, int, int]] = GroupWrites(self._write_synced, linger=MARK_LINGER)
 
     async def close(self) -> None:
         """Write the synced marks on their way (the server is stopping)."""
@@ -437,8 +438,8 @@ class Outbox:
     async def mark_synced(self, job: Job) -> None:
         """``job``'s Communication shows its status (unless the job has moved on since).
 
-        Marks made while another is being written are written together, one write per (attempt, status)
-        among them: a burst of news (the carrier's callbacks of many
+        Marks made while another is being written (and, while they come together, within ``MARK_LINGER``) are
+        written together, one write per (attempt, status) among them: a burst of news (the carrier's callbacks of many
         faxes at once) costs a write or two, not one per fax. Until the mark is written the job's ``sync_at``
         stands, so a crash meanwhile only means reconciliation finds the Communication already in line.
         """

@@ -111,12 +111,15 @@ class Dispatcher:
             return
         ids = [current["_id"] for current in dispatched]
         keys = [current[RESERVED]["sort"]["_lastUpdated"] for current in dispatched]
+        # These versions' notifications are queued, so they need their mark no more whether or not the write
+        # below lands: this process's kept copies drop it first, and a status change starting from one meanwhile
+        # does not race the write (it would otherwise miss, and read the resource again).
+        for current in dispatched:
+            self.store.pending_cleared(resource_type, [current["_id"]], current[RESERVED]["version"])
         await self.store.collection(resource_type).update_many(
             {"_id": {"$in": ids}, f"{RESERVED}.sort._lastUpdated": {"$in": keys}},
             {"$unset": {f"{RESERVED}.{PENDING}": ""}},
         )
-        for current in dispatched:
-            self.store.pending_cleared(resource_type, [current["_id"]], current[RESERVED]["version"])
 
     async def _pending_versions(
         self, resource_type: str, marked: list[dict[str, Any]]
