@@ -335,6 +335,9 @@ class Z3Store:
     def _keep(self, version: Any, content: bytes) -> None:
         if len(content) > KEPT_BYTES // 4:
             return
+        replaced = self._kept.pop(version, None)
+        if replaced is not None:
+            self._kept_bytes -= len(replaced)
         self._kept[version] = content
         self._kept_bytes += len(content)
         while self._kept_bytes > KEPT_BYTES:
