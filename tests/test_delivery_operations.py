@@ -126,3 +126,25 @@ async def test_a_version_read_once_is_kept(counted: tuple[Any, Commands]) -> Non
     assert await store.read_known(info.version) == letter
     assert commands.on("z3.chunks") == ["find"], "read once"
     assert await store.read_known(info.version, info.size + 1) is None, "not the length the caller knows"
+
+
+async def test_a_synced_mark_that_cannot_be_written_is_not_raised_and_its_repair_time_stands(
+    fax_settings: Settings, counted: tuple[Any, Commands]
+) -> None:
+    """The marks of several faxes share a write: its failure must not fail each of their callers (the tracker
+    brings Communications in line without raising). Reconciliation finds the job by its ``sync_at``."""
+    database, _ = counted
+    settings = fax_settings.model_copy(update={"worker_enabled": False})
+    async with serving_fax(settings, database) as api:
+        fax = await send(api)
+        await database.fax_jobs.update_one({"communication_id": fax}, {"$set": {"synced": False, "sync_at": now()}})
+        job = Job.of(await database.fax_jobs.find_one({"communication_id": fax}))
+        outbox = create_worker(settings, database).outbox
+
+        async def refused(*args: Any, **kwargs: Any) -> None:
+            raise ConnectionError("the database went away")
+
+        outbox._synced.write = refused  # the write the marks' group writer makes fails
+        await outbox.mark_synced(job)
+        stored = await database.fax_jobs.find_one({"_id": job.id})
+    assert stored["synced"] is False and "sync_at" in stored

@@ -321,7 +321,9 @@ async def test_a_version_written_while_in_error_is_not_matched_by_a_pass_that_ru
             return {**current, "status": "error", "error": "Notification 1 failed after 6 tries"}
 
         await runtime.store.modify("Subscription", created["id"], in_error)
+        await asyncio.sleep(0.002)  # times are kept to the millisecond: the next write comes in a later one
         during = await write()  # no pass runs before the Subscription is active again
+        await asyncio.sleep(0.002)
         again = await http.put(
             f"/fhir/Subscription/{created['id']}", json={**resource, "id": created["id"]}, headers=FHIR_JSON
         )
@@ -362,6 +364,7 @@ async def test_a_version_written_while_active_is_matched_by_a_pass_that_runs_aft
             return {**current, "status": "error", "error": "Notification 1 failed after 6 tries"}
 
         await runtime.store.modify("Subscription", created["id"], in_error)
+        await asyncio.sleep(0.002)
         during = await write()
         await asyncio.sleep(0.002)
         again = await http.put(
@@ -376,6 +379,32 @@ async def test_a_version_written_while_active_is_matched_by_a_pass_that_runs_aft
     queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
     assert [n["resource"] for n in queued] == [f"Communication/{active}"], "written while active: matched"
     assert during != active
+
+
+async def test_a_version_written_while_active_and_dispatched_while_in_error_is_held_not_lost(
+    settings: Settings, database: Any
+) -> None:
+    """Its pass runs while the Subscription is in error: the version was written while it was active, so its
+    notification is queued (the sender holds it until the Subscription is active again), and the mark cleared."""
+    code = f"held-{uuid.uuid4().hex[:6]}"
+    quiet = settings.model_copy(update={"subscriptions_enabled": False, "worker_enabled": False})
+    async with serving(quiet, database) as http:
+        runtime: Runtime = http._transport.app.state.fax_module.runtime  # type: ignore[attr-defined]
+        resource = subscription(f"Communication?category={code}", "https://hooks.example.com/x")
+        created = await subscribe(http, resource)
+        while await runtime.subscriptions.dispatcher.step():
+            pass
+        body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
+        answer = await http.post("/fhir/Communication", json=body, headers=FHIR_JSON)
+        assert answer.status_code == 201, answer.text
+        await asyncio.sleep(0.002)
+        await runtime.store.modify("Subscription", created["id"], lambda c: {**c, "status": "error", "error": "x"})
+        while await runtime.subscriptions.dispatcher.step():
+            pass
+        queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
+        stored = await database["Communication"].find_one({"_id": answer.json()["id"]})
+    assert [n["resource"] for n in queued] == [f"Communication/{answer.json()['id']}"]
+    assert "pending" not in stored["_fhirfax"]
 
 
 async def test_rewriting_an_active_subscription_keeps_the_versions_written_before_it(

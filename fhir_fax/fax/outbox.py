@@ -47,7 +47,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.errors import OperationFailure
 
-from ..db import GroupWrites, maybe_await
+from ..db import GroupWrites, maybe_await, stop_if_cancelled
 from ..fhir.models import now
 from ..fhir.store import as_utc
 from .jobs import Job, JobState, OutboundStatus, Position, UnreadableJob
@@ -441,9 +441,16 @@ class Outbox:
         Marks made while another is being written (and, while they come together, within ``MARK_LINGER``) are
         written together, one write per (attempt, status) among them: a burst of news (the carrier's callbacks of many
         faxes at once) costs a write or two, not one per fax. Until the mark is written the job's ``sync_at``
-        stands, so a crash meanwhile only means reconciliation finds the Communication already in line.
+        stands, so a crash meanwhile only means reconciliation finds the Communication already in line; for the
+        same reason a mark that could not be written is logged, never raised (it would fail every caller whose
+        mark shared the write).
         """
-        await self._synced.add((job.id, job.attempt, job.position.rank))
+        try:
+            await self._synced.add((job.id, job.attempt, job.position.rank))
+        except Exception:
+            stop_if_cancelled()
+            log.warning("fax %s: could not record that its Communication is in line; reconciliation will", job.id,
+                        exc_info=True, extra={"fax": job.id})  # fmt: skip
 
     async def _write_synced(self, marks: list[tuple[str, int, int]]) -> None:
         grouped: dict[tuple[int, int], list[str]] = {}

@@ -3,13 +3,17 @@
 A pass may run a while after a version is written (a burst of writes goes in one pass; a process that wrote it may
 have died and another's full pass finds it). By then a Subscription may have gone to ``error`` or ``off`` and come
 back. Each Subscription keeps, in its private part, when its stored status last became active (``activated``) and
-when it last stopped being active (``deactivated``); a version written between the two was written while it was
-not active and is not matched, however late its pass; one written before it stopped is. Both are set by the
-store at every write of a Subscription (``ResourceStore.keep_with``), inside the write's retry, so they are
-decided on the version each write replaces, whoever writes it (a client's PUT, the server's ``error``/``off``).
+when it last stopped being active (``deactivated``). A version written between the two was written while it was
+not active and is not matched, however late its pass; one written before it stopped is, even by a pass that runs
+while the Subscription is in ``error`` (its notification is then held, and sent once it is active again). Both
+times are set by the store at every write of a Subscription (``ResourceStore.keep_with``), inside the write's
+retry, so they are decided on the version each write replaces, whoever writes it (a client's PUT, the server's
+``error``/``off``).
 
 Times are kept to the millisecond, as the database keeps a version's write time, and compared as text. A version
-written in the millisecond of a change is matched (an extra notification rather than a lost one).
+written in the millisecond of a change is matched (an extra notification rather than a lost one). Only the last
+stop and start are kept: a pass late enough to see a version from an earlier inactive period (two cycles of error
+or off since) matches it.
 """
 
 from __future__ import annotations
@@ -47,13 +51,18 @@ def keep_activity(
     return kept if kept or private is not None else None
 
 
-def written_while_inactive(subscription: dict[str, Any], written: str) -> bool:
-    """Whether a version written at ``written`` (``moment_text``) came while the (now active) Subscription was not
-    active: after it last stopped being active, or before it first was, and before it last became active."""
+def matches_as_written(subscription: dict[str, Any], written: str) -> bool:
+    """Whether the Subscription, as stored now, was active when a version was written at ``written``
+    (``moment_text``): an active one unless the version came after it last stopped (or before it first started)
+    and before it last started; one in ``error`` if the version came before it stopped; never one that is off."""
     private = subscription[RESERVED].get(PRIVATE)
-    if not isinstance(private, dict):
+    times = private if isinstance(private, dict) else {}
+    activated, deactivated = times.get(ACTIVATED), times.get(DEACTIVATED)
+    status = subscription.get("status")
+    if status == "error":
+        return isinstance(deactivated, str) and written <= deactivated
+    if status != "active":
         return False
-    activated, deactivated = private.get(ACTIVATED), private.get(DEACTIVATED)
     if not isinstance(activated, str) or written >= activated:
-        return False
-    return not isinstance(deactivated, str) or deactivated <= written
+        return True
+    return isinstance(deactivated, str) and written <= deactivated

@@ -29,7 +29,7 @@ from ..db import maybe_await, stop_if_cancelled
 from ..fhir.compartments import PATIENT_COMPARTMENT, compartment_filter
 from ..fhir.search import SearchRegistry
 from ..fhir.store import PENDING, PRIVATE, RESERVED, ResourceStore, as_utc, history_collection
-from .activity import written_while_inactive
+from .activity import matches_as_written
 from .criteria import Criteria, for_history, parse_criteria, version_buckets
 from .faults import crash_point
 from .queue import Queue
@@ -243,12 +243,10 @@ class Dispatcher:
         cursor = [s for s in watching if filed.intersection(_match_keys(s))]
         candidates: list[tuple[dict[str, Any], Criteria]] = []
         for subscription in cursor:
-            if subscription.get("status") != "active":
-                continue
             if str(subscription[RESERVED].get("created", "")).split("\x01")[0] > written:
                 continue  # created after this version was written
-            if written_while_inactive(subscription, written):
-                continue  # written while it was in error or off
+            if not matches_as_written(subscription, written):
+                continue  # not active when this version was written (or off now)
             criteria = self._criteria(subscription)
             if criteria is not None and criteria.resource_type == resource_type:
                 candidates.append((subscription, criteria))
