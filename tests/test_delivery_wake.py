@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
 from fhir_fax.fax.status import StatusEvent
 from fhir_fax.fax.worker import create_worker
@@ -26,7 +26,7 @@ from fhir_fax.subscriptions import dispatch as dispatch_module
 from fhir_fax.subscriptions.queue import NOTIFICATIONS
 from fhir_fax.subscriptions.resource import check_subscription
 
-from helpers import MEDIA, SEED_SENDER, outbound_status, serving_fax, wait_final
+from helpers import MEDIA, SEED_SENDER, Commands, outbound_status, serving_fax, wait_final
 
 BODY = {"media": MEDIA, "quality": "standard", "recipientNumber": "+16175550143", "sender": SEED_SENDER}
 
@@ -83,24 +83,6 @@ async def test_a_hand_over_after_half_the_lease_renews_it_first(fax_settings: Se
         assert await worker.step() is True
         job = await database.fax_jobs.find_one({"communication_id": communication_id})
         assert renewals == [True] and job["state"] == "submitted"
-
-
-class Commands(monitoring.CommandListener):
-    """The (command, collection) pairs sent to one database."""
-
-    def __init__(self, database: str) -> None:
-        self.database = database
-        self.seen: list[tuple[str, str]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.database_name == self.database and event.command_name in ("find", "update"):
-            self.seen.append((event.command_name, str(event.command[event.command_name])))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 @pytest.fixture

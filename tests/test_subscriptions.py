@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,6 @@ import httpx
 import jwt
 import pytest
 from pymongo import AsyncMongoClient
-from test_delivery_wake import Commands
 
 from fhir_fax.auth.clients import Clients
 from fhir_fax.auth.smart_store import SmartStore
@@ -28,7 +28,18 @@ from fhir_fax.subscriptions.queue import NOTIFICATIONS
 from fhir_fax.subscriptions.resource import check_subscription, ended
 from fhir_fax.subscriptions.sender import Sender
 
-from helpers import FHIR_JSON, MEDIA, SEED_SENDER, eventually, login, outbound_status, serving, serving_fax, wait_final
+from helpers import (
+    FHIR_JSON,
+    MEDIA,
+    SEED_SENDER,
+    Commands,
+    eventually,
+    login,
+    outbound_status,
+    serving,
+    serving_fax,
+    wait_final,
+)
 from hooks import Listener, header, resource_versions
 from smart_helpers import Flow, make_app, make_user, token_for
 
@@ -292,48 +303,75 @@ async def test_after_the_last_try_the_subscription_is_in_error_and_requested_bri
     assert second not in json.dumps(listener.records(path)), "written while in error: not matched"
 
 
+class ByHand:
+    """A served app whose Subscription passes the test runs itself (no background loop), with one Subscription on
+    Communications of a category of its own."""
+
+    def __init__(self, http: httpx.AsyncClient, database: Any, resource: dict[str, Any], created: dict[str, Any]):
+        self.http, self.database, self.resource, self.created = http, database, resource, created
+        self.runtime: Runtime = http._transport.app.state.fax_module.runtime  # type: ignore[attr-defined]
+        self.code = resource["criteria"].rpartition("=")[2]
+
+    async def write(self) -> str:
+        """A Communication the Subscription matches; its id."""
+        body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": self.code}]}]}
+        answer = await self.http.post("/fhir/Communication", json=body, headers=FHIR_JSON)
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["id"])
+
+    async def passes(self) -> None:
+        while await self.runtime.subscriptions.dispatcher.step():
+            pass
+
+    async def in_error(self) -> None:
+        """As the sender marks it after the last try."""
+        await self.runtime.store.modify(
+            "Subscription",
+            self.created["id"],
+            lambda c: {**c, "status": "error", "error": "Notification 1 failed after 6 tries"},
+        )
+
+    async def reactivate(self) -> None:
+        again = await self.http.put(
+            f"/fhir/Subscription/{self.created['id']}", json={**self.resource, "id": self.created["id"]},
+            headers=FHIR_JSON,
+        )  # fmt: skip
+        assert again.status_code == 200 and again.json()["status"] == "active", again.text
+
+    async def queued(self) -> list[str]:
+        """The resources of its queued notifications."""
+        found = await self.database[NOTIFICATIONS].find({"subscription": self.created["id"]}).to_list(None)
+        return [n["resource"] for n in found]
+
+
+@asynccontextmanager
+async def by_hand(settings: Settings, database: Any, name: str) -> AsyncIterator[ByHand]:
+    quiet = settings.model_copy(update={"subscriptions_enabled": False, "worker_enabled": False})
+    code = f"{name}-{uuid.uuid4().hex[:6]}"
+    async with serving(quiet, database) as http:
+        resource = subscription(f"Communication?category={code}", "https://hooks.example.com/x")
+        yield ByHand(http, database, resource, await subscribe(http, resource))
+
+
 async def test_a_version_written_while_in_error_is_not_matched_by_a_pass_that_runs_after_re_activation(
     settings: Settings, database: Any
 ) -> None:
     """Passes may run a little after the writes (a burst goes in one pass), so a pass can see a version written
-    while its Subscription was in error only after the Subscription was made active again. Whether it matches is
-    decided as of the version's write: the re-activation's time is kept with the Subscription, and a version
-    written before it is not matched. The passes are driven by hand here (no background loop)."""
-    code = f"reactivated-{uuid.uuid4().hex[:6]}"
-    quiet = settings.model_copy(update={"subscriptions_enabled": False, "worker_enabled": False})
-    async with serving(quiet, database) as http:
-        runtime: Runtime = http._transport.app.state.fax_module.runtime  # type: ignore[attr-defined]
-        dispatcher = runtime.subscriptions.dispatcher
-        resource = subscription(f"Communication?category={code}", "https://hooks.example.com/x")
-        created = await subscribe(http, resource)
-        body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
-
-        async def write() -> str:
-            answer = await http.post("/fhir/Communication", json=body, headers=FHIR_JSON)
-            assert answer.status_code == 201, answer.text
-            return str(answer.json()["id"])
-
-        before = await write()
-        while await dispatcher.step():
-            pass
-
-        def in_error(current: dict[str, Any]) -> dict[str, Any]:  # as the sender marks it after the last try
-            return {**current, "status": "error", "error": "Notification 1 failed after 6 tries"}
-
-        await runtime.store.modify("Subscription", created["id"], in_error)
-        await asyncio.sleep(0.002)  # times are kept to the millisecond: the next write comes in a later one
-        during = await write()  # no pass runs before the Subscription is active again
+    while its Subscription was in error only after the Subscription was made active again. It was not active when
+    the version was written: it is not matched. Times are kept to the millisecond, hence the pauses of 2 ms."""
+    async with by_hand(settings, database, "reactivated") as watched:
+        before = await watched.write()
+        await watched.passes()
+        await watched.in_error()
         await asyncio.sleep(0.002)
-        again = await http.put(
-            f"/fhir/Subscription/{created['id']}", json={**resource, "id": created["id"]}, headers=FHIR_JSON
-        )
-        assert again.status_code == 200 and again.json()["status"] == "active", again.text
-        after = await write()
-        while await dispatcher.step():
-            pass
-    queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
-    assert sorted(n["resource"] for n in queued) == sorted(f"Communication/{i}" for i in (before, after))
-    assert f"Communication/{during}" not in {n["resource"] for n in queued}, "written while in error"
+        during = await watched.write()  # no pass runs before the Subscription is active again
+        await asyncio.sleep(0.002)
+        await watched.reactivate()
+        after = await watched.write()
+        await watched.passes()
+        queued = await watched.queued()
+    assert sorted(queued) == sorted(f"Communication/{i}" for i in (before, after))
+    assert f"Communication/{during}" not in queued, "written while in error"
 
 
 async def test_a_version_written_while_active_is_matched_by_a_pass_that_runs_after_an_error_and_re_activation(
@@ -342,42 +380,21 @@ async def test_a_version_written_while_active_is_matched_by_a_pass_that_runs_aft
     """The other side of the rule: the version was written while the Subscription was active, and its pass only
     runs after the Subscription went to error (the server's write) and came back. It was written while active:
     it is matched. One written during the error is not."""
-    code = f"late-{uuid.uuid4().hex[:6]}"
-    quiet = settings.model_copy(update={"subscriptions_enabled": False, "worker_enabled": False})
-    async with serving(quiet, database) as http:
-        runtime: Runtime = http._transport.app.state.fax_module.runtime  # type: ignore[attr-defined]
-        resource = subscription(f"Communication?category={code}", "https://hooks.example.com/x")
-        created = await subscribe(http, resource)
-        body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
-
-        async def write() -> str:
-            answer = await http.post("/fhir/Communication", json=body, headers=FHIR_JSON)
-            assert answer.status_code == 201, answer.text
-            return str(answer.json()["id"])
-
-        while await runtime.subscriptions.dispatcher.step():
-            pass  # the Subscription's own version
-        active = await write()  # no pass runs until the end
+    async with by_hand(settings, database, "late") as watched:
+        await watched.passes()  # the Subscription's own version
+        active = await watched.write()  # no pass runs until the end
         await asyncio.sleep(0.002)  # the error comes in a later millisecond than that write
-
-        def in_error(current: dict[str, Any]) -> dict[str, Any]:  # as the sender marks it after the last try
-            return {**current, "status": "error", "error": "Notification 1 failed after 6 tries"}
-
-        await runtime.store.modify("Subscription", created["id"], in_error)
+        await watched.in_error()
         await asyncio.sleep(0.002)
-        during = await write()
+        during = await watched.write()
         await asyncio.sleep(0.002)
-        again = await http.put(
-            f"/fhir/Subscription/{created['id']}", json={**resource, "id": created["id"]}, headers=FHIR_JSON
-        )
-        assert again.status_code == 200 and again.json()["status"] == "active", again.text
-        while await runtime.subscriptions.dispatcher.step():
-            pass
-        stored = await database["Subscription"].find_one({"_id": created["id"]})
+        await watched.reactivate()
+        await watched.passes()
+        stored = await database["Subscription"].find_one({"_id": watched.created["id"]})
+        queued = await watched.queued()
     kept = stored["_fhirfax"]["private"]
     assert kept["deactivated"] < kept["activated"], kept
-    queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
-    assert [n["resource"] for n in queued] == [f"Communication/{active}"], "written while active: matched"
+    assert queued == [f"Communication/{active}"], "written while active: matched"
     assert during != active
 
 
@@ -386,24 +403,15 @@ async def test_a_version_written_while_active_and_dispatched_while_in_error_is_h
 ) -> None:
     """Its pass runs while the Subscription is in error: the version was written while it was active, so its
     notification is queued (the sender holds it until the Subscription is active again), and the mark cleared."""
-    code = f"held-{uuid.uuid4().hex[:6]}"
-    quiet = settings.model_copy(update={"subscriptions_enabled": False, "worker_enabled": False})
-    async with serving(quiet, database) as http:
-        runtime: Runtime = http._transport.app.state.fax_module.runtime  # type: ignore[attr-defined]
-        resource = subscription(f"Communication?category={code}", "https://hooks.example.com/x")
-        created = await subscribe(http, resource)
-        while await runtime.subscriptions.dispatcher.step():
-            pass
-        body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
-        answer = await http.post("/fhir/Communication", json=body, headers=FHIR_JSON)
-        assert answer.status_code == 201, answer.text
+    async with by_hand(settings, database, "held") as watched:
+        await watched.passes()
+        written = await watched.write()
         await asyncio.sleep(0.002)
-        await runtime.store.modify("Subscription", created["id"], lambda c: {**c, "status": "error", "error": "x"})
-        while await runtime.subscriptions.dispatcher.step():
-            pass
-        queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
-        stored = await database["Communication"].find_one({"_id": answer.json()["id"]})
-    assert [n["resource"] for n in queued] == [f"Communication/{answer.json()['id']}"]
+        await watched.in_error()
+        await watched.passes()
+        queued = await watched.queued()
+        stored = await database["Communication"].find_one({"_id": written})
+    assert queued == [f"Communication/{written}"]
     assert "pending" not in stored["_fhirfax"]
 
 
@@ -413,29 +421,22 @@ async def test_rewriting_an_active_subscription_keeps_the_versions_written_befor
     """Only a change to active (creation, or from error or off) moves the time versions are matched from: a
     Subscription rewritten while active (its reason, its headers) still matches a version written before the
     rewrite that no pass has looked at yet; the server's own error write leaves the time as it was."""
-    code = f"rewritten-{uuid.uuid4().hex[:6]}"
-    quiet = settings.model_copy(update={"subscriptions_enabled": False, "worker_enabled": False})
-    async with serving(quiet, database) as http:
-        runtime: Runtime = http._transport.app.state.fax_module.runtime  # type: ignore[attr-defined]
-        resource = subscription(f"Communication?category={code}", "https://hooks.example.com/x")
-        created = await subscribe(http, resource)
+    async with by_hand(settings, database, "rewritten") as watched:
+        http, created, resource = watched.http, watched.created, watched.resource
 
         async def activated() -> Any:
             stored = await database["Subscription"].find_one({"_id": created["id"]})
             return stored["_fhirfax"]["private"]["activated"]
 
         first = await activated()
-        body = {"resourceType": "Communication", "status": "completed", "category": [{"coding": [{"code": code}]}]}
-        written = (await http.post("/fhir/Communication", json=body, headers=FHIR_JSON)).json()["id"]
+        written = await watched.write()
         rewritten = {**resource, "id": created["id"], "reason": "tests, rewritten"}
         again = await http.put(f"/fhir/Subscription/{created['id']}", json=rewritten, headers=FHIR_JSON)
         assert again.status_code == 200 and again.json()["meta"]["versionId"] == "2", again.text
         assert await activated() == first, "active to active: unchanged"
-        while await runtime.subscriptions.dispatcher.step():
-            pass
-        queued = await database[NOTIFICATIONS].find({"subscription": created["id"]}).to_list(None)
-        assert [n["resource"] for n in queued] == [f"Communication/{written}"]
-        await runtime.store.modify("Subscription", created["id"], lambda c: {**c, "status": "error", "error": "x"})
+        await watched.passes()
+        assert await watched.queued() == [f"Communication/{written}"]
+        await watched.in_error()
         assert await activated() == first, "the server's error write keeps it"
         off = await http.put(f"/fhir/Subscription/{created['id']}", json={**rewritten, "status": "off"},
                              headers=FHIR_JSON)  # fmt: skip

@@ -22,14 +22,13 @@ import logging
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 from ..db import maybe_await, stop_if_cancelled
 from ..fhir.compartments import PATIENT_COMPARTMENT, compartment_filter
 from ..fhir.search import SearchRegistry
-from ..fhir.store import PENDING, PRIVATE, RESERVED, ResourceStore, as_utc, history_collection
-from .activity import matches_as_written
+from ..fhir.store import PENDING, PRIVATE, RESERVED, ResourceStore, history_collection
+from .activity import matches_as_written, moment_text
 from .criteria import Criteria, for_history, parse_criteria, version_buckets
 from .faults import crash_point
 from .queue import Queue
@@ -346,10 +345,6 @@ def _match_keys(subscription: dict[str, Any]) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def time_text(moment: datetime) -> str:
-    """A moment as fixed-width UTC text: compared as text with a version's write time and a creation key."""
-    return as_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")
-
-
 def _time_text(document: dict[str, Any]) -> str:
-    return time_text(document[RESERVED]["lastUpdated"])
+    """A version's write time as text, in the one format it is compared with (``activity.moment_text``)."""
+    return moment_text(document[RESERVED]["lastUpdated"])
