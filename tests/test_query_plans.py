@@ -160,6 +160,14 @@ async def test_a_finished_fax_has_no_due_time(fax_settings: Settings, database: 
         assert queued["due_at"] == queued["created"] and queued["check_at"] == queued["kill_at"]
     async with serving_fax(settings, database) as api:
         await wait_final(api, communication_id)
+
+        async def settled() -> dict[str, Any] | None:
+            """The job once its "Communication in line" mark is written: that write follows the Communication's
+            version (grouped with others), and a server stopped in between leaves it to reconciliation."""
+            found: dict[str, Any] | None = await database.fax_jobs.find_one({"communication_id": communication_id})
+            return found if found is not None and found.get("synced") is True else None
+
+        await eventually(settled, within=30, failure=lambda: "the job was never marked in line")
     job = await database.fax_jobs.find_one({"communication_id": communication_id})
     assert job["state"] == "done" and job["synced"] is True
     assert not {"due_at", "check_at", "sync_at"} & set(job), job
